@@ -1,0 +1,100 @@
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import configPlugin from './plugins/config.js'
+import dbPlugin from './plugins/db.js'
+import authPlugin from './plugins/auth.js'
+import rateLimitPlugin from './plugins/rate-limit.js'
+import corsPlugin from './plugins/cors.js'
+import sensiblePlugin from './plugins/sensible.js'
+import mcpPlugin from './plugins/mcp.js'
+import healthRoutes from './routes/health.js'
+import mcpRoutes from './routes/mcp.js'
+import type { Config } from './schema/config.js'
+import { AppError } from './schema/errors.js'
+import { toAppError } from './db/errors.js'
+
+export interface BuildOptions {
+  logger?: FastifyServerOptions['logger']
+}
+
+/** Secrets and stored content never reach the log. */
+export const LOG_REDACT_PATHS = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'headers.authorization',
+  'authorization',
+  'token',
+  'content',
+  '*.content',
+  'arguments.content'
+]
+
+/** Fastify's own errors, mapped to the catalogue. */
+function appErrorOf (error: FastifyError): AppError {
+  if (error instanceof AppError) return error
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new AppError('REQ_1102', 'Request body too large. Content is limited by MAX_CONTENT_BYTES; split large content across several keys.')
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new AppError('REQ_1101', 'Content-Type must be application/json.', undefined, 415)
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new AppError('REQ_1101', 'The request body is empty: send one JSON-RPC message.')
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new AppError('REQ_1101', 'Content-Length does not match the body.')
+  }
+  if (error.validation !== undefined) return new AppError('REQ_1101', `Invalid request: ${error.message}`)
+  if (error instanceof SyntaxError || error.code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
+    return new AppError('REQ_1101', 'The request body is not valid JSON.')
+  }
+  if (error.statusCode === 429) return new AppError('REQ_1103', error.message)
+  if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
+    return new AppError('REQ_1101', error.message, undefined, error.statusCode)
+  }
+  return toAppError(error)
+}
+
+/** Builds the application: plugins first, then routes. No listen; server.ts and the tests do that. */
+export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? false,
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    requestIdHeader: 'x-request-id',
+    genReqId: () => crypto.randomUUID()
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onRequest', async (_request, reply) => {
+    if (closing) {
+      reply.header('connection', 'close').header('retry-after', '5')
+      throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
+    }
+  })
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const appError = appErrorOf(error)
+    const status = appError.statusCode
+    if (status >= 500) request.log.error({ err: error, code: appError.code }, 'request failed')
+    else request.log.info({ code: appError.code, reason: appError.message }, 'request refused')
+    if (status === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', '2')
+    return reply.code(status).send(appError.toBody())
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    return reply.code(404).send({ error: { code: 'REQ_1101', message: `No route ${request.method} ${request.url.split('?')[0]}. The MCP endpoint is POST /mcp.` } })
+  })
+
+  await app.register(configPlugin, { config })
+  await app.register(sensiblePlugin)
+  await app.register(corsPlugin)
+  await app.register(dbPlugin)
+  await app.register(authPlugin)
+  await app.register(rateLimitPlugin)
+  await app.register(mcpPlugin)
+
+  await app.register(healthRoutes)
+  await app.register(mcpRoutes)
+
+  return app
+}

@@ -1,0 +1,126 @@
+import { existsSync, readFileSync } from 'node:fs'
+import { toNodeHandler, type NodeMcpRequestHandler } from '@modelcontextprotocol/node'
+import {
+  CLIENT_INFO_META_KEY,
+  ProtocolError,
+  ProtocolErrorCode,
+  Server,
+  createMcpHandler,
+  type AuthInfo,
+  type ServerContext
+} from '@modelcontextprotocol/server'
+import type { FastifyBaseLogger } from 'fastify'
+import fp from 'fastify-plugin'
+import { toAppError } from '../db/errors.js'
+import type { Principal } from '../schema/principal.js'
+import { allTools } from '../tools/index.js'
+import { UnknownToolError, createToolRegistry, type ToolRegistry } from '../tools/registry.js'
+import { MultiplexTransport } from './mcp-multiplex-transport.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    mcp: {
+      registry: ToolRegistry
+      /** The long-lived server's transport for stateless 2025-era POSTs (the hot path). */
+      legacy: MultiplexTransport
+      /** Serves 2026-07-28 traffic (and its validation-ladder rejections) through the SDK's own handler. */
+      serveModern: NodeMcpRequestHandler
+    }
+  }
+}
+
+// plugins/ in source, dist/plugins/ when built: package.json is one or two levels up.
+const packageJson = ['../package.json', '../../package.json'].map((path) => new URL(path, import.meta.url)).find((url) => existsSync(url))
+const { version } = JSON.parse(readFileSync(packageJson ?? '', 'utf8')) as { version: string }
+
+export const SERVER_INFO = { name: 'shared-context-mcp', title: 'Shared Context', version }
+
+export const INSTRUCTIONS = [
+  'A shared, versioned context store: what you write here other conversations, agents and devices can read later.',
+  'Keys are paths such as "project/decisions/database" (A-Z a-z 0-9 _ . - / :); group related entries under a common prefix.',
+  'Start with list_context (optionally with a prefix) to see what exists, then read_context what you need.',
+  'Every write creates a new version and records who wrote it. To update an entry others may also change, read it, then',
+  'write_context with expected_version set to the version you read; on CTX_2002 re-read, merge, and retry.',
+  'Use append_context to add to logs or lists without reading first. delete_context keeps history; restore_context brings a version back.',
+  'Lists and histories are paginated: pass next_cursor back as cursor.'
+].join(' ')
+
+/** What the HTTP route hands each request's server through AuthInfo.extra. */
+export interface CallerInfo {
+  principal: Principal
+  client: string | null
+  log: FastifyBaseLogger
+}
+
+export function authInfoFor (caller: CallerInfo): AuthInfo {
+  return { token: '', clientId: caller.principal.id, scopes: [...caller.principal.scopes], extra: { caller } }
+}
+
+function callerOf (ctx: ServerContext): CallerInfo {
+  const caller = ctx.http?.authInfo?.extra?.caller as CallerInfo | undefined
+  if (caller === undefined) throw new ProtocolError(ProtocolErrorCode.InternalError, 'SRV_9001: request reached the server without a principal')
+  return caller
+}
+
+function clientNameOf (ctx: ServerContext, caller: CallerInfo): string | null {
+  const envelope = ctx.mcpReq.envelope as Record<string, { name?: unknown } | undefined> | undefined
+  const clientInfo = envelope?.[CLIENT_INFO_META_KEY]
+  return typeof clientInfo?.name === 'string' ? clientInfo.name.slice(0, 100) : caller.client
+}
+
+/**
+ * The MCP surface: the tool registry and the SDK servers that serve it. One long-lived Server
+ * answers 2025-era traffic through a multiplexing transport; 2026-07-28 traffic goes through the
+ * SDK's createMcpHandler, which builds a server per request from the same factory.
+ */
+export default fp(async (fastify) => {
+  const { store } = fastify.db
+  const maxContentBytes = fastify.config.MAX_CONTENT_BYTES
+  const registry = createToolRegistry(allTools)
+
+  function buildServer (): Server {
+    const server = new Server(SERVER_INFO, {
+      capabilities: { tools: { listChanged: false } },
+      instructions: INSTRUCTIONS
+    })
+    server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
+    server.setRequestHandler('tools/call', async (request, ctx) => {
+      const caller = callerOf(ctx)
+      const { principal } = caller
+      try {
+        return await registry.call(request.params.name, request.params.arguments, principal, {
+          store,
+          namespace: principal.namespace,
+          actor: { principal: principal.id, client: clientNameOf(ctx, caller) },
+          maxContentBytes
+        })
+      } catch (error) {
+        if (error instanceof UnknownToolError) {
+          throw new ProtocolError(ProtocolErrorCode.InvalidParams, error.message, { code: 'REQ_1101' })
+        }
+        const appError = toAppError(error)
+        if (appError.code === 'SRV_9001') caller.log.error({ err: error, tool: request.params.name }, 'tool call failed')
+        else caller.log.warn({ err: error, tool: request.params.name, code: appError.code }, 'tool call failed')
+        throw new ProtocolError(ProtocolErrorCode.InternalError, `${appError.code}: ${appError.message}`, { code: appError.code })
+      }
+    })
+    server.onerror = (error) => fastify.log.debug({ err: error }, 'mcp protocol error')
+    return server
+  }
+
+  const legacy = new MultiplexTransport()
+  const legacyServer = buildServer()
+  await legacyServer.connect(legacy)
+
+  const modern = createMcpHandler(() => buildServer(), {
+    legacy: 'reject',
+    onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected')
+  })
+
+  fastify.decorate('mcp', { registry, legacy, serveModern: toNodeHandler(modern) })
+
+  fastify.addHook('onClose', async () => {
+    await legacyServer.close()
+    await modern.close()
+  })
+}, { name: 'mcp', dependencies: ['config', 'db'] })

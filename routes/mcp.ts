@@ -1,0 +1,157 @@
+import {
+  SUPPORTED_PROTOCOL_VERSIONS,
+  classifyInboundRequest,
+  localhostAllowedHostnames,
+  localhostAllowedOrigins,
+  validateHostHeader,
+  validateOriginHeader,
+  type JSONRPCNotification,
+  type JSONRPCRequest
+} from '@modelcontextprotocol/server'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { isLoopbackHost, maxBodyBytes, splitList, type Config } from '../schema/config.js'
+import { AppError, errorCatalogue, type ErrorCode } from '../schema/errors.js'
+import { authInfoFor, type CallerInfo } from '../plugins/mcp.js'
+import type { JsonRpcResponse } from '../plugins/mcp-multiplex-transport.js'
+
+function hostnameOf (url: string): string | undefined {
+  try {
+    return new URL(url).hostname
+  } catch {
+    return undefined
+  }
+}
+
+/** Host names accepted in the Host header; undefined means "do not check" (see below). */
+function allowedHostnames (config: Config): string[] | undefined {
+  const configured = [...splitList(config.ALLOWED_HOSTS), ...(config.PUBLIC_URL === undefined ? [] : [hostnameOf(config.PUBLIC_URL)])]
+    .filter((host): host is string => host !== undefined)
+  // DNS rebinding targets servers on loopback. A server bound to all interfaces without a known
+  // public name cannot tell good Host values from bad ones; it requires a token instead.
+  if (configured.length === 0 && !isLoopbackHost(config.HOST)) return undefined
+  return [...localhostAllowedHostnames(), ...configured]
+}
+
+function allowedOriginHostnames (config: Config): string[] {
+  return [
+    ...localhostAllowedOrigins(),
+    ...[...splitList(config.CORS_ORIGINS), ...(config.PUBLIC_URL === undefined ? [] : [config.PUBLIC_URL])]
+      .map(hostnameOf)
+      .filter((host): host is string => host !== undefined)
+  ]
+}
+
+/** The first product token of User-Agent, as a hint of which client wrote a version (2025-era requests carry no client info). */
+function clientHintOf (request: FastifyRequest): string | null {
+  const agent = request.headers['user-agent']
+  if (agent === undefined) return null
+  const product = /^[\x21-\x7e]{1,100}/.exec(agent)
+  return product === null ? null : product[0]
+}
+
+function jsonRpcError (id: string | number | null, code: number, message: string) {
+  return { jsonrpc: '2.0', id, error: { code, message } }
+}
+
+/** A JSON-RPC error that carries a catalogue code for a dependency failure is also an HTTP failure. */
+function httpStatusOf (answer: JsonRpcResponse): number {
+  if (!('error' in answer)) return 200
+  const code = (answer.error as { data?: { code?: unknown } }).data?.code
+  if (typeof code !== 'string' || !(code in errorCatalogue)) return 200
+  const status = errorCatalogue[code as ErrorCode].status
+  return status >= 500 ? status : 200
+}
+
+function isJsonRpcRequest (body: unknown): body is JSONRPCRequest {
+  return typeof body === 'object' && body !== null && 'method' in body && 'id' in body
+}
+
+/**
+ * Streamable HTTP at /mcp. Stateless: every POST carries one JSON-RPC message and gets its answer
+ * as one JSON body. 2025-era messages (what Claude.ai and Claude Code send today) are served by the
+ * long-lived server; 2026-07-28 messages by the SDK's per-request handler.
+ */
+export default async function mcpRoutes (fastify: FastifyInstance) {
+  const { config, mcp } = fastify
+  const hostnames = allowedHostnames(config)
+  const originHostnames = allowedOriginHostnames(config)
+  if (hostnames === undefined) {
+    fastify.log.warn(`Host header checks are off: HOST is ${config.HOST} and neither PUBLIC_URL nor ALLOWED_HOSTS is set`)
+  }
+
+  fastify.addHook('onRequest', async (request) => {
+    if (hostnames !== undefined && !validateHostHeader(request.headers.host, hostnames).ok) {
+      throw new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).')
+    }
+    if (!validateOriginHeader(request.headers.origin, originHostnames).ok) {
+      throw new AppError('AUTH_1005', 'Origin not allowed. Add it to CORS_ORIGINS to let a browser app call this server.')
+    }
+  })
+  fastify.addHook('onRequest', fastify.auth.authenticate)
+
+  const rateLimit = config.RATE_LIMIT_PER_MINUTE === 0
+    ? undefined
+    : {
+        max: config.RATE_LIMIT_PER_MINUTE,
+        timeWindow: 60_000,
+        hook: 'preHandler' as const,
+        keyGenerator: (request: FastifyRequest) => request.principal?.id ?? request.ip
+      }
+
+  fastify.post('/mcp', {
+    bodyLimit: maxBodyBytes(config),
+    config: { ...(rateLimit !== undefined && { rateLimit }) }
+  }, async (request, reply) => {
+    const body = request.body
+    const outcome = classifyInboundRequest({
+      httpMethod: 'POST',
+      protocolVersionHeader: request.headers['mcp-protocol-version'] as string | undefined,
+      mcpMethodHeader: request.headers['mcp-method'] as string | undefined,
+      mcpNameHeader: request.headers['mcp-name'] as string | undefined,
+      body
+    })
+    if (outcome.kind !== 'legacy') return serveModern(request, reply)
+
+    const versionHeader = request.headers['mcp-protocol-version']
+    if (typeof versionHeader === 'string' && !SUPPORTED_PROTOCOL_VERSIONS.includes(versionHeader.trim())) {
+      return reply.code(400).send(jsonRpcError(null, -32600, `Unsupported MCP-Protocol-Version ${versionHeader.slice(0, 40)}; supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(', ')}`))
+    }
+    if (outcome.reason === 'batch') {
+      return reply.code(400).send(jsonRpcError(null, -32600, 'JSON-RPC batches are not supported: send one message per POST.'))
+    }
+    if (outcome.reason === 'response' || outcome.reason === 'http-method') return reply.code(202).send()
+
+    const caller: CallerInfo = { principal: request.principal!, client: clientHintOf(request), log: request.log }
+    const extra = { authInfo: authInfoFor(caller) }
+    if (!isJsonRpcRequest(body)) {
+      mcp.legacy.deliver(body as JSONRPCNotification, extra)
+      return reply.code(202).send()
+    }
+    const answer = await mcp.legacy.exchange(body, extra, (abort) => {
+      reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
+    })
+    if (answer === undefined) {
+      throw new AppError('SRV_9002', 'The server is shutting down or the request was cancelled; retry.')
+    }
+    const status = httpStatusOf(answer)
+    if (status === 503) reply.header('retry-after', '2')
+    return reply.code(status).send(answer)
+  })
+
+  async function serveModern (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const caller: CallerInfo = { principal: request.principal!, client: null, log: request.log }
+    // The SDK writes the response itself; carry over headers already set (CORS) before handing over.
+    reply.hijack()
+    for (const [name, value] of Object.entries(reply.getHeaders())) {
+      if (value !== undefined) reply.raw.setHeader(name, value)
+    }
+    const raw = Object.assign(request.raw, { auth: authInfoFor(caller) })
+    await mcp.serveModern(raw, reply.raw, request.body)
+  }
+
+  const methodNotAllowed = async (_request: FastifyRequest, reply: FastifyReply) => {
+    return reply.code(405).header('allow', 'POST').send(jsonRpcError(null, -32000, 'Method not allowed: this server is stateless and offers no SSE stream or session; POST JSON-RPC messages to /mcp.'))
+  }
+  fastify.get('/mcp', methodNotAllowed)
+  fastify.delete('/mcp', methodNotAllowed)
+}

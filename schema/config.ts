@@ -1,0 +1,73 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
+/** Every environment variable the server reads (design.md §7). Defaults make `npm start` work with nothing set. */
+export const ConfigSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
+  PUBLIC_URL: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: 'External base URL, e.g. https://ctx.example.com' })),
+  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://', description: 'PostgreSQL URL; unset runs the embedded database' })),
+  DATA_DIR: Type.String({ minLength: 1, default: './data' }),
+  DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 10 }),
+  DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 15000 }),
+  DB_QUERY_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 10000 }),
+  AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),
+  CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed to call /mcp from a browser' }),
+  ALLOWED_HOSTS: Type.String({ default: '', description: 'Comma-separated Host names accepted besides loopback and PUBLIC_URL' }),
+  RATE_LIMIT_PER_MINUTE: Type.Integer({ minimum: 0, default: 6000, description: 'Requests per minute per principal on /mcp; 0 turns limiting off' }),
+  MAX_CONTENT_BYTES: Type.Integer({ minimum: 1024, maximum: 16 * 1024 * 1024, default: 100 * 1024 }),
+  SHUTDOWN_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
+  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
+}, { additionalProperties: false })
+
+export type Config = Static<typeof ConfigSchema>
+
+export class ConfigError extends Error {
+  readonly problems: string[]
+  constructor (problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+    this.problems = problems
+  }
+}
+
+const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL'])
+
+/**
+ * Reads the known variables from `env`, applies defaults and types, and validates them.
+ * Throws a ConfigError listing every problem (never the value of a secret).
+ */
+export function loadConfig (env: Record<string, string | undefined>): Config {
+  const raw: Record<string, unknown> = {}
+  for (const name of Object.keys(ConfigSchema.properties)) {
+    const value = env[name]
+    if (value !== undefined && value !== '') raw[name] = value
+  }
+  const withDefaults = Value.Default(ConfigSchema, raw)
+  const converted = Value.Convert(ConfigSchema, withDefaults)
+  const problems: string[] = []
+  for (const error of Value.Errors(ConfigSchema, converted)) {
+    const name = error.path.replace(/^\//, '')
+    const shown = SECRET_KEYS.has(name) ? '' : ` (got ${JSON.stringify(raw[name])})`
+    problems.push(`${name}: ${error.message}${shown}`)
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  return converted as Config
+}
+
+/** The request body limit: room for the largest content fully JSON-escaped (6 bytes a byte), plus the envelope. */
+export function maxBodyBytes (config: Config): number {
+  return config.MAX_CONTENT_BYTES * 6 + 64 * 1024
+}
+
+export function splitList (value: string): string[] {
+  return value.split(',').map((item) => item.trim()).filter((item) => item.length > 0)
+}
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '::1', '[::1]'])
+
+export function isLoopbackHost (host: string): boolean {
+  return LOOPBACK_HOSTS.has(host) || host.startsWith('127.')
+}

@@ -1,0 +1,59 @@
+import { Type } from '@sinclair/typebox'
+import { AppError } from '../schema/errors.js'
+import { Key } from '../schema/key.js'
+import { Timestamp } from '../schema/content.js'
+import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
+import { defineTool } from './registry.js'
+
+const CURSOR_KIND = 'history'
+
+export const contextHistory = defineTool({
+  name: 'context_history',
+  title: 'Context history',
+  description: 'Show who changed a key and when, newest first: each version with its action (create, update, append, ' +
+    'delete, restore), author, client, time and size. Read an old version with read_context(key, version) and bring it ' +
+    'back with restore_context. Pages of 20 by default; pass next_cursor back as `cursor` for older versions.',
+  scope: 'context:read',
+  annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  inputSchema: Type.Object({
+    key: Key,
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20, description: 'Page size, 1-100 (default 20).' })),
+    cursor: Type.Optional(Cursor)
+  }, { additionalProperties: false }),
+  outputSchema: Type.Object({
+    key: Type.String(),
+    versions: Type.Array(Type.Object({
+      version: Type.Integer(),
+      action: Type.Union(['create', 'update', 'append', 'delete', 'restore'].map((action) => Type.Literal(action))),
+      actor: Type.String(),
+      client: Type.Union([Type.String(), Type.Null()]),
+      at: Timestamp,
+      bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Content size of that version; null for a delete.' })
+    })),
+    next_cursor: Type.Union([Type.String(), Type.Null()])
+  }),
+  async handler (ctx, input) {
+    let beforeVersion: number | undefined
+    if (input.cursor !== undefined) {
+      beforeVersion = Number(decodeCursor(CURSOR_KIND, input.cursor))
+      if (!Number.isSafeInteger(beforeVersion) || beforeVersion < 1) throw new AppError('REQ_1101', 'cursor is not valid: pass next_cursor back unchanged.')
+    }
+    const page = await ctx.store.history(ctx.namespace, input.key, {
+      limit: input.limit ?? 20,
+      ...(beforeVersion !== undefined && { beforeVersion })
+    })
+    if (page.items.length === 0 && beforeVersion === undefined) {
+      throw new AppError('CTX_2001', `Key "${input.key}" has no history: it was never written.`)
+    }
+    return {
+      key: input.key,
+      versions: page.items,
+      next_cursor: page.nextBeforeVersion === null ? null : encodeCursor(CURSOR_KIND, page.nextBeforeVersion)
+    }
+  },
+  summarize: (output) => {
+    const lines = output.versions.map((v) => `- v${v.version} ${v.action} by ${v.actor}${v.client === null ? '' : ` (${v.client})`} at ${v.at}${v.bytes === null ? '' : `, ${v.bytes} B`}`)
+    if (output.next_cursor !== null) lines.push(`Older versions: call again with cursor "${output.next_cursor}".`)
+    return `History of ${output.key}:\n${lines.join('\n')}`
+  }
+})

@@ -1,0 +1,165 @@
+import type { Static, TObject } from '@sinclair/typebox'
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
+import type { ContextStore, Actor } from '../db/context-store.js'
+import { AppError, type ErrorCode } from '../schema/errors.js'
+import type { Principal, Scope } from '../schema/principal.js'
+
+export interface ToolAnnotations {
+  readOnlyHint: boolean
+  destructiveHint: boolean
+  idempotentHint: boolean
+  openWorldHint: false
+}
+
+/** What a handler gets: the store, who is calling, and limits. Handlers talk to the store only. */
+export interface ToolContext {
+  store: ContextStore
+  namespace: string
+  actor: Actor
+  maxContentBytes: number
+}
+
+export interface ToolDefinition<I extends TObject = TObject, O extends TObject = TObject> {
+  name: string
+  title: string
+  description: string
+  scope: Scope
+  annotations: ToolAnnotations
+  inputSchema: I
+  outputSchema: O
+  handler: (ctx: ToolContext, input: Static<I>) => Promise<Static<O>>
+  /** The short text block that accompanies structuredContent. */
+  summarize: (output: Static<O>) => string
+}
+
+export function defineTool<I extends TObject, O extends TObject> (tool: ToolDefinition<I, O>): ToolDefinition<I, O> {
+  return tool
+}
+
+export interface TextContent { type: 'text', text: string }
+export interface ToolCallResult {
+  [key: string]: unknown
+  content: TextContent[]
+  structuredContent: Record<string, unknown>
+  isError?: boolean
+}
+
+export interface ObjectJsonSchema {
+  [keyword: string]: unknown
+  type: 'object'
+}
+
+export interface ListedTool {
+  name: string
+  title: string
+  description: string
+  inputSchema: ObjectJsonSchema
+  outputSchema: ObjectJsonSchema
+  annotations: ToolAnnotations & { title: string }
+}
+
+interface CompiledTool {
+  definition: ToolDefinition
+  check: TypeCheck<TObject>
+  listed: ListedTool
+}
+
+export function toolError (code: ErrorCode, message: string, details?: Record<string, unknown>): ToolCallResult {
+  return {
+    isError: true,
+    content: [{ type: 'text', text: `${code}: ${message}` }],
+    structuredContent: { error: { code, message, ...details } }
+  }
+}
+
+/** Plain JSON Schema of a TypeBox schema (TypeBox's symbol-keyed metadata dropped). */
+function jsonSchemaOf (schema: TObject): ObjectJsonSchema {
+  return JSON.parse(JSON.stringify(schema)) as ObjectJsonSchema
+}
+
+function describeValidationError (check: TypeCheck<TObject>, input: unknown): string {
+  const first = check.Errors(input).First()
+  if (first === undefined) return 'input is invalid'
+  const field = first.path === '' ? 'arguments' : first.path.slice(1).replace(/\//g, '.')
+  const hint = typeof first.schema.description === 'string' ? ` — ${first.schema.description}` : ''
+  if (first.path !== '' && first.value === undefined) return `${field} is required${hint}`
+  return `${field}: ${first.message}${hint}`
+}
+
+/**
+ * The tool registry: compiled validators and the advertised list are built once, at start-up; a
+ * call does a scope check, validates the arguments, and runs the handler. Tool failures come back
+ * as `isError` results with a catalogue code; anything unexpected is rethrown for the caller.
+ */
+export function createToolRegistry (tools: ToolDefinition[]) {
+  const byName = new Map<string, CompiledTool>()
+  for (const definition of tools) {
+    byName.set(definition.name, {
+      definition,
+      check: TypeCompiler.Compile(definition.inputSchema),
+      listed: {
+        name: definition.name,
+        title: definition.title,
+        description: definition.description,
+        inputSchema: jsonSchemaOf(definition.inputSchema),
+        outputSchema: jsonSchemaOf(definition.outputSchema),
+        annotations: { title: definition.title, ...definition.annotations }
+      }
+    })
+  }
+  const listCache = new Map<string, ListedTool[]>()
+
+  function allows (principal: Principal, tool: ToolDefinition): boolean {
+    return principal.scopes.has(tool.scope) || principal.scopes.has('context:admin')
+  }
+
+  return {
+    names: [...byName.keys()],
+
+    has (name: string): boolean {
+      return byName.has(name)
+    },
+
+    /** The tools this principal may call, in registration order. */
+    list (principal: Principal): ListedTool[] {
+      const cacheKey = [...principal.scopes].sort().join(' ')
+      let listed = listCache.get(cacheKey)
+      if (listed === undefined) {
+        listed = [...byName.values()].filter((tool) => allows(principal, tool.definition)).map((tool) => tool.listed)
+        listCache.set(cacheKey, listed)
+      }
+      return listed
+    },
+
+    async call (name: string, args: unknown, principal: Principal, ctx: ToolContext): Promise<ToolCallResult> {
+      const tool = byName.get(name)
+      if (tool === undefined) throw new UnknownToolError(name, [...byName.keys()])
+      if (!allows(principal, tool.definition)) {
+        return toolError('AUTH_1004', `${name} needs the ${tool.definition.scope} scope, which this token does not have.`, { required_scope: tool.definition.scope })
+      }
+      const input = args ?? {}
+      if (!tool.check.Check(input)) {
+        return toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`)
+      }
+      try {
+        const output = await tool.definition.handler(ctx, input)
+        return {
+          content: [{ type: 'text', text: tool.definition.summarize(output) }],
+          structuredContent: output
+        }
+      } catch (error) {
+        if (error instanceof AppError && error.statusCode < 500) return toolError(error.code, error.message, error.details)
+        throw error
+      }
+    }
+  }
+}
+
+export type ToolRegistry = ReturnType<typeof createToolRegistry>
+
+export class UnknownToolError extends Error {
+  constructor (name: string, known: string[]) {
+    super(`Unknown tool "${name.slice(0, 100)}". Available tools: ${known.join(', ')}.`)
+    this.name = 'UnknownToolError'
+  }
+}

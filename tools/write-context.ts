@@ -1,0 +1,48 @@
+import { Type } from '@sinclair/typebox'
+import { AppError } from '../schema/errors.js'
+import { Key } from '../schema/key.js'
+import { Content, Tags, Timestamp } from '../schema/content.js'
+import { assertContentFits } from './limits.js'
+import { defineTool } from './registry.js'
+
+export const writeContext = defineTool({
+  name: 'write_context',
+  title: 'Write context',
+  description: 'Store text under a key so that other conversations and agents can read it later; replaces the current content ' +
+    'and creates a new version (history is kept). To update safely when others may write the same key, pass the version you ' +
+    'last read as expected_version: if someone changed it since, nothing is written and you get error CTX_2002 with the ' +
+    'current version — read it again, merge, and retry. expected_version 0 means "only create, never overwrite". ' +
+    'Use append_context to add to an entry instead of replacing it.',
+  scope: 'context:write',
+  annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+  inputSchema: Type.Object({
+    key: Key,
+    content: Content,
+    expected_version: Type.Optional(Type.Integer({ minimum: 0, description: 'Write only if the entry is at this version (0: only if it does not exist).' })),
+    tags: Type.Optional(Tags),
+    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire after this many seconds (at most a year). Omit to keep it.' }))
+  }, { additionalProperties: false }),
+  outputSchema: Type.Object({
+    key: Type.String(),
+    version: Type.Integer(),
+    action: Type.Union([Type.Literal('created'), Type.Literal('updated')]),
+    updated_at: Timestamp
+  }),
+  async handler (ctx, input) {
+    assertContentFits(input.content, ctx.maxContentBytes)
+    const result = await ctx.store.write(ctx.namespace, input.key, input.content, {
+      ...(input.expected_version !== undefined && { expectedVersion: input.expected_version }),
+      ...(input.tags !== undefined && { tags: input.tags }),
+      ...(input.ttl_seconds !== undefined && { ttlSeconds: input.ttl_seconds })
+    }, ctx.actor)
+    if (result.status === 'conflict') {
+      const current = result.currentVersion
+      throw new AppError('CTX_2002', current === null
+        ? `Key "${input.key}" does not exist, but expected_version ${input.expected_version} was given. Nothing was written; use expected_version 0 (or omit it) to create the entry.`
+        : `Key "${input.key}" is at version ${current}, not ${input.expected_version}: someone else changed it. Nothing was written; read it again, merge your change, and retry with expected_version ${current}.`,
+      { current_version: current })
+    }
+    return { key: input.key, version: result.version, action: result.status, updated_at: result.updatedAt }
+  },
+  summarize: (output) => `${output.action === 'created' ? 'Created' : 'Updated'} ${output.key}: now version ${output.version}.`
+})
