@@ -1,0 +1,55 @@
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client'
+import { test } from 'tap'
+import { build, TEST_TOKEN } from '../helper.js'
+
+type Tap = Parameters<typeof build>[0]
+
+/** The official SDK client over the real network against the listening server. */
+async function connect (t: Tap, baseUrl: string, options: { protocolVersion?: string, negotiate?: boolean }): Promise<Client> {
+  const client = new Client(
+    { name: 'sdk-test-client', version: '1.0.0' },
+    options.negotiate === true ? { versionNegotiation: { mode: 'auto' } } : {}
+  )
+  const transport = new StreamableHTTPClientTransport(new URL('/mcp', baseUrl), {
+    requestInit: { headers: { authorization: `Bearer ${TEST_TOKEN}` } }
+  })
+  if (options.protocolVersion !== undefined) transport.setProtocolVersion?.(options.protocolVersion)
+  await client.connect(transport)
+  t.teardown(() => client.close())
+  return client
+}
+
+test('the SDK client speaks 2025-11-25 and 2026-07-28 to the running server', async (t) => {
+  const app = await build(t)
+  const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' })
+
+  const legacy = await connect(t, baseUrl, {})
+  t.equal(legacy.getNegotiatedProtocolVersion(), '2025-11-25')
+  t.match(legacy.getInstructions(), /expected_version/)
+  const tools = await legacy.listTools()
+  t.equal(tools.tools.length, 7)
+  const readTool = tools.tools.find((tool) => tool.name === 'read_context')
+  t.ok(readTool?.annotations?.readOnlyHint, 'read_context is read-only')
+  t.equal(readTool?.inputSchema.type, 'object')
+  t.ok(readTool?.outputSchema, 'output schema advertised')
+
+  const written = await legacy.callTool({ name: 'write_context', arguments: { key: 'proto/legacy', content: 'from 2025' } })
+  t.notOk(written.isError)
+  t.equal((written.structuredContent as { version: number }).version, 1)
+
+  const modern = await connect(t, baseUrl, { negotiate: true })
+  t.equal(modern.getNegotiatedProtocolVersion(), '2026-07-28')
+  const read = await modern.callTool({ name: 'read_context', arguments: { key: 'proto/legacy' } })
+  t.notOk(read.isError)
+  t.equal((read.structuredContent as { content: string }).content, 'from 2025')
+  const modernWrite = await modern.callTool({ name: 'append_context', arguments: { key: 'proto/legacy', content: 'and 2026' } })
+  t.equal((modernWrite.structuredContent as { version: number }).version, 2)
+  const history = await legacy.callTool({ name: 'context_history', arguments: { key: 'proto/legacy' } })
+  const versions = (history.structuredContent as { versions: Array<{ client: string | null, actor: string }> }).versions
+  t.equal(versions[0]?.client, 'sdk-test-client', 'a 2026-07-28 write records the client name from the envelope')
+  t.equal(versions[0]?.actor, 'static-token')
+
+  const failing = await modern.callTool({ name: 'read_context', arguments: { key: 'proto/missing' } })
+  t.equal(failing.isError, true)
+  t.equal((failing.structuredContent as { error: { code: string } }).error.code, 'CTX_2001')
+})
