@@ -1,0 +1,76 @@
+import { randomBytes } from 'node:crypto'
+import type postgres from 'postgres'
+import type { Test } from 'tap'
+import { createSql } from '../db/connect.js'
+import { startEmbeddedPostgres } from '../db/embedded.js'
+import { migrate } from '../db/migrate.js'
+
+export interface TestDatabase {
+  url: string
+  sql: postgres.Sql
+}
+
+type TeardownHost = Pick<Test, 'teardown'>
+
+const POOL_MAX = 10
+const CONNECT_TIMEOUT_MS = 10_000
+
+/**
+ * An isolated, migrated database for one test file, removed at teardown. With TEST_DATABASE_URL a
+ * fresh database on that server; otherwise an in-memory embedded PGlite.
+ */
+export async function testDatabase (t: TeardownHost): Promise<TestDatabase> {
+  const database = await testDatabaseUrlForEmptyDb(t)
+  await migrate(database.sql)
+  return database
+}
+
+/** Like testDatabase, but not migrated (for migration tests). */
+export async function testDatabaseUrlForEmptyDb (t: TeardownHost): Promise<TestDatabase> {
+  const serverUrl = process.env.TEST_DATABASE_URL
+  const database = serverUrl === undefined || serverUrl === ''
+    ? await startEmbedded()
+    : await createServerDatabase(serverUrl)
+  const sql = createSql(database.url, { max: POOL_MAX, connectTimeoutMs: CONNECT_TIMEOUT_MS })
+  t.teardown(async () => {
+    try {
+      await sql.end({ timeout: 5 })
+    } finally {
+      await database.dispose()
+    }
+  })
+  return { url: database.url, sql }
+}
+
+interface DisposableDatabase {
+  url: string
+  dispose(): Promise<void>
+}
+
+async function startEmbedded (): Promise<DisposableDatabase> {
+  const embedded = await startEmbeddedPostgres({})
+  return { url: embedded.url, dispose: embedded.close }
+}
+
+async function createServerDatabase (serverUrl: string): Promise<DisposableDatabase> {
+  const name = `scm_test_${randomBytes(6).toString('hex')}`
+  const admin = createSql(serverUrl, { max: 1, connectTimeoutMs: CONNECT_TIMEOUT_MS })
+  try {
+    await admin`create database ${admin(name)}`
+  } catch (error) {
+    await admin.end({ timeout: 5 })
+    throw error
+  }
+  const url = new URL(serverUrl)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    dispose: async () => {
+      try {
+        await admin`drop database if exists ${admin(name)} with (force)`
+      } finally {
+        await admin.end({ timeout: 5 })
+      }
+    }
+  }
+}

@@ -1,0 +1,72 @@
+import { test } from 'tap'
+import { buildApp } from '../app.js'
+import { loadConfig } from '../schema/config.js'
+import { testDatabase } from './db-helper.js'
+import { callTool, rpc, TEST_TOKEN } from './helper.js'
+import { TcpProxy, viaProxy } from './tcp-proxy.js'
+
+test('database lost at run time: DEP_3001 quickly, /ready 503, recovers by itself', async (t) => {
+  const { url } = await testDatabase(t)
+  const target = new URL(url)
+  const proxy = new TcpProxy(target.hostname, Number(target.port))
+  await proxy.start()
+  t.teardown(() => proxy.stop())
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: viaProxy(url, proxy), LOG_LEVEL: 'silent', DB_CONNECT_TIMEOUT_MS: '2000' }))
+  t.teardown(() => app.close())
+  await app.ready()
+
+  t.equal((await callTool(app, 'write_context', { key: 'k', content: 'before' })).structuredContent.version, 1)
+  t.equal((await app.inject('/ready')).statusCode, 200)
+
+  await proxy.cut()
+  const started = Date.now()
+  const failed = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'k' } })
+  const elapsed = Date.now() - started
+  t.equal(failed.statusCode, 503)
+  t.equal(failed.headers['retry-after'], '2')
+  t.equal(failed.json().error.data.code, 'DEP_3001')
+  t.notMatch(failed.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the answer')
+  t.ok(elapsed < 5000, `answered without hanging (${elapsed} ms)`)
+  const ready = await app.inject('/ready')
+  t.equal(ready.statusCode, 503)
+  t.same(ready.json(), { status: 'unavailable', database: 'failed' })
+  t.equal((await app.inject('/health')).statusCode, 200, 'the process itself is alive')
+
+  await proxy.restore()
+  let recovered = false
+  for (let attempt = 0; attempt < 50 && !recovered; attempt++) {
+    recovered = (await app.inject('/ready')).statusCode === 200
+    if (!recovered) await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.ok(recovered, '/ready is 200 again')
+  const read = await callTool(app, 'read_context', { key: 'k' })
+  t.equal(read.structuredContent.content, 'before')
+})
+
+test('clients that disconnect mid-call leave nothing behind', async (t) => {
+  const { url } = await testDatabase(t)
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, LOG_LEVEL: 'silent' }))
+  t.teardown(() => app.close())
+  const base = await app.listen({ port: 0, host: '127.0.0.1' })
+  const body = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'list_context', arguments: {} } })
+  const rounds = 300
+  await Promise.all(Array.from({ length: rounds }, async () => {
+    const controller = new AbortController()
+    const pending = fetch(`${base}/mcp`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
+      body,
+      signal: controller.signal
+    }).catch(() => undefined)
+    setImmediate(() => controller.abort())
+    await pending
+  }))
+  let inFlight = app.mcp.legacy.inFlight
+  for (let attempt = 0; attempt < 50 && inFlight > 0; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    inFlight = app.mcp.legacy.inFlight
+  }
+  t.equal(inFlight, 0, `no exchange left pending after ${rounds} aborted requests`)
+  const after = await callTool(app, 'list_context', {})
+  t.same(after.structuredContent.items, [], 'the server still answers')
+})
