@@ -65,11 +65,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
 
   let closing = false
   app.addHook('preClose', async () => { closing = true })
-  app.addHook('onRequest', async (_request, reply) => {
-    if (closing) {
-      reply.header('connection', 'close').header('retry-after', '5')
-      throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
-    }
+  app.addHook('onRequest', (_request, reply, done) => {
+    if (!closing) return done()
+    reply.header('retry-after', '5')
+    done(new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.'))
+  })
+  // Keep-alive connections would hold close() open after their last answer; end them with it.
+  app.addHook('onSend', (_request, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close')
+    done(null, payload)
   })
 
   app.setErrorHandler((error: FastifyError, request, reply) => {

@@ -1,0 +1,48 @@
+import { test } from 'tap'
+import { createContextStore } from '../db/context-store.js'
+import { testDatabase } from './db-helper.js'
+import { TEST_TOKEN } from './helper.js'
+import { servingUrl, startServer, waitFor } from './process-helper.js'
+
+test('SIGTERM lets an in-flight call commit, then exits 0', async (t) => {
+  const { url, sql } = await testDatabase(t)
+  const store = createContextStore(sql, { maxContentBytes: 102400 })
+  await store.write('default', 'busy', 'v1', {}, { principal: 'test', client: null })
+
+  const server = startServer({ DATABASE_URL: url, AUTH_TOKEN: TEST_TOKEN, PORT: '0', SHUTDOWN_TIMEOUT_MS: '10000' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  await waitFor(server, (output) => output.includes('serving MCP at'))
+  const mcpUrl = servingUrl(server)
+
+  let release: () => void = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let locked: () => void = () => {}
+  const isLocked = new Promise<void>((resolve) => { locked = resolve })
+  // Hold the row so that the server's write has to wait for us.
+  const holder = sql.begin(async (tx) => {
+    await tx`select key from context_entries where namespace = 'default' and key = 'busy' for update`
+    locked()
+    await released
+  })
+  await isLocked
+
+  const inFlight = fetch(mcpUrl, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'write_context', arguments: { key: 'busy', content: 'v2' } } })
+  })
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  server.child.kill('SIGTERM')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.equal(server.child.exitCode, null, 'still running while a call is in flight')
+  release()
+  await holder
+
+  const response = await inFlight
+  t.equal(response.status, 200)
+  const body = await response.json() as { result: { structuredContent: { version: number } } }
+  t.equal(body.result.structuredContent.version, 2, 'the in-flight write committed')
+  t.equal(await server.exited, 0, 'exit 0 after draining')
+  const entry = await store.read('default', 'busy')
+  t.equal(entry?.content, 'v2')
+})
