@@ -1,12 +1,124 @@
+import { parseArgs } from 'node:util'
+import { createContextStore } from './db/context-store.js'
+import { openDatabase } from './db/open.js'
+import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
+import { ConfigError, loadConfig, type Config } from './schema/config.js'
+import { SCOPES, type Scope } from './schema/principal.js'
 import { serve } from './server.js'
 
-const [command = 'serve'] = process.argv.slice(2)
+const USAGE = `Usage: node dist/cli.js <command>
 
-switch (command) {
-  case 'serve':
-    await serve()
-    break
-  default:
-    process.stderr.write(`Unknown command "${command}". Commands: serve, migrate.\n`)
-    process.exit(2)
+  serve                        start the server (default)
+  migrate                      apply pending database migrations and exit
+  token create --name NAME [--namespace NS] [--scopes context:read,context:write]
+                               create an API token; printed once, only its hash is stored
+  token list                   list tokens (never their secrets)
+  token revoke --name NAME     revoke a token
+
+The database is DATABASE_URL, or the embedded one in DATA_DIR.`
+
+/** A failure to report in one line, with an exit code (2: usage). Thrown, so open databases close first. */
+class CliError extends Error {
+  constructor (message: string, readonly exitCode = 1) {
+    super(message)
+  }
+}
+
+function fail (message: string, exitCode = 1): never {
+  throw new CliError(message, exitCode)
+}
+
+function configFromEnv (): Config {
+  try {
+    return loadConfig(process.env)
+  } catch (error) {
+    if (error instanceof ConfigError) fail(error.message)
+    throw error
+  }
+}
+
+async function withDatabase (action: (database: Awaited<ReturnType<typeof openDatabase>>, config: Config) => Promise<void>): Promise<void> {
+  const config = configFromEnv()
+  const database = await openDatabase(config, (message) => process.stderr.write(`${message}\n`))
+  try {
+    await action(database, config)
+  } finally {
+    await database.close()
+  }
+}
+
+function parseScopes (value: string | undefined): Scope[] {
+  if (value === undefined) return ['context:read', 'context:write', 'context:delete']
+  const scopes = value.split(',').map((scope) => scope.trim()).filter((scope) => scope !== '')
+  const unknown = scopes.filter((scope) => !(SCOPES as readonly string[]).includes(scope))
+  if (unknown.length > 0 || scopes.length === 0) fail(`Unknown scope(s): ${unknown.join(', ') || '(none given)'}. Scopes: ${SCOPES.join(', ')}.`, 2)
+  return scopes as Scope[]
+}
+
+async function tokenCommand (args: string[]): Promise<void> {
+  const [action, ...rest] = args
+  const { values } = parseArgs({
+    args: rest,
+    options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' } },
+    strict: true
+  })
+  switch (action) {
+    case 'create': {
+      const name = values.name ?? fail('token create needs --name NAME', 2)
+      if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(name)) fail('--name must be 1-64 characters of A-Z a-z 0-9 _ . : -', 2)
+      const namespace = values.namespace ?? DEFAULT_NAMESPACE
+      if (!/^[A-Za-z0-9_.:/-]{1,255}$/.test(namespace)) fail('--namespace must be 1-255 characters of A-Z a-z 0-9 _ . : / -', 2)
+      const scopes = parseScopes(values.scopes)
+      await withDatabase(async ({ sql }, config) => {
+        const store = createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
+        if ((await store.listApiTokens()).some((token) => token.name === name)) fail(`A token named "${name}" exists already; revoke it or choose another name.`)
+        const token = generateToken()
+        await store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes })
+        process.stdout.write(`Created token "${name}" (namespace ${namespace}; ${scopes.join(', ')}). It is shown only now:\n${token}\n`)
+      })
+      return
+    }
+    case 'list':
+      await withDatabase(async ({ sql }, config) => {
+        const tokens = await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).listApiTokens()
+        for (const token of tokens) {
+          const state = token.revokedAt === null ? 'active' : `revoked ${token.revokedAt}`
+          process.stdout.write(`${token.name}\t${token.namespace}\t${token.scopes.join(',')}\tcreated ${token.createdAt}\tlast used ${token.lastUsedAt ?? 'never'}\t${state}\n`)
+        }
+        if (tokens.length === 0) process.stdout.write('No tokens.\n')
+      })
+      return
+    case 'revoke': {
+      const name = values.name ?? fail('token revoke needs --name NAME', 2)
+      await withDatabase(async ({ sql }, config) => {
+        const revoked = await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeApiToken(name)
+        if (!revoked) fail(`No active token named "${name}".`)
+        process.stdout.write(`Revoked "${name}". Instances stop accepting it within seconds.\n`)
+      })
+      return
+    }
+    default:
+      fail(USAGE, 2)
+  }
+}
+
+const [command = 'serve', ...args] = process.argv.slice(2)
+try {
+  switch (command) {
+    case 'serve':
+      await serve()
+      break
+    case 'migrate':
+      await withDatabase(async () => { process.stdout.write('Migrations are up to date.\n') })
+      break
+    case 'token':
+      await tokenCommand(args)
+      break
+    default:
+      fail(USAGE, 2)
+  }
+} catch (error) {
+  const message = error instanceof CliError ? error.message : `${command} failed: ${error instanceof Error ? error.message : String(error)}`
+  process.stderr.write(`${message}\n`)
+  process.exit(error instanceof CliError ? error.exitCode : 1)
 }

@@ -1,10 +1,7 @@
-import { resolve } from 'node:path'
 import fp from 'fastify-plugin'
 import type postgres from 'postgres'
-import { createSql, waitForDatabase } from '../db/connect.js'
 import { createContextStore, type ContextStore } from '../db/context-store.js'
-import { startEmbeddedPostgres } from '../db/embedded.js'
-import { migrate } from '../db/migrate.js'
+import { openDatabase } from '../db/open.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -17,41 +14,14 @@ declare module 'fastify' {
   }
 }
 
-// The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
-const EMBEDDED_POOL_MAX = 4
-
-/**
- * Connects to PostgreSQL (DATABASE_URL, or an embedded PGlite in DATA_DIR), waits for it with a
- * bounded retry, applies pending migrations, and exposes the pool and the context store.
- */
+/** The database: connected and migrated before the server serves; closed (with the embedded server) on close. */
 export default fp(async (fastify) => {
   const { config } = fastify
-  const log = (message: string) => fastify.log.info(message)
-  const embedded = config.DATABASE_URL === undefined
-    ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log })
-    : undefined
-  const url = embedded?.url ?? config.DATABASE_URL as string
-  const sql = createSql(url, {
-    max: embedded === undefined ? config.DB_POOL_MAX : EMBEDDED_POOL_MAX,
-    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS
-  })
-  try {
-    await waitForDatabase(sql, { timeoutMs: config.DB_CONNECT_TIMEOUT_MS, log })
-    await migrate(sql, { log })
-  } catch (error) {
-    await sql.end({ timeout: 1 }).catch(() => {})
-    await embedded?.close()
-    throw error
-  }
-
+  const database = await openDatabase(config, (message) => fastify.log.info(message))
   fastify.decorate('db', {
-    sql,
-    store: createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }),
-    embedded: embedded !== undefined
+    sql: database.sql,
+    store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES }),
+    embedded: database.embedded
   })
-
-  fastify.addHook('onClose', async () => {
-    await sql.end({ timeout: 5 })
-    await embedded?.close()
-  })
+  fastify.addHook('onClose', () => database.close())
 }, { name: 'db', dependencies: ['config'] })

@@ -21,13 +21,13 @@ export const errorCatalogue = {
 
 export type ErrorCode = keyof typeof errorCatalogue
 
-export const ErrorBody = Type.Object({
+export const ErrorBodySchema = Type.Object({
   error: Type.Object({
     code: Type.String(),
     message: Type.String()
   }, { additionalProperties: true })
 })
-export type ErrorBody = Static<typeof ErrorBody>
+export type ErrorBody = Static<typeof ErrorBodySchema>
 
 /**
  * A failure with a catalogue code. `message` is shown to the caller, so it must say what was wrong

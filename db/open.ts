@@ -1,0 +1,42 @@
+import { resolve } from 'node:path'
+import type postgres from 'postgres'
+import type { Config } from '../schema/config.js'
+import { createSql, waitForDatabase } from './connect.js'
+import { startEmbeddedPostgres } from './embedded.js'
+import { migrate } from './migrate.js'
+
+// The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
+const EMBEDDED_POOL_MAX = 4
+
+export interface OpenDatabase {
+  sql: postgres.Sql
+  /** True when this process runs its own embedded PostgreSQL (PGlite) in DATA_DIR. */
+  embedded: boolean
+  close: () => Promise<void>
+}
+
+/**
+ * Connects to PostgreSQL (DATABASE_URL, or an embedded PGlite in DATA_DIR), waits for it with a
+ * bounded retry, and applies pending migrations. Used by the db plugin and by the CLI.
+ */
+export async function openDatabase (config: Config, log: (message: string) => void): Promise<OpenDatabase> {
+  const embedded = config.DATABASE_URL === undefined
+    ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log })
+    : undefined
+  const sql = createSql(embedded?.url ?? config.DATABASE_URL as string, {
+    max: embedded === undefined ? config.DB_POOL_MAX : EMBEDDED_POOL_MAX,
+    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS
+  })
+  const close = async () => {
+    await sql.end({ timeout: 5 })
+    await embedded?.close()
+  }
+  try {
+    await waitForDatabase(sql, { timeoutMs: config.DB_CONNECT_TIMEOUT_MS, log })
+    await migrate(sql, { log })
+  } catch (error) {
+    await close().catch(() => {})
+    throw error
+  }
+  return { sql, embedded: embedded !== undefined, close }
+}

@@ -1,0 +1,64 @@
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { test } from 'tap'
+import { buildApp } from '../app.js'
+import { loadConfig } from '../schema/config.js'
+import { testDatabase } from './db-helper.js'
+import { callTool } from './helper.js'
+
+const run = promisify(execFile)
+const root = fileURLToPath(new URL('..', import.meta.url))
+
+async function cli (env: Record<string, string>, ...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'cli.ts', ...args], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } })
+    return { code: 0, stdout, stderr }
+  } catch (error) {
+    const failed = error as { code: number, stdout: string, stderr: string }
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr }
+  }
+}
+
+test('cli: migrate, token create / list / revoke against the same database the server uses', async (t) => {
+  t.setTimeout(120_000) // each command is a new Node process
+  const { url } = await testDatabase(t)
+  const env = { DATABASE_URL: url }
+
+  const migrated = await cli(env, 'migrate')
+  t.equal(migrated.code, 0, migrated.stderr)
+  t.match(migrated.stdout, /up to date/)
+
+  const created = await cli(env, 'token', 'create', '--name', 'ci-bot', '--namespace', 'team', '--scopes', 'context:read,context:write')
+  t.equal(created.code, 0, created.stderr)
+  const token = /^(scm_\S+)$/m.exec(created.stdout)?.[1]
+  t.ok(token, 'token printed once')
+
+  const app = await buildApp(loadConfig({ DATABASE_URL: url, LOG_LEVEL: 'silent' }))
+  t.teardown(() => app.close())
+  await app.ready()
+  const written = await callTool(app, 'write_context', { key: 'notes', content: 'from the bot' }, { token: token as string })
+  t.notOk(written.isError)
+  const history = await callTool(app, 'context_history', { key: 'notes' }, { token: token as string })
+  t.equal((history.structuredContent.versions as Array<{ actor: string }>)[0]?.actor, 'token:ci-bot')
+  const rows = await app.db.sql<Array<{ namespace: string }>>`select namespace from context_entries where key = 'notes'`
+  t.same(rows.map((row) => row.namespace), ['team'], 'written in the token\'s namespace')
+
+  const listed = await cli(env, 'token', 'list')
+  t.match(listed.stdout, /ci-bot\tteam\tcontext:read,context:write/)
+  t.notMatch(listed.stdout, new RegExp(token as string), 'list never shows a secret')
+
+  const duplicate = await cli(env, 'token', 'create', '--name', 'ci-bot')
+  t.equal(duplicate.code, 1)
+  const badScope = await cli(env, 'token', 'create', '--name', 'x', '--scopes', 'root')
+  t.equal(badScope.code, 2)
+  t.match(badScope.stderr, /Unknown scope/)
+
+  const revoked = await cli(env, 'token', 'revoke', '--name', 'ci-bot')
+  t.equal(revoked.code, 0, revoked.stderr)
+  const again = await cli(env, 'token', 'revoke', '--name', 'ci-bot')
+  t.equal(again.code, 1)
+  const usage = await cli(env, 'frobnicate')
+  t.equal(usage.code, 2)
+  t.match(usage.stderr, /Usage/)
+})
