@@ -17,7 +17,7 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
 }
 
-/** Secrets and stored content never reach the log. */
+/** Secrets and stored content never reach the log (database errors carry their query parameters). */
 export const LOG_REDACT_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
@@ -26,8 +26,19 @@ export const LOG_REDACT_PATHS = [
   'token',
   'content',
   '*.content',
-  'arguments.content'
+  'arguments.content',
+  'err.parameters',
+  'err.args'
 ]
+
+/** pino options: JSON lines, pretty only on a terminal, secrets redacted. */
+export function loggerOptions (level: Config['LOG_LEVEL'], pretty: boolean): Exclude<FastifyServerOptions['logger'], boolean | undefined> {
+  return {
+    level,
+    redact: { paths: LOG_REDACT_PATHS, censor: '[redacted]' },
+    ...(pretty && { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss', ignore: 'pid,hostname' } } })
+  }
+}
 
 /** Fastify's own errors, mapped to the catalogue. */
 function appErrorOf (error: FastifyError): AppError {

@@ -1,17 +1,8 @@
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
-import type { FastifyServerOptions } from 'fastify'
-import { buildApp, LOG_REDACT_PATHS } from './app.js'
+import { buildApp, loggerOptions } from './app.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
-
-function loggerOptions (config: Config): FastifyServerOptions['logger'] {
-  return {
-    level: config.LOG_LEVEL,
-    redact: { paths: LOG_REDACT_PATHS, censor: '[redacted]' },
-    ...(process.stdout.isTTY && { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss', ignore: 'pid,hostname' } } })
-  }
-}
 
 function connectInstructions (config: Config, address: string, token: string | undefined): string {
   const url = `${config.PUBLIC_URL ?? address}/mcp`
@@ -52,7 +43,7 @@ export async function serve (): Promise<void> {
 
   let app
   try {
-    app = await buildApp(config, { logger: loggerOptions(config) })
+    app = await buildApp(config, { logger: loggerOptions(config.LOG_LEVEL, process.stdout.isTTY) })
   } catch (error) {
     process.stderr.write(`shared-context-mcp could not start: ${error instanceof Error ? error.message : String(error)}\n`)
     process.exit(1)

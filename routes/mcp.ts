@@ -131,7 +131,11 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
       reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
     })
     if (answer === undefined) {
-      throw new AppError('SRV_9002', 'The server is shutting down or the request was cancelled; retry.')
+      if (reply.raw.destroyed) {
+        request.log.debug('client disconnected before the answer')
+        return reply.hijack()
+      }
+      throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
     }
     const status = httpStatusOf(answer)
     if (status === 503) reply.header('retry-after', '2')

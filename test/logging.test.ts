@@ -1,0 +1,31 @@
+import { Writable } from 'node:stream'
+import { test } from 'tap'
+import { buildApp, loggerOptions } from '../app.js'
+import { loadConfig } from '../schema/config.js'
+import { testDatabase } from './db-helper.js'
+import { callTool, rpc, TEST_TOKEN } from './helper.js'
+
+test('logs carry request ids but never tokens or stored content', async (t) => {
+  const { url } = await testDatabase(t)
+  const lines: string[] = []
+  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(String(chunk)); done() } })
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url }), {
+    logger: { ...loggerOptions('trace', false), stream }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+
+  const secretContent = 'the launch code is 0000-SECRET-CONTENT'
+  await callTool(app, 'write_context', { key: 'secret', content: secretContent })
+  await callTool(app, 'read_context', { key: 'secret' })
+  const wrongToken = 'wrong-token-that-must-not-be-logged-0123456789'
+  t.equal((await rpc(app, 'tools/list', {}, { token: wrongToken })).statusCode, 401)
+  t.equal((await rpc(app, 'tools/list', {}, { token: null })).statusCode, 401)
+
+  const log = lines.join('')
+  t.ok(lines.length > 5, 'something was logged')
+  t.match(log, /"reqId"/, 'request ids are logged')
+  t.notOk(log.includes(TEST_TOKEN), 'the valid token is not logged')
+  t.notOk(log.includes(wrongToken), 'a wrong token is not logged')
+  t.notOk(log.includes('SECRET-CONTENT'), 'stored content is not logged')
+})
