@@ -1,0 +1,103 @@
+import autocannon, { type Context, type Instance, type RequestParams } from 'autocannon'
+import { checkAnswer, makeCall, type Call, type Verdict } from './calls.js'
+
+export interface Target {
+  url: string
+  /** Extra headers, e.g. Authorization. */
+  headers: Record<string, string>
+}
+
+export interface LoadOptions {
+  durationSeconds: number
+  connections: number
+  keys: number
+  writeRatio: number
+}
+
+export interface ErrorCounts {
+  non2xx: number
+  badBody: number
+  toolError: number
+  timeouts: number
+  connectionErrors: number
+  /** Responses autocannon saw but the validator did not (should always be 0). */
+  unchecked: number
+}
+
+export interface LoadResult {
+  requestsPerSecond: number
+  p50Ms: number
+  p99Ms: number
+  responses: number
+  errors: ErrorCounts
+  totalErrors: number
+  /** The first few problems, verbatim. */
+  samples: string[]
+}
+
+export const MCP_HEADERS = {
+  'content-type': 'application/json',
+  accept: 'application/json, text/event-stream',
+  'mcp-protocol-version': '2025-11-25'
+}
+
+const MAX_SAMPLES = 5
+
+let current: Instance | undefined
+
+/** Stops a run in progress (Ctrl-C). */
+export function stopLoad (): void {
+  current?.stop()
+}
+
+export async function runLoad (target: Target, options: LoadOptions): Promise<LoadResult> {
+  const counts: Record<Verdict, number> = { ok: 0, non2xx: 0, 'bad-body': 0, 'tool-error': 0 }
+  const samples: string[] = []
+
+  // One request per connection at a time (no pipelining), so the context autocannon keeps per
+  // connection holds the call whose answer arrives next.
+  const setupRequest = (request: RequestParams, context: Context): RequestParams => {
+    const call = makeCall(options.keys, options.writeRatio)
+    context.call = call
+    return { ...request, body: call.body }
+  }
+  const onResponse = (status: number, body: string, context: Context, headers: Record<string, string | string[]>): void => {
+    const call = context.call as Call
+    const contentType = headers['content-type'] ?? headers['Content-Type'] ?? ''
+    const check = checkAnswer(status, body, String(contentType).toLowerCase(), call)
+    counts[check.verdict]++
+    if (check.detail !== undefined && samples.length < MAX_SAMPLES) samples.push(`${call.tool} ${call.key}: ${check.detail}`)
+  }
+
+  current = autocannon({
+    url: target.url,
+    connections: options.connections,
+    duration: options.durationSeconds,
+    timeout: 10,
+    method: 'POST',
+    headers: { ...MCP_HEADERS, ...target.headers },
+    requests: [{ method: 'POST', setupRequest, onResponse }]
+  })
+  const result = await current
+  current = undefined
+
+  const seen = result['1xx'] + result['2xx'] + result['3xx'] + result['4xx'] + result['5xx']
+  const checked = counts.ok + counts.non2xx + counts['bad-body'] + counts['tool-error']
+  const errors: ErrorCounts = {
+    non2xx: counts.non2xx,
+    badBody: counts['bad-body'],
+    toolError: counts['tool-error'],
+    timeouts: result.timeouts,
+    connectionErrors: result.errors - result.timeouts,
+    unchecked: Math.max(0, seen - checked)
+  }
+  return {
+    requestsPerSecond: result.requests.average,
+    p50Ms: result.latency.p50,
+    p99Ms: result.latency.p99,
+    responses: seen,
+    errors,
+    totalErrors: Object.values(errors).reduce((sum, n) => sum + n, 0),
+    samples
+  }
+}

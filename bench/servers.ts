@@ -1,0 +1,85 @@
+import { randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { checkAnswer, makeCall } from './calls.js'
+import { freePort, startChild, type Child } from './children.js'
+import { MCP_HEADERS, type Target } from './load.js'
+import type { Settings } from './settings.js'
+
+// The three servers of the comparison and how to start them.
+
+export type ServerId = 'a' | 'b' | 'c'
+
+export interface Server extends Target {
+  id: ServerId
+  label: string
+  child: Child
+  logFile: string
+}
+
+const READY_TIMEOUT_MS = 60_000
+const READY_POLL_MS = 200
+
+// Peers run from the JavaScript that `tsc -p bench/tsconfig.json` compiles (into node_modules/.cache,
+// out of git's and eslint's way), as the server under test runs from dist/: no TypeScript loader in
+// any server process.
+export const PEERS_DIR = 'node_modules/.cache/scm-bench/bench/peers'
+
+interface ServerSpec {
+  id: ServerId
+  label: string
+  script: string
+  env: Record<string, string>
+  headers: Record<string, string>
+}
+
+export async function startServers (databaseUrl: string, settings: Settings, resultsDir: string): Promise<Server[]> {
+  const token = `bench_${randomBytes(24).toString('base64url')}`
+  const common = { DATABASE_URL: databaseUrl, DB_POOL_MAX: String(settings.dbPoolMax) }
+  const specs: ServerSpec[] = [
+    {
+      id: 'a',
+      label: 'this server',
+      script: 'dist/server.js',
+      env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '1000000', HOST: '127.0.0.1' },
+      headers: { authorization: `Bearer ${token}` }
+    },
+    { id: 'b', label: 'floor (bare Fastify)', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },
+    { id: 'c', label: 'SDK stateless example', script: join(PEERS_DIR, 'sdk-example.js'), env: common, headers: {} }
+  ]
+  const servers: Server[] = []
+  for (const spec of specs.filter(s => settings.servers.includes(s.id))) {
+    const port = await freePort()
+    const logFile = join(resultsDir, `server-${spec.id}.log`)
+    const child = startChild({ name: spec.label, args: [spec.script], env: { ...spec.env, PORT: String(port) }, logFile })
+    servers.push({ id: spec.id, label: spec.label, child, logFile, url: `http://127.0.0.1:${port}/mcp`, headers: spec.headers })
+  }
+  return servers
+}
+
+export async function logTail (server: Server, lines = 20): Promise<string> {
+  const text = await readFile(server.logFile, 'utf8').catch(() => '')
+  return text.split('\n').slice(-lines).join('\n')
+}
+
+/** Waits until the server answers one read_context correctly. */
+export async function waitUntilServing (server: Server, keys: number): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS
+  let problem = 'no answer yet'
+  while (Date.now() < deadline) {
+    if (server.child.exit !== undefined) {
+      throw new Error(`${server.label} exited (${server.child.exit}) before serving:\n${await logTail(server)}`)
+    }
+    const call = makeCall(keys, 0)
+    try {
+      const response = await fetch(server.url, { method: 'POST', headers: { ...MCP_HEADERS, ...server.headers }, body: call.body })
+      const check = checkAnswer(response.status, await response.text(), response.headers.get('content-type') ?? '', call)
+      if (check.verdict === 'ok') return
+      problem = check.detail ?? check.verdict
+    } catch (error) {
+      problem = (error as Error).message
+    }
+    await new Promise(resolve => setTimeout(resolve, READY_POLL_MS))
+  }
+  throw new Error(`${server.label} did not answer read_context correctly within ${READY_TIMEOUT_MS} ms; last problem: ${problem}`)
+}

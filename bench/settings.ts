@@ -1,0 +1,45 @@
+// Benchmark settings, from the environment.
+
+export interface Settings {
+  /** Any database on the PostgreSQL server to use; the bench database is created next to it. */
+  adminDatabaseUrl: string
+  durationSeconds: number
+  warmupSeconds: number
+  connections: number
+  rounds: number
+  keys: number
+  writeRatio: number
+  dbPoolMax: number
+  /** Which of a (this server), b (floor), c (SDK example) to run; ratios need all three. */
+  servers: string[]
+}
+
+function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
+  return value
+}
+
+function serverList (raw: string | undefined): string[] {
+  if (raw === undefined || raw === '') return ['a', 'b', 'c']
+  const ids = raw.split(',').map(id => id.trim())
+  if (ids.length === 0 || ids.some(id => !['a', 'b', 'c'].includes(id))) throw new Error(`BENCH_SERVERS must list some of a,b,c (got ${JSON.stringify(raw)})`)
+  return [...new Set(ids)]
+}
+
+export function readSettings (env: NodeJS.ProcessEnv): Settings {
+  return {
+    adminDatabaseUrl: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+    durationSeconds: positiveInteger(env, 'BENCH_DURATION', 10),
+    warmupSeconds: positiveInteger(env, 'BENCH_WARMUP', 3),
+    connections: positiveInteger(env, 'BENCH_CONNECTIONS', 32),
+    rounds: positiveInteger(env, 'BENCH_ROUNDS', 2),
+    keys: positiveInteger(env, 'BENCH_KEYS', 1000),
+    writeRatio: 0.1,
+    // The server's own default (DB_POOL_MAX); all three get the same pool.
+    dbPoolMax: positiveInteger(env, 'BENCH_DB_POOL_MAX', 10),
+    servers: serverList(env.BENCH_SERVERS)
+  }
+}
