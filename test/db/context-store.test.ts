@@ -116,6 +116,14 @@ test('context store', async (t) => {
       return label.includes(action ?? '') ? [] : [`${i + 1}:${action} after ${actions[i - 1] ?? 'nothing'}`]
     })
     t.same(mislabelled, [], 'a change of an absent key is a create (or restore), of a present key never')
+    const contents = await sql<{ action: string, content: string | null }[]>`
+      select action, content from context_history where namespace = ${ns} and key = 'hot' order by version`
+    const lostAppends = contents.flatMap((row, i) => {
+      const before = contents[i - 1]
+      if (row.action !== 'append' || before?.content == null) return []
+      return row.content?.startsWith(`${before.content},a`) === true ? [] : [`version ${i + 1}`]
+    })
+    t.same(lostAppends, [], 'every append extends the version before it')
     const [last] = await sql<{ action: string, version: number }[]>`
       select action, version from context_history where namespace = ${ns} and key = 'hot' order by version desc limit 1`
     const entry = await store.read(ns, 'hot')

@@ -1,0 +1,550 @@
+import type postgres from 'postgres'
+
+// All data SQL of the application. Each change and its history row are written by ONE statement
+// (data-modifying CTEs): one round trip, implicitly one transaction, never one without the other.
+//
+// A row whose expires_at has passed counts as absent everywhere. A delete does not remove the row:
+// it leaves a tombstone (content '', expires_at = '-infinity') that carries the version of the
+// delete. Not now(): that is the deleting transaction's start time, which a concurrent transaction
+// that started earlier would still see as the future.
+// So every change of a key, recreation included, is serialised on that one row and numbered
+// e.version + 1: versions never repeat or go backwards, and concurrent recreate/delete cannot race
+// for the same number. Only a key without any row starts from its history (or at 1).
+
+export interface Actor { principal: string, client: string | null }
+
+export interface Entry {
+  key: string
+  content: string
+  version: number
+  tags: string[]
+  createdAt: string
+  updatedAt: string
+  updatedBy: string
+  client: string | null
+  expiresAt: string | null
+}
+
+export interface WriteOptions {
+  /** Compare-and-set: write only if the current version is this one; 0 means "only if absent". */
+  expectedVersion?: number
+  /** Undefined keeps the current tags (none for a new key); [] clears them. */
+  tags?: string[]
+  /** Undefined clears any expiry. */
+  ttlSeconds?: number
+}
+
+export type WriteResult =
+  | { status: 'created' | 'updated', version: number, updatedAt: string }
+  | { status: 'conflict', currentVersion: number | null } // null: key does not exist
+
+export type AppendResult =
+  | { status: 'created' | 'appended', version: number, bytes: number }
+  | { status: 'too_large', bytes: number } // the resulting size that would exceed maxContentBytes
+
+export interface ListOptions { prefix?: string, tag?: string, limit: number, afterKey?: string }
+
+export interface ListItem {
+  key: string
+  version: number
+  bytes: number
+  tags: string[]
+  updatedAt: string
+  updatedBy: string
+  /** First 160 characters, whitespace runs collapsed to one space. */
+  preview: string
+}
+
+export interface ListPage { items: ListItem[], nextAfterKey: string | null }
+
+export type DeleteResult =
+  | { status: 'deleted', deletedVersion: number }
+  | { status: 'not_found' }
+  | { status: 'conflict', currentVersion: number }
+
+export type HistoryAction = 'create' | 'update' | 'append' | 'delete' | 'restore'
+
+export interface HistoryItem {
+  version: number
+  action: HistoryAction
+  actor: string
+  client: string | null
+  at: string
+  bytes: number | null
+}
+
+export interface HistoryPage { items: HistoryItem[], nextBeforeVersion: number | null } // newest first
+
+export interface HistoryOptions { limit: number, beforeVersion?: number }
+
+export type RestoreResult =
+  | { status: 'restored', version: number, restoredFrom: number }
+  | { status: 'not_found' }
+  | { status: 'version_not_found' }
+
+export interface ApiTokenRecord { id: string, name: string, namespace: string, scopes: string[] }
+
+export interface ApiTokenListing extends ApiTokenRecord {
+  createdAt: string
+  lastUsedAt: string | null
+  revokedAt: string | null
+}
+
+export interface NewApiToken { name: string, hash: string, namespace: string, scopes: string[] }
+
+export interface ContextStoreOptions { maxContentBytes: number }
+
+const PREVIEW_CHARS = 160
+// Whitespace is collapsed only in this many leading characters, so a preview of a 100 KiB entry
+// does not run a regex over all of it.
+const PREVIEW_SOURCE_CHARS = 4096
+// Only tokens unused for this long get last_used_at written, so authentication stays a read.
+const TOKEN_TOUCH_INTERVAL = '1 minute'
+// Should entry rows ever be purged, two writers recreating that key could both pick
+// max(version)+1 from history; the loser hits the unique (namespace, key, version) and runs again.
+const HISTORY_VERSION_CONSTRAINT = 'context_history_key_version'
+const MAX_ATTEMPTS = 5
+/** A statement found the key created under its feet, changed nothing, and must run again. */
+const RACED = Symbol('raced')
+
+interface EntryRow {
+  key: string
+  content: string
+  version: number
+  tags: string[]
+  created_at: Date
+  updated_at: Date
+  updated_by: string
+  client: string | null
+  expires_at: Date | null
+}
+
+interface WrittenRow { version: number | null, updated_at: Date | null, created: boolean | null, had_previous: boolean }
+interface AppendedRow {
+  version: number | null
+  created: boolean | null
+  bytes: number | null
+  previous_bytes: number | null
+  previous_expired: boolean | null
+  had_previous: boolean
+}
+interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
+interface DeletedRow { deleted_version: number | null }
+interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
+interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
+interface VersionRow { version: number }
+interface TokenRow { id: string, name: string, namespace: string, scopes: string[] }
+interface TokenListingRow extends TokenRow { created_at: Date, last_used_at: Date | null, revoked_at: Date | null }
+
+export type ContextStore = ReturnType<typeof createContextStore>
+
+export function createContextStore (sql: postgres.Sql, options: ContextStoreOptions) {
+  const { maxContentBytes } = options
+  const notExpired = sql`(expires_at is null or expires_at > now())`
+
+  /**
+   * CTE "previous": the key's current row, locked, as committed right now (not as of the
+   * statement's snapshot). It tells whether a change takes over an absent (expired or deleted) key,
+   * which RETURNING cannot show. Use firstVersion() in the INSERT so it runs before the insert.
+   */
+  function lockedPrevious (namespace: string, key: string): postgres.PendingQuery<postgres.Row[]> {
+    return sql`
+      previous as materialized (
+        select version, expires_at <= now() as expired, octet_length(content) as bytes
+        from context_entries where namespace = ${namespace} and key = ${key}
+        for update
+      )`
+  }
+
+  /**
+   * DO UPDATE condition: change only the row "previous" locked. If there was none, the key was
+   * created after this statement's snapshot; the statement then changes nothing and runs again
+   * (settle), so that it knows what it took over.
+   */
+  const onlyThePreviousRow = sql`e.version = (select version from previous)`
+
+  /**
+   * Version for the INSERT branch of an upsert (used only when the key has no row). Referencing
+   * "previous" here makes it run before the insert.
+   */
+  function firstVersion (namespace: string, key: string): postgres.PendingQuery<postgres.Row[]> {
+    return sql`coalesce(
+      (select version from previous),
+      (select max(h.version) from context_history h where h.namespace = ${namespace} and h.key = ${key}),
+      0) + 1`
+  }
+
+  async function currentVersion (namespace: string, key: string): Promise<number | null> {
+    const rows = await sql<VersionRow[]>`
+      select version from context_entries where namespace = ${namespace} and key = ${key} and ${notExpired}`
+    return rows[0]?.version ?? null
+  }
+
+  async function read (namespace: string, key: string, version?: number): Promise<Entry | null> {
+    const rows = version === undefined
+      ? await sql<EntryRow[]>`
+          select key, content, version, tags, created_at, updated_at, updated_by, client, expires_at
+          from context_entries
+          where namespace = ${namespace} and key = ${key} and ${notExpired}`
+      : await sql<EntryRow[]>`
+          select h.key, h.content, h.version, h.tags, h.at as updated_at, h.actor as updated_by, h.client,
+                 null::timestamptz as expires_at,
+                 coalesce((
+                   select c.at from context_history c
+                   where c.namespace = h.namespace and c.key = h.key and c.version <= h.version
+                     and (c.action = 'create' or (c.action = 'restore' and exists (
+                       select 1 from context_history d
+                       where d.namespace = c.namespace and d.key = c.key and d.version = c.version - 1 and d.action = 'delete')))
+                   order by c.version desc limit 1
+                 ), h.at) as created_at
+          from context_history h
+          where h.namespace = ${namespace} and h.key = ${key} and h.version = ${version} and h.action <> 'delete'`
+    const row = rows[0]
+    return row === undefined ? null : toEntry(row)
+  }
+
+  async function write (namespace: string, key: string, content: string, writeOptions: WriteOptions, actor: Actor): Promise<WriteResult> {
+    const { expectedVersion } = writeOptions
+    const tags = writeOptions.tags ?? null
+    const expiresAt = writeOptions.ttlSeconds === undefined
+      ? sql`null::timestamptz`
+      : sql`now() + make_interval(secs => ${writeOptions.ttlSeconds})`
+
+    // Three shapes: a compare-and-set on an existing version is a plain UPDATE (it must never
+    // insert); otherwise an upsert, which for "create only" (expected 0) may only take over an
+    // absent (expired or deleted) row.
+    const change = expectedVersion !== undefined && expectedVersion > 0
+      ? sql`
+          update context_entries e set
+            content = ${content}, version = e.version + 1, tags = coalesce(${tags}::text[], e.tags),
+            updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client}, expires_at = ${expiresAt}
+          where e.namespace = ${namespace} and e.key = ${key} and e.version = ${expectedVersion}
+            and (e.expires_at is null or e.expires_at > now())
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, false as inserted`
+      : sql`
+          insert into context_entries as e
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+          values (${namespace}, ${key}, ${content}, ${firstVersion(namespace, key)},
+                  coalesce(${tags}::text[], '{}'), now(), now(), ${actor.principal}, ${actor.client}, ${expiresAt})
+          on conflict (namespace, key) do update set
+            content = excluded.content,
+            version = e.version + 1,
+            tags = coalesce(${tags}::text[], case when e.expires_at <= now() then '{}' else e.tags end),
+            created_at = case when e.expires_at <= now() then now() else e.created_at end,
+            updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
+            expires_at = excluded.expires_at
+          where ${onlyThePreviousRow} ${expectedVersion === 0 ? sql`and e.expires_at <= now()` : sql``}
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, (e.xmax = 0) as inserted`
+
+    return await settle(async () => {
+      const [row] = await sql<WrittenRow[]>`
+        with ${lockedPrevious(namespace, key)}, changed as (
+          ${change}
+        ), outcome as (
+          select c.*, c.inserted or coalesce(p.expired, false) as created
+          from changed c left join previous p on true
+        ), logged as (
+          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+          select namespace, key, version, case when created then 'create' else 'update' end, content, tags,
+                 ${actor.principal}, ${actor.client}, updated_at
+          from outcome
+        )
+        select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous
+        from (select 1) as one left join outcome o on true`
+      if (row?.version != null && row.updated_at !== null) {
+        return { status: row.created === true ? 'created' : 'updated', version: row.version, updatedAt: row.updated_at.toISOString() }
+      }
+      if (row?.had_previous === false && !(expectedVersion !== undefined && expectedVersion > 0)) return RACED
+      return { status: 'conflict', currentVersion: await currentVersion(namespace, key) }
+    })
+  }
+
+  async function append (namespace: string, key: string, content: string, separator: string, actor: Actor): Promise<AppendResult> {
+    const contentBytes = Buffer.byteLength(content, 'utf8')
+    const separatorBytes = Buffer.byteLength(separator, 'utf8')
+    return await settle(async () => {
+      const [row] = await sql<AppendedRow[]>`
+        with ${lockedPrevious(namespace, key)}, changed as (
+          insert into context_entries as e
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+          select ${namespace}, ${key}, ${content}, ${firstVersion(namespace, key)},
+                 '{}', now(), now(), ${actor.principal}, ${actor.client}, null
+          where ${contentBytes}::int <= ${maxContentBytes}::int
+          on conflict (namespace, key) do update set
+            content = case when e.expires_at <= now() then excluded.content else e.content || ${separator}::text || excluded.content end,
+            version = e.version + 1,
+            tags = case when e.expires_at <= now() then '{}' else e.tags end,
+            created_at = case when e.expires_at <= now() then now() else e.created_at end,
+            updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
+            expires_at = case when e.expires_at <= now() then null else e.expires_at end
+          where ${onlyThePreviousRow} and (e.expires_at <= now()
+             or octet_length(e.content) + ${separatorBytes}::int + ${contentBytes}::int <= ${maxContentBytes}::int)
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, (e.xmax = 0) as inserted
+        ), outcome as (
+          select c.*, c.inserted or coalesce(p.expired, false) as created
+          from changed c left join previous p on true
+        ), logged as (
+          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+          select namespace, key, version, case when created then 'create' else 'append' end, content, tags,
+                 ${actor.principal}, ${actor.client}, updated_at
+          from outcome
+        )
+        select o.version, o.created, octet_length(o.content) as bytes,
+               p.bytes as previous_bytes, p.expired as previous_expired, p.version is not null as had_previous
+        from (select 1) as one
+        left join outcome o on true
+        left join previous p on true`
+
+      if (row?.version != null) {
+        return { status: row.created === true ? 'created' : 'appended', version: row.version, bytes: row.bytes ?? contentBytes }
+      }
+      const fitsAlone = contentBytes <= maxContentBytes
+      if (row?.had_previous === false && fitsAlone) return RACED
+      const existingBytes = row?.previous_bytes != null && row.previous_expired !== true ? row.previous_bytes : null
+      return { status: 'too_large', bytes: existingBytes === null ? contentBytes : existingBytes + separatorBytes + contentBytes }
+    })
+  }
+
+  async function list (namespace: string, listOptions: ListOptions): Promise<ListPage> {
+    const { prefix, tag, limit, afterKey } = listOptions
+    // The range lets the primary key serve the prefix even with a generic plan: valid key
+    // characters all sort below U+007F under the "C" collation. LIKE keeps the match exact.
+    const prefixFilter = prefix === undefined || prefix === ''
+      ? sql``
+      : sql`and key >= ${prefix} and key < ${prefix + '\u007f'} and key like ${escapeLike(prefix) + '%'}`
+    const tagFilter = tag === undefined ? sql`` : sql`and tags @> array[${tag}::text]`
+    const afterFilter = afterKey === undefined ? sql`` : sql`and key > ${afterKey}`
+    const rows = await sql<ListRow[]>`
+      select key, version, octet_length(content) as bytes, tags, updated_at, updated_by,
+             left(btrim(regexp_replace(left(content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) as preview
+      from context_entries
+      where namespace = ${namespace} and ${notExpired} ${prefixFilter} ${tagFilter} ${afterFilter}
+      order by key
+      limit ${limit + 1}`
+    const items = rows.slice(0, limit).map(row => ({
+      key: row.key,
+      version: row.version,
+      bytes: row.bytes,
+      tags: row.tags,
+      updatedAt: row.updated_at.toISOString(),
+      updatedBy: row.updated_by,
+      preview: row.preview
+    }))
+    const last = items.at(-1)
+    return { items, nextAfterKey: rows.length > limit && last !== undefined ? last.key : null }
+  }
+
+  async function deleteEntry (namespace: string, key: string, expectedVersion: number | undefined, actor: Actor): Promise<DeleteResult> {
+    const versionFilter = expectedVersion === undefined ? sql`` : sql`and version = ${expectedVersion}`
+    const rows = await settle(() => sql<DeletedRow[]>`
+      with deleted as (
+        update context_entries set
+          content = '', version = version + 1, tags = '{}', expires_at = '-infinity',
+          updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client}
+        where namespace = ${namespace} and key = ${key} and ${notExpired} ${versionFilter}
+        returning namespace, key, version, updated_at
+      ), logged as (
+        insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+        select namespace, key, version, 'delete', null, '{}', ${actor.principal}, ${actor.client}, updated_at
+        from deleted
+      )
+      select version - 1 as deleted_version from deleted`)
+    const deletedVersion = rows[0]?.deleted_version
+    if (deletedVersion != null) return { status: 'deleted', deletedVersion }
+    if (expectedVersion === undefined) return { status: 'not_found' }
+    const current = await currentVersion(namespace, key)
+    return current === null ? { status: 'not_found' } : { status: 'conflict', currentVersion: current }
+  }
+
+  async function history (namespace: string, key: string, historyOptions: HistoryOptions): Promise<HistoryPage> {
+    const { limit, beforeVersion } = historyOptions
+    const beforeFilter = beforeVersion === undefined ? sql`` : sql`and version < ${beforeVersion}`
+    const rows = await sql<HistoryRow[]>`
+      select version, action, actor, client, at, octet_length(content) as bytes
+      from context_history
+      where namespace = ${namespace} and key = ${key} ${beforeFilter}
+      order by version desc
+      limit ${limit + 1}`
+    const items = rows.slice(0, limit).map(row => ({
+      version: row.version,
+      action: row.action,
+      actor: row.actor,
+      client: row.client,
+      at: row.at.toISOString(),
+      bytes: row.bytes
+    }))
+    const last = items.at(-1)
+    return { items, nextBeforeVersion: rows.length > limit && last !== undefined ? last.version : null }
+  }
+
+  async function restore (namespace: string, key: string, version: number, actor: Actor): Promise<RestoreResult> {
+    return await settle(async () => {
+      const [row] = await sql<RestoredRow[]>`
+        with ${lockedPrevious(namespace, key)}, source as (
+          select content, tags from context_history
+          where namespace = ${namespace} and key = ${key} and version = ${version} and action <> 'delete'
+        ), changed as (
+          insert into context_entries as e
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+          select ${namespace}, ${key}, s.content, ${firstVersion(namespace, key)},
+                 s.tags, now(), now(), ${actor.principal}, ${actor.client}, null
+          from source s
+          on conflict (namespace, key) do update set
+            content = excluded.content,
+            version = e.version + 1,
+            tags = excluded.tags,
+            created_at = case when e.expires_at <= now() then now() else e.created_at end,
+            updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
+            expires_at = null
+          where ${onlyThePreviousRow}
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at
+        ), logged as (
+          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+          select namespace, key, version, 'restore', content, tags, ${actor.principal}, ${actor.client}, updated_at
+          from changed
+        )
+        select (select version from changed) as version,
+               exists (select 1 from source) as source_found,
+               exists (select 1 from previous) as had_previous,
+               exists (select 1 from context_history where namespace = ${namespace} and key = ${key}) as has_history`
+      if (row?.version != null) return { status: 'restored', version: row.version, restoredFrom: version }
+      if (row?.source_found === true) {
+        if (row.had_previous) throw new Error('restore changed no row although the key and version exist')
+        return RACED
+      }
+      return row?.has_history === true ? { status: 'version_not_found' } : { status: 'not_found' }
+    })
+  }
+
+  async function ping (): Promise<void> {
+    await sql`select 1`
+  }
+
+  async function insertApiToken (token: NewApiToken): Promise<ApiTokenRecord> {
+    const rows = await sql<TokenRow[]>`
+      insert into api_tokens (name, hash, namespace, scopes)
+      values (${token.name}, ${token.hash}, ${token.namespace}, ${token.scopes}::text[])
+      returning id, name, namespace, scopes`
+    return toTokenRecord(firstRow(rows))
+  }
+
+  async function findActiveApiTokenByHash (hash: string): Promise<ApiTokenRecord | null> {
+    const rows = await sql<TokenRow[]>`
+      select id, name, namespace, scopes from api_tokens where hash = ${hash} and revoked_at is null`
+    const row = rows[0]
+    return row === undefined ? null : toTokenRecord(row)
+  }
+
+  async function countActiveApiTokens (): Promise<number> {
+    const rows = await sql<[{ count: number }]>`select count(*) as count from api_tokens where revoked_at is null`
+    return firstRow(rows).count
+  }
+
+  async function touchApiToken (id: string): Promise<void> {
+    await sql`
+      update api_tokens set last_used_at = now()
+      where id = ${id} and (last_used_at is null or last_used_at < now() - ${TOKEN_TOUCH_INTERVAL}::interval)`
+  }
+
+  async function listApiTokens (): Promise<ApiTokenListing[]> {
+    const rows = await sql<TokenListingRow[]>`
+      select id, name, namespace, scopes, created_at, last_used_at, revoked_at from api_tokens order by name`
+    return rows.map(row => ({
+      ...toTokenRecord(row),
+      createdAt: row.created_at.toISOString(),
+      lastUsedAt: row.last_used_at?.toISOString() ?? null,
+      revokedAt: row.revoked_at?.toISOString() ?? null
+    }))
+  }
+
+  /** True if an active token with that name was revoked now. */
+  async function revokeApiToken (name: string): Promise<boolean> {
+    const rows = await sql`update api_tokens set revoked_at = now() where name = ${name} and revoked_at is null returning id`
+    return rows.length > 0
+  }
+
+  async function revokeJti (jti: string, expiresAt: Date): Promise<void> {
+    await sql`
+      insert into revoked_jtis (jti, expires_at) values (${jti}, ${expiresAt})
+      on conflict (jti) do update set expires_at = greatest(revoked_jtis.expires_at, excluded.expires_at)`
+  }
+
+  async function isJtiRevoked (jti: string): Promise<boolean> {
+    const rows = await sql`select 1 from revoked_jtis where jti = ${jti} and expires_at > now()`
+    return rows.length > 0
+  }
+
+  /** Drops revocations of tokens that have expired anyway; returns how many. */
+  async function purgeExpiredJtis (): Promise<number> {
+    const rows = await sql`delete from revoked_jtis where expires_at <= now() returning jti`
+    return rows.length
+  }
+
+  return {
+    read,
+    write,
+    append,
+    list,
+    delete: deleteEntry,
+    history,
+    restore,
+    ping,
+    insertApiToken,
+    findActiveApiTokenByHash,
+    countActiveApiTokens,
+    touchApiToken,
+    listApiTokens,
+    revokeApiToken,
+    revokeJti,
+    isJtiRevoked,
+    purgeExpiredJtis
+  }
+}
+
+function toEntry (row: EntryRow): Entry {
+  return {
+    key: row.key,
+    content: row.content,
+    version: row.version,
+    tags: row.tags,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+    updatedBy: row.updated_by,
+    client: row.client,
+    expiresAt: row.expires_at?.toISOString() ?? null
+  }
+}
+
+function toTokenRecord (row: TokenRow): ApiTokenRecord {
+  return { id: row.id, name: row.name, namespace: row.namespace, scopes: row.scopes }
+}
+
+function firstRow<T> (rows: readonly T[]): T {
+  const row = rows[0]
+  if (row === undefined) throw new Error('expected the statement to return a row')
+  return row
+}
+
+/** LIKE pattern that matches `text` literally. */
+export function escapeLike (text: string): string {
+  return text.replace(/[\\%_]/g, match => `\\${match}`)
+}
+
+/** Runs a statement again while it reports RACED or collides on a history version. */
+async function settle<T> (attempt: () => Promise<T | typeof RACED>): Promise<T> {
+  for (let attemptNumber = 1; ; attemptNumber++) {
+    const last = attemptNumber >= MAX_ATTEMPTS
+    try {
+      const outcome = await attempt()
+      if (outcome !== RACED) return outcome
+      if (last) throw new Error(`the key kept being created concurrently; gave up after ${MAX_ATTEMPTS} attempts`)
+    } catch (error) {
+      if (last || !isHistoryVersionCollision(error)) throw error
+    }
+  }
+}
+
+function isHistoryVersionCollision (error: unknown): boolean {
+  const { code, constraint_name: constraint } = error as { code?: unknown, constraint_name?: unknown }
+  return code === '23505' && constraint === HISTORY_VERSION_CONSTRAINT
+}

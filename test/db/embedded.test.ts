@@ -1,0 +1,75 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'tap'
+import { createSql } from '../../db/connect.js'
+import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../db/embedded.js'
+import { migrate } from '../../db/migrate.js'
+
+// The whole server should start in under 2 s on an existing data folder.
+const REOPEN_BUDGET_MS = 2000
+
+test('embedded PostgreSQL (PGlite behind a loopback socket)', async (t) => {
+  const dataDir = join(await mkdtemp(join(tmpdir(), 'scm-embedded-')), 'data')
+  t.teardown(async () => { await rm(join(dataDir, '..'), { recursive: true, force: true }) })
+  let running: EmbeddedPostgres | undefined
+  t.teardown(async () => { await running?.close() })
+
+  await t.test('creates the data folder, keeps data, opens it only once', async (t) => {
+    const first = await startEmbeddedPostgres({ dataDir })
+    t.match(first.url, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/)
+    t.ok(Number(new URL(first.url).port) > 0, 'the OS assigned a port')
+    const sql = createSql(first.url, { max: 4, connectTimeoutMs: 5000 })
+    t.same(await migrate(sql), { applied: ['001_init.sql'] })
+    await sql`insert into revoked_jtis (jti, expires_at) values ('kept', now() + interval '1 day')`
+    await sql.end()
+    await t.rejects(startEmbeddedPostgres({ dataDir }), /already open in this process/)
+    await first.close()
+    await t.resolves(first.close(), 'close is idempotent')
+  })
+
+  await t.test('reopens an existing data folder fast, over a stale lock file', async (t) => {
+    await writeFile(join(dataDir, 'shared-context-mcp.lock'), '2147483646') // no such process
+    const logged: string[] = []
+    const started = performance.now()
+    running = await startEmbeddedPostgres({ dataDir, log: (msg) => logged.push(msg) })
+    const sql = createSql(running.url, { max: 4, connectTimeoutMs: 5000 })
+    t.teardown(async () => { await sql.end() })
+    t.same(await migrate(sql), { applied: [] })
+    t.same(await sql`select jti from revoked_jtis`, [{ jti: 'kept' }], 'data survived the restart')
+    const elapsed = performance.now() - started
+    t.ok(elapsed < REOPEN_BUDGET_MS, `reopened, connected and checked migrations in ${Math.round(elapsed)} ms`)
+    t.match(logged, [/listening on 127\.0\.0\.1:\d+ after \d+ ms/])
+  })
+
+  await t.test('several postgres.js connections share the single backend safely', async (t) => {
+    if (running === undefined) throw new Error('not running')
+    const sql = createSql(running.url, { max: 8, connectTimeoutMs: 5000 })
+    const other = createSql(running.url, { max: 1, connectTimeoutMs: 5000 })
+    t.teardown(async () => { await Promise.all([sql.end(), other.end()]) })
+    await sql`create table items (id int primary key, label text not null)`
+
+    const results = await Promise.all(Array.from({ length: 400 }, async (_, i) => {
+      const [row] = i % 2 === 0
+        ? await sql<[{ id: number, label: string }]>`insert into items (id, label) values (${i}, ${`item-${i}`}) returning id, label`
+        : await sql<[{ id: number, label: string }]>`select ${i}::int as id, ${`item-${i}`}::text as label`
+      return row.id === i && row.label === `item-${i}`
+    }))
+    t.equal(results.filter(ok => !ok).length, 0, 'every query got its own answer')
+
+    // While one connection holds a transaction, the other connections' statements wait for it.
+    const holder = await other.reserve()
+    await holder`begin`
+    await holder`insert into items (id, label) values (-1, 'uncommitted')`
+    let readerDone = false
+    const reader = sql<[{ count: number }]>`select count(*) as count from items where id = -1`.then((rows) => {
+      readerDone = true
+      return rows[0].count
+    })
+    await new Promise(resolve => setTimeout(resolve, 200))
+    t.equal(readerDone, false, 'another connection waits while the transaction is open')
+    await holder`commit`
+    holder.release()
+    t.equal(await reader, 1, 'and then sees the committed row')
+  })
+})

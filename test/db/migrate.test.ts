@@ -1,0 +1,82 @@
+import { createHash } from 'node:crypto'
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { test } from 'tap'
+import { createSql } from '../../db/connect.js'
+import { migrate, MigrationChecksumError, MIGRATION_LOCK_KEY } from '../../db/migrate.js'
+import { testDatabaseUrlForEmptyDb } from '../db-helper.js'
+
+const migrationsDir = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
+
+interface MigrationRow { version: number, name: string, checksum: string }
+
+test('migrate applies, is idempotent, takes new files and guards applied ones', async (t) => {
+  const { sql } = await testDatabaseUrlForEmptyDb(t)
+  const scratch = await mkdtemp(join(tmpdir(), 'scm-migrations-'))
+  t.teardown(async () => { await rm(scratch, { recursive: true, force: true }) })
+  const logged: string[] = []
+
+  t.same(await migrate(sql, { log: (msg) => logged.push(msg) }), { applied: ['001_init.sql'] })
+  t.match(logged, [/001_init\.sql/])
+  const tables = await sql<{ table_name: string }[]>`
+    select table_name from information_schema.tables where table_schema = 'public' order by table_name`
+  t.same(tables.map(row => row.table_name), ['api_tokens', 'context_entries', 'context_history', 'revoked_jtis', 'schema_migrations'])
+  const original = await readFile(join(migrationsDir, '001_init.sql'), 'utf8')
+  const recorded = await sql<MigrationRow[]>`select version, name, checksum from schema_migrations`
+  t.same(recorded, [{ version: 1, name: 'init', checksum: createHash('sha256').update(original).digest('hex') }])
+
+  t.same(await migrate(sql), { applied: [] }, 'a second run applies nothing')
+
+  await cp(migrationsDir, scratch, { recursive: true })
+  await writeFile(join(scratch, '002_notes.sql'), 'create table notes (id int primary key);\ninsert into notes values (1);\n')
+  await writeFile(join(scratch, 'README.md'), 'not a migration')
+  t.same(await migrate(sql, { dir: scratch }), { applied: ['002_notes.sql'] }, 'only the new file runs, several statements at once')
+  t.same(await sql`select id from notes`, [{ id: 1 }])
+
+  await rm(join(scratch, '001_init.sql'))
+  t.same(await migrate(sql, { dir: scratch }), { applied: [] }, 'an applied migration missing from disk is fine')
+
+  await writeFile(join(scratch, '001_init.sql'), original.replace(/\n/g, '\r\n'))
+  t.same(await migrate(sql, { dir: scratch }), { applied: [] }, 'CRLF line endings are no change')
+
+  await writeFile(join(scratch, '001_init.sql'), original + '\n-- edited later\n')
+  await writeFile(join(scratch, '003_more.sql'), 'create table more (id int);\n')
+  const error = await migrate(sql, { dir: scratch }).then(() => null, (err: unknown) => err)
+  t.ok(error instanceof MigrationChecksumError, 'a changed applied migration is refused')
+  t.match((error as Error).message, /001_init\.sql.*changed.*new migration/s)
+  t.same((await sql<MigrationRow[]>`select version from schema_migrations order by version`).map(row => row.version), [1, 2],
+    'nothing applied after the checksum error')
+})
+
+test('four instances migrating one empty database at once each apply every file once', async (t) => {
+  const { url } = await testDatabaseUrlForEmptyDb(t)
+  const instances = Array.from({ length: 4 }, () => createSql(url, { max: 2, connectTimeoutMs: 10_000 }))
+  t.teardown(async () => { await Promise.all(instances.map(async (sql) => { await sql.end({ timeout: 5 }) })) })
+
+  const results = await Promise.all(instances.map(async (sql) => await migrate(sql)))
+  t.same(results.flatMap(result => result.applied), ['001_init.sql'], 'exactly one instance applied it')
+  const first = instances[0]
+  if (first === undefined) throw new Error('no instance')
+  t.same(await first`select version from schema_migrations`, [{ version: 1 }])
+  t.same(await first`select count(*) as count from context_entries`, [{ count: 0 }], 'all instances find the schema')
+})
+
+test('a migrator waits for the lock only as long as lockTimeoutMs', { skip: process.env.TEST_DATABASE_URL === undefined ? 'PGlite has one backend: a held lock blocks every connection, not just migrators' : false }, async (t) => {
+  const { sql, url } = await testDatabaseUrlForEmptyDb(t)
+  const holder = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
+  t.teardown(async () => { await holder.end({ timeout: 5 }) })
+  const connection = await holder.reserve()
+  await connection`begin`
+  await connection`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY}::bigint)`
+
+  const started = Date.now()
+  await t.rejects(migrate(sql, { lockTimeoutMs: 300 }), { code: '55P03' })
+  const waited = Date.now() - started
+  t.ok(waited >= 250 && waited < 5000, `gave up after ${waited} ms`)
+
+  await connection`rollback`
+  connection.release()
+  t.same(await migrate(sql, { lockTimeoutMs: 300 }), { applied: ['001_init.sql'] }, 'goes ahead once the lock is free')
+})
