@@ -74,6 +74,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     genReqId: () => crypto.randomUUID()
   }).withTypeProvider<TypeBoxTypeProvider>()
 
+  // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.
+  app.removeContentTypeParser('text/plain')
+
   let closing = false
   app.addHook('preClose', async () => { closing = true })
   app.addHook('onRequest', (_request, reply, done) => {

@@ -1,9 +1,13 @@
-import { Type } from '@sinclair/typebox'
+import { FormatRegistry, Type } from '@sinclair/typebox'
 
-/** Text with no NUL characters. The byte limit depends on configuration and is checked by the tools. */
+// Text must survive the round trip unchanged: no NUL (PostgreSQL text cannot hold it) and no lone
+// UTF-16 surrogate (it would be stored as U+FFFD).
+FormatRegistry.Set('text', (value) => value.isWellFormed() && !value.includes('\u0000'))
+
+/** Stored text. The byte limit depends on configuration and is checked by the tools. */
 export const Content = Type.String({
-  pattern: '^[^\\u0000]*$',
-  description: 'UTF-8 text (Markdown is fine). Limited to MAX_CONTENT_BYTES bytes (100 KiB by default).'
+  format: 'text',
+  description: 'UTF-8 text (Markdown is fine), no NUL characters. Limited to MAX_CONTENT_BYTES bytes (100 KiB by default).'
 })
 
 export const Tags = Type.Array(

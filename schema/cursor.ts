@@ -12,11 +12,13 @@ export function encodeCursor (kind: string, position: string | number): string {
   return Buffer.from(`${kind}:${position}`, 'utf8').toString('base64url')
 }
 
-export function decodeCursor (kind: string, cursor: string): string {
+/** The position a cursor holds; a cursor of another kind, or whose position fails `isValid`, is REQ_1101. */
+export function decodeCursor (kind: string, cursor: string, isValid: (position: string) => boolean): string {
   const decoded = Buffer.from(cursor, 'base64url').toString('utf8')
   const prefix = `${kind}:`
-  if (!decoded.startsWith(prefix)) {
+  const position = decoded.slice(prefix.length)
+  if (!decoded.startsWith(prefix) || !isValid(position)) {
     throw new AppError('REQ_1101', 'cursor is not valid here: pass the next_cursor value of the previous page unchanged, or omit it for the first page.')
   }
-  return decoded.slice(prefix.length)
+  return position
 }

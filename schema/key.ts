@@ -15,4 +15,7 @@ export const KeyPrefix = Type.String({
   description: 'Only keys starting with this text (matched literally).'
 })
 
-export const Version = Type.Integer({ minimum: 1, description: 'A version number of the entry (1 is the first).' })
+// Versions are bigint in the database; JSON numbers are exact only up to 2^53 - 1.
+export const MAX_VERSION = Number.MAX_SAFE_INTEGER
+
+export const Version = Type.Integer({ minimum: 1, maximum: MAX_VERSION, description: 'A version number of the entry (1 is the first).' })

@@ -153,8 +153,7 @@ test('bad input is refused and changes nothing', async (t) => {
   })
 
   t.test('integers beyond the database range are REQ_1101 naming the field, not a server error', async (t) => {
-    // BUG: Version and expected_version have no maximum, so 1e20 passes validation and overflows
-    // PostgreSQL's bigint: HTTP 500 with a JSON-RPC SRV_9001 error instead of a REQ_1101 tool error.
+    // Regression: versions without a maximum let 1e20 through to PostgreSQL's bigint (HTTP 500 SRV_9001).
     const cases: Array<[string, Record<string, unknown>, string]> = [
       ['read_context', { key: 'seed/doc', version: 1e20 }, 'version'],
       ['restore_context', { key: 'seed/doc', version: 1e20 }, 'version'],
@@ -250,8 +249,7 @@ test('bad input is refused and changes nothing', async (t) => {
     const message = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_context","arguments":{"key":"ct/new","content":"x"}}}'
     t.match(httpError(t, await post(app, message, { 'content-type': 'application/xml' }), 415, 'REQ_1101'), /Content-Type/)
     t.match(httpError(t, await post(app, message, { 'content-type': undefined }), 415, 'REQ_1101'), /Content-Type/)
-    // BUG: text/plain has a built-in Fastify parser, so the body reaches the SDK, which answers 415
-    // with a JSON-RPC error (code -32000, no catalogue code) instead of { error: { code: 'REQ_1101' } }.
+    // Regression: Fastify's built-in text/plain parser let such bodies reach the SDK (415 without a catalogue code).
     t.match(httpError(t, await post(app, message, { 'content-type': 'text/plain' }), 415, 'REQ_1101'), /Content-Type/)
     await fails(t, app, 'read_context', { key: 'ct/new' }, 'CTX_2001')
   })

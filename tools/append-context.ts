@@ -16,7 +16,7 @@ export const appendContext = defineTool({
   inputSchema: Type.Object({
     key: Key,
     content: Content,
-    separator: Type.Optional(Type.String({ maxLength: 16, pattern: '^[^\\u0000]*$', description: 'Put between the existing content and the new text; default "\\n".' }))
+    separator: Type.Optional(Type.String({ maxLength: 16, format: 'text', description: 'Put between the existing content and the new text; default "\\n".' }))
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -6,6 +6,7 @@ import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
 
 const CURSOR_KIND = 'history'
+const isVersion = (position: string) => /^[1-9][0-9]{0,15}$/.test(position) && Number.isSafeInteger(Number(position))
 
 export const contextHistory = defineTool({
   name: 'context_history',
@@ -33,11 +34,7 @@ export const contextHistory = defineTool({
     next_cursor: Type.Union([Type.String(), Type.Null()])
   }),
   async handler (ctx, input) {
-    let beforeVersion: number | undefined
-    if (input.cursor !== undefined) {
-      beforeVersion = Number(decodeCursor(CURSOR_KIND, input.cursor))
-      if (!Number.isSafeInteger(beforeVersion) || beforeVersion < 1) throw new AppError('REQ_1101', 'cursor is not valid: pass next_cursor back unchanged.')
-    }
+    const beforeVersion = input.cursor === undefined ? undefined : Number(decodeCursor(CURSOR_KIND, input.cursor, isVersion))
     const page = await ctx.store.history(ctx.namespace, input.key, {
       limit: input.limit ?? 20,
       ...(beforeVersion !== undefined && { beforeVersion })

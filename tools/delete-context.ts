@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key } from '../schema/key.js'
+import { Key, MAX_VERSION } from '../schema/key.js'
 import { defineTool } from './registry.js'
 
 export const deleteContext = defineTool({
@@ -12,7 +12,7 @@ export const deleteContext = defineTool({
   annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   inputSchema: Type.Object({
     key: Key,
-    expected_version: Type.Optional(Type.Integer({ minimum: 1, description: 'Delete only if the entry is at this version.' }))
+    expected_version: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_VERSION, description: 'Delete only if the entry is at this version.' }))
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

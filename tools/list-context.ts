@@ -1,10 +1,12 @@
 import { Type } from '@sinclair/typebox'
-import { KeyPrefix } from '../schema/key.js'
+import { KEY_PATTERN, KeyPrefix } from '../schema/key.js'
 import { Tags, Timestamp } from '../schema/content.js'
 import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
 
 const CURSOR_KIND = 'list'
+const keyPattern = new RegExp(KEY_PATTERN)
+const isKey = (position: string) => position.length <= 255 && keyPattern.test(position)
 
 export const listContext = defineTool({
   name: 'list_context',
@@ -37,7 +39,7 @@ export const listContext = defineTool({
       limit: input.limit ?? 50,
       ...(input.prefix !== undefined && { prefix: input.prefix }),
       ...(input.tag !== undefined && { tag: input.tag }),
-      ...(input.cursor !== undefined && { afterKey: decodeCursor(CURSOR_KIND, input.cursor) })
+      ...(input.cursor !== undefined && { afterKey: decodeCursor(CURSOR_KIND, input.cursor, isKey) })
     })
     return {
       items: page.items.map((item) => ({

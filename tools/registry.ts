@@ -81,7 +81,7 @@ function describeValidationError (check: TypeCheck<TObject>, input: unknown): st
   const first = check.Errors(input).First()
   if (first === undefined) return 'input is invalid'
   const field = first.path === '' ? 'arguments' : first.path.slice(1).replace(/\//g, '.')
-  const hint = typeof first.schema.description === 'string' ? ` — ${first.schema.description}` : ''
+  const hint = typeof first.schema.description === 'string' ? ` — ${first.schema.description.replace(/\.$/, '')}` : ''
   if (first.path !== '' && first.value === undefined) return `${field} is required${hint}`
   return `${field}: ${first.message}${hint}`
 }

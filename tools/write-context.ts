@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key } from '../schema/key.js'
+import { Key, MAX_VERSION } from '../schema/key.js'
 import { Content, Tags, Timestamp } from '../schema/content.js'
 import { assertContentFits } from './limits.js'
 import { defineTool } from './registry.js'
@@ -18,7 +18,7 @@ export const writeContext = defineTool({
   inputSchema: Type.Object({
     key: Key,
     content: Content,
-    expected_version: Type.Optional(Type.Integer({ minimum: 0, description: 'Write only if the entry is at this version (0: only if it does not exist).' })),
+    expected_version: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_VERSION, description: 'Write only if the entry is at this version (0: only if it does not exist).' })),
     tags: Type.Optional(Tags),
     ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire after this many seconds (at most a year). Omit to keep it.' }))
   }, { additionalProperties: false }),

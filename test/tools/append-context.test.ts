@@ -42,8 +42,7 @@ test('append_context', async (t) => {
   })
 
   t.test('content or separator that is not valid Unicode (a lone surrogate) is refused, not silently altered', async (t) => {
-    // BUG: lone surrogates pass the schemas; PostgreSQL stores U+FFFD instead and the append
-    // succeeds with different text than was sent. It should be REQ_1101 naming the field.
+    // Regression: lone surrogates were stored as U+FFFD, so the entry differed from what was sent.
     const content = await fails(t, app, 'append_context', { key: 'log/surrogate', content: 'x\udc00' }, 'REQ_1101')
     t.match(content.message, namesField('content'))
     await fails(t, app, 'read_context', { key: 'log/surrogate' }, 'CTX_2001')

@@ -136,8 +136,7 @@ test('list_context', async (t) => {
   })
 
   t.test('a forged list cursor whose position holds a NUL is REQ_1101, not a server error', async (t) => {
-    // BUG: decodeCursor accepts any text after "list:"; the NUL reaches PostgreSQL, which rejects
-    // the parameter, and the call fails with HTTP 500 SRV_9001 instead of REQ_1101.
+    // Regression: a forged cursor position reached PostgreSQL and failed with HTTP 500 SRV_9001.
     const response = await rpc(app, 'tools/call', { name: 'list_context', arguments: { cursor: encodeCursor('list', 'page/\u0000') } })
     t.equal(response.statusCode, 200, 'not an HTTP error')
     const result = response.json().result

@@ -127,8 +127,7 @@ test('write_context', async (t) => {
   })
 
   t.test('content that is not valid Unicode (a lone surrogate) is refused, not silently altered', async (t) => {
-    // BUG: 'a\ud800b' passes the Content schema; PostgreSQL stores U+FFFD instead and the write
-    // succeeds, so the entry differs from what the client sent. It should be REQ_1101 naming content.
+    // Regression: a lone surrogate was stored as U+FFFD, so the entry differed from what was sent.
     const error = await fails(t, app, 'write_context', { key: 'w/surrogate', content: 'a\ud800b' }, 'REQ_1101')
     t.match(error.message, namesField('content'))
     await fails(t, app, 'read_context', { key: 'w/surrogate' }, 'CTX_2001')
