@@ -1,5 +1,5 @@
 import autocannon, { type Context, type Instance, type RequestParams } from 'autocannon'
-import { checkAnswer, makeCall, type Call, type Verdict } from './calls.js'
+import { checkAnswer, makeCall, type Call, type ToolName, type Verdict } from './calls.js'
 
 export interface Target {
   url: string
@@ -24,6 +24,12 @@ export interface ErrorCounts {
   unchecked: number
 }
 
+export interface ToolLatency {
+  count: number
+  p50Ms: number
+  p99Ms: number
+}
+
 export interface LoadResult {
   requestsPerSecond: number
   p50Ms: number
@@ -31,6 +37,8 @@ export interface LoadResult {
   responses: number
   errors: ErrorCounts
   totalErrors: number
+  /** Latency by tool, measured by the validator (from building the request to its answer). */
+  byTool: Record<ToolName, ToolLatency>
   /** The first few problems, verbatim. */
   samples: string[]
 }
@@ -43,6 +51,15 @@ export const MCP_HEADERS = {
 
 const MAX_SAMPLES = 5
 
+function percentile (sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
+}
+
+function latencyOf (durations: number[]): ToolLatency {
+  const sorted = durations.sort((x, y) => x - y)
+  return { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99) }
+}
+
 let current: Instance | undefined
 
 /** Stops a run in progress (Ctrl-C). */
@@ -53,16 +70,19 @@ export function stopLoad (): void {
 export async function runLoad (target: Target, options: LoadOptions): Promise<LoadResult> {
   const counts: Record<Verdict, number> = { ok: 0, non2xx: 0, 'bad-body': 0, 'tool-error': 0 }
   const samples: string[] = []
+  const durations: Record<ToolName, number[]> = { read_context: [], write_context: [] }
 
   // One request per connection at a time (no pipelining), so the context autocannon keeps per
   // connection holds the call whose answer arrives next.
   const setupRequest = (request: RequestParams, context: Context): RequestParams => {
     const call = makeCall(options.keys, options.writeRatio)
     context.call = call
+    context.sentAt = performance.now()
     return { ...request, body: call.body }
   }
   const onResponse = (status: number, body: string, context: Context, headers: Record<string, string | string[]>): void => {
     const call = context.call as Call
+    durations[call.tool].push(performance.now() - (context.sentAt as number))
     const contentType = headers['content-type'] ?? headers['Content-Type'] ?? ''
     const check = checkAnswer(status, body, String(contentType).toLowerCase(), call)
     counts[check.verdict]++
@@ -98,6 +118,7 @@ export async function runLoad (target: Target, options: LoadOptions): Promise<Lo
     responses: seen,
     errors,
     totalErrors: Object.values(errors).reduce((sum, n) => sum + n, 0),
+    byTool: { read_context: latencyOf(durations.read_context), write_context: latencyOf(durations.write_context) },
     samples
   }
 }

@@ -1,4 +1,4 @@
-import type { ErrorCounts, LoadResult } from './load.js'
+import type { ErrorCounts, LoadResult, ToolLatency } from './load.js'
 import type { ServerId } from './servers.js'
 
 // Means over rounds, the ratios between the servers, and the verdict against the targets.
@@ -58,10 +58,15 @@ function describeErrors (errors: ErrorCounts): string {
   return parts.length === 0 ? '0' : parts.join(', ')
 }
 
+function ms (latency: ToolLatency): string {
+  return `${latency.p50Ms.toFixed(1)}/${latency.p99Ms.toFixed(1)} ms`
+}
+
 export function runLine (id: ServerId, label: string, round: number, r: LoadResult): string {
   return `  round ${round} ${id} ${label.padEnd(22)} ${r.requestsPerSecond.toFixed(0).padStart(6)} req/s  ` +
     `p50 ${r.p50Ms.toFixed(1).padStart(6)} ms  p99 ${r.p99Ms.toFixed(1).padStart(6)} ms  ` +
-    `${r.responses} responses, errors: ${describeErrors(r.errors)}`
+    `${r.responses} responses, errors: ${describeErrors(r.errors)}\n` +
+    `      read p50/p99 ${ms(r.byTool.read_context)}, write p50/p99 ${ms(r.byTool.write_context)}`
 }
 
 export function table (s: Partial<Record<ServerId, ServerSummary>>, verdict: Verdict | undefined): string {

@@ -44,7 +44,10 @@ async function main (): Promise<void> {
   }
   const rounds = new Map<ServerId, LoadResult[]>(servers.map(s => [s.id, []]))
   for (let round = 1; round <= settings.rounds; round++) {
-    for (const server of servers) {
+    // a b c, then c b a, ...: a slow drift of the machine (other work, PostgreSQL's own upkeep)
+    // does not always favour the same server.
+    const order = round % 2 === 1 ? servers : [...servers].reverse()
+    for (const server of order) {
       const result = await measured(server, load)
       rounds.get(server.id)?.push(result)
       console.log(runLine(server.id, server.label, round, result))
