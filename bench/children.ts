@@ -7,6 +7,7 @@ import { createServer } from 'node:net'
 
 export interface ChildSpec {
   name: string
+  cwd: string
   args: string[]
   env: Record<string, string>
   logFile: string
@@ -41,7 +42,7 @@ export function startChild (spec: ChildSpec): Child {
   const env = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...spec.env }
   const child: Child = {
     name: spec.name,
-    process: spawn(process.execPath, spec.args, { env, stdio: ['ignore', log, log] }),
+    process: spawn(process.execPath, spec.args, { cwd: spec.cwd, env, stdio: ['ignore', log, log] }),
     exit: undefined
   }
   closeSync(log)

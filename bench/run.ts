@@ -6,7 +6,7 @@ import { killAllChildrenNow, stopAllChildren } from './children.js'
 import { prepareDatabase } from './database.js'
 import { runLoad, stopLoad, type LoadOptions, type LoadResult } from './load.js'
 import { judge, runLine, summarise, table, type ServerSummary } from './report.js'
-import { PEERS_DIR, logTail, startServers, waitUntilServing, type Server, type ServerId } from './servers.js'
+import { PEERS_DIR, ROOT, logTail, startServers, waitUntilServing, type Server, type ServerId } from './servers.js'
 import { readSettings } from './settings.js'
 
 // `npm run bench`: the server under test (a) against a bare Fastify floor (b) and the SDK's
@@ -15,11 +15,11 @@ import { readSettings } from './settings.js'
 // This runner (autocannon and the validator) runs under tsx, which only transpiles each module once
 // at load time; the servers themselves run compiled JavaScript (see servers.ts).
 
-const RESULTS_DIR = 'bench/results'
+const RESULTS_DIR = join(ROOT, 'bench/results')
 
 async function main (): Promise<void> {
   const settings = readSettings(process.env)
-  for (const file of ['dist/server.js', join(PEERS_DIR, 'bare-fastify.js'), join(PEERS_DIR, 'sdk-example.js')]) {
+  for (const file of [join(ROOT, 'dist/server.js'), join(PEERS_DIR, 'bare-fastify.js'), join(PEERS_DIR, 'sdk-example.js')]) {
     if (!existsSync(file)) throw new Error(`${file} is missing: run \`npm run bench\` (it builds the server and the peers first)`)
   }
   await mkdir(RESULTS_DIR, { recursive: true })
@@ -68,7 +68,7 @@ async function main (): Promise<void> {
     servers: summaries,
     verdict
   }, null, 2) + '\n')
-  console.log(`Results written to ${RESULTS_DIR}/latest.json; server logs in ${RESULTS_DIR}/server-*.log`)
+  console.log('Results written to bench/results/latest.json; server logs in bench/results/server-*.log')
 }
 
 /** One load run; a server that died meanwhile breaks the benchmark. */

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { checkAnswer, makeCall } from './calls.js'
 import { freePort, startChild, type Child } from './children.js'
 import { MCP_HEADERS, type Target } from './load.js'
@@ -23,7 +24,8 @@ const READY_POLL_MS = 200
 // Peers run from the JavaScript that `tsc -p bench/tsconfig.json` compiles (into node_modules/.cache,
 // out of git's and eslint's way), as the server under test runs from dist/: no TypeScript loader in
 // any server process.
-export const PEERS_DIR = 'node_modules/.cache/scm-bench/bench/peers'
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+export const PEERS_DIR = join(ROOT, 'node_modules/.cache/scm-bench/bench/peers')
 
 interface ServerSpec {
   id: ServerId
@@ -40,7 +42,7 @@ export async function startServers (databaseUrl: string, settings: Settings, res
     {
       id: 'a',
       label: 'this server',
-      script: 'dist/server.js',
+      script: join(ROOT, 'dist/server.js'),
       env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '1000000', HOST: '127.0.0.1' },
       headers: { authorization: `Bearer ${token}` }
     },
@@ -51,7 +53,7 @@ export async function startServers (databaseUrl: string, settings: Settings, res
   for (const spec of specs.filter(s => settings.servers.includes(s.id))) {
     const port = await freePort()
     const logFile = join(resultsDir, `server-${spec.id}.log`)
-    const child = startChild({ name: spec.label, args: [spec.script], env: { ...spec.env, PORT: String(port) }, logFile })
+    const child = startChild({ name: spec.label, cwd: ROOT, args: [spec.script], env: { ...spec.env, PORT: String(port) }, logFile })
     servers.push({ id: spec.id, label: spec.label, child, logFile, url: `http://127.0.0.1:${port}/mcp`, headers: spec.headers })
   }
   return servers
