@@ -7,8 +7,11 @@ import {
   Server,
   createMcpHandler,
   type AuthInfo,
-  type ServerContext
+  type ServerContext,
+  type StandardSchemaV1
 } from '@modelcontextprotocol/server'
+import { Type, type Static } from '@sinclair/typebox'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { toAppError } from '../db/errors.js'
@@ -69,6 +72,36 @@ function clientNameOf (ctx: ServerContext, caller: CallerInfo): string | null {
 }
 
 /**
+ * The SDK's Server, except that tools/call is not validated a second and third time with the SDK's
+ * zod schemas (request and result): its params are checked by `callToolParams`, its arguments by
+ * the registry's compiled TypeBox validators, and its results are CallToolResults by construction
+ * (test/tools/output-schemas.test.ts pins them). That zod work was the largest cost of the hot path.
+ * Every other method keeps the SDK's own validation.
+ */
+class ContextServer extends Server {
+  protected override _wrapHandler (method: string, handler: Parameters<Server['_wrapHandler']>[1]): ReturnType<Server['_wrapHandler']> {
+    return method === 'tools/call' ? handler : super._wrapHandler(method, handler)
+  }
+}
+
+const CallToolParams = Type.Object({
+  name: Type.String({ maxLength: 256 }),
+  arguments: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
+})
+const checkCallToolParams = TypeCompiler.Compile(CallToolParams)
+
+/** tools/call params as a Standard Schema, checked by a compiled TypeBox validator. */
+const callToolParams: StandardSchemaV1<unknown, Static<typeof CallToolParams>> = {
+  '~standard': {
+    version: 1,
+    vendor: 'typebox',
+    validate: (value) => checkCallToolParams.Check(value)
+      ? { value }
+      : { issues: [...checkCallToolParams.Errors(value)].slice(0, 3).map((error) => ({ message: `${error.path || 'params'}: ${error.message}` })) }
+  }
+}
+
+/**
  * The MCP surface: the tool registry and the SDK servers that serve it. One long-lived Server
  * answers 2025-era traffic through a multiplexing transport; 2026-07-28 traffic goes through the
  * SDK's createMcpHandler, which builds a server per request from the same factory.
@@ -79,16 +112,16 @@ export default fp(async (fastify) => {
   const registry = createToolRegistry(allTools)
 
   function buildServer (): Server {
-    const server = new Server(SERVER_INFO, {
+    const server = new ContextServer(SERVER_INFO, {
       capabilities: { tools: { listChanged: false } },
       instructions: INSTRUCTIONS
     })
     server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
-    server.setRequestHandler('tools/call', async (request, ctx) => {
+    server.setRequestHandler('tools/call', { params: callToolParams }, async (params, ctx) => {
       const caller = callerOf(ctx)
       const { principal } = caller
       try {
-        return await registry.call(request.params.name, request.params.arguments, principal, {
+        return await registry.call(params.name, params.arguments, principal, {
           store,
           namespace: principal.namespace,
           actor: { principal: principal.id, client: clientNameOf(ctx, caller) },
@@ -99,8 +132,8 @@ export default fp(async (fastify) => {
           throw new ProtocolError(ProtocolErrorCode.InvalidParams, error.message, { code: 'REQ_1101' })
         }
         const appError = toAppError(error)
-        if (appError.code === 'SRV_9001') caller.log.error({ err: error, tool: request.params.name }, 'tool call failed')
-        else caller.log.warn({ err: error, tool: request.params.name, code: appError.code }, 'tool call failed')
+        if (appError.code === 'SRV_9001') caller.log.error({ err: error, tool: params.name }, 'tool call failed')
+        else caller.log.warn({ err: error, tool: params.name, code: appError.code }, 'tool call failed')
         throw new ProtocolError(ProtocolErrorCode.InternalError, `${appError.code}: ${appError.message}`, { code: appError.code })
       }
     })

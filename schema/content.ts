@@ -3,6 +3,7 @@ import { FormatRegistry, Type } from '@sinclair/typebox'
 // Text must survive the round trip unchanged: no NUL (PostgreSQL text cannot hold it) and no lone
 // UTF-16 surrogate (it would be stored as U+FFFD).
 FormatRegistry.Set('text', (value) => value.isWellFormed() && !value.includes('\u0000'))
+FormatRegistry.Set('date-time', (value) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(value) && !Number.isNaN(Date.parse(value)))
 
 /** Stored text. The byte limit depends on configuration and is checked by the tools. */
 export const Content = Type.String({
