@@ -1,13 +1,17 @@
 import { FormatRegistry, Type } from '@sinclair/typebox'
 
-// Text must survive the round trip unchanged: no NUL (PostgreSQL text cannot hold it) and no lone
-// UTF-16 surrogate (it would be stored as U+FFFD).
-FormatRegistry.Set('text', (value) => value.isWellFormed() && !value.includes('\u0000'))
+// Output timestamps are checked against the advertised format in tests (TypeBox knows no formats by default).
 FormatRegistry.Set('date-time', (value) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(value) && !Number.isNaN(Date.parse(value)))
 
-/** Stored text. The byte limit depends on configuration and is checked by the tools. */
+/** No NUL: PostgreSQL text cannot hold it. */
+export const NO_NUL_PATTERN = '^[^\\u0000]*$'
+
+/**
+ * Stored text. The byte limit depends on configuration, and lone UTF-16 surrogates (which would be
+ * stored as U+FFFD) cannot be expressed in JSON Schema: the tools check both (tools/limits.ts).
+ */
 export const Content = Type.String({
-  format: 'text',
+  pattern: NO_NUL_PATTERN,
   description: 'UTF-8 text (Markdown is fine), no NUL characters. Limited to MAX_CONTENT_BYTES bytes (100 KiB by default).'
 })
 

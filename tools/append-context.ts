@@ -1,8 +1,8 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
 import { Key } from '../schema/key.js'
-import { Content } from '../schema/content.js'
-import { assertContentFits } from './limits.js'
+import { Content, NO_NUL_PATTERN } from '../schema/content.js'
+import { assertContentFits, assertWellFormed } from './limits.js'
 import { defineTool } from './registry.js'
 
 export const appendContext = defineTool({
@@ -16,7 +16,7 @@ export const appendContext = defineTool({
   inputSchema: Type.Object({
     key: Key,
     content: Content,
-    separator: Type.Optional(Type.String({ maxLength: 16, format: 'text', description: 'Put between the existing content and the new text; default "\\n".' }))
+    separator: Type.Optional(Type.String({ maxLength: 16, pattern: NO_NUL_PATTERN, description: 'Put between the existing content and the new text; default "\\n".' }))
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),
@@ -25,6 +25,8 @@ export const appendContext = defineTool({
     bytes: Type.Integer({ description: 'Size of the whole entry after the append, in bytes.' })
   }),
   async handler (ctx, input) {
+    assertWellFormed(input.content, 'content')
+    if (input.separator !== undefined) assertWellFormed(input.separator, 'separator')
     assertContentFits(input.content, ctx.maxContentBytes)
     const result = await ctx.store.append(ctx.namespace, input.key, input.content, input.separator ?? '\n', ctx.actor)
     if (result.status === 'too_large') {

@@ -7,3 +7,10 @@ export function assertContentFits (content: string, maxContentBytes: number, wha
     throw new AppError('CTX_2003', `${what} is ${bytes} bytes; the limit is ${maxContentBytes} bytes. Split it across several keys (e.g. "topic/part-1", "topic/part-2") or summarise it. Nothing was written.`, { bytes, max_bytes: maxContentBytes })
   }
 }
+
+/** A lone UTF-16 surrogate would be stored as U+FFFD: refuse it rather than store other text than was sent. */
+export function assertWellFormed (value: string, field: string): void {
+  if (!value.isWellFormed()) {
+    throw new AppError('REQ_1101', `Invalid arguments: ${field}: not valid Unicode text (it holds a lone UTF-16 surrogate). Nothing was written.`)
+  }
+}

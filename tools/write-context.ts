@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
 import { Key, MAX_VERSION } from '../schema/key.js'
 import { Content, Tags, Timestamp } from '../schema/content.js'
-import { assertContentFits } from './limits.js'
+import { assertContentFits, assertWellFormed } from './limits.js'
 import { defineTool } from './registry.js'
 
 export const writeContext = defineTool({
@@ -29,6 +29,7 @@ export const writeContext = defineTool({
     updated_at: Timestamp
   }),
   async handler (ctx, input) {
+    assertWellFormed(input.content, 'content')
     assertContentFits(input.content, ctx.maxContentBytes)
     const result = await ctx.store.write(ctx.namespace, input.key, input.content, {
       ...(input.expected_version !== undefined && { expectedVersion: input.expected_version }),
