@@ -13,6 +13,13 @@ import type { Config } from './schema/config.js'
 import { AppError } from './schema/errors.js'
 import { toAppError } from './db/errors.js'
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** `closing` turns true when shutdown begins: routes then refuse new work with SRV_9002. */
+    lifecycle: { closing: boolean }
+  }
+}
+
 export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
 }
@@ -77,17 +84,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.
   app.removeContentTypeParser('text/plain')
 
-  let closing = false
-  app.addHook('preClose', async () => { closing = true })
-  app.addHook('onRequest', (_request, reply, done) => {
-    if (!closing) return done()
-    reply.header('retry-after', '5')
-    done(new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.'))
-  })
-  // Keep-alive connections would hold close() open after their last answer; end them with it.
-  app.addHook('onSend', (_request, reply, payload, done) => {
-    if (closing) reply.header('connection', 'close')
-    done(null, payload)
+  const lifecycle = { closing: false }
+  app.decorate('lifecycle', lifecycle)
+  app.addHook('preClose', async () => {
+    lifecycle.closing = true
+    // close() waits for open connections; a keep-alive connection whose call was in flight when
+    // close began becomes idle only after its answer, so keep reaping idle ones until all are gone.
+    const reaper = setInterval(() => app.server.closeIdleConnections(), 100)
+    app.server.once('close', () => clearInterval(reaper))
   })
 
   app.setErrorHandler((error: FastifyError, request, reply) => {

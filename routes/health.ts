@@ -17,6 +17,7 @@ export default async function healthRoutes (fastify: FastifyInstance) {
   fastify.get('/ready', {
     schema: { response: { 200: Ready, 503: Ready } }
   }, async (request, reply) => {
+    if (fastify.lifecycle.closing) return reply.code(503).send({ status: 'unavailable' as const, database: 'ok' as const })
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([

@@ -105,7 +105,11 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     fastify.log.warn(`Host header checks are off: HOST is ${config.HOST} and neither PUBLIC_URL nor ALLOWED_HOSTS is set`)
   }
 
-  fastify.addHook('onRequest', async (request) => {
+  fastify.addHook('onRequest', async (request, reply) => {
+    if (fastify.lifecycle.closing) {
+      reply.header('retry-after', '5')
+      throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
+    }
     if (hostnames !== undefined && !validateHostHeader(request.headers.host, hostnames).ok) {
       throw new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).')
     }
