@@ -1,7 +1,7 @@
-import type { JSONRPCMessage, JSONRPCNotification, JSONRPCRequest, MessageExtraInfo, Transport } from '@modelcontextprotocol/server'
+import type { JSONRPCMessage, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, MessageExtraInfo, Transport } from '@modelcontextprotocol/server'
 
 type RequestId = string | number
-export type JsonRpcResponse = Extract<JSONRPCMessage, { id: RequestId, result: unknown }> | Extract<JSONRPCMessage, { id: RequestId, error: unknown }>
+export type JsonRpcResponse = JSONRPCResponse
 
 interface PendingExchange {
   originalId: RequestId

@@ -161,8 +161,14 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
   }
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
-    const extra = { authInfo: authInfoFor(callerOf(request)) }
-    const answer = await mcp.legacy.exchange(body, extra, (abort) => {
+    const caller = callerOf(request)
+    if (body.method === 'tools/call') {
+      const answer = await mcp.answerToolCall(body, caller)
+      const status = httpStatusOf(answer)
+      if (status === 503) reply.header('retry-after', '2')
+      return reply.code(status).send(answer)
+    }
+    const answer = await mcp.legacy.exchange(body, { authInfo: authInfoFor(caller) }, (abort) => {
       reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
     })
     if (answer === undefined) {

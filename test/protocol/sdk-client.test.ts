@@ -1,6 +1,6 @@
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client'
 import { test } from 'tap'
-import { build, TEST_TOKEN } from '../helper.js'
+import { build, rpc, TEST_TOKEN } from '../helper.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -52,4 +52,35 @@ test('the SDK client speaks 2025-11-25 and 2026-07-28 to the running server', as
   const failing = await modern.callTool({ name: 'read_context', arguments: { key: 'proto/missing' } })
   t.equal(failing.isError, true)
   t.equal((failing.structuredContent as { error: { code: string } }).error.code, 'CTX_2001')
+})
+
+test('2025-era tools/call (answered by answerToolCall) and 2026-07-28 tools/call (answered by the SDK) agree', async (t) => {
+  const app = await build(t)
+  const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' })
+  const modern = await connect(t, baseUrl, { negotiate: true })
+  t.equal(modern.getNegotiatedProtocolVersion(), '2026-07-28')
+  await rpc(app, 'tools/call', { name: 'write_context', arguments: { key: 'same/a', content: 'alpha', tags: ['t'] } })
+  await rpc(app, 'tools/call', { name: 'append_context', arguments: { key: 'same/a', content: 'beta' } })
+
+  const calls: Array<[string, Record<string, unknown>]> = [
+    ['read_context', { key: 'same/a' }],
+    ['read_context', { key: 'same/a', version: 1 }],
+    ['read_context', { key: 'same/missing' }],
+    ['list_context', { prefix: 'same/' }],
+    ['context_history', { key: 'same/a' }],
+    ['write_context', { key: 'same/a', content: 'stale', expected_version: 1 }],
+    ['read_context', { key: 'bad key' }]
+  ]
+  for (const [name, args] of calls) {
+    const legacy = (await rpc(app, 'tools/call', { name, arguments: args })).json().result
+    const { _meta: _ignored, ...viaSdk } = await modern.callTool({ name, arguments: args })
+    t.same(viaSdk, legacy, `${name} ${JSON.stringify(args)}`)
+  }
+
+  const unknownLegacy = (await rpc(app, 'tools/call', { name: 'nope', arguments: {} })).json().error
+  const unknownModern = await modern.callTool({ name: 'nope', arguments: {} }).then(() => undefined, (error: { code: number, data: unknown }) => error)
+  t.equal(unknownLegacy.code, -32602)
+  t.equal(unknownModern?.code, -32602)
+  t.same(unknownLegacy.data, { code: 'REQ_1101' })
+  t.same(unknownModern?.data, { code: 'REQ_1101' })
 })
