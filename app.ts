@@ -71,14 +71,22 @@ function appErrorOf (error: FastifyError): AppError {
   return toAppError(error)
 }
 
+const FORWARDED_REQUEST_ID = /^[\w.:-]{1,128}$/
+
+/** A proxy's X-Request-Id when it is a sane token (it reaches every log line), else a new UUID. */
+function requestIdOf (request: { headers: Record<string, string | string[] | undefined> }): string {
+  const forwarded = request.headers['x-request-id']
+  return typeof forwarded === 'string' && FORWARDED_REQUEST_ID.test(forwarded) ? forwarded : crypto.randomUUID()
+}
+
 /** Builds the application: plugins first, then routes. No listen; server.ts and the tests do that. */
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger ?? false,
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    requestIdHeader: 'x-request-id',
-    genReqId: () => crypto.randomUUID()
+    requestIdHeader: false,
+    genReqId: requestIdOf
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.

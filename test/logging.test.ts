@@ -29,3 +29,16 @@ test('logs carry request ids but never tokens or stored content', async (t) => {
   t.notOk(log.includes(wrongToken), 'a wrong token is not logged')
   t.notOk(log.includes('SECRET-CONTENT'), 'stored content is not logged')
 })
+
+test('a forwarded X-Request-Id is used only when it is a sane token', async (t) => {
+  const { url } = await testDatabase(t)
+  const lines: string[] = []
+  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(String(chunk)); done() } })
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url }), { logger: { ...loggerOptions('info', false), stream } })
+  t.teardown(() => app.close())
+  await app.inject({ method: 'GET', url: '/health', headers: { 'x-request-id': 'fly-abc.123' } })
+  await app.inject({ method: 'GET', url: '/health', headers: { 'x-request-id': 'x'.repeat(500) } })
+  const ids = lines.map((line) => (JSON.parse(line) as { reqId?: string }).reqId).filter((id) => id !== undefined)
+  t.ok(ids.includes('fly-abc.123'), 'a sane forwarded id is kept')
+  t.notOk(ids.some((id) => id.length > 128), 'an oversized one is replaced')
+})
