@@ -162,15 +162,11 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
     const caller = callerOf(request)
-    if (body.method === 'tools/call') {
-      const answer = await mcp.answerToolCall(body, caller)
-      const status = httpStatusOf(answer)
-      if (status === 503) reply.header('retry-after', '2')
-      return reply.code(status).send(answer)
-    }
-    const answer = await mcp.legacy.exchange(body, { authInfo: authInfoFor(caller) }, (abort) => {
-      reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
-    })
+    const answer = body.method === 'tools/call'
+      ? await mcp.answerToolCall(body, caller)
+      : await mcp.legacy.exchange(body, { authInfo: authInfoFor(caller) }, (abort) => {
+        reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
+      })
     if (answer === undefined) {
       if (reply.raw.destroyed) {
         request.log.debug('client disconnected before the answer')

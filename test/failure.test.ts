@@ -48,9 +48,14 @@ test('clients that disconnect mid-call leave nothing behind', async (t) => {
   const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, LOG_LEVEL: 'silent' }))
   t.teardown(() => app.close())
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  const body = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'list_context', arguments: {} } })
+  // tools/list goes through the long-lived SDK server and its transport; tools/call is answered directly.
+  const bodies = [
+    JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list', params: {} }),
+    JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'list_context', arguments: {} } })
+  ]
   const rounds = 300
-  await Promise.all(Array.from({ length: rounds }, async () => {
+  await Promise.all(Array.from({ length: rounds }, async (_, i) => {
+    const body = bodies[i % 2]
     const controller = new AbortController()
     const pending = fetch(`${base}/mcp`, {
       method: 'POST',
