@@ -115,16 +115,21 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     return reply.code(404).send({ error: { code: 'REQ_1101', message: `No route ${request.method} ${request.url.split('?')[0]}. The MCP endpoint is POST /mcp.` } })
   })
 
-  await app.register(configPlugin, { config })
-  await app.register(sensiblePlugin)
-  await app.register(corsPlugin)
-  await app.register(dbPlugin)
-  await app.register(authPlugin)
-  await app.register(rateLimitPlugin)
-  await app.register(mcpPlugin)
+  try {
+    await app.register(configPlugin, { config })
+    await app.register(sensiblePlugin)
+    await app.register(corsPlugin)
+    await app.register(dbPlugin)
+    await app.register(authPlugin)
+    await app.register(rateLimitPlugin)
+    await app.register(mcpPlugin)
 
-  await app.register(healthRoutes)
-  await app.register(mcpRoutes)
-
+    await app.register(healthRoutes)
+    await app.register(mcpRoutes)
+  } catch (error) {
+    // Close what the plugins that did load opened (the pool, the embedded database and its lock).
+    await app.close().catch(() => {})
+    throw error
+  }
   return app
 }

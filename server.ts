@@ -4,9 +4,8 @@ import closeWithGrace from 'close-with-grace'
 import { buildApp, loggerOptions } from './app.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
 
-function connectInstructions (config: Config, address: string, token: string | undefined): string {
-  const url = `${config.PUBLIC_URL ?? address}/mcp`
-  const header = token === undefined ? '' : ` --header "Authorization: Bearer ${token}"`
+function connectInstructions (url: string, token: string | undefined): string {
+  const header = ` --header "Authorization: Bearer ${token ?? '<your token>'}"`
   const lines = [
     '',
     `shared-context-mcp is serving MCP at ${url}`,
@@ -24,7 +23,7 @@ function connectInstructions (config: Config, address: string, token: string | u
     `  claude mcp add --transport http shared-context ${url}${header}`,
     ''
   )
-  if (token === undefined) lines.push('(Use the token you created earlier or AUTH_TOKEN.)', '')
+  if (token === undefined) lines.push('Use AUTH_TOKEN or a token you created earlier; `node dist/cli.js token create --name NAME` makes another.', '')
   return lines.join('\n')
 }
 
@@ -55,8 +54,24 @@ export async function serve (): Promise<void> {
     await app.close()
   })
 
-  const address = await app.listen({ port: config.PORT, host: config.HOST })
-  process.stdout.write(connectInstructions(config, address, app.auth.createdToken))
+  let address: string
+  try {
+    address = await app.listen({ port: config.PORT, host: config.HOST })
+  } catch (error) {
+    process.stderr.write(`shared-context-mcp could not listen on ${config.HOST}:${config.PORT}: ${error instanceof Error ? error.message : String(error)}\n`)
+    await app.close()
+    process.exit(1)
+  }
+  const token = await app.auth.createLocalTokenIfNone()
+  process.stdout.write(connectInstructions(mcpUrlOf(config, address), token))
+}
+
+/** The URL clients use: PUBLIC_URL when set; a wildcard bind address is shown as loopback. */
+function mcpUrlOf (config: Config, address: string): string {
+  if (config.PUBLIC_URL !== undefined) return `${config.PUBLIC_URL.replace(/\/+$/, '')}/mcp`
+  const url = new URL(address)
+  if (url.hostname === '0.0.0.0' || url.hostname === '[::]') url.hostname = '127.0.0.1'
+  return `${url.origin}/mcp`
 }
 
 if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {

@@ -10,8 +10,12 @@ declare module 'fastify' {
     auth: {
       /** onRequest hook for protected routes: sets request.principal or answers 401. */
       authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
-      /** The token created at this start (no auth was configured on loopback); shown once, never logged. */
-      createdToken: string | undefined
+      /**
+       * With no token configured (loopback only), creates one and returns it — to be shown once,
+       * never logged. Called after the server listens, so that a failed start loses no token.
+       * Undefined when a token exists (also when another instance just created one).
+       */
+      createLocalTokenIfNone: () => Promise<string | undefined>
     }
   }
   interface FastifyRequest {
@@ -25,6 +29,7 @@ const WWW_AUTHENTICATE = 'Bearer realm="shared-context-mcp"'
 // Positive lookups of database tokens are cached briefly so the hot path does not query per request.
 const TOKEN_CACHE_MS = 5000
 const TOKEN_CACHE_MAX = 10000
+const UNIQUE_VIOLATION = '23505'
 
 export function hashToken (token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest()
@@ -50,18 +55,20 @@ export default fp(async (fastify) => {
   const staticPrincipal: Principal = { id: 'static-token', namespace: DEFAULT_NAMESPACE, scopes: STANDARD_SCOPES }
   const cache = new Map<string, { principal: Principal, until: number }>()
 
-  let createdToken: string | undefined
-  if (staticHash === undefined && await db.store.countActiveApiTokens() === 0) {
-    if (!isLoopbackHost(config.HOST)) {
-      throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters) or create a token with \`cli token create\`.`)
+  if (staticHash === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
+    throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters) or create a token with \`cli token create\`.`)
+  }
+
+  async function createLocalTokenIfNone (): Promise<string | undefined> {
+    if (staticHash !== undefined || await db.store.countActiveApiTokens() > 0) return undefined
+    const token = generateToken()
+    try {
+      await db.store.insertApiToken({ name: 'local', hash: hashToken(token).toString('hex'), namespace: DEFAULT_NAMESPACE, scopes: [...STANDARD_SCOPES] })
+    } catch (error) {
+      if ((error as { code?: unknown }).code === UNIQUE_VIOLATION) return undefined // another instance created it first
+      throw error
     }
-    createdToken = generateToken()
-    await db.store.insertApiToken({
-      name: 'local',
-      hash: hashToken(createdToken).toString('hex'),
-      namespace: DEFAULT_NAMESPACE,
-      scopes: [...STANDARD_SCOPES]
-    })
+    return token
   }
 
   async function principalForToken (token: string): Promise<Principal | null> {
@@ -105,5 +112,5 @@ export default fp(async (fastify) => {
   }
 
   fastify.decorateRequest('principal', null)
-  fastify.decorate('auth', { authenticate, createdToken })
+  fastify.decorate('auth', { authenticate, createLocalTokenIfNone })
 }, { name: 'auth', dependencies: ['config', 'db'] })

@@ -1,4 +1,9 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'tap'
+import { buildApp } from '../app.js'
+import { loadConfig } from '../schema/config.js'
 import { build, rpc, TEST_TOKEN } from './helper.js'
 
 test('bearer tokens: only the exact token passes, whatever the length of what is presented', async (t) => {
@@ -25,4 +30,27 @@ test('bearer tokens: only the exact token passes, whatever the length of what is
     t.equal(response.json().error.code, 'AUTH_1001')
     t.match(String(response.headers['www-authenticate']), /^Bearer /)
   }
+})
+
+test('the local token: created once when none exists, again after it is revoked, once under a race', async (t) => {
+  const app = await build(t, { AUTH_TOKEN: '' })
+  const [first, second] = await Promise.all([app.auth.createLocalTokenIfNone(), app.auth.createLocalTokenIfNone()])
+  const created = [first, second].filter((token) => token !== undefined)
+  t.equal(created.length, 1, 'two instances racing create one token')
+  t.equal((await rpc(app, 'tools/list', {}, { token: created[0] as string })).statusCode, 200, 'the created token works')
+  t.equal(await app.auth.createLocalTokenIfNone(), undefined, 'none is created while one is active')
+
+  t.ok(await app.db.store.revokeApiToken('local'))
+  const replacement = await app.auth.createLocalTokenIfNone()
+  t.type(replacement, 'string', 'a new local token after the old one was revoked')
+  t.not(replacement, created[0])
+})
+
+test('refusing to start (public host, no auth) releases the embedded database it opened', async (t) => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'scm-refuse-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  await t.rejects(buildApp(loadConfig({ DATA_DIR: dataDir, HOST: '0.0.0.0', LOG_LEVEL: 'silent' })), /Refusing to start/)
+  const app = await buildApp(loadConfig({ DATA_DIR: dataDir, AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent' }))
+  t.teardown(() => app.close())
+  t.equal((await rpc(app, 'tools/list')).statusCode, 200, 'the same data folder opens again in this process')
 })

@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'tap'
@@ -71,4 +72,25 @@ test('database unreachable at start: retries until DB_CONNECT_TIMEOUT_MS, then e
   t.ok(elapsed >= 1500, `waited for the timeout (${elapsed} ms)`)
   t.match(server.stderr(), /127\.0\.0\.1:1/)
   t.notMatch(server.stderr() + server.stdout(), /hunter2/)
+})
+
+test('a start that cannot listen exits 1 with a plain line and creates no token', async (t) => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'scm-data-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const blocker = createServer()
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => blocker.close())
+  const busyPort = (blocker.address() as { port: number }).port
+
+  const failed = startServer({ DATA_DIR: dataDir, PORT: String(busyPort), LOG_LEVEL: 'silent' })
+  t.equal(await failed.exited, 1)
+  t.match(failed.stderr(), /could not listen on 127\.0\.0\.1:\d+/)
+  t.notMatch(failed.stdout(), /scm_/)
+
+  const next = startServer({ DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'silent' })
+  t.teardown(() => next.child.kill('SIGKILL'))
+  await waitFor(next, (output) => output.includes('claude mcp add'))
+  t.match(next.stdout(), /shown only now/, 'the token is created by the start that serves')
+  next.child.kill('SIGTERM')
+  t.equal(await next.exited, 0)
 })

@@ -48,7 +48,7 @@ create table context_history (
 
 create table api_tokens (
   id           uuid        primary key default gen_random_uuid(),
-  name         text        not null unique,
+  name         text        not null,
   hash         text        not null unique,
   namespace    text        not null,
   scopes       text[]      not null,
@@ -58,6 +58,9 @@ create table api_tokens (
   constraint api_tokens_name_length check (char_length(name) between 1 and 255),
   constraint api_tokens_namespace_length check (char_length(namespace) between 1 and 255)
 );
+
+-- A name belongs to one active token; a revoked token's name can be given to a new one.
+create unique index api_tokens_active_name on api_tokens (name) where revoked_at is null;
 
 create table revoked_jtis (
   jti        text        primary key,
