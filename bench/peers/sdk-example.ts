@@ -9,18 +9,19 @@ import { readResult, storeFromEnv, listenFromEnv, writeResult } from './shared.j
 // The official v2 SDK's stateless pattern, as in @modelcontextprotocol/fastify's README: a new
 // McpServer and a new NodeStreamableHTTPServerTransport per request, both closed when the response
 // closes. The tools take the real tools' input schemas (the default JSON Schema validator checks
-// them) and run the same SQL through the project's store. Schemas are built once, at load.
+// them) and run the same SQL through the project's store. As in the example, everything the
+// server needs — its tools, their schemas and so their validators — is built per request inside
+// the factory; that per-request cost is what this peer measures.
 
 function jsonSchemaOf (schema: TObject): JsonSchemaType {
   return JSON.parse(JSON.stringify(schema)) as JsonSchemaType
 }
 
-const readInput = fromJsonSchema<{ key: string }>(jsonSchemaOf(readContext.inputSchema))
-const writeInput = fromJsonSchema<{ key: string, content: string }>(jsonSchemaOf(writeContext.inputSchema))
-
 const { store, close } = storeFromEnv()
 
 function buildServer (): McpServer {
+  const readInput = fromJsonSchema<{ key: string }>(jsonSchemaOf(readContext.inputSchema))
+  const writeInput = fromJsonSchema<{ key: string, content: string }>(jsonSchemaOf(writeContext.inputSchema))
   const server = new McpServer({ name: 'sdk-example', version: '1.0.0' })
   server.registerTool('read_context', {
     title: readContext.title,
