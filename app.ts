@@ -35,7 +35,9 @@ export const LOG_REDACT_PATHS = [
   '*.content',
   'arguments.content',
   'err.parameters',
-  'err.args'
+  'err.args',
+  'err.detail',
+  'err.where'
 ]
 
 /** pino options: JSON lines, pretty only on a terminal, secrets redacted. */

@@ -10,8 +10,6 @@ const EMBEDDED_POOL_MAX = 4
 
 export interface OpenDatabase {
   sql: postgres.Sql
-  /** True when this process runs its own embedded PostgreSQL (PGlite) in DATA_DIR. */
-  embedded: boolean
   close: () => Promise<void>
 }
 
@@ -38,5 +36,5 @@ export async function openDatabase (config: Config, log: (message: string) => vo
     await close().catch(() => {})
     throw error
   }
-  return { sql, embedded: embedded !== undefined, close }
+  return { sql, close }
 }

@@ -8,8 +8,6 @@ declare module 'fastify' {
     db: {
       sql: postgres.Sql
       store: ContextStore
-      /** True when the server runs its own embedded PostgreSQL (PGlite) in DATA_DIR. */
-      embedded: boolean
     }
   }
 }
@@ -20,8 +18,7 @@ export default fp(async (fastify) => {
   const database = await openDatabase(config, (message) => fastify.log.info(message))
   fastify.decorate('db', {
     sql: database.sql,
-    store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES }),
-    embedded: database.embedded
+    store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
   })
   fastify.addHook('onClose', () => database.close())
 }, { name: 'db', dependencies: ['config'] })

@@ -51,6 +51,11 @@ export const INSTRUCTIONS = [
   'Lists and histories are paginated: pass next_cursor back as cursor.'
 ].join(' ')
 
+/** A client's self-reported name, cut to its first run of printable ASCII (it is stored and shown to models). */
+export function printableToken (text: string): string | null {
+  return /^[\x21-\x7e]{1,100}/.exec(text)?.[0] ?? null
+}
+
 /** What the HTTP route hands each request's server through AuthInfo.extra. */
 export interface CallerInfo {
   principal: Principal
@@ -70,8 +75,8 @@ function callerOf (ctx: ServerContext): CallerInfo {
 
 function clientNameOf (ctx: ServerContext, caller: CallerInfo): string | null {
   const envelope = ctx.mcpReq.envelope as Record<string, { name?: unknown } | undefined> | undefined
-  const clientInfo = envelope?.[CLIENT_INFO_META_KEY]
-  return typeof clientInfo?.name === 'string' ? clientInfo.name.slice(0, 100) : caller.client
+  const name = envelope?.[CLIENT_INFO_META_KEY]?.name
+  return typeof name === 'string' ? printableToken(name) : caller.client
 }
 
 /**

@@ -12,7 +12,7 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isLoopbackHost, maxBodyBytes, splitList, type Config } from '../schema/config.js'
 import { AppError, errorCatalogue, type ErrorCode } from '../schema/errors.js'
-import { authInfoFor, type CallerInfo } from '../plugins/mcp.js'
+import { authInfoFor, printableToken, type CallerInfo } from '../plugins/mcp.js'
 import type { JsonRpcResponse } from '../plugins/mcp-multiplex-transport.js'
 
 function hostnameOf (url: string): string | undefined {
@@ -45,9 +45,7 @@ function allowedOriginHostnames (config: Config): string[] {
 /** The first product token of User-Agent, as a hint of which client wrote a version (2025-era requests carry no client info). */
 function clientHintOf (request: FastifyRequest): string | null {
   const agent = request.headers['user-agent']
-  if (agent === undefined) return null
-  const product = /^[\x21-\x7e]{1,100}/.exec(agent)
-  return product === null ? null : product[0]
+  return agent === undefined ? null : printableToken(agent)
 }
 
 function jsonRpcError (id: string | number | null, code: number, message: string) {

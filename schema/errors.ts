@@ -52,7 +52,3 @@ export class AppError extends Error {
     return { error: { code: this.code, message: this.message, ...this.details } }
   }
 }
-
-export function errorBody (code: ErrorCode, message: string): ErrorBody {
-  return { error: { code, message } }
-}

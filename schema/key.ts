@@ -11,8 +11,8 @@ export const Key = Type.String({
 
 export const KeyPrefix = Type.String({
   maxLength: 255,
-  pattern: '^[A-Za-z0-9_.:/-]*$',
-  description: 'Only keys starting with this text (matched literally).'
+  pattern: '^[^\\u0000]*$',
+  description: 'Only keys starting with this text, matched literally (% and _ are not wildcards).'
 })
 
 // Versions are bigint in the database; JSON numbers are exact only up to 2^53 - 1.

@@ -114,12 +114,6 @@ export function createToolRegistry (tools: ToolDefinition[]) {
   }
 
   return {
-    names: [...byName.keys()],
-
-    has (name: string): boolean {
-      return byName.has(name)
-    },
-
     /** The tools this principal may call, in registration order. */
     list (principal: Principal): ListedTool[] {
       const cacheKey = [...principal.scopes].sort().join(' ')

@@ -86,10 +86,13 @@ test('list_context', async (t) => {
     t.strictSame(keysOf(empty), keysOf(none), 'an empty prefix lists everything')
   })
 
-  t.test('prefix characters outside the key alphabet (LIKE wildcards included) are REQ_1101', async (t) => {
-    for (const prefix of ['%', 'a%', 'a\\', 'a b', '*', 'é']) {
+  t.test('LIKE wildcards and other characters no key can hold are literal: they match nothing', async (t) => {
+    for (const prefix of ['%', 'a%', '%b', 'a\\', 'a\\_', 'a b', '*', 'é']) {
+      t.strictSame(keysOf(await ok<ListOutput>(t, app, 'list_context', { prefix })), [], `prefix ${JSON.stringify(prefix)} matches nothing`)
+    }
+    for (const prefix of ['a\u0000', 'x'.repeat(256)]) {
       const error = await fails(t, app, 'list_context', { prefix }, 'REQ_1101')
-      t.match(error.message, namesField('prefix'), `prefix ${JSON.stringify(prefix)} is named`)
+      t.match(error.message, namesField('prefix'), `prefix ${JSON.stringify(prefix.slice(0, 8))} is refused and named`)
     }
   })
 
