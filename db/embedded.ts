@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs'
 import { mkdir, open, readFile, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { PGlite } from '@electric-sql/pglite'
@@ -13,8 +14,8 @@ export interface EmbeddedPostgresOptions {
    */
   maxConnections?: number
   /**
-   * Initial contents of an in-memory database: a tarball from PGlite's dumpDataDir(). Tests use
-   * it to skip initdb (seconds of CPU). Ignored with dataDir.
+   * Initial contents of a new database — in memory, or in a dataDir that holds none yet: a tarball
+   * from createDataDirTemplate(). Loading it takes a fraction of the seconds initdb needs.
    */
   loadDataDir?: Blob
 }
@@ -50,7 +51,11 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
   let db: PGlite | undefined
   let server: PGLiteSocketServer | undefined
   try {
-    db = await PGlite.create(dataDir === undefined ? { loadDataDir: options.loadDataDir } : { dataDir })
+    const isNew = dataDir === undefined || !existsSync(join(dataDir, 'PG_VERSION'))
+    db = await PGlite.create({
+      ...(dataDir !== undefined && { dataDir }),
+      ...(isNew && options.loadDataDir !== undefined && { loadDataDir: options.loadDataDir })
+    })
     server = new PGLiteSocketServer({
       db,
       host: '127.0.0.1',
@@ -87,6 +92,16 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
       })()
       return await closing
     }
+  }
+}
+
+/** A freshly initialised, empty PGlite data folder as an uncompressed tarball (see loadDataDir). */
+export async function createDataDirTemplate (): Promise<Blob> {
+  const db = await PGlite.create()
+  try {
+    return await db.dumpDataDir('none')
+  } finally {
+    await db.close()
   }
 }
 

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import type postgres from 'postgres'
 import type { Config } from '../schema/config.js'
@@ -7,6 +8,17 @@ import { migrate } from './migrate.js'
 
 // The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
 const EMBEDDED_POOL_MAX = 4
+
+// Made by `npm run build` (db/build-template.ts) next to the compiled module; absent when running from source.
+const TEMPLATE = new URL('./pglite-template.tar', import.meta.url)
+
+async function readTemplate (): Promise<Blob | undefined> {
+  try {
+    return new Blob([await readFile(TEMPLATE)])
+  } catch {
+    return undefined // no template: PGlite runs initdb, which only takes longer
+  }
+}
 
 export interface OpenDatabase {
   sql: postgres.Sql
@@ -19,7 +31,7 @@ export interface OpenDatabase {
  */
 export async function openDatabase (config: Config, log: (message: string) => void): Promise<OpenDatabase> {
   const embedded = config.DATABASE_URL === undefined
-    ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log })
+    ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log, loadDataDir: await readTemplate() })
     : undefined
   const sql = createSql(embedded?.url ?? config.DATABASE_URL as string, {
     max: embedded === undefined ? config.DB_POOL_MAX : EMBEDDED_POOL_MAX,

@@ -3,11 +3,10 @@ import { readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { PGlite } from '@electric-sql/pglite'
 import type postgres from 'postgres'
 import type { Test } from 'tap'
 import { createSql } from '../db/connect.js'
-import { startEmbeddedPostgres } from '../db/embedded.js'
+import { createDataDirTemplate, startEmbeddedPostgres } from '../db/embedded.js'
 import { migrate } from '../db/migrate.js'
 
 export interface TestDatabase {
@@ -74,9 +73,7 @@ async function pgliteTemplate (): Promise<Blob> {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
     }
-    const db = await PGlite.create()
-    const tarball = await db.dumpDataDir('none')
-    await db.close()
+    const tarball = await createDataDirTemplate()
     // Test files run in parallel: write aside, then rename, so nobody reads half a file.
     const staging = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`
     await writeFile(staging, Buffer.from(await tarball.arrayBuffer()))
