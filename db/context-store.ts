@@ -174,6 +174,23 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       0) + 1`
   }
 
+  /**
+   * CTEs "outcome" (the changed row, and whether it took over an absent key) and "logged" (its
+   * history row, in the same statement), after a CTE "changed" that RETURNs the row and `inserted`.
+   */
+  function outcomeAndHistory (action: 'update' | 'append', actor: Actor): postgres.PendingQuery<postgres.Row[]> {
+    return sql`
+      outcome as (
+        select c.*, c.inserted or coalesce(p.expired, false) as created
+        from changed c left join previous p on true
+      ), logged as (
+        insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+        select namespace, key, version, case when created then 'create' else ${action}::text end, content, tags,
+               ${actor.principal}, ${actor.client}, updated_at
+        from outcome
+      )`
+  }
+
   async function currentVersion (namespace: string, key: string): Promise<number | null> {
     const rows = await sql<VersionRow[]>`
       select version from context_entries where namespace = ${namespace} and key = ${key} and ${notExpired}`
@@ -240,15 +257,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       const [row] = await sql<WrittenRow[]>`
         with ${lockedPrevious(namespace, key)}, changed as (
           ${change}
-        ), outcome as (
-          select c.*, c.inserted or coalesce(p.expired, false) as created
-          from changed c left join previous p on true
-        ), logged as (
-          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
-          select namespace, key, version, case when created then 'create' else 'update' end, content, tags,
-                 ${actor.principal}, ${actor.client}, updated_at
-          from outcome
-        )
+        ), ${outcomeAndHistory('update', actor)}
         select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous
         from (select 1) as one left join outcome o on true`
       if (row?.version != null && row.updated_at !== null) {
@@ -280,15 +289,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           where ${onlyThePreviousRow} and (e.expires_at <= now()
              or octet_length(e.content) + ${separatorBytes}::int + ${contentBytes}::int <= ${maxContentBytes}::int)
           returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, (e.xmax = 0) as inserted
-        ), outcome as (
-          select c.*, c.inserted or coalesce(p.expired, false) as created
-          from changed c left join previous p on true
-        ), logged as (
-          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
-          select namespace, key, version, case when created then 'create' else 'append' end, content, tags,
-                 ${actor.principal}, ${actor.client}, updated_at
-          from outcome
-        )
+        ), ${outcomeAndHistory('append', actor)}
         select o.version, o.created, octet_length(o.content) as bytes,
                p.bytes as previous_bytes, p.expired as previous_expired, p.version is not null as had_previous
         from (select 1) as one
