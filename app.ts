@@ -66,7 +66,6 @@ function appErrorOf (error: FastifyError): AppError {
   if (error instanceof SyntaxError || error.code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
     return new AppError('REQ_1101', 'The request body is not valid JSON.')
   }
-  if (error.statusCode === 429) return new AppError('REQ_1103', error.message)
   if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
     return new AppError('REQ_1101', error.message, undefined, error.statusCode)
   }

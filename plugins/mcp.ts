@@ -18,13 +18,12 @@ import fp from 'fastify-plugin'
 import { toAppError } from '../db/errors.js'
 import type { Principal } from '../schema/principal.js'
 import { allTools } from '../tools/index.js'
-import { UnknownToolError, createToolRegistry, type ToolCallResult, type ToolRegistry } from '../tools/registry.js'
+import { UnknownToolError, createToolRegistry, type ToolCallResult } from '../tools/registry.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     mcp: {
-      registry: ToolRegistry
       /** The long-lived server's transport for stateless 2025-era POSTs. */
       legacy: MultiplexTransport
       /** Answers a 2025-era tools/call (the hot path); see answerToolCall below. */
@@ -99,6 +98,10 @@ const CallToolParamsSchema = Type.Object({
 type CallToolParams = Static<typeof CallToolParamsSchema>
 const checkCallToolParams = TypeCompiler.Compile(CallToolParamsSchema)
 
+function callToolParamIssues (value: unknown): string[] {
+  return [...checkCallToolParams.Errors(value)].slice(0, 3).map((error) => `${error.path || 'params'}: ${error.message}`)
+}
+
 /** tools/call params as a Standard Schema, checked by a compiled TypeBox validator. */
 const callToolParams: StandardSchemaV1<unknown, CallToolParams> = {
   '~standard': {
@@ -106,7 +109,7 @@ const callToolParams: StandardSchemaV1<unknown, CallToolParams> = {
     vendor: 'typebox',
     validate: (value) => checkCallToolParams.Check(value)
       ? { value }
-      : { issues: [...checkCallToolParams.Errors(value)].slice(0, 3).map((error) => ({ message: `${error.path || 'params'}: ${error.message}` })) }
+      : { issues: callToolParamIssues(value).map((message) => ({ message })) }
   }
 }
 
@@ -166,8 +169,7 @@ export default fp(async (fastify) => {
   async function answerToolCall (request: JSONRPCRequest, caller: CallerInfo): Promise<JsonRpcResponse> {
     const params = request.params
     if (!checkCallToolParams.Check(params)) {
-      const issues = [...checkCallToolParams.Errors(params)].slice(0, 3).map((error) => `${error.path || 'params'}: ${error.message}`)
-      return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: `Invalid params for tools/call: ${issues.join('; ')}` } }
+      return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: `Invalid params for tools/call: ${callToolParamIssues(params).join('; ')}` } }
     }
     try {
       return { jsonrpc: '2.0', id: request.id, result: await callTool(params, caller, caller.client) }
@@ -186,7 +188,7 @@ export default fp(async (fastify) => {
     onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected')
   })
 
-  fastify.decorate('mcp', { registry, legacy, answerToolCall, serveModern: toNodeHandler(modern) })
+  fastify.decorate('mcp', { legacy, answerToolCall, serveModern: toNodeHandler(modern) })
 
   fastify.addHook('onClose', async () => {
     await legacyServer.close()
