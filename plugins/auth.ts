@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { isLoopbackHost } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
-import type { Principal, Scope } from '../schema/principal.js'
+import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -52,7 +52,7 @@ function bearerTokenOf (header: string | undefined): string | undefined {
 export default fp(async (fastify) => {
   const { config, db } = fastify
   const staticHash = config.AUTH_TOKEN === undefined ? undefined : hashToken(config.AUTH_TOKEN)
-  const staticPrincipal: Principal = { id: 'static-token', namespace: DEFAULT_NAMESPACE, scopes: STANDARD_SCOPES }
+  const staticPrincipal = singleNamespacePrincipal('static-token', DEFAULT_NAMESPACE, STANDARD_SCOPES)
   const cache = new Map<string, { principal: Principal, until: number }>()
 
   if (staticHash === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
@@ -83,11 +83,8 @@ export default fp(async (fastify) => {
       cache.delete(hexHash)
       return null
     }
-    const principal: Principal = {
-      id: `token:${record.name}`,
-      namespace: record.namespace,
-      scopes: new Set(record.scopes.filter((scope): scope is Scope => scope.startsWith('context:')))
-    }
+    const principal = singleNamespacePrincipal(`token:${record.name}`, record.namespace,
+      record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)))
     if (cache.size >= TOKEN_CACHE_MAX) cache.clear()
     cache.set(hexHash, { principal, until: now + TOKEN_CACHE_MS })
     db.store.touchApiToken(record.id).catch((error: unknown) => fastify.log.warn({ err: error }, 'could not record token use'))

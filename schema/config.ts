@@ -15,7 +15,17 @@ export const ConfigSchema = Type.Object({
   AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),
   CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed to call /mcp from a browser' }),
   ALLOWED_HOSTS: Type.String({ default: '', description: 'Comma-separated Host names accepted besides loopback and PUBLIC_URL' }),
-  RATE_LIMIT_PER_MINUTE: Type.Integer({ minimum: 0, default: 6000, description: 'Requests per minute per principal on /mcp; 0 turns limiting off' }),
+  RATE_LIMIT_PER_MINUTE: Type.Integer({ minimum: 0, default: 6000, description: 'TEMPORARY: replaced by RATE_LIMITS' }),
+  TRUST_PROXY: Type.Union([Type.Literal('false'), Type.Literal('true'), Type.String({ pattern: '^[0-9a-fA-F.:/, ]+$' })], { default: 'false', description: 'Whether to trust X-Forwarded-For: false, true (any proxy), or a comma-separated list of proxy addresses/CIDRs' }),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'Redis for shared rate-limit counters and the revocation cache; unset keeps both in process' })),
+  RATE_LIMITS: Type.String({ default: 'admin=20000/h 1200/m; writer=10000/h 600/m; reader=5000/h 300/m; default=1000/h 60/m; ip=300/m', description: 'Per-principal limits by tier (hourly and per-minute burst), and failed-authentication attempts per client address; "off" turns limiting off' }),
+  OIDC_ISSUER: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: 'Issuer whose JWTs are accepted (iss claim); enables the OIDC/JWT resource server' })),
+  JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: "The issuer's JSON Web Key Set; unset discovers it from OIDC_ISSUER/.well-known/openid-configuration" })),
+  JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1, description: 'Required aud claim; defaults to PUBLIC_URL/mcp' })),
+  JWT_ROLE_MAP: Type.String({ default: '{}', description: 'JSON: role name -> { scopes: [...], namespace? }; roles come from realm_access.roles and resource_access.<client>.roles' }),
+  JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
+  REVOCATION_FAIL_MODE: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('reads-open')], { default: 'reads-open', description: 'What a JWT request gets when neither Redis nor PostgreSQL can say whether its jti is revoked' }),
+  AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),
   MAX_CONTENT_BYTES: Type.Integer({ minimum: 1024, maximum: 16 * 1024 * 1024, default: 100 * 1024 }),
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
@@ -32,7 +42,7 @@ export class ConfigError extends Error {
   }
 }
 
-const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL'])
+const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL', 'REDIS_URL'])
 
 /**
  * Reads the known variables from `env`, applies defaults and types, and validates them.

@@ -3,9 +3,43 @@ export type Scope = typeof SCOPES[number]
 
 /** Who is calling: resolved by the auth plugin, used for scope checks, namespacing and audit. */
 export interface Principal {
-  /** Stable id recorded as the author of every version, e.g. `token:laptop`. */
+  /** Stable id recorded as the author of every version, e.g. `token:laptop` or `oidc:<sub>`. */
   id: string
-  /** The namespace the principal's keys live in. */
+  /** The namespace a tool call acts in when it names none. */
   namespace: string
+  /** Scopes per namespace. context:admin, in any grant, allows every scope in every namespace. */
+  grants: ReadonlyMap<string, ReadonlySet<Scope>>
+  /** Every scope granted anywhere: decides which tools tools/list shows, and the rate-limit tier. */
   scopes: ReadonlySet<Scope>
+}
+
+/** A principal whose scopes all apply to one namespace (API tokens, the static token). */
+export function singleNamespacePrincipal (id: string, namespace: string, scopes: Iterable<Scope>): Principal {
+  const set = new Set(scopes)
+  return { id, namespace, grants: new Map([[namespace, set]]), scopes: set }
+}
+
+/** A principal built from several grants; its home namespace is the first one given. */
+export function multiNamespacePrincipal (id: string, grants: ReadonlyMap<string, ReadonlySet<Scope>>, homeNamespace: string): Principal {
+  const scopes = new Set<Scope>()
+  for (const granted of grants.values()) for (const scope of granted) scopes.add(scope)
+  return { id, namespace: homeNamespace, grants, scopes }
+}
+
+export function isAdmin (principal: Principal): boolean {
+  return principal.scopes.has('context:admin')
+}
+
+/** Whether the principal may use `scope` in `namespace`. */
+export function mayUse (principal: Principal, namespace: string, scope: Scope): boolean {
+  return isAdmin(principal) || principal.grants.get(namespace)?.has(scope) === true
+}
+
+/** The rate-limit tier of a principal: its strongest scope. */
+export type RateLimitTier = 'admin' | 'writer' | 'reader' | 'default'
+export function tierOf (principal: Principal): RateLimitTier {
+  if (principal.scopes.has('context:admin')) return 'admin'
+  if (principal.scopes.has('context:write') || principal.scopes.has('context:delete')) return 'writer'
+  if (principal.scopes.has('context:read')) return 'reader'
+  return 'default'
 }
