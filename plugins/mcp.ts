@@ -129,7 +129,6 @@ export default fp(async (fastify) => {
     try {
       return await registry.call(params.name, params.arguments, principal, {
         store,
-        namespace: principal.namespace,
         actor: { principal: principal.id, client },
         maxContentBytes
       })

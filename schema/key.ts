@@ -19,3 +19,13 @@ export const KeyPrefix = Type.String({
 export const MAX_VERSION = Number.MAX_SAFE_INTEGER
 
 export const Version = Type.Integer({ minimum: 1, maximum: MAX_VERSION, description: 'A version number of the entry (1 is the first).' })
+
+export const NAMESPACE_PATTERN = '^[A-Za-z0-9_.:/-]{1,255}$'
+
+/** The optional namespace argument every tool takes; without it a call acts in the caller's own namespace. */
+export const NamespaceArg = Type.String({
+  minLength: 1,
+  maxLength: 255,
+  pattern: NAMESPACE_PATTERN,
+  description: 'Namespace to act in. Omit it to use your own; another namespace needs a grant for it (or context:admin).'
+})

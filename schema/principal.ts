@@ -11,6 +11,11 @@ export interface Principal {
   grants: ReadonlyMap<string, ReadonlySet<Scope>>
   /** Every scope granted anywhere: decides which tools tools/list shows, and the rate-limit tier. */
   scopes: ReadonlySet<Scope>
+  /**
+   * Set when the token's revocation could not be checked and REVOCATION_FAIL_MODE lets reads
+   * through: every call that needs more than context:read fails with this error.
+   */
+  writesRefused?: Error
 }
 
 /** A principal whose scopes all apply to one namespace (API tokens, the static token). */

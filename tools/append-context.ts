@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key } from '../schema/key.js'
+import { Key, NamespaceArg } from '../schema/key.js'
 import { Content, NO_NUL_PATTERN } from '../schema/content.js'
 import { assertContentFits, assertWellFormed } from './limits.js'
 import { defineTool } from './registry.js'
@@ -16,7 +16,8 @@ export const appendContext = defineTool({
   inputSchema: Type.Object({
     key: Key,
     content: Content,
-    separator: Type.Optional(Type.String({ maxLength: 16, pattern: NO_NUL_PATTERN, description: 'Put between the existing content and the new text; default "\\n".' }))
+    separator: Type.Optional(Type.String({ maxLength: 16, pattern: NO_NUL_PATTERN, description: 'Put between the existing content and the new text; default "\\n".' })),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key } from '../schema/key.js'
+import { Key, NamespaceArg } from '../schema/key.js'
 import { Timestamp } from '../schema/content.js'
 import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
@@ -19,7 +19,8 @@ export const contextHistory = defineTool({
   inputSchema: Type.Object({
     key: Key,
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20, description: 'Page size, 1-100 (default 20).' })),
-    cursor: Type.Optional(Cursor)
+    cursor: Type.Optional(Cursor),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

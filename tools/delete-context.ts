@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key, MAX_VERSION } from '../schema/key.js'
+import { Key, MAX_VERSION, NamespaceArg } from '../schema/key.js'
 import { defineTool } from './registry.js'
 
 export const deleteContext = defineTool({
@@ -12,7 +12,8 @@ export const deleteContext = defineTool({
   annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   inputSchema: Type.Object({
     key: Key,
-    expected_version: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_VERSION, description: 'Delete only if the entry is at this version.' }))
+    expected_version: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_VERSION, description: 'Delete only if the entry is at this version.' })),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox'
-import { KEY_PATTERN, KeyPrefix } from '../schema/key.js'
+import { KEY_PATTERN, KeyPrefix, NamespaceArg } from '../schema/key.js'
 import { Tags, Timestamp } from '../schema/content.js'
 import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
@@ -20,7 +20,8 @@ export const listContext = defineTool({
     prefix: Type.Optional(KeyPrefix),
     tag: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.:/-]+$', description: 'Only entries with this tag.' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 50, description: 'Page size, 1-100 (default 50).' })),
-    cursor: Type.Optional(Cursor)
+    cursor: Type.Optional(Cursor),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     items: Type.Array(Type.Object({

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key, Version } from '../schema/key.js'
+import { Key, NamespaceArg, Version } from '../schema/key.js'
 import { Tags, Timestamp } from '../schema/content.js'
 import { defineTool } from './registry.js'
 
@@ -14,7 +14,8 @@ export const readContext = defineTool({
   annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   inputSchema: Type.Object({
     key: Key,
-    version: Type.Optional(Version)
+    version: Type.Optional(Version),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -2,7 +2,7 @@ import type { Static, TObject } from '@sinclair/typebox'
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
 import type { ContextStore, Actor } from '../db/context-store.js'
 import { AppError, type ErrorCode } from '../schema/errors.js'
-import type { Principal, Scope } from '../schema/principal.js'
+import { mayUse, type Principal, type Scope } from '../schema/principal.js'
 
 export interface ToolAnnotations {
   readOnlyHint: boolean
@@ -11,13 +11,16 @@ export interface ToolAnnotations {
   openWorldHint: false
 }
 
-/** What a handler gets: the store, who is calling, and limits. Handlers talk to the store only. */
+/** What a handler gets: the store, the namespace it acts in, who is calling, and limits. Handlers talk to the store only. */
 export interface ToolContext {
   store: ContextStore
   namespace: string
   actor: Actor
   maxContentBytes: number
 }
+
+/** What the caller of the registry provides; the registry adds the namespace the call acts in. */
+export type CallDependencies = Omit<ToolContext, 'namespace'>
 
 export interface ToolDefinition<I extends TObject = TObject, O extends TObject = TObject> {
   name: string
@@ -109,7 +112,7 @@ export function createToolRegistry (tools: ToolDefinition[]) {
   }
   const listCache = new Map<string, ListedTool[]>()
 
-  function allows (principal: Principal, tool: ToolDefinition): boolean {
+  function listable (principal: Principal, tool: ToolDefinition): boolean {
     return principal.scopes.has(tool.scope) || principal.scopes.has('context:admin')
   }
 
@@ -119,24 +122,29 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       const cacheKey = [...principal.scopes].sort().join(' ')
       let listed = listCache.get(cacheKey)
       if (listed === undefined) {
-        listed = [...byName.values()].filter((tool) => allows(principal, tool.definition)).map((tool) => tool.listed)
+        listed = [...byName.values()].filter((tool) => listable(principal, tool.definition)).map((tool) => tool.listed)
         listCache.set(cacheKey, listed)
       }
       return listed
     },
 
-    async call (name: string, args: unknown, principal: Principal, ctx: ToolContext): Promise<ToolCallResult> {
+    async call (name: string, args: unknown, principal: Principal, dependencies: CallDependencies): Promise<ToolCallResult> {
       const tool = byName.get(name)
       if (tool === undefined) throw new UnknownToolError(name, [...byName.keys()])
-      if (!allows(principal, tool.definition)) {
-        return toolError('AUTH_1004', `${name} needs the ${tool.definition.scope} scope, which this token does not have.`, { required_scope: tool.definition.scope })
+      const scope = tool.definition.scope
+      const named = (args as { namespace?: unknown } | undefined)?.namespace
+      const namespace = typeof named === 'string' ? named : principal.namespace
+      if (!mayUse(principal, namespace, scope)) {
+        const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
+        return toolError('AUTH_1004', `${name} needs the ${scope} scope${where}, which this token does not have.`, { required_scope: scope })
       }
+      if (scope !== 'context:read' && principal.writesRefused !== undefined) throw principal.writesRefused
       const input = args ?? {}
       if (!tool.check.Check(input)) {
         return toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`)
       }
       try {
-        const output = await tool.definition.handler(ctx, input)
+        const output = await tool.definition.handler({ ...dependencies, namespace }, input)
         return {
           content: [{ type: 'text', text: tool.definition.summarize(output) }],
           structuredContent: output

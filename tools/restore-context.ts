@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key, Version } from '../schema/key.js'
+import { Key, NamespaceArg, Version } from '../schema/key.js'
 import { defineTool } from './registry.js'
 
 export const restoreContext = defineTool({
@@ -12,7 +12,8 @@ export const restoreContext = defineTool({
   annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
   inputSchema: Type.Object({
     key: Key,
-    version: Version
+    version: Version,
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
-import { Key, MAX_VERSION } from '../schema/key.js'
+import { Key, MAX_VERSION, NamespaceArg } from '../schema/key.js'
 import { Content, Tags, Timestamp } from '../schema/content.js'
 import { assertContentFits, assertWellFormed } from './limits.js'
 import { defineTool } from './registry.js'
@@ -20,7 +20,8 @@ export const writeContext = defineTool({
     content: Content,
     expected_version: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_VERSION, description: 'Write only if the entry is at this version (0: only if it does not exist).' })),
     tags: Type.Optional(Tags),
-    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire after this many seconds (at most a year). Omit to keep it.' }))
+    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire after this many seconds (at most a year). Omit to keep it.' })),
+    namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),

@@ -127,6 +127,26 @@ test('scopes and namespaces', async (t) => {
     t.strictSame(rows.map((row) => [row.namespace, row.key, row.updated_by]), [['default', 'shared/doc', 'static-token'], ['other', 'only-other/log', 'token:other']], 'live rows per namespace')
   })
 
+  t.test('the namespace argument: other namespaces need a grant or context:admin', async (t) => {
+    await ok(t, app, 'write_context', { key: 'ns/arg', content: 'in other' }, as(other))
+    const entries = await entryCount()
+    const refused = await fails(t, app, 'read_context', { key: 'ns/arg', namespace: 'other' }, 'AUTH_1004', as(reader))
+    t.match(refused.message, 'namespace "other"', 'names the namespace')
+    await fails(t, app, 'write_context', { key: 'ns/arg', content: 'x', namespace: 'other' }, 'AUTH_1004')
+    await fails(t, app, 'list_context', { namespace: 'default' }, 'AUTH_1004', as(other))
+    t.equal(await entryCount(), entries, 'nothing written')
+
+    t.equal((await ok<ReadOutput>(t, app, 'read_context', { key: 'ns/arg', namespace: 'other' }, as(admin))).content, 'in other', 'context:admin reads any namespace')
+    await ok(t, app, 'append_context', { key: 'ns/arg', content: 'by admin', namespace: 'other' }, as(admin))
+    const own = await ok<ReadOutput>(t, app, 'read_context', { key: 'ns/arg', namespace: 'other' }, as(other))
+    t.equal(own.content, 'in other\nby admin', 'the admin wrote into the other namespace')
+    t.equal(own.updated_by, 'token:admin')
+    await fails(t, app, 'read_context', { key: 'ns/arg' }, 'CTX_2001', as(admin))
+    t.equal((await ok<ReadOutput>(t, app, 'read_context', { key: 'ns/arg', namespace: 'other' }, as(other))).version, 2, 'naming one\'s own namespace is allowed')
+    await fails(t, app, 'read_context', { key: 'ns/arg', namespace: 'bad namespace' }, 'AUTH_1004', as(other))
+    await fails(t, app, 'read_context', { key: 'ns/arg', namespace: 'bad namespace' }, 'REQ_1101', as(admin))
+  })
+
   t.test('callTool with a principal is unaffected by another principal\'s calls', async (t) => {
     const results = await Promise.all([
       callTool(app, 'write_context', { key: 'mixed/k', content: 'default' }),
