@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { jwtConfigProblems } from '../auth/roles.js'
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
@@ -62,6 +63,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     const shown = SECRET_KEYS.has(name) ? '' : ` (got ${JSON.stringify(raw[name])})`
     problems.push(`${name}: ${error.message}${shown}`)
   }
+  problems.push(...jwtConfigProblems(converted as Partial<Config>))
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
 }

@@ -1,0 +1,125 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import type { JWTPayload } from 'jose'
+import type { Config } from '../schema/config.js'
+import { NAMESPACE_PATTERN } from '../schema/key.js'
+import { SCOPES, multiNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
+
+export const RoleGrantSchema = Type.Object({
+  scopes: Type.Array(Type.Union(SCOPES.map((scope) => Type.Literal(scope))), { minItems: 1 }),
+  namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NAMESPACE_PATTERN }))
+}, { additionalProperties: false })
+
+/** JWT_ROLE_MAP: role name -> the scopes it grants and the namespace they apply in (default namespace when omitted). */
+export const RoleMapSchema = Type.Record(Type.String({ minLength: 1 }), RoleGrantSchema)
+export type RoleMap = Static<typeof RoleMapSchema>
+
+/** What is wrong with a JWT_ROLE_MAP value, one line a problem, each naming the variable. */
+export function roleMapProblems (json: string): string[] {
+  let value: unknown
+  try {
+    value = JSON.parse(json)
+  } catch {
+    return ['JWT_ROLE_MAP: must be JSON, e.g. {"hr-write": {"scopes": ["context:read", "context:write"], "namespace": "hr"}}']
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return ['JWT_ROLE_MAP: must be a JSON object mapping role names to {"scopes": [...], "namespace"?: "..."}']
+  }
+  const problems: string[] = []
+  const seen = new Set<string>()
+  for (const error of Value.Errors(RoleMapSchema, value)) {
+    if (seen.has(error.path)) continue
+    seen.add(error.path)
+    const [role, field, index] = error.path.split('/').slice(1).map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'))
+    const where = role === undefined ? '' : ` role ${JSON.stringify(role)}${field === undefined ? '' : ` ${field}${index === undefined ? '' : `[${index}]`}`}`
+    const message = field === 'scopes' && index !== undefined
+      ? `unknown scope ${JSON.stringify(error.value)}; known scopes are ${SCOPES.join(', ')}`
+      : field === 'namespace'
+        ? 'must be 1-255 characters of A-Z a-z 0-9 _ . : / -'
+        : error.message
+    problems.push(`JWT_ROLE_MAP:${where}: ${message}`)
+  }
+  return problems
+}
+
+/** The audience tokens must carry: JWT_AUDIENCE, else PUBLIC_URL/mcp; undefined when neither is set. */
+export function jwtAudience (config: Pick<Config, 'JWT_AUDIENCE' | 'PUBLIC_URL'>): string | undefined {
+  if (config.JWT_AUDIENCE !== undefined) return config.JWT_AUDIENCE
+  if (config.PUBLIC_URL !== undefined) return `${config.PUBLIC_URL.replace(/\/+$/, '')}/mcp`
+  return undefined
+}
+
+/** Cross-field checks of the OIDC settings for loadConfig: one line a problem, naming the variable. */
+export function jwtConfigProblems (config: Partial<Pick<Config, 'OIDC_ISSUER' | 'JWT_AUDIENCE' | 'PUBLIC_URL' | 'JWT_ROLE_MAP'>>): string[] {
+  const problems = typeof config.JWT_ROLE_MAP === 'string' ? roleMapProblems(config.JWT_ROLE_MAP) : []
+  if (config.OIDC_ISSUER !== undefined && jwtAudience(config) === undefined) {
+    problems.push('JWT_AUDIENCE: required when OIDC_ISSUER is set; set it to the aud claim your tokens carry, or set PUBLIC_URL to use PUBLIC_URL/mcp')
+  }
+  return problems
+}
+
+/** Parses a JWT_ROLE_MAP that loadConfig accepted; throws on one it would not have. */
+export function parseRoleMap (json: string): RoleMap {
+  const problems = roleMapProblems(json)
+  if (problems.length > 0) throw new Error(problems.join('\n'))
+  return JSON.parse(json) as RoleMap
+}
+
+function stringsOf (value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((item): item is string => typeof item === 'string') : []
+}
+
+function ownField (object: unknown, name: string): unknown {
+  return typeof object === 'object' && object !== null && Object.hasOwn(object, name)
+    ? (object as Record<string, unknown>)[name]
+    : undefined
+}
+
+/**
+ * Every role the token carries: Keycloak's realm_access.roles and resource_access.<client>.roles for
+ * the authorized party and each audience, and a top-level `roles` array (Entra ID, Auth0).
+ */
+export function rolesOf (claims: JWTPayload): Set<string> {
+  const roles = new Set<string>(stringsOf(ownField(claims.realm_access, 'roles')))
+  const clients = new Set<string>(typeof claims.aud === 'string' ? [claims.aud] : stringsOf(claims.aud))
+  if (typeof claims.azp === 'string') clients.add(claims.azp)
+  for (const client of clients) {
+    for (const role of stringsOf(ownField(ownField(claims.resource_access, client), 'roles'))) roles.add(role)
+  }
+  for (const role of stringsOf(claims.roles)) roles.add(role)
+  return roles
+}
+
+/** OAuth scope values (`scope` string or `scp` string/array) that are scopes of this server. */
+export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
+  const values = [
+    ...(typeof claims.scope === 'string' ? claims.scope.split(' ') : []),
+    ...(typeof claims.scp === 'string' ? claims.scp.split(' ') : stringsOf(claims.scp))
+  ]
+  return new Set(values.filter((value): value is Scope => (SCOPES as readonly string[]).includes(value)))
+}
+
+/**
+ * The principal of a verified token: each mapped role grants its scopes in its namespace, our scope
+ * names in `scope`/`scp` apply in the default namespace. The home namespace is that of the first
+ * role in the map's order that the token carries, else the default one. No grants is a valid outcome.
+ */
+export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string): Principal {
+  const roles = rolesOf(claims)
+  const grants = new Map<string, Set<Scope>>()
+  const grant = (namespace: string, scopes: Iterable<Scope>): void => {
+    const granted = grants.get(namespace) ?? new Set<Scope>()
+    for (const scope of scopes) granted.add(scope)
+    grants.set(namespace, granted)
+  }
+  let home: string | undefined
+  for (const [role, mapped] of Object.entries(roleMap)) {
+    if (!roles.has(role)) continue
+    const namespace = mapped.namespace ?? defaultNamespace
+    home ??= namespace
+    grant(namespace, mapped.scopes)
+  }
+  const oauthScopes = oauthScopesOf(claims)
+  if (oauthScopes.size > 0) grant(defaultNamespace, oauthScopes)
+  return multiNamespacePrincipal(id, grants, home ?? defaultNamespace)
+}
