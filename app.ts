@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
 import authPlugin from './plugins/auth.js'
+import redisPlugin from './plugins/redis.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import corsPlugin from './plugins/cors.js'
 import sensiblePlugin from './plugins/sensible.js'
@@ -80,6 +81,11 @@ function requestIdOf (request: { headers: Record<string, string | string[] | und
   return typeof forwarded === 'string' && FORWARDED_REQUEST_ID.test(forwarded) ? forwarded : crypto.randomUUID()
 }
 
+/** TRUST_PROXY as Fastify's trustProxy: request.ip is then the client address the trusted proxies forwarded. */
+function trustProxyOf (value: Config['TRUST_PROXY']): boolean | string {
+  return value === 'true' ? true : value === 'false' ? false : value
+}
+
 /** Builds the application: plugins first, then routes. No listen; server.ts and the tests do that. */
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
@@ -87,7 +93,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     requestIdHeader: false,
-    genReqId: requestIdOf
+    genReqId: requestIdOf,
+    trustProxy: trustProxyOf(config.TRUST_PROXY)
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.
@@ -121,6 +128,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(sensiblePlugin)
     await app.register(corsPlugin)
     await app.register(dbPlugin)
+    await app.register(redisPlugin)
     await app.register(authPlugin)
     await app.register(rateLimitPlugin)
     await app.register(mcpPlugin)

@@ -43,7 +43,7 @@ export async function startServers (databaseUrl: string, settings: Settings, res
       id: 'a',
       label: 'this server',
       script: join(ROOT, 'dist/server.js'),
-      env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMIT_PER_MINUTE: '1000000', HOST: '127.0.0.1' },
+      env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m', HOST: '127.0.0.1' },
       headers: { authorization: `Bearer ${token}` }
     },
     { id: 'b', label: 'floor (bare Fastify)', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },

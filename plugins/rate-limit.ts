@@ -1,14 +1,209 @@
-import rateLimit from '@fastify/rate-limit'
+import { createRequire } from 'node:module'
+import rateLimit, { normalizeIP } from '@fastify/rate-limit'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { AppError } from '../schema/errors.js'
+import type { Redis } from 'ioredis'
+import { AppError, type ErrorCode } from '../schema/errors.js'
+import { tierOf, type RateLimitTier } from '../schema/principal.js'
+import { parseRateLimits, type RateLimits, type WindowLimits } from '../schema/rate-limits.js'
+
+export type RequestHook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    rateLimits: {
+      /** RATE_LIMITS, parsed. */
+      limits: RateLimits | 'off'
+      /**
+       * preHandler for routes that run after authentication: counts the call against the
+       * principal's per-minute and per-hour limits (by tier) and answers 429 REQ_1103 beyond either.
+       * Sets RateLimit-Limit / -Remaining / -Reset for the tighter window.
+       */
+      limitPrincipal: RequestHook
+      /**
+       * Wraps an authentication onRequest hook: a client address over its failed-authentication
+       * budget gets 429 REQ_1103 before `authenticate` runs (no token lookup); AUTH_1001–1003
+       * failures thrown by `authenticate` count against the address, then propagate.
+       */
+      guardAuthentication: (authenticate: RequestHook) => RequestHook
+    }
+  }
+}
+
+type StoreCallback = (error: Error | null, result?: { current: number, ttl: number }) => void
+type StoreMethod = 'incr' | 'read'
+
+/** The store interface @fastify/rate-limit calls (incr, read for `{ increment: false }`, child per limiter). */
+interface LimiterStore {
+  incr: (key: string, callback: StoreCallback, timeWindow: number, max: number) => void
+  read: (key: string, callback: StoreCallback, timeWindow: number, max: number) => void
+  child: (options: object) => LimiterStore
+}
+interface StoreOptions { continueExceeding?: boolean, exponentialBackoff?: boolean, cache?: number }
+
+// The library's own stores; the package ships them without type declarations.
+const require = createRequire(import.meta.url)
+const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as new (continueExceeding?: boolean, exponentialBackoff?: boolean, cache?: number) => LimiterStore
+const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis, key: string) => LimiterStore
+
+export const REDIS_KEY_PREFIX = 'scm:rate:'
+// Keys each in-memory limiter keeps (least recently used ones are dropped).
+const LOCAL_KEYS = 20_000
 
 /**
- * Registers @fastify/rate-limit (per instance, in memory) without a global limit; routes opt in
- * with `config: { rateLimit }` (routes/mcp.ts keys it by principal, after authentication).
+ * A store class for @fastify/rate-limit: counts in Redis (the library's RedisStore) while Redis is
+ * ready, otherwise in this instance's memory (its LocalStore). A failed Redis command falls back
+ * to memory for that request, so limits hold when Redis goes away — never unlimited, never
+ * refusing everyone.
+ */
+export function failoverStoreClass (redis: FastifyInstance['redis'], onRedisError: (error: Error) => void) {
+  const shared = redis.client === null ? undefined : new RedisStore(false, false, redis.client, REDIS_KEY_PREFIX)
+  return class FailoverStore implements LimiterStore {
+    private readonly local: LimiterStore
+
+    // The library passes its merged limiter options (typed by it as route options).
+    constructor (options: object) {
+      const { continueExceeding, exponentialBackoff, cache } = options as StoreOptions
+      this.local = new LocalStore(continueExceeding, exponentialBackoff, cache ?? LOCAL_KEYS)
+    }
+
+    incr (key: string, callback: StoreCallback, timeWindow: number, max: number): void {
+      this.count('incr', key, callback, timeWindow, max)
+    }
+
+    read (key: string, callback: StoreCallback, timeWindow: number, max: number): void {
+      this.count('read', key, callback, timeWindow, max)
+    }
+
+    child (options: object): LimiterStore {
+      return new FailoverStore(options)
+    }
+
+    private count (method: StoreMethod, key: string, callback: StoreCallback, timeWindow: number, max: number): void {
+      if (shared === undefined || redis.status() !== 'ok') {
+        this.local[method](key, callback, timeWindow, max)
+        return
+      }
+      shared[method](key, (error, result) => {
+        if (error === null) {
+          callback(null, result)
+          return
+        }
+        onRedisError(error)
+        this.local[method](key, callback, timeWindow, max)
+      }, timeWindow, max)
+    }
+  }
+}
+
+interface Window {
+  field: keyof WindowLimits
+  ms: number
+  name: 'minute' | 'hour'
+}
+const WINDOWS: readonly Window[] = [
+  { field: 'perMinute', ms: 60_000, name: 'minute' },
+  { field: 'perHour', ms: 3_600_000, name: 'hour' }
+]
+const TIERS: readonly RateLimitTier[] = ['admin', 'writer', 'reader', 'default']
+const AUTH_FAILURES: ReadonlySet<ErrorCode> = new Set(['AUTH_1001', 'AUTH_1002', 'AUTH_1003'])
+
+type Check = ReturnType<FastifyInstance['createRateLimit']>
+type CheckResult = Awaited<ReturnType<Check>>
+interface Limiter { check: Check, window: Window }
+interface Outcome { limiter: Limiter, max: number, remaining: number, exceeded: boolean, ttl: number, retryAfter: number }
+
+/** The outcomes of a request under each limiter that applies to it. */
+function outcomes (limiters: readonly Limiter[], results: readonly CheckResult[]): Outcome[] {
+  const list: Outcome[] = []
+  results.forEach((result, index) => {
+    if (result.isAllowed) return
+    list.push({ limiter: limiters[index]!, max: result.max, remaining: result.remaining, exceeded: result.isExceeded, ttl: result.ttl, retryAfter: Math.max(1, result.ttlInSeconds) })
+  })
+  return list
+}
+
+/** The latest to clear of the outcomes that refuse the request (it may pass only when all have). */
+function longestRefusal (list: readonly Outcome[], refuses: (outcome: Outcome) => boolean): Outcome | undefined {
+  return list.filter(refuses).reduce<Outcome | undefined>((longest, outcome) => longest === undefined || outcome.ttl > longest.ttl ? outcome : longest, undefined)
+}
+
+// The IETF draft headers, as @fastify/rate-limit names them with enableDraftSpec.
+function setHeaders (reply: FastifyReply, outcome: Outcome, refused: boolean): void {
+  reply.header('ratelimit-limit', outcome.max)
+  reply.header('ratelimit-remaining', refused ? 0 : outcome.remaining)
+  reply.header('ratelimit-reset', outcome.retryAfter)
+  if (refused) reply.header('retry-after', outcome.retryAfter)
+}
+
+/**
+ * Rate limits (RATE_LIMITS): per principal by tier, per minute and per hour; failed
+ * authentication per client address. Counters live in Redis when it is configured and reachable,
+ * else in memory. Also registers @fastify/rate-limit (no global limit) with the same store, for
+ * routes that want `config: { rateLimit }`.
  */
 export default fp(async (fastify) => {
+  const { limits, problems } = parseRateLimits(fastify.config.RATE_LIMITS)
+  if (problems.length > 0) throw new Error(`Invalid configuration:\n  - ${problems.join('\n  - ')}`)
+
   await fastify.register(rateLimit, {
     global: false,
-    errorResponseBuilder: (_request, context) => new AppError('REQ_1103', `Rate limit of ${context.max} requests per minute reached; retry in ${Math.ceil(context.ttl / 1000)} s.`)
+    enableDraftSpec: true,
+    store: failoverStoreClass(fastify.redis, (error) => fastify.log.debug({ reason: error.message }, 'Redis rate-limit command failed; counted in memory')),
+    errorResponseBuilder: (_request, context) => new AppError('REQ_1103', `Rate limit of ${context.max} requests reached; retry in ${Math.max(1, Math.ceil(context.ttl / 1000))} s.`)
   })
-}, { name: 'rate-limit' })
+
+  if (limits === 'off') {
+    fastify.decorate('rateLimits', { limits, limitPrincipal: async () => {}, guardAuthentication: (authenticate: RequestHook) => authenticate })
+    return
+  }
+
+  const limitersFor = (windows: WindowLimits, key: (request: FastifyRequest) => string): Limiter[] =>
+    WINDOWS.flatMap((window) => {
+      const max = windows[window.field]
+      if (max === undefined) return []
+      return [{ window, check: fastify.createRateLimit({ max, timeWindow: window.ms, keyGenerator: (request) => `${window.name}:${key(request)}` }) }]
+    })
+
+  const addressOf = (request: FastifyRequest) => normalizeIP(request.ip)
+  const principalLimiters = new Map(TIERS.map((tier) =>
+    [tier, limitersFor(limits.tiers[tier], (request) => request.principal?.id ?? `address:${addressOf(request)}`)]))
+  const failureLimiters = limitersFor(limits.ip, (request) => `auth-failures:${addressOf(request)}`)
+
+  async function limitPrincipal (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const tier = request.principal === null ? 'default' : tierOf(request.principal)
+    const limiters = principalLimiters.get(tier)!
+    if (limiters.length === 0) return
+    const list = outcomes(limiters, await Promise.all(limiters.map(({ check }) => check(request))))
+    const refusal = longestRefusal(list, (outcome) => outcome.exceeded)
+    if (refusal !== undefined) {
+      setHeaders(reply, refusal, true)
+      throw new AppError('REQ_1103', `Rate limit reached: ${refusal.max} requests per ${refusal.limiter.window.name} for ${tier} principals. Retry in ${refusal.retryAfter} s.`)
+    }
+    const tightest = list.reduce<Outcome | undefined>((best, outcome) => best === undefined || outcome.remaining < best.remaining ? outcome : best, undefined)
+    if (tightest !== undefined) setHeaders(reply, tightest, false)
+  }
+
+  function guardAuthentication (authenticate: RequestHook): RequestHook {
+    if (failureLimiters.length === 0) return authenticate
+    return async (request, reply) => {
+      const peeked = outcomes(failureLimiters, await Promise.all(failureLimiters.map(({ check }) => check(request, { increment: false }))))
+      // A peek does not count this request: the budget is spent once `max` failures are recorded.
+      const refusal = longestRefusal(peeked, (outcome) => outcome.remaining === 0)
+      if (refusal !== undefined) {
+        setHeaders(reply, refusal, true)
+        throw new AppError('REQ_1103', `Too many failed authentication attempts from this address (limit ${refusal.max} per ${refusal.limiter.window.name}). Check the token, then retry in ${refusal.retryAfter} s.`)
+      }
+      try {
+        await authenticate(request, reply)
+      } catch (error) {
+        if (error instanceof AppError && AUTH_FAILURES.has(error.code)) {
+          await Promise.all(failureLimiters.map(({ check }) => check(request)))
+        }
+        throw error
+      }
+    }
+  }
+
+  fastify.decorate('rateLimits', { limits, limitPrincipal, guardAuthentication })
+}, { name: 'rate-limit', dependencies: ['config', 'redis'] })

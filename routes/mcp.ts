@@ -115,20 +115,12 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
       throw new AppError('AUTH_1005', 'Origin not allowed. Add it to CORS_ORIGINS to let a browser app call this server.')
     }
   })
-  fastify.addHook('onRequest', fastify.auth.authenticate)
-
-  const rateLimit = config.RATE_LIMIT_PER_MINUTE === 0
-    ? undefined
-    : {
-        max: config.RATE_LIMIT_PER_MINUTE,
-        timeWindow: 60_000,
-        hook: 'preHandler' as const,
-        keyGenerator: (request: FastifyRequest) => request.principal?.id ?? request.ip
-      }
+  // An address that keeps failing authentication is refused before its token is looked up.
+  fastify.addHook('onRequest', fastify.rateLimits.guardAuthentication(fastify.auth.authenticate))
 
   fastify.post('/mcp', {
     bodyLimit: maxBodyBytes(config),
-    config: { ...(rateLimit !== undefined && { rateLimit }) }
+    preHandler: fastify.rateLimits.limitPrincipal
   }, async (request, reply) => {
     const body = request.body
     const versionHeader = request.headers['mcp-protocol-version']

@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { rateLimitsProblems } from './rate-limits.js'
 import { jwtConfigProblems } from '../auth/roles.js'
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
@@ -16,7 +17,6 @@ export const ConfigSchema = Type.Object({
   AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),
   CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed to call /mcp from a browser' }),
   ALLOWED_HOSTS: Type.String({ default: '', description: 'Comma-separated Host names accepted besides loopback and PUBLIC_URL' }),
-  RATE_LIMIT_PER_MINUTE: Type.Integer({ minimum: 0, default: 6000, description: 'TEMPORARY: replaced by RATE_LIMITS' }),
   TRUST_PROXY: Type.Union([Type.Literal('false'), Type.Literal('true'), Type.String({ pattern: '^[0-9a-fA-F.:/, ]+$' })], { default: 'false', description: 'Whether to trust X-Forwarded-For: false, true (any proxy), or a comma-separated list of proxy addresses/CIDRs' }),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'Redis for shared rate-limit counters and the revocation cache; unset keeps both in process' })),
   RATE_LIMITS: Type.String({ default: 'admin=20000/h 1200/m; writer=10000/h 600/m; reader=5000/h 300/m; default=1000/h 60/m; ip=300/m', description: 'Per-principal limits by tier (hourly and per-minute burst), and failed-authentication attempts per client address; "off" turns limiting off' }),
@@ -64,6 +64,7 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
     problems.push(`${name}: ${error.message}${shown}`)
   }
   problems.push(...jwtConfigProblems(converted as Partial<Config>))
+  problems.push(...rateLimitsProblems((converted as Partial<Config>).RATE_LIMITS))
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
 }

@@ -1,0 +1,99 @@
+import { Writable } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
+import { test, type Test } from 'tap'
+import { buildApp } from '../app.js'
+import { loadConfig } from '../schema/config.js'
+import { testDatabase } from './db-helper.js'
+import { build, rpc, TEST_TOKEN } from './helper.js'
+import { TcpProxy, viaProxy } from './tcp-proxy.js'
+
+const REDIS_URL = process.env.REDIS_URL ?? ''
+const skip = REDIS_URL === '' ? 'needs Redis: set REDIS_URL (CI sets it)' : false
+
+interface LogLine { level: number, msg: string, [field: string]: unknown }
+const WARN = 40
+
+/** An app whose log lines (info and up) are kept in `lines`, and a proxy in front of Redis. */
+async function appWithLog (t: Test, redisUrl: (proxy: TcpProxy) => string, proxyUp: boolean) {
+  const target = new URL(REDIS_URL)
+  const proxy = new TcpProxy(target.hostname, Number(target.port || 6379))
+  await proxy.start()
+  if (!proxyUp) await proxy.cut()
+  t.teardown(() => proxy.stop())
+  const lines: LogLine[] = []
+  const raw: string[] = []
+  const stream = new Writable({
+    write (chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n').filter((l) => l !== '')) {
+        raw.push(line)
+        lines.push(JSON.parse(line) as LogLine)
+      }
+      done()
+    }
+  })
+  const { url } = await testDatabase(t)
+  const app: FastifyInstance = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, REDIS_URL: redisUrl(proxy) }), { logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+  await app.ready()
+  return { app, proxy, lines, raw }
+}
+
+async function until (condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+const redisLines = (lines: LogLine[]) => lines.filter((line) => /Redis/.test(line.msg))
+
+test('without REDIS_URL there is no client and the status is absent', async (t) => {
+  const app = await build(t)
+  t.equal(app.redis.client, null)
+  t.equal(app.redis.status(), 'absent')
+})
+
+test('Redis down at start: the app starts degraded, warns once without the password, keeps reconnecting', { skip }, async (t) => {
+  const password = 'pw-that-must-not-be-logged'
+  const { app, proxy, lines, raw } = await appWithLog(t, (p) => {
+    const url = new URL(viaProxy(REDIS_URL, p))
+    url.password = password
+    return url.toString()
+  }, false)
+  t.equal(app.redis.status(), 'degraded')
+  t.equal((await rpc(app, 'ping')).statusCode, 200, '/mcp is served')
+  // Several reconnect attempts fail meanwhile (100 ms, 200 ms, ...).
+  await new Promise((resolve) => setTimeout(resolve, 800))
+  t.equal((await rpc(app, 'ping')).statusCode, 200)
+  const warnings = redisLines(lines).filter((line) => line.level === WARN)
+  t.equal(warnings.length, 1, 'one warning, not one per attempt or request')
+  t.equal(warnings[0]?.redis, `redis://127.0.0.1:${proxy.port}`, 'the warning says where Redis is')
+  t.match(String(warnings[0]?.reason), /ECONNREFUSED|closed/, 'and why')
+  t.notOk(raw.some((line) => line.includes(password)), 'the password appears in no log line')
+})
+
+test('Redis lost and back at run time: one warning, one recovery line, status follows', { skip }, async (t) => {
+  const { app, proxy, lines } = await appWithLog(t, (p) => viaProxy(REDIS_URL, p), true)
+  t.equal(app.redis.status(), 'ok')
+  t.equal(redisLines(lines).length, 0, 'nothing logged while Redis is fine')
+  t.equal(await app.redis.client?.ping(), 'PONG')
+
+  await proxy.cut()
+  for (let i = 0; i < 5; i++) t.equal((await rpc(app, 'ping')).statusCode, 200, 'served while Redis is away')
+  await until(() => app.redis.status() === 'degraded', 'the client notices')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.equal(redisLines(lines).filter((line) => line.level === WARN).length, 1, 'one warning for the outage')
+
+  await proxy.restore()
+  await until(() => app.redis.status() === 'ok', 'Redis is reachable again')
+  t.same(redisLines(lines).map((line) => line.msg), [
+    'Redis unreachable: rate limits fall back to per-instance memory until it is back',
+    'Redis reachable again'
+  ])
+
+  const client = app.redis.client
+  await app.close()
+  t.equal(client?.status, 'end', 'closing the app disconnects the client')
+  t.equal(redisLines(lines).length, 2, 'a deliberate disconnect is not reported as an outage')
+})
