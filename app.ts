@@ -9,6 +9,7 @@ import corsPlugin from './plugins/cors.js'
 import sensiblePlugin from './plugins/sensible.js'
 import mcpPlugin from './plugins/mcp.js'
 import healthRoutes from './routes/health.js'
+import wellKnownRoutes from './routes/well-known.js'
 import mcpRoutes from './routes/mcp.js'
 import type { Config } from './schema/config.js'
 import { AppError } from './schema/errors.js'
@@ -81,9 +82,16 @@ function requestIdOf (request: { headers: Record<string, string | string[] | und
   return typeof forwarded === 'string' && FORWARDED_REQUEST_ID.test(forwarded) ? forwarded : crypto.randomUUID()
 }
 
-/** TRUST_PROXY as Fastify's trustProxy: request.ip is then the client address the trusted proxies forwarded. */
-function trustProxyOf (value: Config['TRUST_PROXY']): boolean | string {
-  return value === 'true' ? true : value === 'false' ? false : value
+/**
+ * TRUST_PROXY as Fastify's trustProxy: request.ip is then the client address the trusted proxies
+ * forwarded. A number trusts that many hops (1 behind Fly's proxy), so a client cannot pick its
+ * own address by sending X-Forwarded-For.
+ */
+function trustProxyOf (value: Config['TRUST_PROXY']): boolean | string | ((address: string, hop: number) => boolean) {
+  if (value === 'true' || value === 'false') return value === 'true'
+  if (!/^\d+$/.test(value)) return value
+  const hops = Number(value)
+  return (_address, hop) => hop < hops
 }
 
 /** Builds the application: plugins first, then routes. No listen; server.ts and the tests do that. */
@@ -91,6 +99,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   const app = Fastify({
     logger: options.logger ?? false,
     return503OnClosing: false,
+    // One line per request instead (below): principal, tool, outcome and duration included.
+    disableRequestLogging: true,
     forceCloseConnections: 'idle',
     requestIdHeader: false,
     genReqId: requestIdOf,
@@ -110,8 +120,23 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     app.server.once('close', () => clearInterval(reaper))
   })
 
+  app.addHook('onResponse', async (request, reply) => {
+    const quiet = request.url === '/health' || request.url === '/ready'
+    request.log[quiet ? 'debug' : 'info']({
+      method: request.method,
+      url: request.routeOptions.url ?? request.url.split('?')[0],
+      statusCode: reply.statusCode,
+      principal: request.principal?.id ?? null,
+      tool: request.callRecord?.tool ?? null,
+      outcome: request.callRecord?.outcome ?? (reply.statusCode < 400 ? 'ok' : null),
+      ms: Math.round(reply.elapsedTime * 10) / 10
+    }, 'request completed')
+  })
+
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const appError = appErrorOf(error)
+    request.callRecord ??= { tool: null, outcome: null }
+    request.callRecord.outcome = appError.code
     const status = appError.statusCode
     if (status >= 500) request.log.error({ err: error, code: appError.code }, 'request failed')
     else request.log.info({ code: appError.code, reason: appError.message }, 'request refused')
@@ -134,6 +159,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(mcpPlugin)
 
     await app.register(healthRoutes)
+    await app.register(wellKnownRoutes)
     await app.register(mcpRoutes)
   } catch (error) {
     // Close what the plugins that did load opened (the pool, the embedded database and its lock).

@@ -1,4 +1,6 @@
 import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import { publishRevokedJti } from './auth/revocation.js'
 import { createContextStore } from './db/context-store.js'
 import { openDatabase } from './db/open.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
@@ -14,6 +16,9 @@ const USAGE = `Usage: node dist/cli.js <command>
                                create an API token; printed once, only its hash is stored
   token list                   list tokens (never their secrets)
   token revoke --name NAME     revoke a token
+  token revoke-jti --jti ID [--expires-at ISO-8601]
+                               revoke one JWT by its jti (until it expires; default 30 days),
+                               on every instance within AUTH_CACHE_SECONDS (at once with Redis)
 
 The database is DATABASE_URL, or the embedded one in DATA_DIR.`
 
@@ -59,7 +64,7 @@ async function tokenCommand (args: string[]): Promise<void> {
   const [action, ...rest] = args
   const { values } = parseArgs({
     args: rest,
-    options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' } },
+    options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' }, jti: { type: 'string' }, 'expires-at': { type: 'string' } },
     strict: true
   })
   switch (action) {
@@ -97,8 +102,41 @@ async function tokenCommand (args: string[]): Promise<void> {
       })
       return
     }
+    case 'revoke-jti': {
+      const jti = values.jti ?? fail('token revoke-jti needs --jti ID', 2)
+      if (jti.length === 0 || jti.length > 1024) fail('--jti must be 1-1024 characters', 2)
+      const expiresAt = values['expires-at'] === undefined ? new Date(Date.now() + JTI_REVOCATION_DEFAULT_MS) : new Date(values['expires-at'])
+      if (Number.isNaN(expiresAt.getTime())) fail('--expires-at must be a date such as 2026-12-31T00:00:00Z (the token\'s exp)', 2)
+      await withDatabase(async ({ sql }, config) => {
+        await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, expiresAt)
+        const published = config.REDIS_URL === undefined ? false : await publishToRedis(config.REDIS_URL, jti, expiresAt)
+        process.stdout.write(`Revoked jti "${jti}" until ${expiresAt.toISOString()}. ${published
+          ? 'Every instance refuses it now.'
+          : `Instances refuse it within ${config.AUTH_CACHE_SECONDS} s.`}\n`)
+      })
+      return
+    }
     default:
       fail(USAGE, 2)
+  }
+}
+
+// A JWT outlives its revocation entry only if it lives longer than this; pass --expires-at (its exp) to be exact.
+const JTI_REVOCATION_DEFAULT_MS = 30 * 24 * 60 * 60 * 1000
+
+/** Best effort: the durable list in PostgreSQL is what counts; Redis only makes it reach instances at once. */
+async function publishToRedis (url: string, jti: string, expiresAt: Date): Promise<boolean> {
+  const redis = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy: () => null })
+  redis.on('error', () => {})
+  try {
+    await redis.connect()
+    await publishRevokedJti(redis, jti, expiresAt)
+    return true
+  } catch {
+    process.stderr.write('Redis could not be reached: the revocation is stored, and instances pick it up from the database.\n')
+    return false
+  } finally {
+    redis.disconnect()
   }
 }
 

@@ -429,11 +429,12 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     return toTokenRecord(firstRow(rows))
   }
 
-  async function findActiveApiTokenByHash (hash: string): Promise<ApiTokenRecord | null> {
-    const rows = await sql<TokenRow[]>`
-      select id, name, namespace, scopes from api_tokens where hash = ${hash} and revoked_at is null`
+  /** The token with this hash, revoked or not (a revoked one is refused with its own code). */
+  async function findApiTokenByHash (hash: string): Promise<(ApiTokenRecord & { revoked: boolean }) | null> {
+    const rows = await sql<Array<TokenRow & { revoked: boolean }>>`
+      select id, name, namespace, scopes, revoked_at is not null as revoked from api_tokens where hash = ${hash}`
     const row = rows[0]
-    return row === undefined ? null : toTokenRecord(row)
+    return row === undefined ? null : { ...toTokenRecord(row), revoked: row.revoked }
   }
 
   async function countActiveApiTokens (): Promise<number> {
@@ -491,7 +492,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     restore,
     ping,
     insertApiToken,
-    findActiveApiTokenByHash,
+    findApiTokenByHash,
     countActiveApiTokens,
     touchApiToken,
     listApiTokens,

@@ -1,6 +1,9 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { getOAuthProtectedResourceMetadataUrl } from '@modelcontextprotocol/server'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { createJwtAuthenticator, jwtOptionsFromConfig, looksLikeJwt, type JwtIdentity } from '../auth/jwt.js'
+import { createRevocationChecker } from '../auth/revocation.js'
 import { isLoopbackHost } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
@@ -8,7 +11,7 @@ import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '..
 declare module 'fastify' {
   interface FastifyInstance {
     auth: {
-      /** onRequest hook for protected routes: sets request.principal or answers 401. */
+      /** onRequest hook for protected routes: sets request.principal or answers 401/403/503. */
       authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
       /**
        * With no token configured (loopback only), creates one and returns it — to be shown once,
@@ -16,6 +19,10 @@ declare module 'fastify' {
        * Undefined when a token exists (also when another instance just created one).
        */
       createLocalTokenIfNone: () => Promise<string | undefined>
+      /** The MCP endpoint's URL as clients reach it: PUBLIC_URL/mcp, else built from the request. */
+      resourceUrl: (request: FastifyRequest) => URL
+      /** The identity provider's state for /ready: absent without OIDC_ISSUER. */
+      identityProviderStatus: () => 'ok' | 'degraded' | 'absent'
     }
   }
   interface FastifyRequest {
@@ -24,12 +31,10 @@ declare module 'fastify' {
 }
 
 export const DEFAULT_NAMESPACE = 'default'
-const STANDARD_SCOPES: ReadonlySet<Scope> = new Set(['context:read', 'context:write', 'context:delete'])
-const WWW_AUTHENTICATE = 'Bearer realm="shared-context-mcp"'
-// Positive lookups of database tokens are cached briefly so the hot path does not query per request.
-const TOKEN_CACHE_MS = 5000
+const STANDARD_SCOPES: readonly Scope[] = ['context:read', 'context:write', 'context:delete']
 const TOKEN_CACHE_MAX = 10000
 const UNIQUE_VIOLATION = '23505'
+const SAFE_HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/
 
 export function hashToken (token: string): Buffer {
   return createHash('sha256').update(token, 'utf8').digest()
@@ -46,21 +51,34 @@ function bearerTokenOf (header: string | undefined): string | undefined {
 }
 
 /**
- * Bearer-token authentication: the static AUTH_TOKEN (compared in constant time, whatever the
- * presented length, by comparing SHA-256 digests) or a token whose hash is in api_tokens.
+ * Bearer-token authentication. A token is, in this order: the static AUTH_TOKEN (compared in
+ * constant time, whatever the presented length, as SHA-256 digests); a JWT from OIDC_ISSUER
+ * (verified against its JWKS, then checked against the jti revocation list); or an API token whose
+ * hash is in api_tokens. Failures carry the RFC 9728 challenge that lets OAuth clients discover
+ * the authorization server.
  */
 export default fp(async (fastify) => {
   const { config, db } = fastify
   const staticHash = config.AUTH_TOKEN === undefined ? undefined : hashToken(config.AUTH_TOKEN)
   const staticPrincipal = singleNamespacePrincipal('static-token', DEFAULT_NAMESPACE, STANDARD_SCOPES)
-  const cache = new Map<string, { principal: Principal, until: number }>()
+  const cacheMs = config.AUTH_CACHE_SECONDS * 1000
+  const tokenCache = new Map<string, { principal: Principal, until: number }>()
+  const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
+  const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, log: fastify.log })
+  const revocation = createRevocationChecker({
+    store: db.store,
+    redis: () => fastify.redis.client,
+    cacheSeconds: config.AUTH_CACHE_SECONDS,
+    log: fastify.log
+  })
+  fastify.addHook('onClose', async () => jwt?.close())
 
-  if (staticHash === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
-    throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters) or create a token with \`cli token create\`.`)
+  if (staticHash === undefined && jwt === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
+    throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters), set OIDC_ISSUER, or create a token with \`cli token create\`.`)
   }
 
   async function createLocalTokenIfNone (): Promise<string | undefined> {
-    if (staticHash !== undefined || await db.store.countActiveApiTokens() > 0) return undefined
+    if (staticHash !== undefined || jwt !== undefined || await db.store.countActiveApiTokens() > 0) return undefined
     const token = generateToken()
     try {
       await db.store.insertApiToken({ name: 'local', hash: hashToken(token).toString('hex'), namespace: DEFAULT_NAMESPACE, scopes: [...STANDARD_SCOPES] })
@@ -71,43 +89,102 @@ export default fp(async (fastify) => {
     return token
   }
 
-  async function principalForToken (token: string): Promise<Principal | null> {
-    const hash = hashToken(token)
-    if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
+  function resourceUrl (request: FastifyRequest): URL {
+    if (config.PUBLIC_URL !== undefined) return new URL(`${config.PUBLIC_URL.replace(/\/+$/, '')}/mcp`)
+    const host = SAFE_HOST.test(request.host) ? request.host : `${config.HOST}:${config.PORT}`
+    return new URL(`${request.protocol}://${host}/mcp`)
+  }
+
+  function challenge (request: FastifyRequest, error?: string): string {
+    const metadata = getOAuthProtectedResourceMetadataUrl(resourceUrl(request))
+    return `Bearer realm="shared-context-mcp", resource_metadata="${metadata}"${error === undefined ? '' : `, ${error}`}`
+  }
+
+  function refuse (request: FastifyRequest, reply: FastifyReply, error: AppError): AppError {
+    if (error.code === 'AUTH_1001') reply.header('www-authenticate', challenge(request))
+    if (error.code === 'AUTH_1002' || error.code === 'AUTH_1003') reply.header('www-authenticate', challenge(request, 'error="invalid_token"'))
+    if (error.code === 'AUTH_1004') reply.header('www-authenticate', challenge(request, `error="insufficient_scope", scope="${SCOPES.join(' ')}"`))
+    return error
+  }
+
+  async function principalForApiToken (token: string, hash: Buffer): Promise<Principal> {
     const hexHash = hash.toString('hex')
     const now = Date.now()
-    const cached = cache.get(hexHash)
+    const cached = tokenCache.get(hexHash)
     if (cached !== undefined && cached.until > now) return cached.principal
-    const record = await db.store.findActiveApiTokenByHash(hexHash)
+    const record = await db.store.findApiTokenByHash(hexHash)
     if (record === null) {
-      cache.delete(hexHash)
-      return null
+      tokenCache.delete(hexHash)
+      throw new AppError('AUTH_1002', looksLikeJwt(token) && jwt === undefined
+        ? 'The bearer token is a JWT, but this server accepts JWTs only when OIDC_ISSUER is set.'
+        : 'The bearer token is not valid. Check the token, or create a new one with `cli token create`.')
+    }
+    if (record.revoked) {
+      tokenCache.delete(hexHash)
+      throw new AppError('AUTH_1003', 'This token has been revoked. Ask for a new one (`cli token create`).')
     }
     const principal = singleNamespacePrincipal(`token:${record.name}`, record.namespace,
       record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)))
-    if (cache.size >= TOKEN_CACHE_MAX) cache.clear()
-    cache.set(hexHash, { principal, until: now + TOKEN_CACHE_MS })
+    if (cacheMs > 0) {
+      if (tokenCache.size >= TOKEN_CACHE_MAX) tokenCache.clear()
+      tokenCache.set(hexHash, { principal, until: now + cacheMs })
+    }
     db.store.touchApiToken(record.id).catch((error: unknown) => fastify.log.warn({ err: error }, 'could not record token use'))
     return principal
+  }
+
+  /** Applies the jti revocation list, and REVOCATION_FAIL_MODE when it cannot be read. */
+  async function afterRevocationCheck (identity: JwtIdentity): Promise<Principal> {
+    if (identity.jti === undefined) return identity.principal
+    const answer = await revocation.check(identity.jti, identity.expiresAt)
+    if (answer === 'valid') return identity.principal
+    if (answer === 'revoked') throw new AppError('AUTH_1003', 'This token has been revoked. Sign in again to get a new one.')
+    const unavailable = new AppError('DEP_3001', 'Token revocation cannot be checked right now (the database is unreachable); retry in a few seconds.')
+    const recent = Date.now() - revocation.lastAnsweredAt() <= config.REVOCATION_FAIL_OPEN_SECONDS * 1000
+    switch (config.REVOCATION_FAIL_MODE) {
+      case 'closed':
+        throw unavailable
+      case 'open':
+        if (recent) return identity.principal
+        throw unavailable
+      case 'reads-open':
+        if (recent) return { ...identity.principal, writesRefused: unavailable }
+        throw unavailable
+    }
+  }
+
+  async function principalFor (token: string): Promise<Principal> {
+    const hash = hashToken(token)
+    if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
+    if (jwt !== undefined && looksLikeJwt(token)) return await afterRevocationCheck(await jwt.verify(token))
+    return await principalForApiToken(token, hash)
   }
 
   async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const header = request.headers.authorization
     const token = bearerTokenOf(header)
     if (token === undefined) {
-      reply.header('www-authenticate', WWW_AUTHENTICATE)
-      throw header === undefined
+      throw refuse(request, reply, header === undefined
         ? new AppError('AUTH_1001', 'Missing bearer token: send the header "Authorization: Bearer <token>".')
-        : new AppError('AUTH_1001', 'The Authorization header must be "Bearer <token>".')
+        : new AppError('AUTH_1001', 'The Authorization header must be "Bearer <token>".'))
     }
-    const principal = await principalForToken(token)
-    if (principal === null) {
-      reply.header('www-authenticate', `${WWW_AUTHENTICATE}, error="invalid_token"`)
-      throw new AppError('AUTH_1002', 'The bearer token is not valid. Check the token, or create a new one with `cli token create`.')
+    let principal: Principal
+    try {
+      principal = await principalFor(token)
+    } catch (error) {
+      throw error instanceof AppError ? refuse(request, reply, error) : error
+    }
+    if (principal.scopes.size === 0) {
+      throw refuse(request, reply, new AppError('AUTH_1004', 'The token grants no access to this server: it carries none of the roles or scopes that map to context:read, context:write, context:delete or context:admin.'))
     }
     request.principal = principal
   }
 
   fastify.decorateRequest('principal', null)
-  fastify.decorate('auth', { authenticate, createLocalTokenIfNone })
-}, { name: 'auth', dependencies: ['config', 'db'] })
+  fastify.decorate('auth', {
+    authenticate,
+    createLocalTokenIfNone,
+    resourceUrl,
+    identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status()
+  })
+}, { name: 'auth', dependencies: ['config', 'db', 'redis'] })

@@ -32,6 +32,10 @@ declare module 'fastify' {
       serveModern: NodeMcpRequestHandler
     }
   }
+  interface FastifyRequest {
+    /** Set by the /mcp route when the request reaches a tool; read by the request log. */
+    callRecord: CallRecord | null
+  }
 }
 
 // plugins/ in source, dist/plugins/ when built: package.json is one or two levels up.
@@ -55,11 +59,18 @@ export function printableToken (text: string): string | null {
   return /^[\x21-\x7e]{1,100}/.exec(text)?.[0] ?? null
 }
 
+/** What a request did, for its log line: the tool it called and how that ended ('ok' or a catalogue code). */
+export interface CallRecord {
+  tool: string | null
+  outcome: string | null
+}
+
 /** What the HTTP route hands each request's server through AuthInfo.extra. */
 export interface CallerInfo {
   principal: Principal
   client: string | null
   log: FastifyBaseLogger
+  record: CallRecord
 }
 
 export function authInfoFor (caller: CallerInfo): AuthInfo {
@@ -125,18 +136,23 @@ export default fp(async (fastify) => {
 
   /** Runs one tools/call for a caller; failures that are not tool errors are thrown as ProtocolErrors. */
   async function callTool (params: CallToolParams, caller: CallerInfo, client: string | null): Promise<ToolCallResult> {
-    const { principal } = caller
+    const { principal, record } = caller
+    record.tool = params.name
     try {
-      return await registry.call(params.name, params.arguments, principal, {
+      const result = await registry.call(params.name, params.arguments, principal, {
         store,
         actor: { principal: principal.id, client },
         maxContentBytes
       })
+      record.outcome = result.isError === true ? String((result.structuredContent.error as { code?: unknown }).code) : 'ok'
+      return result
     } catch (error) {
       if (error instanceof UnknownToolError) {
+        record.outcome = 'REQ_1101'
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, error.message, { code: 'REQ_1101' })
       }
       const appError = toAppError(error)
+      record.outcome = appError.code
       if (appError.code === 'SRV_9001') caller.log.error({ err: error, tool: params.name }, 'tool call failed')
       else caller.log.warn({ err: error, tool: params.name, code: appError.code }, 'tool call failed')
       throw new ProtocolError(ProtocolErrorCode.InternalError, `${appError.code}: ${appError.message}`, { code: appError.code })
@@ -187,6 +203,7 @@ export default fp(async (fastify) => {
     onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected')
   })
 
+  fastify.decorateRequest('callRecord', null)
   fastify.decorate('mcp', { legacy, answerToolCall, serveModern: toNodeHandler(modern) })
 
   fastify.addHook('onClose', async () => {

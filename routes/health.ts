@@ -3,33 +3,50 @@ import type { FastifyInstance } from 'fastify'
 
 const READY_TIMEOUT_MS = 2000
 
+const Optional = Type.Union([Type.Literal('ok'), Type.Literal('degraded'), Type.Literal('absent')])
 const Ready = Type.Object({
-  status: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')]),
-  database: Type.Union([Type.Literal('ok'), Type.Literal('failed')])
+  status: Type.Union([Type.Literal('ok'), Type.Literal('degraded'), Type.Literal('unavailable')]),
+  database: Type.Union([Type.Literal('ok'), Type.Literal('failed')]),
+  redis: Optional,
+  identity_provider: Optional
 })
 
-/** /health: the process answers. /ready: it can serve (the database answers within 2 s). */
+/**
+ * /health: the process answers. /ready: whether it can serve, dependency by dependency. Only the
+ * database decides (503 when it does not answer within 2 s, or while shutting down): without Redis
+ * limits and revocation fall back to this process and PostgreSQL, and without the identity
+ * provider cached keys keep verifying — both are reported as `degraded`.
+ */
 export default async function healthRoutes (fastify: FastifyInstance) {
   fastify.get('/health', {
     schema: { response: { 200: Type.Object({ status: Type.Literal('ok') }) } }
   }, async () => ({ status: 'ok' as const }))
 
-  fastify.get('/ready', {
-    schema: { response: { 200: Ready, 503: Ready } }
-  }, async (request, reply) => {
-    if (fastify.lifecycle.closing) return reply.code(503).send({ status: 'unavailable' as const, database: 'ok' as const })
+  async function databaseAnswers (): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([
         fastify.db.store.ping(),
         new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error('timed out')), READY_TIMEOUT_MS) })
       ])
-      return { status: 'ok' as const, database: 'ok' as const }
+      return true
     } catch (error) {
-      request.log.warn({ err: error }, 'readiness check: database unavailable')
-      return reply.code(503).send({ status: 'unavailable' as const, database: 'failed' as const })
+      fastify.log.warn({ err: error }, 'readiness check: database unavailable')
+      return false
     } finally {
       clearTimeout(timer)
     }
+  }
+
+  fastify.get('/ready', {
+    schema: { response: { 200: Ready, 503: Ready } }
+  }, async (_request, reply) => {
+    const redis = fastify.redis.status()
+    const identityProvider = fastify.auth.identityProviderStatus()
+    const database = await databaseAnswers() ? 'ok' as const : 'failed' as const
+    const status = database === 'failed' || fastify.lifecycle.closing
+      ? 'unavailable' as const
+      : redis === 'degraded' || identityProvider === 'degraded' ? 'degraded' as const : 'ok' as const
+    return reply.code(status === 'unavailable' ? 503 : 200).send({ status, database, redis, identity_provider: identityProvider })
   })
 }

@@ -12,7 +12,7 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isLoopbackHost, maxBodyBytes, splitList, type Config } from '../schema/config.js'
 import { AppError, errorCatalogue, type ErrorCode } from '../schema/errors.js'
-import { authInfoFor, printableToken, type CallerInfo } from '../plugins/mcp.js'
+import { authInfoFor, printableToken, type CallRecord, type CallerInfo } from '../plugins/mcp.js'
 import type { JsonRpcResponse } from '../plugins/mcp-multiplex-transport.js'
 
 function hostnameOf (url: string): string | undefined {
@@ -146,8 +146,13 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     return reply.code(202).send()
   })
 
+  function recordOf (request: FastifyRequest): CallRecord {
+    request.callRecord ??= { tool: null, outcome: null }
+    return request.callRecord
+  }
+
   function callerOf (request: FastifyRequest): CallerInfo {
-    return { principal: request.principal!, client: clientHintOf(request), log: request.log }
+    return { principal: request.principal!, client: clientHintOf(request), log: request.log, record: recordOf(request) }
   }
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
@@ -170,7 +175,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
   }
 
   async function serveModern (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const caller: CallerInfo = { principal: request.principal!, client: null, log: request.log }
+    const caller: CallerInfo = { principal: request.principal!, client: null, log: request.log, record: recordOf(request) }
     // The SDK writes the response itself; carry over headers already set (CORS) before handing over.
     reply.hijack()
     for (const [name, value] of Object.entries(reply.getHeaders())) {

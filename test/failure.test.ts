@@ -29,7 +29,7 @@ test('database lost at run time: DEP_3001 quickly, /ready 503, recovers by itsel
   t.ok(elapsed < 5000, `answered without hanging (${elapsed} ms)`)
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 503)
-  t.same(ready.json(), { status: 'unavailable', database: 'failed' })
+  t.same(ready.json(), { status: 'unavailable', database: 'failed', redis: 'absent', identity_provider: 'absent' })
   t.equal((await app.inject('/health')).statusCode, 200, 'the process itself is alive')
 
   await proxy.restore()

@@ -321,8 +321,8 @@ test('context store', async (t) => {
     const token = await store.insertApiToken({ name: 'laptop', hash: 'h1', namespace: 'team', scopes: ['context:read', 'context:write'] })
     t.match(token, { name: 'laptop', namespace: 'team', scopes: ['context:read', 'context:write'] })
     t.match(token.id, /^[0-9a-f-]{36}$/)
-    t.same(await store.findActiveApiTokenByHash('h1'), token)
-    t.equal(await store.findActiveApiTokenByHash('nope'), null)
+    t.same(await store.findApiTokenByHash('h1'), { ...token, revoked: false })
+    t.equal(await store.findApiTokenByHash('nope'), null)
     t.equal(await store.countActiveApiTokens(), 1)
     await t.rejects(store.insertApiToken({ name: 'laptop', hash: 'h2', namespace: 'team', scopes: [] }), { code: '23505' })
 
@@ -336,7 +336,7 @@ test('context store', async (t) => {
 
     t.equal(await store.revokeApiToken('laptop'), true)
     t.equal(await store.revokeApiToken('laptop'), false)
-    t.equal(await store.findActiveApiTokenByHash('h1'), null)
+    t.same(await store.findApiTokenByHash('h1'), { ...token, revoked: true }, 'a revoked token is found as revoked')
     t.equal(await store.countActiveApiTokens(), 0)
   })
 

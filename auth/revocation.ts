@@ -1,0 +1,110 @@
+import { createHash } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import type { ContextStore } from '../db/context-store.js'
+
+/** What a revocation check knows about a jti: `unknown` when neither Redis nor PostgreSQL answered. */
+export type RevocationAnswer = 'revoked' | 'valid' | 'unknown'
+
+export interface RevocationLog {
+  warn: (object: Record<string, unknown>, message: string) => void
+}
+
+export interface RevocationCheckerOptions {
+  store: Pick<ContextStore, 'isJtiRevoked'>
+  /** The shared cache, or null without REDIS_URL; used only while it is connected. */
+  redis: () => Redis | null
+  /** How long a "not revoked" answer is trusted (AUTH_CACHE_SECONDS). */
+  cacheSeconds: number
+  log: RevocationLog
+}
+
+const LOCAL_CACHE_MAX = 50_000
+
+/** The Redis key of a jti. jti values come from tokens, so they are hashed rather than used as key text. */
+export function revokedJtiKey (jti: string): string {
+  return `scm:jti:${createHash('sha256').update(jti).digest('hex')}`
+}
+
+/**
+ * Marks a jti revoked in Redis until the token expires, so every instance sees it at its next
+ * check instead of after its cached "not revoked" answer runs out.
+ */
+export async function publishRevokedJti (redis: Redis, jti: string, expiresAt: Date): Promise<void> {
+  const ttl = Math.max(1000, expiresAt.getTime() - Date.now())
+  await redis.set(revokedJtiKey(jti), '1', 'PX', ttl)
+}
+
+/**
+ * Checks JWT ids against the durable revocation list (revoked_jtis in PostgreSQL), through two
+ * caches: Redis when it is connected (revoked until the token expires, "not revoked" for
+ * AUTH_CACHE_SECONDS, shared by all instances, and told of revocations by `cli token revoke-jti`),
+ * and this process (revoked answers; "not revoked" only while Redis is not connected).
+ * A Redis failure falls back to PostgreSQL; if that fails too the answer is `unknown`, and
+ * REVOCATION_FAIL_MODE decides (plugins/auth.ts).
+ */
+export function createRevocationChecker (options: RevocationCheckerOptions) {
+  const { store, cacheSeconds, log } = options
+  const local = new Map<string, { revoked: boolean, until: number }>()
+  let lastAnsweredAt = Number.NEGATIVE_INFINITY
+
+  function remember (jti: string, revoked: boolean, expiresAt: Date): void {
+    const until = revoked ? expiresAt.getTime() : Date.now() + cacheSeconds * 1000
+    if (local.size >= LOCAL_CACHE_MAX) local.clear()
+    local.set(jti, { revoked, until })
+  }
+
+  function redisReady (): boolean {
+    return options.redis()?.status === 'ready'
+  }
+
+  async function askRedis (jti: string): Promise<boolean | undefined> {
+    const redis = options.redis()
+    if (redis === null || redis.status !== 'ready') return undefined
+    try {
+      const value = await redis.get(revokedJtiKey(jti))
+      return value === null ? undefined : value === '1'
+    } catch (error) {
+      log.warn({ err: error }, 'revocation cache (Redis) failed; asking PostgreSQL')
+      return undefined
+    }
+  }
+
+  function tellRedis (jti: string, revoked: boolean, expiresAt: Date): void {
+    const redis = options.redis()
+    if (redis === null || redis.status !== 'ready') return
+    const write = revoked
+      ? publishRevokedJti(redis, jti, expiresAt)
+      // NX: never let a "not revoked" answer overwrite a revocation published meanwhile.
+      : redis.set(revokedJtiKey(jti), '0', 'PX', Math.max(1, cacheSeconds * 1000), 'NX')
+    write.catch(() => {}) // a cache write that fails costs one more lookup later, nothing else
+  }
+
+  return {
+    async check (jti: string, expiresAt: Date): Promise<RevocationAnswer> {
+      const now = Date.now()
+      const cached = local.get(jti)
+      // While Redis is connected it is asked every time (one round trip), so that a revocation
+      // published there reaches this instance at once; "not revoked" is then cached in Redis.
+      if (cached !== undefined && cached.until > now && (cached.revoked || !redisReady())) return cached.revoked ? 'revoked' : 'valid'
+
+      let revoked = await askRedis(jti)
+      if (revoked === undefined) {
+        try {
+          revoked = await store.isJtiRevoked(jti)
+        } catch (error) {
+          log.warn({ err: error }, 'revocation list (PostgreSQL) unavailable')
+          return 'unknown'
+        }
+        tellRedis(jti, revoked, expiresAt)
+      }
+      lastAnsweredAt = Date.now()
+      if (cacheSeconds > 0 || revoked) remember(jti, revoked, expiresAt)
+      return revoked ? 'revoked' : 'valid'
+    },
+
+    /** When Redis or PostgreSQL last answered a check (for the fail-open window). */
+    lastAnsweredAt: (): number => lastAnsweredAt
+  }
+}
+
+export type RevocationChecker = ReturnType<typeof createRevocationChecker>

@@ -1,0 +1,35 @@
+import { Type } from '@sinclair/typebox'
+import type { FastifyInstance } from 'fastify'
+import { SCOPES } from '../schema/principal.js'
+
+const ProtectedResourceMetadata = Type.Object({
+  resource: Type.String(),
+  authorization_servers: Type.Array(Type.String()),
+  scopes_supported: Type.Array(Type.String()),
+  bearer_methods_supported: Type.Array(Type.String()),
+  resource_name: Type.String()
+})
+
+/**
+ * OAuth 2.0 Protected Resource Metadata (RFC 9728): how an OAuth client such as Claude.ai finds
+ * the authorization server for /mcp. Served at the root well-known path and at the path-suffixed
+ * one (`/.well-known/oauth-protected-resource/mcp`) that MCP clients derive from the endpoint URL
+ * and that every 401 names in `resource_metadata`. Public, and readable from any browser origin.
+ */
+export default async function wellKnownRoutes (fastify: FastifyInstance) {
+  const { config, auth } = fastify
+  const authorizationServers = config.OIDC_ISSUER === undefined ? [] : [config.OIDC_ISSUER]
+
+  for (const url of ['/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
+    fastify.get(url, { schema: { response: { 200: ProtectedResourceMetadata } } }, async (request, reply) => {
+      reply.header('access-control-allow-origin', '*').header('cache-control', 'public, max-age=300')
+      return {
+        resource: auth.resourceUrl(request).href,
+        authorization_servers: authorizationServers,
+        scopes_supported: [...SCOPES],
+        bearer_methods_supported: ['header'],
+        resource_name: 'Shared Context'
+      }
+    })
+  }
+}
