@@ -1,4 +1,4 @@
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
@@ -100,7 +100,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     logger: options.logger ?? false,
     return503OnClosing: false,
     // One line per request instead (below): principal, tool, outcome and duration included.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
     requestIdHeader: false,
     genReqId: requestIdOf,
