@@ -1,7 +1,9 @@
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { Redis } from 'ioredis'
 import { test } from 'tap'
+import { revokedJtiKey } from '../auth/revocation.js'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
@@ -61,4 +63,33 @@ test('cli: migrate, token create / list / revoke against the same database the s
   const usage = await cli(env, 'frobnicate')
   t.equal(usage.code, 2)
   t.match(usage.stderr, /Usage/)
+})
+
+test('cli: token revoke-jti stores the revocation (and publishes it to Redis when REDIS_URL is set)', async (t) => {
+  t.setTimeout(120_000)
+  const { url, sql } = await testDatabase(t)
+  const redisUrl = process.env.REDIS_URL
+  const env = { DATABASE_URL: url, ...(redisUrl !== undefined && { REDIS_URL: redisUrl }) }
+  const jti = `cli-${Date.now()}`
+
+  const revoked = await cli(env, 'token', 'revoke-jti', '--jti', jti, '--expires-at', '2099-01-01T00:00:00Z')
+  t.equal(revoked.code, 0, revoked.stderr)
+  t.match(revoked.stdout, redisUrl === undefined ? /within 5 s/ : /Every instance refuses it now/)
+  const rows = await sql<Array<{ expires_at: Date }>>`select expires_at from revoked_jtis where jti = ${jti}`
+  t.equal(rows[0]?.expires_at.toISOString(), '2099-01-01T00:00:00.000Z', 'stored until the given expiry')
+  if (redisUrl !== undefined) {
+    const redis = new Redis(redisUrl)
+    t.teardown(() => redis.quit())
+    t.equal(await redis.get(revokedJtiKey(jti)), '1', 'published to Redis')
+  }
+
+  const badDate = await cli(env, 'token', 'revoke-jti', '--jti', 'x', '--expires-at', 'tomorrow-ish')
+  t.equal(badDate.code, 2, 'a bad date is a usage error')
+  t.match(badDate.stderr, /--expires-at/)
+  t.equal((await cli(env, 'token', 'revoke-jti')).code, 2, '--jti is required')
+
+  const unreachableRedis = await cli({ DATABASE_URL: url, REDIS_URL: 'redis://127.0.0.1:1' }, 'token', 'revoke-jti', '--jti', `${jti}-2`)
+  t.equal(unreachableRedis.code, 0, 'Redis down: the durable revocation still counts')
+  t.match(unreachableRedis.stderr, /Redis could not be reached/)
+  t.equal((await sql`select 1 from revoked_jtis where jti = ${`${jti}-2`}`).length, 1)
 })
