@@ -57,7 +57,15 @@ function bearerTokenOf (header: string | undefined): string | undefined {
  * hash is in api_tokens. Failures carry the RFC 9728 challenge that lets OAuth clients discover
  * the authorization server.
  */
-export default fp(async (fastify) => {
+export interface AuthPluginOptions {
+  /**
+   * Benchmarks only (bench/, never reachable from configuration): every request acts as the
+   * static-token principal without any token, so the cost of authentication can be measured.
+   */
+  withoutAuthentication?: boolean
+}
+
+export default fp<AuthPluginOptions>(async (fastify, options) => {
   const { config, db } = fastify
   const staticHash = config.AUTH_TOKEN === undefined ? undefined : hashToken(config.AUTH_TOKEN)
   const staticPrincipal = singleNamespacePrincipal('static-token', DEFAULT_NAMESPACE, STANDARD_SCOPES)
@@ -161,6 +169,10 @@ export default fp(async (fastify) => {
   }
 
   async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (options.withoutAuthentication === true) {
+      request.principal = staticPrincipal
+      return
+    }
     const header = request.headers.authorization
     const token = bearerTokenOf(header)
     if (token === undefined) {

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { test } from 'tap'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
+import { testDatabase } from './db-helper.js'
 import { build, rpc, TEST_TOKEN } from './helper.js'
 
 test('bearer tokens: only the exact token passes, whatever the length of what is presented', async (t) => {
@@ -53,4 +54,16 @@ test('refusing to start (public host, no auth) releases the embedded database it
   const app = await buildApp(loadConfig({ DATA_DIR: dataDir, AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent' }))
   t.teardown(() => app.close())
   t.equal((await rpc(app, 'tools/list')).statusCode, 200, 'the same data folder opens again in this process')
+})
+
+test('withoutAuthentication (benchmarks only) is a build option, never the default', async (t) => {
+  const { url } = await testDatabase(t)
+  const config = loadConfig({ DATABASE_URL: url, AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent' })
+  const open = await buildApp(config, { withoutAuthentication: true })
+  t.teardown(() => open.close())
+  const tokenless = await rpc(open, 'tools/call', { name: 'write_context', arguments: { key: 'bench', content: 'x' } }, { token: null })
+  t.equal(tokenless.json().result.structuredContent.version, 1, 'served without a token')
+  const guarded = await buildApp(config)
+  t.teardown(() => guarded.close())
+  t.equal((await rpc(guarded, 'tools/list', {}, { token: null })).statusCode, 401)
 })
