@@ -52,6 +52,7 @@ test('without REDIS_URL there is no client and the status is absent', async (t) 
   const app = await build(t)
   t.equal(app.redis.client, null)
   t.equal(app.redis.status(), 'absent')
+  t.strictSame((await app.inject('/ready')).json(), { status: 'ok', database: 'ok', redis: 'absent', identity_provider: 'absent' })
 })
 
 test('Redis down at start: the app starts degraded, warns once without the password, keeps reconnecting', { skip }, async (t) => {
@@ -63,6 +64,9 @@ test('Redis down at start: the app starts degraded, warns once without the passw
   }, false)
   t.equal(app.redis.status(), 'degraded')
   t.equal((await rpc(app, 'ping')).statusCode, 200, '/mcp is served')
+  const ready = await app.inject('/ready')
+  t.equal(ready.statusCode, 200, 'Redis alone never makes the server unready')
+  t.match(ready.json(), { status: 'degraded', database: 'ok', redis: 'degraded', identity_provider: 'absent' })
   // Several reconnect attempts fail meanwhile (100 ms, 200 ms, ...).
   await new Promise((resolve) => setTimeout(resolve, 800))
   t.equal((await rpc(app, 'ping')).statusCode, 200)
