@@ -88,7 +88,7 @@ function requestIdOf (request: { headers: Record<string, string | string[] | und
 
 /**
  * TRUST_PROXY as Fastify's trustProxy: request.ip is then the client address the trusted proxies
- * forwarded. A number trusts that many hops (1 behind Fly's proxy), so a client cannot pick its
+ * forwarded. A number trusts that many hops (2 on Fly.io), so a client cannot pick its
  * own address by sending X-Forwarded-For.
  */
 function trustProxyOf (value: Config['TRUST_PROXY']): boolean | string | ((address: string, hop: number) => boolean) {

@@ -1,9 +1,15 @@
+import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
+import type { ConnectionOptions } from 'node:tls'
 import postgres from 'postgres'
+import { isLoopbackHost } from '../schema/config.js'
 
 export interface SqlOptions {
   max: number
   connectTimeoutMs: number
   onnotice?: (notice: postgres.Notice) => void
+  /** DB_SSL_CA / DB_SSL_VERIFY; default: no extra CA, verification on. */
+  tls?: TlsSettings
 }
 
 const INT8_OID = 20
@@ -18,7 +24,9 @@ const int8AsNumber = {
 }
 
 export function createSql (url: string, options: SqlOptions): postgres.Sql {
-  const sql = postgres(url, {
+  const tls = planTls(url, options.tls)
+  const sql = postgres(tls.url, {
+    ssl: tls.ssl,
     max: options.max,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
     idle_timeout: 60,
@@ -34,7 +42,164 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
 }
 
 export class DatabaseUnavailableError extends Error {
-  override readonly name = 'DatabaseUnavailableError'
+  override readonly name: string = 'DatabaseUnavailableError'
+}
+
+/** The server's certificate failed verification; retrying cannot help. */
+export class DatabaseTlsError extends DatabaseUnavailableError {
+  override readonly name = 'DatabaseTlsError'
+}
+
+/** DATABASE_URL's TLS parameters, DB_SSL_CA or DB_SSL_VERIFY are wrong or contradict each other. */
+export class TlsSettingsError extends Error {
+  override readonly name = 'TlsSettingsError'
+}
+
+export interface TlsSettings {
+  /** DB_SSL_CA: a PEM file path, or the PEM itself. */
+  ca?: string
+  /** DB_SSL_VERIFY; false is the explicit opt-out of certificate verification. */
+  verify: boolean
+}
+
+export interface TlsPlan {
+  /** The URL without sslmode/sslrootcert: postgres.js would apply its own meaning to sslmode and send sslrootcert to the server as a setting. */
+  url: string
+  ssl: false | ConnectionOptions
+  /** 'full': chain and host name; 'ca': chain only; 'none': encrypted, server not authenticated. */
+  verification?: 'full' | 'ca' | 'none'
+  /** What the connection does, for the start-up log. */
+  summary: string
+  /** Set when verification is off: to be logged as a warning at every start. */
+  warning?: string
+}
+
+const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']
+// sslnegotiation is postgres.js's own (direct TLS) and passes through.
+const TLS_PARAMS = ['sslmode', 'sslrootcert', 'sslnegotiation']
+
+/**
+ * postgres.js's `ssl` option for DATABASE_URL (see README "Database TLS"):
+ * - sslmode=disable: no TLS. verify-ca: chain only. verify-full: chain and host name.
+ * - sslmode=require: TLS verified like verify-full unless DB_SSL_VERIFY=false. Unlike libpq, which
+ *   skips verification here, so that a URL copied from a provider does not silently drop it.
+ * - no sslmode (or allow/prefer): loopback or Unix-socket hosts get no TLS; any other host gets TLS
+ *   verified like verify-full.
+ * - CA: sslrootcert in the URL (`system`: the default trust store), else DB_SSL_CA, else the
+ *   default trust store. A given CA replaces the default store.
+ * The certificate must name the host as written in the URL (a DNS name, or an IP address entry).
+ */
+export function planTls (url: string, settings: TlsSettings = { verify: true }): TlsPlan {
+  const queryAt = url.indexOf('?')
+  const params = new URLSearchParams(queryAt === -1 ? '' : url.slice(queryAt + 1))
+  for (const name of params.keys()) {
+    if (name.startsWith('ssl') && !TLS_PARAMS.includes(name)) {
+      throw new TlsSettingsError(`DATABASE_URL parameter ${name} is not supported; the TLS parameters understood are sslmode and sslrootcert (DB_SSL_CA and DB_SSL_VERIFY besides)`)
+    }
+  }
+  const mode = params.get('sslmode') ?? undefined
+  const rootcert = params.get('sslrootcert') ?? undefined
+  if (mode !== undefined && !SSL_MODES.includes(mode)) {
+    throw new TlsSettingsError(`DATABASE_URL: sslmode=${mode} is not one of ${SSL_MODES.join(', ')}`)
+  }
+  let stripped = url
+  if (mode !== undefined || rootcert !== undefined) {
+    params.delete('sslmode')
+    params.delete('sslrootcert')
+    const rest = params.toString()
+    stripped = url.slice(0, queryAt) + (rest === '' ? '' : `?${rest}`)
+  }
+  const off = (why: string): TlsPlan => ({ url: stripped, ssl: false, summary: `database TLS: off (${why})` })
+
+  const hosts = urlHosts(url)
+  let verification: 'full' | 'ca' | 'none'
+  if (mode === 'disable') return off('sslmode=disable')
+  if (mode === 'verify-ca' || mode === 'verify-full') {
+    if (!settings.verify) {
+      throw new TlsSettingsError(`DATABASE_URL asks for sslmode=${mode} but DB_SSL_VERIFY=false turns verification off; remove one of the two`)
+    }
+    verification = mode === 'verify-ca' ? 'ca' : 'full'
+  } else if (mode === 'require') {
+    verification = settings.verify ? 'full' : 'none'
+  } else {
+    if (hosts.every(isLocalHost)) return off('loopback host; sslmode=require or verify-full in DATABASE_URL turns it on')
+    verification = settings.verify ? 'full' : 'none'
+  }
+
+  if (verification === 'none') {
+    return {
+      url: stripped,
+      ssl: { rejectUnauthorized: false },
+      verification,
+      summary: 'database TLS: on, certificate not verified',
+      warning: 'database TLS certificate verification is OFF (DB_SSL_VERIFY=false): the connection is encrypted but the server is not authenticated'
+    }
+  }
+  let ca: string | undefined
+  let caSource = 'the default trust store'
+  if (rootcert !== undefined && rootcert !== 'system') {
+    ca = readPem(rootcert, 'sslrootcert in DATABASE_URL')
+    caSource = `sslrootcert ${rootcert}`
+  } else if (rootcert === undefined && settings.ca !== undefined) {
+    ca = readPem(settings.ca, 'DB_SSL_CA')
+    caSource = 'DB_SSL_CA'
+  }
+  const ssl: ConnectionOptions = { rejectUnauthorized: true }
+  if (ca !== undefined) ssl.ca = ca
+  if (verification === 'ca') ssl.checkServerIdentity = () => undefined
+  else {
+    // postgres.js passes servername only for host names; without it Node checks the certificate
+    // against `host`, which defaults to localhost, so an IP address must be given here.
+    const addresses = hosts.filter((host) => isIP(unbracket(host)) !== 0)
+    if (addresses.length > 0 && hosts.length > 1) {
+      throw new TlsSettingsError('DATABASE_URL lists several hosts, some by IP address: their certificates cannot be checked per host; use host names, or sslmode=verify-ca to check the chain only')
+    }
+    if (addresses.length === 1) ssl.host = unbracket(addresses[0] as string)
+  }
+  const checked = verification === 'full' ? 'certificate and host name verified' : 'certificate verified, host name not (sslmode=verify-ca)'
+  return { url: stripped, ssl, verification, summary: `database TLS: on, ${checked} against ${caSource}` }
+}
+
+/** The hosts postgres.js will connect to, read from the URL the way postgres.js reads them. */
+function urlHosts (url: string): string[] {
+  const afterScheme = url.slice(url.indexOf('://') + 3).split(/[?/]/)[0] ?? ''
+  let hosts: string
+  try {
+    hosts = decodeURIComponent(afterScheme.slice(afterScheme.indexOf('@') + 1))
+  } catch {
+    hosts = ''
+  }
+  return hosts.split(',').map((host) => {
+    if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1)
+    return host.split(':')[0] ?? ''
+  })
+}
+
+function unbracket (host: string): string {
+  return host.startsWith('[') ? host.slice(1, -1) : host
+}
+
+function isLocalHost (host: string): boolean {
+  // An empty host means PGHOST or localhost to postgres.js; a host with a slash is a Unix socket directory.
+  const effective = host === '' ? (process.env.PGHOST ?? 'localhost') : host
+  return effective.includes('/') || isLoopbackHost(effective.toLowerCase())
+}
+
+function readPem (value: string, source: string): string {
+  // Platforms that take one-line secrets often hold a PEM with its newlines written as \n.
+  const inline = value.trimStart().startsWith('-----BEGIN') ? value.replace(/\\n/g, '\n') : undefined
+  let pem = inline
+  if (pem === undefined) {
+    try {
+      pem = readFileSync(value, 'utf8')
+    } catch (error) {
+      throw new TlsSettingsError(`${source}: cannot read the CA file ${value} (${(error as NodeJS.ErrnoException).code ?? String(error)})`)
+    }
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new TlsSettingsError(`${source}: ${inline === undefined ? `${value} holds` : 'the value is'} no PEM certificate (-----BEGIN CERTIFICATE-----)`)
+  }
+  return pem
 }
 
 export interface WaitOptions {
@@ -58,6 +223,10 @@ export async function waitForDatabase (sql: postgres.Sql, options: WaitOptions):
       return
     } catch (error) {
       lastError = error
+      const tlsFailure = describeTlsFailure(error)
+      if (tlsFailure !== undefined) {
+        throw new DatabaseTlsError(`Database at ${describeServer(sql)} refused: ${tlsFailure}`, { cause: error })
+      }
     }
     // Sleep only if there is time left for another attempt after it.
     const wait = Math.min(delay, deadline - Date.now() - MIN_ATTEMPT_MS)
@@ -78,6 +247,31 @@ export async function waitForDatabase (sql: postgres.Sql, options: WaitOptions):
 export function describeServer (sql: postgres.Sql): string {
   const { host, port } = sql.options
   return host.map((h, i) => `${h}:${port[i] ?? port[0] ?? 5432}`).join(',')
+}
+
+const UNTRUSTED_HINT = "set DB_SSL_CA to the server's CA certificate"
+const TLS_HINTS: Record<string, string> = {
+  DEPTH_ZERO_SELF_SIGNED_CERT: UNTRUSTED_HINT,
+  SELF_SIGNED_CERT_IN_CHAIN: UNTRUSTED_HINT,
+  UNABLE_TO_GET_ISSUER_CERT: UNTRUSTED_HINT,
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: UNTRUSTED_HINT,
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: UNTRUSTED_HINT,
+  CERT_UNTRUSTED: UNTRUSTED_HINT,
+  CERT_SIGNATURE_FAILURE: UNTRUSTED_HINT,
+  INVALID_CA: UNTRUSTED_HINT,
+  ERR_TLS_CERT_ALTNAME_INVALID: 'connect by a host name the certificate lists, or use sslmode=verify-ca to check the chain only',
+  CERT_HAS_EXPIRED: 'the server certificate has expired; renew it',
+  CERT_NOT_YET_VALID: 'the server certificate is not valid yet; check the clocks',
+  CERT_REVOKED: 'the server certificate is revoked',
+  CERT_REJECTED: UNTRUSTED_HINT
+}
+
+/** One line for a certificate verification failure; undefined for any other error. */
+function describeTlsFailure (error: unknown): string | undefined {
+  if (!(error instanceof Error)) return undefined
+  const code = (error as { code?: unknown }).code
+  if (typeof code !== 'string' || !(code in TLS_HINTS)) return undefined
+  return `TLS certificate verification failed: ${error.message}; ${TLS_HINTS[code]}`
 }
 
 function describeError (error: unknown): string {

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import type postgres from 'postgres'
 import type { Config } from '../schema/config.js'
-import { createSql, waitForDatabase } from './connect.js'
+import { createSql, planTls, waitForDatabase } from './connect.js'
 import { startEmbeddedPostgres } from './embedded.js'
 import { migrate } from './migrate.js'
 
@@ -27,15 +27,23 @@ export interface OpenDatabase {
 
 /**
  * Connects to PostgreSQL (DATABASE_URL, or an embedded PGlite in DATA_DIR), waits for it with a
- * bounded retry, and applies pending migrations. Used by the db plugin and by the CLI.
+ * bounded retry, and applies pending migrations. Used by the db plugin and by the CLI. `warn` gets
+ * the warning that database TLS verification is off (every start while it is).
  */
-export async function openDatabase (config: Config, log: (message: string) => void): Promise<OpenDatabase> {
+export async function openDatabase (config: Config, log: (message: string) => void, warn: (message: string) => void = log): Promise<OpenDatabase> {
+  const tls = config.DATABASE_URL === undefined ? undefined : { ca: config.DB_SSL_CA, verify: config.DB_SSL_VERIFY !== 'false' }
+  if (tls !== undefined) {
+    const plan = planTls(config.DATABASE_URL as string, tls)
+    if (plan.warning !== undefined) warn(plan.warning)
+    else log(plan.summary)
+  }
   const embedded = config.DATABASE_URL === undefined
     ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log, loadDataDir: await readTemplate() })
     : undefined
   const sql = createSql(embedded?.url ?? config.DATABASE_URL as string, {
     max: embedded === undefined ? config.DB_POOL_MAX : EMBEDDED_POOL_MAX,
-    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS
+    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    tls
   })
   const close = async () => {
     await sql.end({ timeout: 5 })

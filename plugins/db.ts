@@ -15,7 +15,7 @@ declare module 'fastify' {
 /** The database: connected and migrated before the server serves; closed (with the embedded server) on close. */
 export default fp(async (fastify) => {
   const { config } = fastify
-  const database = await openDatabase(config, (message) => fastify.log.info(message))
+  const database = await openDatabase(config, (message) => fastify.log.info(message), (message) => fastify.log.warn(message))
   fastify.decorate('db', {
     sql: database.sql,
     store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES })

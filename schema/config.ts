@@ -17,7 +17,7 @@ export const ConfigSchema = Type.Object({
   AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),
   CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed to call /mcp from a browser' }),
   ALLOWED_HOSTS: Type.String({ default: '', description: 'Comma-separated Host names accepted besides loopback and PUBLIC_URL' }),
-  TRUST_PROXY: Type.Union([Type.Literal('false'), Type.Literal('true'), Type.String({ pattern: '^[0-9a-fA-F.:/, ]+$' })], { default: 'false', description: 'Whether to trust X-Forwarded-For: false, true (any proxy), a number of proxy hops (1 behind Fly.io), or a comma-separated list of proxy addresses/CIDRs' }),
+  TRUST_PROXY: Type.Union([Type.Literal('false'), Type.Literal('true'), Type.String({ pattern: '^[0-9a-fA-F.:/, ]+$' })], { default: 'false', description: 'Whether to trust X-Forwarded-For: false, true (any proxy), a number of proxy hops (2 on Fly.io, whose proxy also appends the app address), or a comma-separated list of proxy addresses/CIDRs' }),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'Redis for shared rate-limit counters and the revocation cache; unset keeps both in process' })),
   RATE_LIMITS: Type.String({ default: 'admin=20000/h 1200/m; writer=10000/h 600/m; reader=5000/h 300/m; default=1000/h 60/m; ip=300/m', description: 'Per-principal limits by tier (hourly and per-minute burst), and failed-authentication attempts per client address; "off" turns limiting off' }),
   OIDC_ISSUER: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: 'Issuer whose JWTs are accepted (iss claim); enables the OIDC/JWT resource server' })),

@@ -199,3 +199,15 @@ test('CORS: allowed origins get the headers on every /mcp answer — refusals an
   t.equal(foreign.json().error.code, 'AUTH_1005')
   t.equal(foreign.headers['access-control-allow-origin'], undefined, 'no CORS headers for a foreign origin')
 })
+
+test('TRUST_PROXY as a hop count: the client address is the one the trusted proxies saw, whatever the client prepends', async (t) => {
+  const app = await build(t, { TRUST_PROXY: '2', RATE_LIMITS: 'ip=2/m' })
+  const from = (forwardedFor: string) => ({ token: 'scm_wrong-token-0123456789abcdef0123456789', headers: { 'x-forwarded-for': forwardedFor } })
+  const appAddress = '10.0.0.1' // Fly's proxy appends the app's own address last
+  t.equal((await rpc(app, 'tools/list', {}, from(`203.0.113.7, ${appAddress}`))).statusCode, 401)
+  t.equal((await rpc(app, 'tools/list', {}, from(`198.51.100.1, 203.0.113.7, ${appAddress}`))).statusCode, 401, 'a spoofed first entry counts for the real address')
+  const limited = await rpc(app, 'tools/list', {}, from(`203.0.113.7, ${appAddress}`))
+  t.equal(limited.statusCode, 429, 'the real address spent its failed-authentication budget')
+  t.equal(limited.json().error.code, 'REQ_1103')
+  t.equal((await rpc(app, 'tools/list', {}, from(`203.0.113.8, ${appAddress}`))).statusCode, 401, 'another client is not affected')
+})
