@@ -9,9 +9,10 @@ import { judge, runLine, summarise, table, type ServerSummary } from './report.j
 import { PEERS_DIR, ROOT, logTail, startServers, waitUntilServing, type Server, type ServerId } from './servers.js'
 import { readSettings } from './settings.js'
 
-// `npm run bench`: the server under test (a) against a bare Fastify floor (b) and the SDK's
-// stateless example (c), interleaved round by round, every response validated. Exit code 0 whatever
-// the verdict (it is a measurement); 1 only when the benchmark itself broke.
+// `npm run bench`: the server under test (a) against itself with auth and rate limits off (n), a
+// bare Fastify floor (b) and the SDK's stateless example (c), interleaved round by round, every
+// response validated. Exit code 0 whatever the verdict (it is a measurement); 1 only when the
+// benchmark itself broke.
 // This runner (autocannon and the validator) runs under tsx, which only transpiles each module once
 // at load time; the servers themselves run compiled JavaScript (see servers.ts).
 
@@ -19,7 +20,7 @@ const RESULTS_DIR = join(ROOT, 'bench/results')
 
 async function main (): Promise<void> {
   const settings = readSettings(process.env)
-  for (const file of [join(ROOT, 'dist/server.js'), join(PEERS_DIR, 'bare-fastify.js'), join(PEERS_DIR, 'sdk-example.js')]) {
+  for (const file of [join(ROOT, 'dist/server.js'), join(PEERS_DIR, 'bare-fastify.js'), join(PEERS_DIR, 'sdk-example.js'), join(PEERS_DIR, 'auth-off.js')]) {
     if (!existsSync(file)) throw new Error(`${file} is missing: run \`npm run bench\` (it builds the server and the peers first)`)
   }
   await mkdir(RESULTS_DIR, { recursive: true })
@@ -44,8 +45,8 @@ async function main (): Promise<void> {
   }
   const rounds = new Map<ServerId, LoadResult[]>(servers.map(s => [s.id, []]))
   for (let round = 1; round <= settings.rounds; round++) {
-    // a b c, then c b a, ...: a slow drift of the machine (other work, PostgreSQL's own upkeep)
-    // does not always favour the same server.
+    // a n b c, then c b n a, ...: a slow drift of the machine (other work, PostgreSQL's own upkeep)
+    // does not always favour the same server, and a and n always run back to back.
     const order = round % 2 === 1 ? servers : [...servers].reverse()
     for (const server of order) {
       const result = await measured(server, load)
@@ -57,8 +58,7 @@ async function main (): Promise<void> {
 
   const summaries: Partial<Record<ServerId, ServerSummary>> = Object.fromEntries(servers.map(s =>
     [s.id, summarise(s.label, rounds.get(s.id) ?? [], warmups.get(s.id) as LoadResult)]))
-  const { a, b, c } = summaries
-  const verdict = a !== undefined && b !== undefined && c !== undefined ? judge({ a, b, c }) : undefined
+  const verdict = judge(summaries)
   console.log(table(summaries, verdict))
 
   await writeFile(join(RESULTS_DIR, 'latest.json'), JSON.stringify({

@@ -7,9 +7,9 @@ import { freePort, startChild, type Child } from './children.js'
 import { MCP_HEADERS, type Target } from './load.js'
 import type { Settings } from './settings.js'
 
-// The three servers of the comparison and how to start them.
+// The servers of the comparison and how to start them.
 
-export type ServerId = 'a' | 'b' | 'c'
+export type ServerId = 'a' | 'b' | 'c' | 'n'
 
 export interface Server extends Target {
   id: ServerId
@@ -45,6 +45,14 @@ export async function startServers (databaseUrl: string, settings: Settings, res
       script: join(ROOT, 'dist/server.js'),
       env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m', HOST: '127.0.0.1' },
       headers: { authorization: `Bearer ${token}` }
+    },
+    {
+      // a's build and settings, minus AUTH_TOKEN and with RATE_LIMITS off (the launcher sets it).
+      id: 'n',
+      label: 'this server, auth off',
+      script: join(PEERS_DIR, 'auth-off.js'),
+      env: { ...common, LOG_LEVEL: 'warn', HOST: '127.0.0.1' },
+      headers: {}
     },
     { id: 'b', label: 'floor (bare Fastify)', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },
     { id: 'c', label: 'SDK stateless example', script: join(PEERS_DIR, 'sdk-example.js'), env: common, headers: {} }

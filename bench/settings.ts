@@ -10,7 +10,7 @@ export interface Settings {
   keys: number
   writeRatio: number
   dbPoolMax: number
-  /** Which of a (this server), b (floor), c (SDK example) to run; ratios need all three. */
+  /** Which of a (this server), b (floor), c (SDK example), n (this server, auth and rate limits off) to run. */
   servers: string[]
 }
 
@@ -22,10 +22,12 @@ function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number
   return value
 }
 
+const SERVER_IDS: readonly string[] = ['a', 'b', 'c', 'n']
+
 function serverList (raw: string | undefined): string[] {
-  if (raw === undefined || raw === '') return ['a', 'b', 'c']
+  if (raw === undefined || raw === '') return [...SERVER_IDS]
   const ids = raw.split(',').map(id => id.trim())
-  if (ids.length === 0 || ids.some(id => !['a', 'b', 'c'].includes(id))) throw new Error(`BENCH_SERVERS must list some of a,b,c (got ${JSON.stringify(raw)})`)
+  if (ids.length === 0 || ids.some(id => !SERVER_IDS.includes(id))) throw new Error(`BENCH_SERVERS must list some of ${SERVER_IDS.join(',')} (got ${JSON.stringify(raw)})`)
   return [...new Set(ids)]
 }
 
@@ -38,7 +40,7 @@ export function readSettings (env: NodeJS.ProcessEnv): Settings {
     rounds: positiveInteger(env, 'BENCH_ROUNDS', 2),
     keys: positiveInteger(env, 'BENCH_KEYS', 1000),
     writeRatio: 0.1,
-    // The server's own default (DB_POOL_MAX); all three get the same pool.
+    // The server's own default (DB_POOL_MAX); every server gets the same pool.
     dbPoolMax: positiveInteger(env, 'BENCH_DB_POOL_MAX', 10),
     servers: serverList(env.BENCH_SERVERS)
   }
