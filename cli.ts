@@ -1,9 +1,12 @@
+import { fstatSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti } from './auth/revocation.js'
+import { createProgressBar, exportBackup, importBackup, ImportError } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
 import { openDatabase } from './db/open.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
+import { SERVER_INFO } from './plugins/mcp.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
 import { SCOPES, type Scope } from './schema/principal.js'
 import { serve } from './server.js'
@@ -19,6 +22,11 @@ const USAGE = `Usage: node dist/cli.js <command>
   token revoke-jti --jti ID [--expires-at ISO-8601]
                                revoke one JWT by its jti (until it expires; default 30 days),
                                on every instance within AUTH_CACHE_SECONDS (at once with Redis)
+  export [--namespace NS]      write every entry with its history to stdout as NDJSON
+                               (node dist/cli.js export > backup.ndjson)
+  import                       restore NDJSON from stdin (node dist/cli.js import < backup.ndjson);
+                               keys the database already has are never changed: same state is
+                               skipped, a different one is reported as a conflict (exit 3)
 
 The database is DATABASE_URL, or the embedded one in DATA_DIR.`
 
@@ -140,6 +148,47 @@ async function publishToRedis (url: string, jti: string, expiresAt: Date): Promi
   }
 }
 
+async function exportCommand (args: string[]): Promise<void> {
+  let namespace: string | undefined
+  try {
+    namespace = parseArgs({ args, options: { namespace: { type: 'string' } }, strict: true }).values.namespace
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+  }
+  await withDatabase(async ({ sql }) => {
+    const summary = await exportBackup(sql, process.stdout, { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version })
+    process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions.\n`)
+  })
+}
+
+async function importCommand (args: string[]): Promise<void> {
+  if (args.length > 0) fail(`import takes no arguments; it reads the backup from stdin.\n\n${USAGE}`, 2)
+  if (process.stdin.isTTY) fail('import reads the backup from stdin: node dist/cli.js import < backup.ndjson', 2)
+  const stdin = fstatSync(0)
+  const bar = createProgressBar(process.stderr, stdin.isFile() ? stdin.size : undefined)
+  await withDatabase(async ({ sql }) => {
+    let summary
+    try {
+      summary = await importBackup(sql, process.stdin, {
+        onProgress: (progress) => bar?.update(progress),
+        onConflict: (conflict) => {
+          bar?.clear()
+          const state = (version: number, present: boolean) => `version ${version} (${present ? 'readable' : 'deleted or expired'})`
+          process.stderr.write(`conflict, line ${conflict.line}: "${conflict.key}" in namespace "${conflict.namespace}": the database has ${state(conflict.databaseVersion, conflict.databasePresent)}, ` +
+            `the backup ${state(conflict.backupVersion, conflict.backupPresent)}; left as it is\n`)
+        }
+      })
+    } catch (error) {
+      bar?.clear()
+      if (error instanceof ImportError) fail(`Import stopped: ${error.message}`)
+      throw error
+    }
+    bar?.clear()
+    process.stdout.write(`Imported ${summary.imported} entries with ${summary.importedVersions} versions; ${summary.unchanged} were there already, unchanged; ${summary.conflicts} conflicts.\n`)
+    if (summary.conflicts > 0) fail(`${summary.conflicts} key(s) differ between the backup and the database and were not changed (listed above).`, 3)
+  })
+}
+
 const [command = 'serve', ...args] = process.argv.slice(2)
 try {
   switch (command) {
@@ -151,6 +200,12 @@ try {
       break
     case 'token':
       await tokenCommand(args)
+      break
+    case 'export':
+      await exportCommand(args)
+      break
+    case 'import':
+      await importCommand(args)
       break
     default:
       fail(USAGE, 2)

@@ -550,3 +550,201 @@ function isHistoryVersionCollision (error: unknown): boolean {
   const { code, constraint_name: constraint } = error as { code?: unknown, constraint_name?: unknown }
   return code === '23505' && constraint === HISTORY_VERSION_CONSTRAINT
 }
+
+// ---------------------------------------------------------------------------------------------
+// Maintenance: the expiry sweep (plugins/expiry.ts) and export / import (db/backup.ts, cli.ts).
+// ---------------------------------------------------------------------------------------------
+
+/** Timestamps leave the database as ISO 8601 text in UTC with all six fractional digits, so a backup restores them exactly. */
+const ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+/** One row of the export stream, in (namespace, key) order; per key its entry row (if any) first, then its versions in order. */
+export type ExportRow =
+  | {
+    kind: 'entry'
+    namespace: string
+    key: string
+    version: number
+    content: string
+    tags: string[]
+    created_at: string
+    updated_at: string
+    updated_by: string
+    client: string | null
+    /** '-infinity' marks a delete tombstone. */
+    expires_at: string | null
+  }
+  | {
+    kind: 'version'
+    namespace: string
+    key: string
+    version: number
+    action: HistoryAction
+    content: string | null
+    tags: string[]
+    actor: string
+    client: string | null
+    at: string
+  }
+
+export interface ImportedCurrent {
+  version: number
+  content: string
+  tags: string[]
+  created_at: string
+  updated_at: string
+  updated_by: string
+  client: string | null
+  expires_at: string | null
+}
+
+/** A key to import: its entry row (null: the key has history only, e.g. it expired and was swept) and its versions. */
+export interface ImportedKey {
+  namespace: string
+  key: string
+  current: ImportedCurrent | null
+  history: Array<{ version: number, action: HistoryAction, content: string | null, tags: string[], actor: string, client: string | null, at: string }>
+}
+
+/** A key of the batch that the database had already (entry row or history). */
+export interface ExistingKey {
+  namespace: string
+  key: string
+  /** Its latest version in the database: the entry row's, or the highest in history. */
+  version: number
+  /** Whether it is readable now (not deleted, expired or swept). */
+  present: boolean
+  /** Same latest version, same presence, and when present the same content and tags as the imported key. */
+  same: boolean
+}
+
+export interface ImportBatchResult { insertedKeys: number, insertedVersions: number, existing: ExistingKey[] }
+
+interface ImportBatchRow { inserted_keys: number, inserted_versions: number, existing: ExistingKey[] | null }
+
+export type MaintenanceStore = ReturnType<typeof createMaintenanceStore>
+
+export function createMaintenanceStore (sql: postgres.Sql) {
+  function isoText (column: string): postgres.PendingQuery<postgres.Row[]> {
+    // to_char gives NULL for ±infinity; tombstones carry '-infinity'.
+    return sql`case when ${sql(column)} in ('-infinity', 'infinity') then ${sql(column)}::text else to_char(${sql(column)} at time zone 'UTC', ${ISO_UTC}) end`
+  }
+
+  /**
+   * Removes up to `batchSize` entries whose TTL has passed, as one short statement; their history
+   * stays, so a later write continues the version numbering from it (see firstVersion). Delete
+   * tombstones (expires_at '-infinity') are kept: they carry the deleted key's version. Rows that
+   * a writer holds locked are skipped, so instances sweeping at once never wait on each other or
+   * on a write taking over an expired key; the next sweep gets them.
+   */
+  async function sweepExpiredBatch (batchSize: number): Promise<number> {
+    const [row] = await sql<[{ count: number }]>`
+      with doomed as (
+        select namespace, key from context_entries
+        where expires_at > '-infinity' and expires_at <= now()
+        limit ${batchSize}
+        for update skip locked
+      ), swept as (
+        delete from context_entries e using doomed d
+        where e.namespace = d.namespace and e.key = d.key and e.expires_at > '-infinity' and e.expires_at <= now()
+        returning 1
+      )
+      select count(*) as count from swept`
+    return row?.count ?? 0
+  }
+
+  /** Sweeps in batches until a batch comes back short; returns how many entries were removed. */
+  async function sweepExpired (batchSize: number): Promise<number> {
+    let total = 0
+    for (;;) {
+      const removed = await sweepExpiredBatch(batchSize)
+      total += removed
+      if (removed < batchSize) return total
+    }
+  }
+
+  /**
+   * Streams every key with its history through a server-side cursor, `rowsPerFetch` rows at a
+   * time; the next rows are fetched only once `onRows` has resolved. One statement, so one
+   * consistent snapshot. On the embedded database an open cursor holds the socket server: other
+   * connections wait until the export ends (the CLI is its only user).
+   */
+  async function exportRows (namespace: string | undefined, rowsPerFetch: number, onRows: (rows: ExportRow[]) => Promise<void>): Promise<void> {
+    const inNamespace = namespace === undefined ? sql`true` : sql`namespace = ${namespace}`
+    await sql<ExportRow[]>`
+      select 'entry' as kind, namespace, key, version, content, tags,
+             ${isoText('created_at')} as created_at, ${isoText('updated_at')} as updated_at, updated_by,
+             client, ${isoText('expires_at')} as expires_at,
+             null as action, null as actor, null as at, 0 as rank
+      from context_entries where ${inNamespace}
+      union all
+      select 'version', namespace, key, version, content, tags,
+             null, null, null,
+             client, null,
+             action, actor, ${isoText('at')}, 1
+      from context_history where ${inNamespace}
+      order by namespace, key, rank, version`
+      .cursor(rowsPerFetch, async (rows) => { await onRows(rows) })
+  }
+
+  /**
+   * Imports a batch of keys as ONE statement (so one transaction): keys the database has no trace
+   * of (no entry row, no history) get their entry row and every version; keys it has are left
+   * untouched and returned with a comparison of their current state. A key created concurrently
+   * makes the statement fail on a unique constraint (nothing of the batch stored); run it again.
+   */
+  async function importBatch (keys: ImportedKey[]): Promise<ImportBatchResult> {
+    const entries = keys.map(({ namespace, key, current, history }) => ({
+      namespace, key, has_current: current !== null, last_version: history.at(-1)?.version ?? null, ...current
+    }))
+    const versions = keys.flatMap(({ namespace, key, history }) => history.map((version) => ({ namespace, key, ...version })))
+    const [row] = await sql<[ImportBatchRow]>`
+      with file_entries as materialized (
+        select * from json_to_recordset(${JSON.stringify(entries)}::text::json) as f(
+          namespace text, key text, has_current boolean, last_version bigint, version bigint, content text, tags text[],
+          created_at timestamptz, updated_at timestamptz, updated_by text, client text, expires_at timestamptz)
+      ), file_versions as materialized (
+        select * from json_to_recordset(${JSON.stringify(versions)}::text::json) as v(
+          namespace text, key text, version bigint, action text, content text, tags text[], actor text, client text, at timestamptz)
+      ), existing as materialized (
+        select f.namespace, f.key, f.has_current, f.last_version, f.content, f.tags, f.expires_at,
+               e.version as entry_version, e.content as entry_content, e.tags as entry_tags, e.expires_at as entry_expires_at,
+               (select max(h.version) from context_history h where h.namespace = f.namespace and h.key = f.key) as history_version
+        from file_entries f
+        left join context_entries e on e.namespace = f.namespace and e.key = f.key
+        where e.key is not null
+           or exists (select 1 from context_history h where h.namespace = f.namespace and h.key = f.key)
+      ), compared as (
+        select namespace, key, coalesce(entry_version, history_version) as version,
+               (entry_version is not null and (entry_expires_at is null or entry_expires_at > now())) as present,
+               (has_current and (expires_at is null or expires_at > now())) as file_present,
+               last_version, content, tags, entry_content, entry_tags
+        from existing
+      ), inserted_entries as (
+        insert into context_entries (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+        select f.namespace, f.key, f.content, f.version, f.tags, f.created_at, f.updated_at, f.updated_by, f.client, f.expires_at
+        from file_entries f
+        where f.has_current and not exists (select 1 from existing x where x.namespace = f.namespace and x.key = f.key)
+        returning 1
+      ), inserted_versions as (
+        insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+        select v.namespace, v.key, v.version, v.action, v.content, v.tags, v.actor, v.client, v.at
+        from file_versions v
+        where not exists (select 1 from existing x where x.namespace = v.namespace and x.key = v.key)
+        order by v.at, v.namespace, v.key, v.version
+        returning 1
+      )
+      select
+        (select count(*) from file_entries) - (select count(*) from existing) as inserted_keys,
+        (select count(*) from inserted_versions) as inserted_versions,
+        (select json_agg(json_build_object(
+           'namespace', namespace, 'key', key, 'version', version, 'present', present,
+           'same', version = last_version and present = file_present
+                   and (not present or (content = entry_content and tags = entry_tags))))
+         from compared) as existing`
+    if (row === undefined) throw new Error('expected the import statement to return a row')
+    return { insertedKeys: row.inserted_keys, insertedVersions: row.inserted_versions, existing: row.existing ?? [] }
+  }
+
+  return { sweepExpired, sweepExpiredBatch, exportRows, importBatch }
+}

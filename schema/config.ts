@@ -17,6 +17,7 @@ export const ConfigSchema = Type.Object({
   DB_SSL_CA: Type.Optional(Type.String({ minLength: 1, description: "CA certificate for the database server's TLS certificate: a PEM file path, or the PEM itself" })),
   DB_SSL_VERIFY: Type.Union([Type.Literal('true'), Type.Literal('false')], { default: 'true', description: 'false turns database TLS certificate verification off (logged as a warning at every start)' }),
   AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),
+  METRICS_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Bearer token GET /metrics requires, at least 32 characters; unset leaves /metrics open' })),
   CORS_ORIGINS: Type.String({ default: '', description: 'Comma-separated origins allowed to call /mcp from a browser' }),
   ALLOWED_HOSTS: Type.String({ default: '', description: 'Comma-separated Host names accepted besides loopback and PUBLIC_URL' }),
   TRUST_PROXY: Type.Union([Type.Literal('false'), Type.Literal('true'), Type.String({ pattern: '^[0-9a-fA-F.:/, ]+$' })], { default: 'false', description: 'Whether to trust X-Forwarded-For: false, true (any proxy), a number of proxy hops (2 on Fly.io, whose proxy also appends the app address), or a comma-separated list of proxy addresses/CIDRs' }),
@@ -32,6 +33,7 @@ export const ConfigSchema = Type.Object({
   AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),
   MAX_CONTENT_BYTES: Type.Integer({ minimum: 1024, maximum: 16 * 1024 * 1024, default: 100 * 1024 }),
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
+  EXPIRY_SWEEP_SECONDS: Type.Integer({ minimum: 0, maximum: 86400, default: 60, description: 'How often each instance deletes entries whose TTL has passed (their history stays); 0 turns the sweep off' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 }, { additionalProperties: false })
 
@@ -46,7 +48,7 @@ export class ConfigError extends Error {
   }
 }
 
-const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL', 'REDIS_URL'])
+const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL', 'REDIS_URL', 'METRICS_TOKEN'])
 
 /**
  * Reads the known variables from `env`, applies defaults and types, and validates them.
