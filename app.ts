@@ -9,9 +9,11 @@ import rateLimitPlugin from './plugins/rate-limit.js'
 import corsPlugin from './plugins/cors.js'
 import sensiblePlugin from './plugins/sensible.js'
 import mcpPlugin from './plugins/mcp.js'
+import metricsPlugin from './plugins/metrics.js'
 import healthRoutes from './routes/health.js'
 import wellKnownRoutes from './routes/well-known.js'
 import mcpRoutes from './routes/mcp.js'
+import metricsRoutes from './routes/metrics.js'
 import type { Config } from './schema/config.js'
 import { AppError } from './schema/errors.js'
 import { toAppError } from './db/errors.js'
@@ -154,9 +156,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   try {
     await app.register(configPlugin, { config })
     await app.register(sensiblePlugin)
-    await app.register(corsPlugin)
     await app.register(dbPlugin)
-    // Right after db: it times the store that the plugins below capture.
+    // Right after db and before every plugin that adds routes (cors) or captures the store it times.
+    await app.register(metricsPlugin)
+    await app.register(corsPlugin)
     await app.register(expiryPlugin)
     await app.register(redisPlugin)
     await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
@@ -166,6 +169,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(healthRoutes)
     await app.register(wellKnownRoutes)
     await app.register(mcpRoutes)
+    await app.register(metricsRoutes)
   } catch (error) {
     // Close what the plugins that did load opened (the pool, the embedded database and its lock).
     await app.close().catch(() => {})

@@ -1,0 +1,207 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { ContextStore } from '../db/context-store.js'
+import { errorCatalogue } from '../schema/errors.js'
+import { allTools } from '../tools/index.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: {
+      /** This app's own registry (not prom-client's global one), served by GET /metrics. */
+      registry: Registry
+    }
+  }
+}
+
+type CounterChild = ReturnType<Counter['labels']>
+type HistogramChild = ReturnType<Histogram['labels']>
+
+const MCP_ROUTE = '/mcp'
+const UNMATCHED_ROUTE = 'unmatched'
+const UNKNOWN_TOOL = 'unknown'
+const OTHER_OUTCOME = 'other'
+const AUTH_FAILURE_CODES = ['AUTH_1001', 'AUTH_1002', 'AUTH_1003', 'AUTH_1004', 'AUTH_1005'] as const
+const OUTCOMES: ReadonlySet<string> = new Set(['ok', ...Object.keys(errorCatalogue)])
+// Seconds; tool calls and store operations are mostly milliseconds, with a tail under lock waits.
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+function hooksOf<T> (hooks: T | T[] | undefined): T[] {
+  return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]
+}
+
+/**
+ * Prometheus metrics on a registry of this app's own. The request path only increments: every
+ * label value comes from a fixed list (route patterns, status codes, tool names, catalogue codes,
+ * store operations), and the children for them are made once and kept.
+ */
+export default fp(async (fastify) => {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const registers = [registry]
+
+  let openStreams = 0
+  let storeCallsInFlight = 0
+  const poolMax = fastify.db.sql.options.max
+
+  const requests = new Counter({
+    name: 'scm_http_requests_total',
+    help: 'HTTP responses sent, by route pattern ("unmatched" when no route matched) and status code.',
+    labelNames: ['route', 'status'] as const,
+    registers
+  })
+  const toolCalls = new Counter({
+    name: 'scm_tool_calls_total',
+    help: 'MCP tool calls, by tool ("unknown" for a name the server does not offer) and outcome ("ok" or an error catalogue code).',
+    labelNames: ['tool', 'outcome'] as const,
+    registers
+  })
+  const toolDuration = new Histogram({
+    name: 'scm_tool_call_duration_seconds',
+    help: 'Time from receiving a tools/call request to sending its answer, by tool.',
+    labelNames: ['tool'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers
+  })
+  const rateLimited = new Counter({
+    name: 'scm_rate_limited_total',
+    help: 'Requests refused with REQ_1103 (429), by limiter: "principal" (per-principal tier limits) or "address" (failed-authentication budget of a client address).',
+    labelNames: ['limiter'] as const,
+    registers
+  })
+  const authFailures = new Counter({
+    name: 'scm_auth_failures_total',
+    help: 'Requests refused by authentication or authorization, by catalogue code (AUTH_1001 missing token … AUTH_1005 Origin/Host not allowed); AUTH_1004 includes tool calls refused for scope.',
+    labelNames: ['code'] as const,
+    registers
+  })
+  registry.registerMetric(new Gauge({
+    name: 'scm_mcp_open_streams',
+    help: 'Authenticated MCP requests in flight on /mcp. The server is stateless and answers every POST with one JSON body (no SSE stream stays open), so each open exchange is one request awaiting its answer.',
+    registers: [],
+    collect () { this.set(openStreams) }
+  }))
+  registry.registerMetric(new Gauge({
+    name: 'scm_db_pool_max',
+    help: 'Connections the database pool may open (DB_POOL_MAX; 4 with the embedded database).',
+    registers: [],
+    collect () { this.set(poolMax) }
+  }))
+  registry.registerMetric(new Gauge({
+    name: 'scm_db_operations_in_flight',
+    help: 'Context-store operations running now. Each holds or waits for a pool connection; postgres.js does not expose its own busy/queued counts, so more operations than scm_db_pool_max means some wait.',
+    registers: [],
+    collect () { this.set(storeCallsInFlight) }
+  }))
+  const storeDuration = new Histogram({
+    name: 'scm_db_operation_duration_seconds',
+    help: 'Duration of context-store operations (one or a few SQL statements, or one transaction), including the wait for a pool connection, by operation.',
+    labelNames: ['operation'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers
+  })
+
+  // Series for the fixed label values exist from the start, so that they read 0 rather than absent.
+  function counterChild<T extends string> (counter: Counter<T>, ...values: string[]): CounterChild {
+    const child = counter.labels(...values)
+    child.inc(0)
+    return child
+  }
+  function histogramChild<T extends string> (histogram: Histogram<T>, label: T, value: string): HistogramChild {
+    histogram.zero({ [label]: value } as Partial<Record<T, string>>)
+    return histogram.labels(value)
+  }
+
+  interface ToolMetrics { duration: HistogramChild, outcomes: Map<string, CounterChild> }
+  const toolMetricsFor = (tool: string): ToolMetrics => ({
+    duration: histogramChild(toolDuration, 'tool', tool),
+    outcomes: new Map(tool === UNKNOWN_TOOL ? [] : [['ok', counterChild(toolCalls, tool, 'ok')]])
+  })
+  const toolMetrics = new Map(allTools.map((tool) => [tool.name, toolMetricsFor(tool.name)]))
+  const unknownTool = toolMetricsFor(UNKNOWN_TOOL)
+  const authFailureByCode = new Map(AUTH_FAILURE_CODES.map((code) => [code as string, counterChild(authFailures, code)]))
+  const rateLimitedPrincipal = counterChild(rateLimited, 'principal')
+  const rateLimitedAddress = counterChild(rateLimited, 'address')
+  const requestsByRoute = new Map<string, Map<number, CounterChild>>()
+  function statusCountersOf (route: string): Map<number, CounterChild> {
+    let byStatus = requestsByRoute.get(route)
+    if (byStatus === undefined) requestsByRoute.set(route, byStatus = new Map())
+    return byStatus
+  }
+  function countResponse (route: string, byStatus: Map<number, CounterChild>, status: number): void {
+    let child = byStatus.get(status)
+    if (child === undefined) byStatus.set(status, child = requests.labels(route, String(status)))
+    child.inc()
+  }
+
+  function countToolCall (tool: string, outcome: string | null, seconds: number): void {
+    const metrics = toolMetrics.get(tool) ?? unknownTool
+    const label = outcome !== null && OUTCOMES.has(outcome) ? outcome : OTHER_OUTCOME
+    let child = metrics.outcomes.get(label)
+    if (child === undefined) {
+      const toolLabel = metrics === unknownTool ? UNKNOWN_TOOL : tool
+      metrics.outcomes.set(label, child = toolCalls.labels(toolLabel, label))
+    }
+    child.inc()
+    metrics.duration.observe(seconds)
+  }
+
+  function streamClosed (): void {
+    openStreams--
+  }
+  function openStream (_request: FastifyRequest, reply: FastifyReply, done: () => void): void {
+    openStreams++
+    // 'close' comes exactly once per response, also when the client goes away before the answer
+    // (when onResponse never runs).
+    reply.raw.on('close', streamClosed)
+    done()
+  }
+
+  // Each route gets its own hooks with its label resolved here, at registration: reading
+  // request.routeOptions builds a new object on every access.
+  fastify.addHook('onRoute', (route) => {
+    const url = route.url
+    const byStatus = statusCountersOf(url)
+    const counted = (_request: FastifyRequest, reply: FastifyReply, done: () => void): void => {
+      countResponse(url, byStatus, reply.statusCode)
+      done()
+    }
+    route.onResponse = [counted, ...hooksOf(route.onResponse)]
+    if (url === MCP_ROUTE) route.onRequest = [openStream, ...hooksOf(route.onRequest)]
+  })
+
+  const unmatched = statusCountersOf(UNMATCHED_ROUTE)
+  fastify.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+    if (request.is404) countResponse(UNMATCHED_ROUTE, unmatched, reply.statusCode)
+    const record = request.callRecord
+    if (record !== null) {
+      if (record.tool !== null) countToolCall(record.tool, record.outcome, reply.elapsedTime / 1000)
+      if (record.outcome === 'REQ_1103') (request.principal === null ? rateLimitedAddress : rateLimitedPrincipal).inc()
+      else if (record.outcome !== null) authFailureByCode.get(record.outcome)?.inc()
+    }
+    done()
+  })
+
+  // Wraps the store that the db plugin decorated, so that every plugin and route registered after
+  // this one (auth, mcp, health) times its database work without the store knowing about metrics.
+  // Typed so that a store method that is not async fails to compile rather than be made async here.
+  const store: Record<string, (...args: never[]) => Promise<unknown>> = fastify.db.store
+  const timed: Record<string, (...args: unknown[]) => Promise<unknown>> = {}
+  for (const [operation, method] of Object.entries(store)) {
+    const run = method as (...args: unknown[]) => Promise<unknown>
+    const duration = histogramChild(storeDuration, 'operation', operation)
+    timed[operation] = async (...args) => {
+      const start = performance.now()
+      storeCallsInFlight++
+      try {
+        return await run(...args)
+      } finally {
+        storeCallsInFlight--
+        duration.observe((performance.now() - start) / 1000)
+      }
+    }
+  }
+  fastify.db.store = timed as unknown as ContextStore
+
+  fastify.decorate('metrics', { registry })
+}, { name: 'metrics', dependencies: ['config', 'db'] })
