@@ -107,6 +107,9 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     // One line per request instead (below): principal, tool, outcome and duration included.
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
+    // The db plugin may retry an unreachable database for DB_CONNECT_TIMEOUT_MS, then migrate;
+    // Fastify's default 10 s plugin timeout would cut that short with a less useful error.
+    pluginTimeout: config.DB_CONNECT_TIMEOUT_MS + 60_000,
     requestIdHeader: false,
     genReqId: requestIdOf,
     trustProxy: trustProxyOf(config.TRUST_PROXY)

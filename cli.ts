@@ -115,6 +115,7 @@ async function tokenCommand (args: string[]): Promise<void> {
       if (jti.length === 0 || jti.length > 1024) fail('--jti must be 1-1024 characters', 2)
       const expiresAt = values['expires-at'] === undefined ? new Date(Date.now() + JTI_REVOCATION_DEFAULT_MS) : new Date(values['expires-at'])
       if (Number.isNaN(expiresAt.getTime())) fail('--expires-at must be a date such as 2026-12-31T00:00:00Z (the token\'s exp)', 2)
+      if (expiresAt.getTime() <= Date.now()) fail(`--expires-at ${expiresAt.toISOString()} has passed: a token that expired then is refused anyway`, 2)
       await withDatabase(async ({ sql }, config) => {
         await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, expiresAt)
         const published = config.REDIS_URL === undefined ? false : await publishToRedis(config.REDIS_URL, jti, expiresAt)

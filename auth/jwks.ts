@@ -111,6 +111,10 @@ export function createJwksCache (options: JwksCacheOptions): JwksCache {
     } catch {
       throw new Error(`JWKS ${jwksUrl}: not a JSON Web Key Set`)
     }
+    // An identity provider in trouble may briefly publish no keys; that must not wipe the cached ones.
+    if (!(body as JSONWebKeySet).keys.some((key) => key.use === undefined || key.use === 'sig')) {
+      throw new Error(`JWKS ${jwksUrl}: no signing keys`)
+    }
     keys = next
   }
 

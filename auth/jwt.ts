@@ -32,6 +32,8 @@ export interface JwtAuthenticatorOptions {
   /** Unset: discovered from the issuer's openid-configuration. */
   jwksUrl?: string | undefined
   roleMap?: RoleMap
+  /** The client whose resource_access roles count (JWT_ROLE_CLIENT); unset: the token's azp. */
+  roleClient?: string | undefined
   clockSkewSeconds?: number
   /** Where role grants without a namespace and OAuth scope claims apply (plugins/auth.ts DEFAULT_NAMESPACE). */
   defaultNamespace: string
@@ -61,6 +63,7 @@ export function jwtOptionsFromConfig (config: Config, defaultNamespace: string):
     audience,
     jwksUrl: config.JWKS_URL,
     roleMap: parseRoleMap(config.JWT_ROLE_MAP),
+    roleClient: config.JWT_ROLE_CLIENT,
     clockSkewSeconds: config.JWT_CLOCK_SKEW_SECONDS,
     defaultNamespace
   }
@@ -116,7 +119,7 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
       throw invalid(`The bearer token's "sub" claim must be a string of 1-${MAX_SUBJECT_LENGTH} characters.`)
     }
     return {
-      principal: principalFromClaims(`oidc:${sub}`, payload, roleMap, defaultNamespace),
+      principal: principalFromClaims(`oidc:${sub}`, payload, roleMap, defaultNamespace, options.roleClient),
       jti: typeof jti === 'string' ? jti : undefined,
       expiresAt: new Date((exp as number) * 1000)
     }

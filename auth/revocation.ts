@@ -19,6 +19,10 @@ export interface RevocationCheckerOptions {
 }
 
 const LOCAL_CACHE_MAX = 50_000
+// A database that holds the connection open but answers nothing must not hold the request: past
+// this, the answer is `unknown` and REVOCATION_FAIL_MODE decides.
+const DATABASE_ANSWER_MS = 1000
+const WARN_EVERY_MS = 10_000
 
 /** The Redis key of a jti. jti values come from tokens, so they are hashed rather than used as key text. */
 export function revokedJtiKey (jti: string): string {
@@ -46,6 +50,26 @@ export function createRevocationChecker (options: RevocationCheckerOptions) {
   const { store, cacheSeconds, log } = options
   const local = new Map<string, { revoked: boolean, until: number }>()
   let lastAnsweredAt = Number.NEGATIVE_INFINITY
+  let lastWarnedAt = Number.NEGATIVE_INFINITY
+
+  function warn (error: unknown, message: string): void {
+    const now = Date.now()
+    if (now - lastWarnedAt < WARN_EVERY_MS) return
+    lastWarnedAt = now
+    log.warn({ err: error }, message)
+  }
+
+  async function askDatabase (jti: string): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      return await Promise.race([
+        store.isJtiRevoked(jti),
+        new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${DATABASE_ANSWER_MS} ms`)), DATABASE_ANSWER_MS) })
+      ])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
 
   function remember (jti: string, revoked: boolean, expiresAt: Date): void {
     const until = revoked ? expiresAt.getTime() : Date.now() + cacheSeconds * 1000
@@ -64,7 +88,7 @@ export function createRevocationChecker (options: RevocationCheckerOptions) {
       const value = await redis.get(revokedJtiKey(jti))
       return value === null ? undefined : value === '1'
     } catch (error) {
-      log.warn({ err: error }, 'revocation cache (Redis) failed; asking PostgreSQL')
+      warn(error, 'revocation cache (Redis) failed; asking PostgreSQL')
       return undefined
     }
   }
@@ -90,19 +114,20 @@ export function createRevocationChecker (options: RevocationCheckerOptions) {
       let revoked = await askRedis(jti)
       if (revoked === undefined) {
         try {
-          revoked = await store.isJtiRevoked(jti)
+          revoked = await askDatabase(jti)
         } catch (error) {
-          log.warn({ err: error }, 'revocation list (PostgreSQL) unavailable')
+          warn(error, 'revocation list (PostgreSQL) unavailable')
           return 'unknown'
         }
+        // Only the durable list counts for the fail-open window: Redis knows just the jtis it was told of.
+        lastAnsweredAt = Date.now()
         tellRedis(jti, revoked, expiresAt)
       }
-      lastAnsweredAt = Date.now()
       if (cacheSeconds > 0 || revoked) remember(jti, revoked, expiresAt)
       return revoked ? 'revoked' : 'valid'
     },
 
-    /** When Redis or PostgreSQL last answered a check (for the fail-open window). */
+    /** When PostgreSQL last answered a check (for the fail-open window). */
     lastAnsweredAt: (): number => lastAnsweredAt
   }
 }

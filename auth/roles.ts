@@ -52,8 +52,8 @@ export function jwtAudience (config: Pick<Config, 'JWT_AUDIENCE' | 'PUBLIC_URL'>
 /** Cross-field checks of the OIDC settings for loadConfig: one line a problem, naming the variable. */
 export function jwtConfigProblems (config: Partial<Pick<Config, 'OIDC_ISSUER' | 'JWT_AUDIENCE' | 'PUBLIC_URL' | 'JWT_ROLE_MAP'>>): string[] {
   const problems = typeof config.JWT_ROLE_MAP === 'string' ? roleMapProblems(config.JWT_ROLE_MAP) : []
-  if (config.OIDC_ISSUER !== undefined && jwtAudience(config) === undefined) {
-    problems.push('JWT_AUDIENCE: required when OIDC_ISSUER is set; set it to the aud claim your tokens carry, or set PUBLIC_URL to use PUBLIC_URL/mcp')
+  if (config.OIDC_ISSUER !== undefined && config.PUBLIC_URL === undefined) {
+    problems.push('PUBLIC_URL: required when OIDC_ISSUER is set; OAuth clients learn the resource (PUBLIC_URL/mcp) and the default JWT audience from it')
   }
   return problems
 }
@@ -76,27 +76,32 @@ function ownField (object: unknown, name: string): unknown {
 }
 
 /**
- * Every role the token carries: Keycloak's realm_access.roles and resource_access.<client>.roles for
- * the authorized party and each audience, and a top-level `roles` array (Entra ID, Auth0).
+ * Every role the token carries: Keycloak's realm_access.roles, resource_access.<client>.roles of one
+ * client — JWT_ROLE_CLIENT, else the authorized party (azp) — and a top-level `roles` array (Entra
+ * ID, Auth0). Not every audience's client roles: Keycloak lists other clients (`account`) in aud,
+ * and a role named like ours on one of them must not grant anything here.
  */
-export function rolesOf (claims: JWTPayload): Set<string> {
+export function rolesOf (claims: JWTPayload, roleClient?: string): Set<string> {
   const roles = new Set<string>(stringsOf(ownField(claims.realm_access, 'roles')))
-  const clients = new Set<string>(typeof claims.aud === 'string' ? [claims.aud] : stringsOf(claims.aud))
-  if (typeof claims.azp === 'string') clients.add(claims.azp)
-  for (const client of clients) {
+  const client = roleClient ?? (typeof claims.azp === 'string' ? claims.azp : undefined)
+  if (client !== undefined) {
     for (const role of stringsOf(ownField(ownField(claims.resource_access, client), 'roles'))) roles.add(role)
   }
   for (const role of stringsOf(claims.roles)) roles.add(role)
   return roles
 }
 
-/** OAuth scope values (`scope` string or `scp` string/array) that are scopes of this server. */
+/**
+ * OAuth scope values (`scope` string or `scp` string/array) that are scopes of this server — except
+ * context:admin, which only a mapped role grants: some identity providers issue any API scope a
+ * client asks for.
+ */
 export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
   const values = [
     ...(typeof claims.scope === 'string' ? claims.scope.split(' ') : []),
     ...(typeof claims.scp === 'string' ? claims.scp.split(' ') : stringsOf(claims.scp))
   ]
-  return new Set(values.filter((value): value is Scope => (SCOPES as readonly string[]).includes(value)))
+  return new Set(values.filter((value): value is Scope => value !== 'context:admin' && (SCOPES as readonly string[]).includes(value)))
 }
 
 /**
@@ -104,8 +109,8 @@ export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
  * names in `scope`/`scp` apply in the default namespace. The home namespace is that of the first
  * role in the map's order that the token carries, else the default one. No grants is a valid outcome.
  */
-export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string): Principal {
-  const roles = rolesOf(claims)
+export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string, roleClient?: string): Principal {
+  const roles = rolesOf(claims, roleClient)
   const grants = new Map<string, Set<Scope>>()
   const grant = (namespace: string, scopes: Iterable<Scope>): void => {
     const granted = grants.get(namespace) ?? new Set<Scope>()
@@ -113,13 +118,16 @@ export function principalFromClaims (id: string, claims: JWTPayload, roleMap: Ro
     grants.set(namespace, granted)
   }
   let home: string | undefined
+  let globalAdmin = false
   for (const [role, mapped] of Object.entries(roleMap)) {
     if (!roles.has(role)) continue
+    // A role that maps to context:admin without a namespace is admin everywhere; with one, only there.
+    if (mapped.namespace === undefined && mapped.scopes.includes('context:admin')) globalAdmin = true
     const namespace = mapped.namespace ?? defaultNamespace
     home ??= namespace
     grant(namespace, mapped.scopes)
   }
   const oauthScopes = oauthScopesOf(claims)
   if (oauthScopes.size > 0) grant(defaultNamespace, oauthScopes)
-  return multiNamespacePrincipal(id, grants, home ?? defaultNamespace)
+  return multiNamespacePrincipal(id, grants, home ?? defaultNamespace, globalAdmin)
 }

@@ -44,9 +44,12 @@ export function generateToken (): string {
   return `scm_${randomBytes(32).toString('base64url')}`
 }
 
+// JWTs with many roles run to several KiB; anything longer than this is refused as invalid, unread.
+const MAX_TOKEN_LENGTH = 16 * 1024
+
 function bearerTokenOf (header: string | undefined): string | undefined {
   if (header === undefined) return undefined
-  const match = /^Bearer +([\x21-\x7e]{1,4096}) *$/i.exec(header)
+  const match = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)
   return match?.[1]
 }
 
@@ -100,7 +103,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   function resourceUrl (request: FastifyRequest): URL {
     if (config.PUBLIC_URL !== undefined) return new URL(`${config.PUBLIC_URL.replace(/\/+$/, '')}/mcp`)
     const host = SAFE_HOST.test(request.host) ? request.host : `${config.HOST}:${config.PORT}`
-    return new URL(`${request.protocol}://${host}/mcp`)
+    return new URL(`${request.protocol === 'https' ? 'https' : 'http'}://${host}/mcp`)
   }
 
   function challenge (request: FastifyRequest, error?: string): string {
@@ -111,7 +114,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   function refuse (request: FastifyRequest, reply: FastifyReply, error: AppError): AppError {
     if (error.code === 'AUTH_1001') reply.header('www-authenticate', challenge(request))
     if (error.code === 'AUTH_1002' || error.code === 'AUTH_1003') reply.header('www-authenticate', challenge(request, 'error="invalid_token"'))
-    if (error.code === 'AUTH_1004') reply.header('www-authenticate', challenge(request, `error="insufficient_scope", scope="${SCOPES.join(' ')}"`))
+    if (error.code === 'AUTH_1004') reply.header('www-authenticate', challenge(request, 'error="insufficient_scope", scope="context:read"'))
     return error
   }
 
@@ -179,6 +182,9 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
       throw refuse(request, reply, header === undefined
         ? new AppError('AUTH_1001', 'Missing bearer token: send the header "Authorization: Bearer <token>".')
         : new AppError('AUTH_1001', 'The Authorization header must be "Bearer <token>".'))
+    }
+    if (token.length > MAX_TOKEN_LENGTH) {
+      throw refuse(request, reply, new AppError('AUTH_1002', `The bearer token is longer than ${MAX_TOKEN_LENGTH} characters.`))
     }
     let principal: Principal
     try {

@@ -106,7 +106,10 @@ const WINDOWS: readonly Window[] = [
   { field: 'perHour', ms: 3_600_000, name: 'hour' }
 ]
 const TIERS: readonly RateLimitTier[] = ['admin', 'writer', 'reader', 'default']
-const AUTH_FAILURES: ReadonlySet<ErrorCode> = new Set(['AUTH_1001', 'AUTH_1002', 'AUTH_1003'])
+// Presented tokens that turned out wrong. A request with no token at all (AUTH_1001) is how every
+// OAuth client starts and costs no lookup; counting it would let one client behind a shared
+// address (Claude.ai's, say) lock out all the others.
+const AUTH_FAILURES: ReadonlySet<ErrorCode> = new Set(['AUTH_1002', 'AUTH_1003'])
 
 type Check = ReturnType<FastifyInstance['createRateLimit']>
 type CheckResult = Awaited<ReturnType<Check>>

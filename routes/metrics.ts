@@ -1,6 +1,7 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { hashToken } from '../plugins/auth.js'
+import { isLoopbackHost } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 
 const BEARER = /^Bearer +([\x21-\x7e]{1,4096}) *$/i
@@ -10,11 +11,19 @@ const CHALLENGE = 'Bearer realm="shared-context-mcp metrics"'
  * GET /metrics in the Prometheus text format. With METRICS_TOKEN set it requires
  * `Authorization: Bearer <METRICS_TOKEN>`, compared in constant time as SHA-256 digests; failures
  * count against the client address's failed-authentication budget like those on /mcp.
- * Without METRICS_TOKEN it is open: it shows counts and timings, never keys, content or tokens.
+ * Without METRICS_TOKEN it is open on a loopback HOST only (it shows counts and timings, never keys,
+ * content or tokens, but usage patterns are nobody else's business); bound to any other address it
+ * answers 403 until METRICS_TOKEN is set.
  */
 export default async function metricsRoutes (fastify: FastifyInstance) {
   const { config, metrics } = fastify
   const expected = config.METRICS_TOKEN === undefined ? undefined : hashToken(config.METRICS_TOKEN)
+
+  if (expected === undefined && !isLoopbackHost(config.HOST)) {
+    fastify.addHook('onRequest', async () => {
+      throw new AppError('AUTH_1005', `/metrics is not served to other machines without METRICS_TOKEN (HOST is ${config.HOST}); set METRICS_TOKEN and scrape with it as a bearer token.`)
+    })
+  }
 
   if (expected !== undefined) {
     fastify.addHook('onRequest', fastify.rateLimits.guardAuthentication(async (request: FastifyRequest, reply: FastifyReply) => {

@@ -22,11 +22,13 @@ export default async function wellKnownRoutes (fastify: FastifyInstance) {
 
   for (const url of ['/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
     fastify.get(url, { schema: { response: { 200: ProtectedResourceMetadata } } }, async (request, reply) => {
-      reply.header('access-control-allow-origin', '*').header('cache-control', 'public, max-age=300')
+      // Without PUBLIC_URL the resource comes from this request's Host: not for shared caches.
+      reply.header('access-control-allow-origin', '*').header('cache-control', config.PUBLIC_URL === undefined ? 'no-store' : 'public, max-age=300')
       return {
         resource: auth.resourceUrl(request).href,
         authorization_servers: authorizationServers,
-        scopes_supported: [...SCOPES],
+        // context:admin is granted by roles only (never from a requested OAuth scope), so clients should not ask for it.
+        scopes_supported: SCOPES.filter((scope) => scope !== 'context:admin'),
         bearer_methods_supported: ['header'],
         resource_name: 'Shared Context'
       }

@@ -1,3 +1,4 @@
+import { isIPv4 } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { rateLimitsProblems } from './rate-limits.js'
@@ -27,6 +28,7 @@ export const ConfigSchema = Type.Object({
   JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://[^\\s]+$', description: "The issuer's JSON Web Key Set; unset discovers it from OIDC_ISSUER/.well-known/openid-configuration" })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1, description: 'Required aud claim; defaults to PUBLIC_URL/mcp' })),
   JWT_ROLE_MAP: Type.String({ default: '{}', description: 'JSON: role name -> { scopes: [...], namespace? }; roles come from realm_access.roles and resource_access.<client>.roles' }),
+  JWT_ROLE_CLIENT: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "The client whose resource_access.<client>.roles count; unset: the token's azp" })),
   JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
   REVOCATION_FAIL_MODE: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('reads-open')], { default: 'reads-open', description: 'What a JWT request gets when neither Redis nor PostgreSQL can say whether its jti is revoked' }),
   REVOCATION_FAIL_OPEN_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 300, description: 'With REVOCATION_FAIL_MODE open or reads-open: how long after the last successful check requests are let through' }),
@@ -86,5 +88,5 @@ export function splitList (value: string): string[] {
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '::1', '[::1]'])
 
 export function isLoopbackHost (host: string): boolean {
-  return LOOPBACK_HOSTS.has(host) || host.startsWith('127.')
+  return LOOPBACK_HOSTS.has(host) || (isIPv4(host) && host.startsWith('127.'))
 }

@@ -7,10 +7,12 @@ export interface Principal {
   id: string
   /** The namespace a tool call acts in when it names none. */
   namespace: string
-  /** Scopes per namespace. context:admin, in any grant, allows every scope in every namespace. */
+  /** Scopes per namespace; context:admin in a namespace's grant allows every scope there. */
   grants: ReadonlyMap<string, ReadonlySet<Scope>>
   /** Every scope granted anywhere: decides which tools tools/list shows, and the rate-limit tier. */
   scopes: ReadonlySet<Scope>
+  /** context:admin in every namespace (an API token with it, or a role mapped to it without a namespace). */
+  globalAdmin: boolean
   /**
    * Set when the token's revocation could not be checked and REVOCATION_FAIL_MODE lets reads
    * through: every call that needs more than context:read fails with this error.
@@ -21,23 +23,22 @@ export interface Principal {
 /** A principal whose scopes all apply to one namespace (API tokens, the static token). */
 export function singleNamespacePrincipal (id: string, namespace: string, scopes: Iterable<Scope>): Principal {
   const set = new Set(scopes)
-  return { id, namespace, grants: new Map([[namespace, set]]), scopes: set }
+  return { id, namespace, grants: new Map([[namespace, set]]), scopes: set, globalAdmin: set.has('context:admin') }
 }
 
 /** A principal built from several grants; its home namespace is the first one given. */
-export function multiNamespacePrincipal (id: string, grants: ReadonlyMap<string, ReadonlySet<Scope>>, homeNamespace: string): Principal {
+export function multiNamespacePrincipal (id: string, grants: ReadonlyMap<string, ReadonlySet<Scope>>, homeNamespace: string, globalAdmin: boolean): Principal {
   const scopes = new Set<Scope>()
   for (const granted of grants.values()) for (const scope of granted) scopes.add(scope)
-  return { id, namespace: homeNamespace, grants, scopes }
-}
-
-export function isAdmin (principal: Principal): boolean {
-  return principal.scopes.has('context:admin')
+  if (globalAdmin) scopes.add('context:admin')
+  return { id, namespace: homeNamespace, grants, scopes, globalAdmin }
 }
 
 /** Whether the principal may use `scope` in `namespace`. */
 export function mayUse (principal: Principal, namespace: string, scope: Scope): boolean {
-  return isAdmin(principal) || principal.grants.get(namespace)?.has(scope) === true
+  if (principal.globalAdmin) return true
+  const granted = principal.grants.get(namespace)
+  return granted !== undefined && (granted.has(scope) || granted.has('context:admin'))
 }
 
 /** The rate-limit tier of a principal: its strongest scope. */

@@ -12,7 +12,8 @@ const METADATA_URL = 'https://ctx.example.com/.well-known/oauth-protected-resour
 const ROLE_MAP = JSON.stringify({
   'hr-write': { scopes: ['context:read', 'context:write'], namespace: 'hr' },
   'eng-read': { scopes: ['context:read'], namespace: 'eng' },
-  'ctx-admin': { scopes: ['context:admin'] }
+  'ctx-admin': { scopes: ['context:admin'] },
+  'ops-admin': { scopes: ['context:admin'], namespace: 'ops' }
 })
 
 async function oidcProvider (t: Tap): Promise<OidcProvider> {
@@ -44,7 +45,7 @@ test('protected resource metadata (RFC 9728) names the issuer, the resource and 
     t.strictSame(response.json(), {
       resource: `${PUBLIC_URL}/mcp`,
       authorization_servers: [provider.issuer],
-      scopes_supported: ['context:read', 'context:write', 'context:delete', 'context:admin'],
+      scopes_supported: ['context:read', 'context:write', 'context:delete'],
       bearer_methods_supported: ['header'],
       resource_name: 'Shared Context'
     })
@@ -123,6 +124,11 @@ test('OIDC: Keycloak roles become grants; tools/list and namespaces follow them'
   t.equal(crossNamespace.json().result.structuredContent.error.code, 'AUTH_1004', 'no grant for hr')
   const adminRead = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'policy/leave', namespace: 'hr' } }, { token: admin })
   t.equal(adminRead.json().result.structuredContent.content, 'twenty days', 'context:admin reads every namespace')
+
+  const opsAdmin = await provider.sign({ sub: 'dave', realm_access: { roles: ['ops-admin'] } })
+  t.equal((await write(app, opsAdmin, { key: 'runbook', content: 'restart it' })).json().result.structuredContent.version, 1, 'admin in its own namespace')
+  const escape = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'policy/leave', namespace: 'hr' } }, { token: opsAdmin })
+  t.equal(escape.json().result.structuredContent.error.code, 'AUTH_1004', 'context:admin for one namespace is not admin of the others')
 })
 
 test('OIDC: refusals at the HTTP level', async (t) => {
@@ -132,7 +138,7 @@ test('OIDC: refusals at the HTTP level', async (t) => {
   const noRoles = await rpc(app, 'tools/list', {}, { token: await provider.sign({ realm_access: { roles: ['offline_access'] } }) })
   t.equal(noRoles.statusCode, 403)
   t.equal(noRoles.json().error.code, 'AUTH_1004')
-  t.equal(noRoles.headers['www-authenticate'], `Bearer realm="shared-context-mcp", resource_metadata="${METADATA_URL}", error="insufficient_scope", scope="context:read context:write context:delete context:admin"`)
+  t.equal(noRoles.headers['www-authenticate'], `Bearer realm="shared-context-mcp", resource_metadata="${METADATA_URL}", error="insufficient_scope", scope="context:read"`)
 
   const otherAudience = await rpc(app, 'tools/list', {}, { token: await provider.sign({ aud: 'https://other.example.com/mcp', realm_access: { roles: ['ctx-admin'] } }) })
   t.equal(otherAudience.statusCode, 401, 'a token for another resource is refused (no passthrough)')

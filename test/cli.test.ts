@@ -87,6 +87,9 @@ test('cli: token revoke-jti stores the revocation (and publishes it to Redis whe
   t.equal(badDate.code, 2, 'a bad date is a usage error')
   t.match(badDate.stderr, /--expires-at/)
   t.equal((await cli(env, 'token', 'revoke-jti')).code, 2, '--jti is required')
+  const past = await cli(env, 'token', 'revoke-jti', '--jti', 'x', '--expires-at', '2026')
+  t.equal(past.code, 2, 'an expiry that has passed is a usage error, not a silent no-op')
+  t.match(past.stderr, /has passed/)
 
   const unreachableRedis = await cli({ DATABASE_URL: url, REDIS_URL: 'redis://127.0.0.1:1' }, 'token', 'revoke-jti', '--jti', `${jti}-2`)
   t.equal(unreachableRedis.code, 0, 'Redis down: the durable revocation still counts')

@@ -212,3 +212,13 @@ test('each app counts on its own registry', async (t) => {
   t.equal(valueOf(secondScrape, 'scm_http_requests_total', { route: '*', status: '204' }), 1, 'CORS preflights are counted under their route pattern')
   t.equal(valueOf(firstScrape, 'scm_http_requests_total', { route: '*', status: '204' }), undefined)
 })
+
+test('bound to a non-loopback host without METRICS_TOKEN, /metrics is refused rather than public', async (t) => {
+  const app = await build(t, { HOST: '0.0.0.0' })
+  const response = await app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(response.statusCode, 403)
+  t.equal(response.json().error.code, 'AUTH_1005')
+  t.match(response.json().error.message, 'METRICS_TOKEN')
+  const withToken = await build(t, { HOST: '0.0.0.0', METRICS_TOKEN: 'metrics-token-0123456789abcdef0123456789' })
+  t.equal((await withToken.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer metrics-token-0123456789abcdef0123456789' } })).statusCode, 200)
+})

@@ -77,6 +77,15 @@ test('REVOCATION_FAIL_MODE=closed: nothing passes while the revocation list cann
   t.ok(back, 'accepted again once the database answers')
 })
 
+test('a database that hangs instead of failing: the revocation check gives up after a second and the fail mode decides', async (t) => {
+  const s = await setup(t, { REVOCATION_FAIL_MODE: 'closed' })
+  t.equal((await listTools(s.app, await s.token('before'))).statusCode, 200)
+  s.proxy.freeze()
+  const refused = await listTools(s.app, await s.token('while-hanging'))
+  t.equal(refused.statusCode, 503, 'answered, not left hanging')
+  t.match(refused.json().error.message, 'revocation')
+})
+
 test('REVOCATION_FAIL_MODE=open: everything passes for REVOCATION_FAIL_OPEN_SECONDS after the last answer, known revocations still refused', async (t) => {
   const s = await setup(t, { REVOCATION_FAIL_MODE: 'open', REVOCATION_FAIL_OPEN_SECONDS: '2' })
   const { fresh, revoked } = await cutAfterOneCheck(t, s)
@@ -107,7 +116,7 @@ test('REVOCATION_FAIL_MODE=reads-open (default): reads pass for a while, writes 
   t.equal((await listTools(s.app, fresh)).statusCode, 503, 'after the window, reads are refused too')
 })
 
-test('with Redis: a revocation published there reaches another instance at once; Redis down falls back to PostgreSQL', { skip: REDIS_URL === undefined && 'needs REDIS_URL (set in CI)' }, async (t) => {
+test('with Redis: a published revocation applies at once despite AUTH_CACHE_SECONDS; Redis down falls back to PostgreSQL', { skip: REDIS_URL === undefined && 'needs REDIS_URL (set in CI)' }, async (t) => {
   const redisUrl = REDIS_URL as string
   const redis = new Redis(redisUrl)
   t.teardown(() => redis.quit())

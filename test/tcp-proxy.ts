@@ -5,6 +5,7 @@ export class TcpProxy {
   port = 0
   private server: Server | undefined
   private readonly sockets = new Set<Socket>()
+  private frozen = false
 
   constructor (private readonly targetHost: string, private readonly targetPort: number) {}
 
@@ -16,8 +17,10 @@ export class TcpProxy {
         socket.on('close', () => this.sockets.delete(socket))
         socket.on('error', () => { client.destroy(); upstream.destroy() })
       }
-      client.pipe(upstream)
-      upstream.pipe(client)
+      client.on('data', (chunk) => { if (!this.frozen) upstream.write(chunk) })
+      upstream.on('data', (chunk) => { if (!this.frozen) client.write(chunk) })
+      client.on('end', () => upstream.end())
+      upstream.on('end', () => client.end())
     })
     await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve))
     const address = server.address()
@@ -34,8 +37,17 @@ export class TcpProxy {
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()))
   }
 
+  /**
+   * Keeps every connection open but lets nothing through, in either direction: a dependency that
+   * hangs rather than fails. Whatever is sent meanwhile is lost, so connections are useless after.
+   */
+  freeze (): void {
+    this.frozen = true
+  }
+
   /** Accepts connections again on the same port. */
   restore (): Promise<void> {
+    this.frozen = false
     return this.start()
   }
 

@@ -49,10 +49,11 @@ test('a namespace over 255 characters is refused', async (t) => {
   t.match(problems, [/^JWT_ROLE_MAP: role "r" namespace:/])
 })
 
-test('OIDC_ISSUER needs an audience: JWT_AUDIENCE or PUBLIC_URL', async (t) => {
+test('OIDC_ISSUER needs PUBLIC_URL (the advertised resource and the default audience)', async (t) => {
   const problems = problemsOf({ OIDC_ISSUER: ISSUER })
   t.equal(problems.length, 1)
-  t.match(problems[0], /^JWT_AUDIENCE: required when OIDC_ISSUER is set/)
+  t.match(problems[0], /^PUBLIC_URL: required when OIDC_ISSUER is set/)
+  t.equal(problemsOf({ OIDC_ISSUER: ISSUER, JWT_AUDIENCE: 'mcp-server' }).length, 1, 'JWT_AUDIENCE alone is not enough')
 
   const fromPublicUrl = jwtOptionsFromConfig(loadConfig({ OIDC_ISSUER: ISSUER, PUBLIC_URL: 'https://ctx.example.com//' }), 'default')
   t.equal(fromPublicUrl?.audience, 'https://ctx.example.com/mcp')

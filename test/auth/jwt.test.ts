@@ -67,21 +67,27 @@ test('a valid token gives a principal whose realm and client roles are merged an
   t.equal(auth.status(), 'ok')
 })
 
-test('roles of audience clients and a top-level roles array count, and scope/scp values that are ours apply in the default namespace', async (t) => {
+test('roles of the azp client and a top-level roles array count, other audiences\' client roles do not; scope/scp values that are ours apply in the default namespace', async (t) => {
   const { idp, auth } = await setup(t)
-  const fromAudienceClient = await auth.verify(await idp.sign({
-    aud: [idp.audience, 'finance-app'],
+  const fromAzpClient = await auth.verify(await idp.sign({
+    aud: [idp.audience, 'account'],
+    azp: 'finance-app',
     realm_access: undefined,
-    resource_access: { 'finance-app': { roles: ['finance-read'] } },
+    resource_access: { 'finance-app': { roles: ['finance-read'] }, account: { roles: ['hr-write'] } },
     roles: ['ops-admin'],
     scope: 'openid profile context:write'
   }))
-  t.same(grantsOf(fromAudienceClient.principal.grants), {
+  t.same(grantsOf(fromAzpClient.principal.grants), {
     ops: ['context:admin'],
     finance: ['context:read'],
     default: ['context:write']
-  })
-  t.equal(fromAudienceClient.principal.namespace, 'ops', 'ops-admin comes before finance-read in the map')
+  }, 'hr-write on the account client (another audience) grants nothing')
+  t.equal(fromAzpClient.principal.namespace, 'ops', 'ops-admin comes before finance-read in the map')
+  t.equal(fromAzpClient.principal.globalAdmin, false, 'admin mapped to a namespace is admin there only')
+
+  const adminScope = await auth.verify(await idp.sign({ realm_access: undefined, scope: 'openid context:admin context:read' }))
+  t.same(grantsOf(adminScope.principal.grants), { default: ['context:read'] }, 'context:admin is never taken from the scope claim')
+  t.equal(adminScope.principal.globalAdmin, false)
 
   const fromScp = await auth.verify(await idp.sign({ realm_access: undefined, scp: ['context:delete', 'User.Read'] }))
   t.same(grantsOf(fromScp.principal.grants), { default: ['context:delete'] })

@@ -72,6 +72,8 @@ test('planTls: a non-loopback host gets TLS with certificate and host name verif
     t.same(planTls(url + query, VERIFY).ssl, { rejectUnauthorized: true }, `${query} verifies too`)
   }
   t.same(planTls('postgres://scm@10.1.2.3:5432/scm', VERIFY).ssl, { rejectUnauthorized: true, host: '10.1.2.3' }, 'an IP address is what the certificate is checked against')
+  t.same(planTls('postgres://scm@127.db.example.com:5432/scm', VERIFY).ssl, { rejectUnauthorized: true }, 'a host name that starts with "127." is not loopback')
+  t.same(planTls('postgres://scm@127.0.0.1.nip.io:5432/scm', VERIFY).ssl, { rejectUnauthorized: true })
   t.same(planTls('postgres://scm@[2001:db8::1]:5432/scm', VERIFY).ssl, { rejectUnauthorized: true, host: '2001:db8::1' })
   t.ok(planTls('postgres://scm@localhost,db.example.com/scm', VERIFY).ssl, 'one remote host among several turns TLS on')
   t.throws(() => planTls('postgres://scm@10.0.0.1,10.0.0.2/scm', VERIFY), TlsSettingsError, 'several IP hosts cannot be checked per host')

@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -5,6 +6,8 @@ import { test } from 'tap'
 import { createSql } from '../../db/connect.js'
 import { createDataDirTemplate, startEmbeddedPostgres, type EmbeddedPostgres } from '../../db/embedded.js'
 import { migrate } from '../../db/migrate.js'
+
+const SHIPPED_MIGRATIONS = readdirSync(new URL('../../db/migrations/', import.meta.url)).filter((file) => /^\d+_.+\.sql$/.test(file)).sort()
 
 test('embedded PostgreSQL (PGlite behind a loopback socket)', async (t) => {
   const dataDir = join(await mkdtemp(join(tmpdir(), 'scm-embedded-')), 'data')
@@ -17,7 +20,7 @@ test('embedded PostgreSQL (PGlite behind a loopback socket)', async (t) => {
     t.match(first.url, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/)
     t.ok(Number(new URL(first.url).port) > 0, 'the OS assigned a port')
     const sql = createSql(first.url, { max: 4, connectTimeoutMs: 5000 })
-    t.same(await migrate(sql), { applied: ['001_init.sql'] })
+    t.same(await migrate(sql), { applied: SHIPPED_MIGRATIONS })
     await sql`insert into revoked_jtis (jti, expires_at) values ('kept', now() + interval '1 day')`
     await sql.end()
     await t.rejects(startEmbeddedPostgres({ dataDir }), /already open in this process/)
@@ -75,7 +78,7 @@ test('a new data folder starts from the template; an existing one ignores it', a
 
   const first = await startEmbeddedPostgres({ dataDir, loadDataDir: template })
   const sql = createSql(first.url, { max: 2, connectTimeoutMs: 5000 })
-  t.same((await migrate(sql)).applied, ['001_init.sql'], 'an empty database came from the template')
+  t.same((await migrate(sql)).applied, SHIPPED_MIGRATIONS, 'an empty database came from the template')
   await sql`insert into revoked_jtis (jti, expires_at) values ('mine', now() + interval '1 day')`
   await sql.end()
   await first.close()
