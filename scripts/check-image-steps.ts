@@ -16,7 +16,7 @@
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { cpSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
+import { chmodSync, chownSync, cpSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -100,9 +100,21 @@ function commandEnv (extra: Record<string, string>): Record<string, string> {
   return { ...env, ...extra }
 }
 
-async function runLogged (command: string, args: string[], options: { cwd: string, env: Record<string, string>, logFile: string, timeoutMs: number }): Promise<void> {
+/** The image's USER as numeric ids, when this replay can take them on (it runs as root, as CI does). */
+interface RunAs { uid: number, gid: number }
+let runtimeUser: RunAs | undefined
+
+function runAsOf (user: string | undefined): RunAs | undefined {
+  if (process.getuid?.() !== 0) return undefined
+  const match = /^(\d+)(?::(\d+))?$/.exec(user ?? '')
+  if (match === null) fail(`the runtime stage's USER must be numeric (uid[:gid]) to be replayed, got ${user ?? 'none'}`)
+  const uid = Number(match[1])
+  return { uid, gid: Number(match[2] ?? uid) }
+}
+
+async function runLogged (command: string, args: string[], options: { cwd: string, env: Record<string, string>, logFile: string, timeoutMs: number, as?: RunAs | undefined }): Promise<void> {
   const out = createWriteStream(options.logFile)
-  const child = spawn(command, args, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(command, args, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'], ...options.as })
   child.stdout.pipe(out, { end: false })
   child.stderr.pipe(out, { end: false })
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs)
@@ -220,7 +232,7 @@ interface Server {
 function startServer (command: string[], cwd: string, env: Record<string, string>): Server {
   const [program, ...args] = command
   if (program !== 'node') fail(`CMD must start node, got ${command.join(' ')}`)
-  const child = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -262,7 +274,7 @@ async function stopWithSigterm (server: Server): Promise<void> {
 async function runHealthcheck (final: Stage, cwd: string, env: Record<string, string>): Promise<void> {
   const command = final.healthcheck?.command
   if (command === undefined || command[0] !== 'node') fail('the runtime stage needs an exec-form HEALTHCHECK running node')
-  const child = spawn(process.execPath, command.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, command.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -319,6 +331,13 @@ async function main (): Promise<void> {
     const port = await freePort()
     const dataDir = runtime.env.DATA_DIR ?? fail('the runtime stage sets no DATA_DIR')
     mkdirSync(hostPath(runtime, dataDir), { recursive: true })
+    // As in the image: the server runs as USER, owns only the volume, and reads the rest.
+    runtimeUser = runAsOf(final.user)
+    if (runtimeUser !== undefined) {
+      chmodSync(scratch, 0o755)
+      chownSync(hostPath(runtime, dataDir), runtimeUser.uid, runtimeUser.gid)
+      log(`running the runtime as USER ${runtimeUser.uid}:${runtimeUser.gid}`)
+    }
     const env = commandEnv({ ...runtime.env, PORT: String(port), DATA_DIR: hostPath(runtime, dataDir), AUTH_TOKEN: token, LOG_LEVEL: 'warn' })
     const base = `http://127.0.0.1:${port}`
     const command = final.cmd ?? fail('the runtime stage has no exec-form CMD')
@@ -331,7 +350,7 @@ async function main (): Promise<void> {
 
     const release = releaseCommand()
     if (release[0] !== 'node') fail(`fly.toml release_command must run node: ${release.join(' ')}`)
-    await runLogged(process.execPath, release.slice(1), { cwd, env, logFile: join(scratch, 'release-command.log'), timeoutMs: 60_000 })
+    await runLogged(process.execPath, release.slice(1), { cwd, env, logFile: join(scratch, 'release-command.log'), timeoutMs: 60_000, as: runtimeUser })
     log(`fly.toml release_command \`${release.join(' ')}\`: exit 0`)
 
     server = startServer(command, cwd, env)
