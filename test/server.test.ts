@@ -94,3 +94,30 @@ test('a start that cannot listen exits 1 with a plain line and creates no token'
   next.child.kill('SIGTERM')
   t.equal(await next.exited, 0)
 })
+
+test('logs of a running server (stdout not a terminal): JSON lines at LOG_LEVEL, one per request, secrets and content redacted', async (t) => {
+  const { url } = await testDatabase(t)
+  const run = async (level: string) => {
+    const server = startServer({ DATABASE_URL: url, PORT: '0', AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: level })
+    t.teardown(() => server.child.kill('SIGKILL'))
+    await waitFor(server, (output) => output.includes('serving MCP at'))
+    const endpoint = servingUrl(server)
+    t.equal((await callTool(endpoint, TEST_TOKEN, 'write_context', { key: 'log/secret', content: 'classified-content-42' })).status, 200)
+    t.equal((await callTool(endpoint, 'scm_wrong-token-that-must-not-appear-0123456789', 'read_context', { key: 'x' })).status, 401)
+    server.child.kill('SIGTERM')
+    t.equal(await server.exited, 0)
+    const jsonLines = server.stdout().split('\n').filter((line) => line.startsWith('{'))
+    return { output: server.stdout() + server.stderr(), entries: jsonLines.map((line) => JSON.parse(line) as Record<string, unknown>) }
+  }
+
+  const info = await run('info')
+  t.ok(info.entries.length > 0, 'JSON lines')
+  t.match(info.entries.find((entry) => entry.tool === 'write_context'), { msg: 'request completed', principal: 'static-token', outcome: 'ok', statusCode: 200, reqId: String, ms: Number })
+  t.match(info.entries.find((entry) => entry.statusCode === 401), { outcome: 'AUTH_1002', principal: null })
+  t.notMatch(info.output, /classified-content-42/, 'content never logged')
+  t.notMatch(info.output, new RegExp(TEST_TOKEN), 'the token never logged')
+  t.notMatch(info.output, /scm_wrong-token-that-must-not-appear/, 'nor a wrong one')
+
+  const warn = await run('warn')
+  t.notOk(warn.entries.some((entry) => entry.msg === 'request completed'), 'LOG_LEVEL=warn: no request lines')
+})
