@@ -2,9 +2,9 @@ import { fstatSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti } from './auth/revocation.js'
-import { createProgressBar, exportBackup, importBackup, ImportError } from './db/backup.js'
+import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
-import { openDatabase } from './db/open.js'
+import { openDatabase, type OpenOptions } from './db/open.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
 import { SERVER_INFO } from './plugins/mcp.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
@@ -23,7 +23,8 @@ const USAGE = `Usage: node dist/cli.js <command>
                                revoke one JWT by its jti (until it expires; default 30 days),
                                on every instance within AUTH_CACHE_SECONDS (at once with Redis)
   export [--namespace NS]      write every entry with its history to stdout as NDJSON
-                               (node dist/cli.js export > backup.ndjson)
+                               (node dist/cli.js export > backup.ndjson); never migrates: the
+                               database must have exactly this build's migrations
   import                       restore NDJSON from stdin (node dist/cli.js import < backup.ndjson);
                                keys the database already has are never changed: same state is
                                skipped, a different one is reported as a conflict (exit 3)
@@ -50,9 +51,10 @@ function configFromEnv (): Config {
   }
 }
 
-async function withDatabase (action: (database: Awaited<ReturnType<typeof openDatabase>>, config: Config) => Promise<void>): Promise<void> {
+async function withDatabase (action: (database: Awaited<ReturnType<typeof openDatabase>>, config: Config) => Promise<void>, options: OpenOptions = {}): Promise<void> {
   const config = configFromEnv()
-  const database = await openDatabase(config, (message) => process.stderr.write(`${message}\n`))
+  const log = (message: string) => process.stderr.write(`${message}\n`)
+  const database = await openDatabase(config, log, log, options)
   try {
     await action(database, config)
   } finally {
@@ -156,10 +158,13 @@ async function exportCommand (args: string[]): Promise<void> {
   } catch (error) {
     fail(`${(error as Error).message}\n\n${USAGE}`, 2)
   }
+  // Not migrated: a newer build's export must not change the schema of a database an older one serves.
   await withDatabase(async ({ sql }) => {
+    const mismatch = await schemaMismatchForExport(sql)
+    if (mismatch !== null) fail(`Export refused: ${mismatch}.`)
     const summary = await exportBackup(sql, process.stdout, { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version })
     process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions.\n`)
-  })
+  }, { migrate: false })
 }
 
 async function importCommand (args: string[]): Promise<void> {

@@ -1,3 +1,4 @@
+import { readdir } from 'node:fs/promises'
 import type { Writable } from 'node:stream'
 import { FormatRegistry, Type, type Static, type TSchema } from '@sinclair/typebox'
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
@@ -12,18 +13,20 @@ import { createMaintenanceStore, type ExportRow, type ImportedKey } from './cont
 //   {"type":"entry","namespace":"team","key":"notes/a","current":{"version":3,"content":"…","tags":["x"],"created_at":"…",
 //      "updated_at":"…","updated_by":"token:ci","client":null,"expires_at":null}}
 //   {"type":"version","version":1,"action":"create","content":"…","tags":["x"],"actor":"token:ci","client":null,"at":"…"}
-//   … (every version of that key, ascending; they belong to the entry line above them)
+//   … (every version of that key: 1, 2, …, n in order; they belong to the entry line above them)
 //   {"type":"end","entries":1,"versions":3}
 //
 // "current" is the key's row as stored: null when the key has history only (it expired and was
-// swept); expires_at "-infinity" marks a deleted key's tombstone. Timestamps are UTC with
-// microseconds. The end line lets an import tell a complete backup from one cut short.
+// swept); otherwise at version n (see checkEntry); expires_at "-infinity" marks a deleted key's
+// tombstone. Timestamps are UTC with microseconds. The end line lets an import tell a complete
+// backup from one cut short.
 //
 // Import rule for a key the database already has (an entry row or any history): it is never
-// changed. If its latest version, whether it is readable, and (when readable) its content and tags
-// equal the backup's, it counts as unchanged (that is what makes a re-run resume); otherwise it is
-// a conflict, reported and skipped. Keys the database has no trace of are written with their whole
-// history, many keys per statement, never one without its history.
+// changed. If its latest version, its number of versions, whether it is readable, its expires_at
+// (when both have an entry row) and (when readable) its content and tags equal the backup's, it
+// counts as unchanged (that is what makes a re-run resume); otherwise it is a conflict, reported
+// and skipped. Keys the database has no trace of are written with their whole history, many keys
+// per statement, never one without its history.
 
 export const BACKUP_FORMAT = 'shared-context-mcp-backup'
 export const BACKUP_FORMAT_VERSION = 1
@@ -128,9 +131,45 @@ export interface ExportOptions {
   /** Only this namespace; every namespace when undefined. */
   namespace?: string
   serverVersion: string
+  /** Rows read per round trip; default 200. */
+  rowsPerFetch?: number
 }
 
 export interface ExportSummary { entries: number, versions: number }
+
+const MIGRATION_FILE = /^(\d+)_[A-Za-z0-9_-]+\.sql$/
+
+/**
+ * Why this build should not export the database, or null when it may: export reads the tables as
+ * this build's migrations leave them, and does not migrate (that would change a live database
+ * under the version serving it). So the database must have exactly the migrations this build
+ * ships: none missing (an older schema) and none unknown (a newer one).
+ */
+export async function schemaMismatchForExport (sql: postgres.Sql, migrationsDir: string | URL = new URL('./migrations/', import.meta.url)): Promise<string | null> {
+  const shipped = (await readdir(migrationsDir)).flatMap((name) => {
+    const match = MIGRATION_FILE.exec(name)
+    return match === null ? [] : [Number(match[1])]
+  })
+  let applied: number[]
+  try {
+    applied = (await sql<Array<{ version: number }>>`select version from schema_migrations order by version`).map((row) => row.version)
+  } catch (error) {
+    if ((error as { code?: unknown }).code === UNDEFINED_TABLE) return 'the database has never been migrated (no schema_migrations table), so there is nothing to export'
+    throw error
+  }
+  const list = (versions: number[]) => versions.sort((a, b) => a - b).map((version) => String(version).padStart(3, '0')).join(', ')
+  const missing = shipped.filter((version) => !applied.includes(version))
+  const unknown = applied.filter((version) => !shipped.includes(version))
+  const problems = [
+    ...(missing.length === 0
+      ? []
+      : [`it lacks migration ${list(missing)} of this build (its schema is older: export with the version that serves it, or run \`migrate\` first if you mean to upgrade it)`]),
+    ...(unknown.length === 0
+      ? []
+      : [`it has migration ${list(unknown)}, which this build does not ship (its schema is newer: export with the version that migrated it)`])
+  ]
+  return problems.length === 0 ? null : `the database does not match this build's schema: ${problems.join('; ')}`
+}
 
 /** Writes the whole store (or one namespace) to `out`, streaming: memory stays bounded by one fetch of rows. */
 export async function exportBackup (sql: postgres.Sql, out: Writable, options: ExportOptions): Promise<ExportSummary> {
@@ -144,22 +183,17 @@ export async function exportBackup (sql: postgres.Sql, out: Writable, options: E
   }
   await writeText(out, `${JSON.stringify(header)}\n`)
   const summary: ExportSummary = { entries: 0, versions: 0 }
-  let currentKey: string | undefined
-  await createMaintenanceStore(sql).exportRows(options.namespace, ROWS_PER_FETCH, async (rows) => {
+  await createMaintenanceStore(sql).exportRows(options.namespace, options.rowsPerFetch ?? ROWS_PER_FETCH, async (rows) => {
     let text = ''
     for (const row of rows) {
-      const id = `${row.namespace}\u0000${row.key}` // NUL cannot occur in stored text
-      if (id !== currentKey) {
-        currentKey = id
+      if (row.first) {
         summary.entries++
         text += `${JSON.stringify(entryLineOf(row))}\n`
-        if (row.kind === 'entry') continue
       }
-      if (row.kind !== 'version') throw new Error(`export: a second entry row for ${row.namespace}/${row.key}`)
+      if (row.version === null) continue
       summary.versions++
-      const line: VersionLine = {
-        type: 'version', version: row.version, action: row.action, content: row.content, tags: row.tags, actor: row.actor, client: row.client, at: row.at
-      }
+      const { version, action, content, tags, actor, client, at } = row.version
+      const line: VersionLine = { type: 'version', version, action, content, tags, actor, client, at }
       text += `${JSON.stringify(line)}\n`
     }
     await writeText(out, text)
@@ -168,23 +202,23 @@ export async function exportBackup (sql: postgres.Sql, out: Writable, options: E
   return summary
 }
 
-function entryLineOf (row: ExportRow): EntryLine {
+function entryLineOf ({ namespace, key, current }: ExportRow): EntryLine {
   return {
     type: 'entry',
-    namespace: row.namespace,
-    key: row.key,
-    current: row.kind === 'entry'
-      ? {
-          version: row.version,
-          content: row.content,
-          tags: row.tags,
-          created_at: row.created_at,
-          updated_at: row.updated_at,
-          updated_by: row.updated_by,
-          client: row.client,
-          expires_at: row.expires_at
+    namespace,
+    key,
+    current: current === null
+      ? null
+      : {
+          version: current.version,
+          content: current.content,
+          tags: current.tags,
+          created_at: current.created_at,
+          updated_at: current.updated_at,
+          updated_by: current.updated_by,
+          client: current.client,
+          expires_at: current.expires_at
         }
-      : null
   }
 }
 
@@ -335,8 +369,9 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
           if (open === undefined) throw new BackupLineError(number, 'a version line must follow its entry line (or another version of the same key)')
           const version = line as VersionLine
           const previous = open.key.history.at(-1)
-          if (previous !== undefined && version.version <= previous.version) {
-            throw new BackupLineError(number, `version ${version.version} does not follow version ${previous.version}: versions of a key must ascend`)
+          if (version.version !== (previous?.version ?? 0) + 1) {
+            const found = previous === undefined ? `the first version of "${open.key.key}" is ${version.version}` : `version ${version.version} follows version ${previous.version} of "${open.key.key}"`
+            throw new BackupLineError(number, `${found} (entry on line ${open.line}): a key's versions must be 1, 2, 3, … with none missing or repeated`)
           }
           if ((version.action === 'delete') !== (version.content === null)) {
             throw new BackupLineError(number, version.action === 'delete' ? 'a delete version has content null' : `a ${version.action} version needs content (only deletes have null)`)
@@ -417,7 +452,15 @@ function checkHeader (line: { type: string }, number: number): HeaderLine {
   return header
 }
 
-/** What TypeBox cannot see: the entry line against its versions. */
+/**
+ * What TypeBox cannot see: the entry line against its versions (their numbering, 1 to n, is
+ * checked as they arrive). The store writes a history row for every change, a delete included, in
+ * the statement that changes the entry row, numbers each change one above the row's version (or
+ * above the highest in history when the key has no row), and never deletes history. So a key's
+ * entry row, when it has one, is at exactly its latest version n in every state: readable, expired
+ * but not yet swept (its last write was version n), or a delete tombstone (the delete is version n
+ * itself). A key without an entry row was swept, and keeps its history.
+ */
 function checkEntry ({ line, key }: PendingEntry): void {
   const last = key.history.at(-1)
   const where = `the entry on line ${line} ("${key.key}")`
@@ -443,6 +486,7 @@ function isPresent ({ current }: ImportedKey): boolean {
 }
 
 const UNIQUE_VIOLATION = '23505'
+const UNDEFINED_TABLE = '42P01'
 
 async function importWithRetry (store: ReturnType<typeof createMaintenanceStore>, batch: PendingEntry[]) {
   for (let attempt = 1; ; attempt++) {

@@ -558,34 +558,42 @@ function isHistoryVersionCollision (error: unknown): boolean {
 /** Timestamps leave the database as ISO 8601 text in UTC with all six fractional digits, so a backup restores them exactly. */
 const ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
-/** One row of the export stream, in (namespace, key) order; per key its entry row (if any) first, then its versions in order. */
-export type ExportRow =
-  | {
-    kind: 'entry'
-    namespace: string
-    key: string
-    version: number
-    content: string
-    tags: string[]
-    created_at: string
-    updated_at: string
-    updated_by: string
-    client: string | null
-    /** '-infinity' marks a delete tombstone. */
-    expires_at: string | null
-  }
-  | {
-    kind: 'version'
-    namespace: string
-    key: string
-    version: number
-    action: HistoryAction
-    content: string | null
-    tags: string[]
-    actor: string
-    client: string | null
-    at: string
-  }
+/** A key's entry row as exported. */
+export interface ExportCurrent {
+  version: number
+  content: string
+  tags: string[]
+  created_at: string
+  updated_at: string
+  updated_by: string
+  client: string | null
+  /** '-infinity' marks a delete tombstone. */
+  expires_at: string | null
+}
+
+/** One history row as exported. */
+export interface ExportVersion {
+  version: number
+  action: HistoryAction
+  content: string | null
+  tags: string[]
+  actor: string
+  client: string | null
+  at: string
+}
+
+/**
+ * One row of the export stream, in (namespace, key, version) order. A key's first row has `first`
+ * set and carries its entry row (`current`, null when the key has history only); every row but
+ * one of an entry row without any history (see exportRows) carries a version.
+ */
+export interface ExportRow {
+  namespace: string
+  key: string
+  first: boolean
+  current: ExportCurrent | null
+  version: ExportVersion | null
+}
 
 export interface ImportedCurrent {
   version: number
@@ -614,7 +622,11 @@ export interface ExistingKey {
   version: number
   /** Whether it is readable now (not deleted, expired or swept). */
   present: boolean
-  /** Same latest version, same presence, and when present the same content and tags as the imported key. */
+  /**
+   * The same state as the imported key: the same latest version and number of versions in history,
+   * the same presence, the same expires_at when both have an entry row, and when present the same
+   * content and tags.
+   */
   same: boolean
 }
 
@@ -624,10 +636,49 @@ interface ImportBatchRow { inserted_keys: number, inserted_versions: number, exi
 
 export type MaintenanceStore = ReturnType<typeof createMaintenanceStore>
 
+export interface SweepOptions {
+  /** At most this many statements; default: until a batch comes back short. */
+  maxBatches?: number
+  /** Asked before every batch: true stops the sweep (e.g. the app is closing); the rest waits for the next sweep. */
+  shouldStop?: () => boolean
+}
+
+/** A history row of the export with, on a key's first version, its entry row (columns null when the key has none). */
+interface ExportPageRow {
+  namespace: string
+  key: string
+  first: boolean
+  version: number
+  action: HistoryAction
+  content: string | null
+  tags: string[]
+  actor: string
+  client: string | null
+  at: string
+  current_version: number | null
+  current_content: string | null
+  current_tags: string[] | null
+  created_at: string | null
+  updated_at: string | null
+  updated_by: string | null
+  current_client: string | null
+  expires_at: string | null
+}
+
+/** An entry row without any history, and the first key after it that has history (null: none in the export). */
+interface OrphanRow extends ExportCurrent {
+  namespace: string
+  key: string
+  next_namespace: string | null
+  next_key: string | null
+}
+
+interface KeyPosition { namespace: string, key: string }
+
 export function createMaintenanceStore (sql: postgres.Sql) {
-  function isoText (column: string): postgres.PendingQuery<postgres.Row[]> {
+  function isoText (q: postgres.Sql, column: postgres.PendingQuery<postgres.Row[]>): postgres.PendingQuery<postgres.Row[]> {
     // to_char gives NULL for ±infinity; tombstones carry '-infinity'.
-    return sql`case when ${sql(column)} in ('-infinity', 'infinity') then ${sql(column)}::text else to_char(${sql(column)} at time zone 'UTC', ${ISO_UTC}) end`
+    return q`case when ${column} in ('-infinity', 'infinity') then ${column}::text else to_char(${column} at time zone 'UTC', ${ISO_UTC}) end`
   }
 
   /**
@@ -653,72 +704,187 @@ export function createMaintenanceStore (sql: postgres.Sql) {
     return row?.count ?? 0
   }
 
-  /** Sweeps in batches until a batch comes back short; returns how many entries were removed. */
-  async function sweepExpired (batchSize: number): Promise<number> {
+  /**
+   * Sweeps in batches until a batch comes back short, `maxBatches` statements have run, or
+   * `shouldStop` says so (checked before each batch); returns how many entries were removed.
+   */
+  async function sweepExpired (batchSize: number, options: SweepOptions = {}): Promise<number> {
+    const maxBatches = options.maxBatches ?? Number.POSITIVE_INFINITY
     let total = 0
-    for (;;) {
+    for (let batches = 0; batches < maxBatches && options.shouldStop?.() !== true; batches++) {
       const removed = await sweepExpiredBatch(batchSize)
       total += removed
-      if (removed < batchSize) return total
+      if (removed < batchSize) break
     }
+    return total
   }
 
   /**
-   * Streams every key with its history through a server-side cursor, `rowsPerFetch` rows at a
-   * time; the next rows are fetched only once `onRows` has resolved. One statement, so one
-   * consistent snapshot. On the embedded database an open cursor holds the socket server: other
-   * connections wait until the export ends (the CLI is its only user).
+   * One page of the export: history rows after `after` in (namespace, key, version) order, read
+   * through the unique index context_history_key_version (a range scan that stops after `limit`
+   * rows: no sort, whatever the size of the store). A key's first version also carries its entry
+   * row, looked up by primary key.
+   */
+  function exportPage (q: postgres.Sql, namespace: string | undefined, after: ExportPageRow | undefined, limit: number) {
+    return q<ExportPageRow[]>`
+      select h.namespace, h.key, f.first, h.version, h.action, h.content, h.tags, h.actor, h.client,
+             ${isoText(q, q`h.at`)} as at,
+             e.current_version, e.current_content, e.current_tags, e.created_at, e.updated_at, e.updated_by,
+             e.current_client, e.expires_at
+      from context_history h
+      cross join lateral (
+        select not exists (
+          select from context_history p where p.namespace = h.namespace and p.key = h.key and p.version < h.version
+        ) as first
+        offset 0 -- evaluated once per row, not again inside the join below
+      ) f
+      left join lateral (
+        select x.version as current_version, x.content as current_content, x.tags as current_tags,
+               ${isoText(q, q`x.created_at`)} as created_at, ${isoText(q, q`x.updated_at`)} as updated_at,
+               x.updated_by, x.client as current_client, ${isoText(q, q`x.expires_at`)} as expires_at
+        from context_entries x
+        where f.first and x.namespace = h.namespace and x.key = h.key
+        offset 0
+      ) e on true
+      where ${namespace === undefined ? q`true` : q`h.namespace = ${namespace}`}
+        and ${after === undefined ? q`true` : q`(h.namespace, h.key, h.version) > (${after.namespace}, ${after.key}, ${after.version})`}
+      order by h.namespace, h.key, h.version
+      limit ${limit}`
+  }
+
+  /**
+   * Keys of context_entries strictly between `after` and `before`. A btree scan stops at a row
+   * comparison's bound only where its first column decides, so a bound within a namespace is
+   * spelled out on key; otherwise the namespace bounds keep the scan to the namespaces in range.
+   */
+  function keyRange (q: postgres.Sql, after: KeyPosition | undefined, before: KeyPosition | undefined): postgres.PendingQuery<postgres.Row[]> {
+    if (after !== undefined && before !== undefined && after.namespace === before.namespace) {
+      return q`x.namespace = ${after.namespace} and x.key > ${after.key} and x.key < ${before.key}`
+    }
+    const lower = after === undefined ? q`true` : q`(x.namespace, x.key) > (${after.namespace}, ${after.key}) and x.namespace >= ${after.namespace}`
+    const upper = before === undefined ? q`true` : q`(x.namespace, x.key) < (${before.namespace}, ${before.key}) and x.namespace <= ${before.namespace}`
+    return q`${lower} and ${upper}`
+  }
+
+  /**
+   * Entry rows without any history strictly between two keys (either end open), with the first
+   * key after each that has history, so they can be put in their place among the history rows.
+   * The application never writes one (every change writes its history row in the same statement,
+   * and nothing deletes history), but a database edited by hand may hold some, and an export must
+   * not lose them. Each candidate costs one index probe into context_history. They are read a
+   * page's key range at a time (after the last page: all that remain), so it is only a store that
+   * lost much of its history by hand that makes one read large.
+   */
+  function orphanEntries (q: postgres.Sql, namespace: string | undefined, after: KeyPosition | undefined, before: KeyPosition | undefined) {
+    const inNamespace = (alias: string) => namespace === undefined ? q`true` : q`${q(alias)}.namespace = ${namespace}`
+    return q<OrphanRow[]>`
+      select x.namespace, x.key, x.version, x.content, x.tags,
+             ${isoText(q, q`x.created_at`)} as created_at, ${isoText(q, q`x.updated_at`)} as updated_at,
+             x.updated_by, x.client, ${isoText(q, q`x.expires_at`)} as expires_at,
+             n.namespace as next_namespace, n.key as next_key
+      from context_entries x
+      left join lateral (
+        select h.namespace, h.key from context_history h
+        where ${inNamespace('h')} and (h.namespace, h.key) > (x.namespace, x.key)
+        order by h.namespace, h.key, h.version
+        limit 1
+      ) n on true
+      where ${inNamespace('x')} and ${keyRange(q, after, before)}
+        and (select true from context_history h where h.namespace = x.namespace and h.key = x.key limit 1) is null
+      order by x.namespace, x.key`
+  }
+
+  /**
+   * Streams every key with its history (see ExportRow) in pages of `rowsPerFetch` history rows
+   * (plus any entry rows without history among them), one call of `onRows` each; the next page is
+   * read only once it has resolved. One read-only REPEATABLE READ transaction, so one consistent
+   * snapshot across all pages. On the embedded database an open transaction holds the socket
+   * server: other connections wait until the export ends (the CLI is its only user).
    */
   async function exportRows (namespace: string | undefined, rowsPerFetch: number, onRows: (rows: ExportRow[]) => Promise<void>): Promise<void> {
-    const inNamespace = namespace === undefined ? sql`true` : sql`namespace = ${namespace}`
-    await sql<ExportRow[]>`
-      select 'entry' as kind, namespace, key, version, content, tags,
-             ${isoText('created_at')} as created_at, ${isoText('updated_at')} as updated_at, updated_by,
-             client, ${isoText('expires_at')} as expires_at,
-             null as action, null as actor, null as at, 0 as rank
-      from context_entries where ${inNamespace}
-      union all
-      select 'version', namespace, key, version, content, tags,
-             null, null, null,
-             client, null,
-             action, actor, ${isoText('at')}, 1
-      from context_history where ${inNamespace}
-      order by namespace, key, rank, version`
-      .cursor(rowsPerFetch, async (rows) => { await onRows(rows) })
+    await sql.begin('isolation level repeatable read read only', async (tx) => {
+      const q = tx as unknown as postgres.Sql
+      // Each page must follow the indexes whatever the statistics say (stale after a large import
+      // until autovacuum runs, never gathered on the embedded database): with sorts off the planner
+      // sorts only where nothing else gives the order. Custom plans see the page bounds' values.
+      await q`
+        select set_config('enable_sort', 'off', true), set_config('enable_incremental_sort', 'off', true),
+               set_config('plan_cache_mode', 'force_custom_plan', true)`
+      // Usually there is none (see orphanEntries): one pass over the entry rows saves a query per page.
+      const [{ any: anyOrphan }] = await q<[{ any: boolean }]>`
+        select exists (
+          select from context_entries x
+          where ${namespace === undefined ? q`true` : q`x.namespace = ${namespace}`}
+            and not exists (select from context_history h where h.namespace = x.namespace and h.key = x.key)
+        ) as any`
+      let after: ExportPageRow | undefined
+      for (;;) {
+        const page = await exportPage(q, namespace, after, rowsPerFetch)
+        const last = page.at(-1)
+        const full = last !== undefined && page.length === rowsPerFetch
+        const out: ExportRow[] = []
+        let index = 0
+        /** Moves the page's rows up to `next`'s first version (all of them for null) to the output. */
+        const takeUntil = (next: KeyPosition | null): void => {
+          for (; index < page.length; index++) {
+            const row = page[index] as ExportPageRow
+            if (next !== null && row.first && row.namespace === next.namespace && row.key === next.key) return
+            out.push(exportRowOf(row))
+          }
+          if (next !== null) throw new Error(`export: ${next.namespace}/${next.key} is not among the rows of this page`)
+        }
+        // On a full page, entry rows without history lie before its last key; after the last page, anywhere after it.
+        const before = full ? { namespace: last.namespace, key: last.key } : undefined
+        for (const orphan of anyOrphan ? await orphanEntries(q, namespace, after, before) : []) {
+          takeUntil(orphan.next_namespace === null || orphan.next_key === null ? null : { namespace: orphan.next_namespace, key: orphan.next_key })
+          const { namespace: orphanNamespace, key, next_namespace: _namespace, next_key: _key, ...current } = orphan
+          out.push({ namespace: orphanNamespace, key, first: true, current, version: null })
+        }
+        takeUntil(null)
+        if (out.length > 0) await onRows(out)
+        if (!full) return
+        after = last
+      }
+    })
   }
 
   /**
    * Imports a batch of keys as ONE statement (so one transaction): keys the database has no trace
    * of (no entry row, no history) get their entry row and every version; keys it has are left
-   * untouched and returned with a comparison of their current state. A key created concurrently
-   * makes the statement fail on a unique constraint (nothing of the batch stored); run it again.
+   * untouched and returned with a comparison of their current state (see ExistingKey.same). A key
+   * created concurrently makes the statement fail on a unique constraint (nothing of the batch
+   * stored); run it again.
    */
   async function importBatch (keys: ImportedKey[]): Promise<ImportBatchResult> {
     const entries = keys.map(({ namespace, key, current, history }) => ({
-      namespace, key, has_current: current !== null, last_version: history.at(-1)?.version ?? null, ...current
+      namespace, key, has_current: current !== null, last_version: history.at(-1)?.version ?? null, versions: history.length, ...current
     }))
     const versions = keys.flatMap(({ namespace, key, history }) => history.map((version) => ({ namespace, key, ...version })))
     const [row] = await sql<[ImportBatchRow]>`
       with file_entries as materialized (
         select * from json_to_recordset(${JSON.stringify(entries)}::text::json) as f(
-          namespace text, key text, has_current boolean, last_version bigint, version bigint, content text, tags text[],
+          namespace text, key text, has_current boolean, last_version bigint, versions bigint, version bigint, content text, tags text[],
           created_at timestamptz, updated_at timestamptz, updated_by text, client text, expires_at timestamptz)
       ), file_versions as materialized (
         select * from json_to_recordset(${JSON.stringify(versions)}::text::json) as v(
           namespace text, key text, version bigint, action text, content text, tags text[], actor text, client text, at timestamptz)
       ), existing as materialized (
-        select f.namespace, f.key, f.has_current, f.last_version, f.content, f.tags, f.expires_at,
-               e.version as entry_version, e.content as entry_content, e.tags as entry_tags, e.expires_at as entry_expires_at,
-               (select max(h.version) from context_history h where h.namespace = f.namespace and h.key = f.key) as history_version
+        select f.namespace, f.key, f.has_current, f.last_version, f.versions, f.content, f.tags, f.expires_at,
+               e.key is not null as has_entry, e.version as entry_version, e.content as entry_content, e.tags as entry_tags,
+               e.expires_at as entry_expires_at, s.history_version, s.history_count
         from file_entries f
         left join context_entries e on e.namespace = f.namespace and e.key = f.key
-        where e.key is not null
-           or exists (select 1 from context_history h where h.namespace = f.namespace and h.key = f.key)
+        cross join lateral (
+          select max(h.version) as history_version, count(*) as history_count
+          from context_history h where h.namespace = f.namespace and h.key = f.key
+        ) s
+        where e.key is not null or s.history_count > 0
       ), compared as (
         select namespace, key, coalesce(entry_version, history_version) as version,
                (entry_version is not null and (entry_expires_at is null or entry_expires_at > now())) as present,
                (has_current and (expires_at is null or expires_at > now())) as file_present,
-               last_version, content, tags, entry_content, entry_tags
+               last_version, versions, history_count, has_entry, has_current, expires_at, entry_expires_at,
+               content, tags, entry_content, entry_tags
         from existing
       ), inserted_entries as (
         insert into context_entries (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
@@ -739,12 +905,32 @@ export function createMaintenanceStore (sql: postgres.Sql) {
         (select count(*) from inserted_versions) as inserted_versions,
         (select json_agg(json_build_object(
            'namespace', namespace, 'key', key, 'version', version, 'present', present,
-           'same', version = last_version and present = file_present
-                   and (not present or (content = entry_content and tags = entry_tags))))
+           'same', coalesce(version = last_version and history_count = versions and present = file_present
+                   and (not (has_entry and has_current) or entry_expires_at is not distinct from expires_at)
+                   and (not present or (content = entry_content and tags = entry_tags)), false)))
          from compared) as existing`
     if (row === undefined) throw new Error('expected the import statement to return a row')
     return { insertedKeys: row.inserted_keys, insertedVersions: row.inserted_versions, existing: row.existing ?? [] }
   }
 
   return { sweepExpired, sweepExpiredBatch, exportRows, importBatch }
+}
+
+function exportRowOf (row: ExportPageRow): ExportRow {
+  const version: ExportVersion = {
+    version: row.version, action: row.action, content: row.content, tags: row.tags, actor: row.actor, client: row.client, at: row.at
+  }
+  const current: ExportCurrent | null = row.current_version === null
+    ? null
+    : {
+        version: row.current_version,
+        content: row.current_content as string,
+        tags: row.current_tags as string[],
+        created_at: row.created_at as string,
+        updated_at: row.updated_at as string,
+        updated_by: row.updated_by as string,
+        client: row.current_client,
+        expires_at: row.expires_at
+      }
+  return { namespace: row.namespace, key: row.key, first: row.first, current, version }
 }

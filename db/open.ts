@@ -25,12 +25,17 @@ export interface OpenDatabase {
   close: () => Promise<void>
 }
 
+export interface OpenOptions {
+  /** Apply pending migrations (default true); false leaves the schema as it is (cli export). */
+  migrate?: boolean
+}
+
 /**
  * Connects to PostgreSQL (DATABASE_URL, or an embedded PGlite in DATA_DIR), waits for it with a
- * bounded retry, and applies pending migrations. Used by the db plugin and by the CLI. `warn` gets
- * the warning that database TLS verification is off (every start while it is).
+ * bounded retry, and applies pending migrations unless told not to. Used by the db plugin and by
+ * the CLI. `warn` gets the warning that database TLS verification is off (every start while it is).
  */
-export async function openDatabase (config: Config, log: (message: string) => void, warn: (message: string) => void = log): Promise<OpenDatabase> {
+export async function openDatabase (config: Config, log: (message: string) => void, warn: (message: string) => void = log, options: OpenOptions = {}): Promise<OpenDatabase> {
   const tls = config.DATABASE_URL === undefined ? undefined : { ca: config.DB_SSL_CA, verify: config.DB_SSL_VERIFY !== 'false' }
   if (tls !== undefined) {
     const plan = planTls(config.DATABASE_URL as string, tls)
@@ -51,7 +56,7 @@ export async function openDatabase (config: Config, log: (message: string) => vo
   }
   try {
     await waitForDatabase(sql, { timeoutMs: config.DB_CONNECT_TIMEOUT_MS, log })
-    await migrate(sql, { log })
+    if (options.migrate !== false) await migrate(sql, { log })
   } catch (error) {
     await close().catch(() => {})
     throw error

@@ -3,16 +3,29 @@ import { createMaintenanceStore } from '../db/context-store.js'
 
 /** Rows per delete statement: each batch is one short transaction (the embedded database serves one at a time). */
 export const SWEEP_BATCH = 500
+/** Statements per sweep: a backlog larger than this many batches is left for the following sweeps. */
+export const SWEEP_MAX_BATCHES = 20
+
+export interface ExpiryPluginOptions {
+  /** Rows per statement; default SWEEP_BATCH. */
+  batchSize?: number
+  /** Statements per sweep; default SWEEP_MAX_BATCHES. */
+  maxBatches?: number
+}
 
 /**
  * Every EXPIRY_SWEEP_SECONDS, deletes the entries whose TTL has passed (expired entries are already
- * invisible; this only reclaims their rows, their history stays). Safe on every instance at once:
- * the sweep skips rows another sweep or a writer holds. A sweep starts only after the previous one
- * ended; close waits for a running one before the database closes.
+ * invisible; this only reclaims their rows, their history stays), at most `maxBatches` statements
+ * of `batchSize` rows per sweep. Safe on every instance at once: the sweep skips rows another
+ * sweep or a writer holds. A sweep starts only after the previous one ended. Once the app starts
+ * closing (preClose) a running sweep stops after the statement in flight, and close waits only for
+ * that one before the database closes; what is left goes to the next start.
  */
-export default fp(async (fastify) => {
+export default fp<ExpiryPluginOptions>(async (fastify, options) => {
   const seconds = fastify.config.EXPIRY_SWEEP_SECONDS
   if (seconds === 0) return
+  const batchSize = options.batchSize ?? SWEEP_BATCH
+  const maxBatches = options.maxBatches ?? SWEEP_MAX_BATCHES
   const store = createMaintenanceStore(fastify.db.sql)
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
@@ -25,8 +38,11 @@ export default fp(async (fastify) => {
 
   async function sweep (): Promise<void> {
     try {
-      const removed = await store.sweepExpired(SWEEP_BATCH)
-      if (removed > 0) fastify.log.info({ removed }, 'expiry sweep removed expired entries')
+      fastify.log.debug('expiry sweep started')
+      const removed = await store.sweepExpired(batchSize, { maxBatches, shouldStop: () => closed })
+      // Every batch came back full: more may be waiting; the next sweeps take it on.
+      const backlog = removed >= batchSize * maxBatches
+      if (removed > 0) fastify.log.info({ removed, ...(backlog && { backlog }) }, 'expiry sweep removed expired entries')
     } catch (error) {
       fastify.log.warn({ err: error }, 'expiry sweep failed; trying again at the next interval')
     } finally {
@@ -36,6 +52,11 @@ export default fp(async (fastify) => {
   }
 
   fastify.addHook('onReady', async () => { schedule() })
+  // preClose: shutdown has begun, so no further statement starts.
+  fastify.addHook('preClose', async () => {
+    closed = true
+    clearTimeout(timer)
+  })
   // onClose hooks run in reverse registration order: this one before the db plugin closes the pool.
   fastify.addHook('onClose', async () => {
     closed = true

@@ -1,12 +1,15 @@
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import type postgres from 'postgres'
 import { test } from 'tap'
 import { buildApp, loggerOptions } from '../app.js'
 import { createSql } from '../db/connect.js'
 import { createContextStore, createMaintenanceStore, type Actor } from '../db/context-store.js'
-import { ConfigError, loadConfig } from '../schema/config.js'
+import configPlugin from '../plugins/config.js'
+import dbPlugin from '../plugins/db.js'
+import expiryPlugin, { type ExpiryPluginOptions } from '../plugins/expiry.js'
+import { ConfigError, loadConfig, type Config } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
 import { callTool, TEST_TOKEN } from './helper.js'
 
@@ -28,16 +31,50 @@ async function rowCount (sql: postgres.Sql, table: 'context_entries' | 'context_
   return row.count
 }
 
-/** Log lines of an app, parsed. */
-function logSink (): { stream: Writable, lines: Array<Record<string, unknown>> } {
+/** Log lines of an app, parsed; `next(message)` resolves with the first line (so far or to come) whose msg starts so. */
+function logSink (): { stream: Writable, lines: Array<Record<string, unknown>>, next: (message: string) => Promise<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = []
+  const waiting: Array<{ message: string, resolve: (line: Record<string, unknown>) => void }> = []
+  const matches = (line: Record<string, unknown>, message: string) => typeof line.msg === 'string' && line.msg.startsWith(message)
   const stream = new Writable({
     write (chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+      for (const text of chunk.toString('utf8').split('\n')) {
+        if (text === '') continue
+        const line = JSON.parse(text) as Record<string, unknown>
+        lines.push(line)
+        for (const waiter of waiting.filter(({ message }) => matches(line, message))) {
+          waiting.splice(waiting.indexOf(waiter), 1)
+          waiter.resolve(line)
+        }
+      }
       done()
     }
   })
-  return { stream, lines }
+  const next = (message: string) => new Promise<Record<string, unknown>>((resolve) => {
+    const seen = lines.find((line) => matches(line, message))
+    if (seen !== undefined) resolve(seen)
+    else waiting.push({ message, resolve })
+  })
+  return { stream, lines, next }
+}
+
+/** Expired entries with their history, inserted directly: `count` keys k/0001… in `namespace`. */
+async function seedExpired (sql: postgres.Sql, namespace: string, count: number): Promise<void> {
+  await sql`
+    insert into context_history (namespace, key, version, action, content, tags, actor, client)
+    select ${namespace}, 'k/' || lpad(g::text, 4, '0'), 1, 'create', 'x', '{}', 'user:seed', null from generate_series(1, ${count}) g`
+  await sql`
+    insert into context_entries (namespace, key, content, version, updated_by, expires_at)
+    select ${namespace}, 'k/' || lpad(g::text, 4, '0'), 'x', 1, 'user:seed', now() - interval '1 second' from generate_series(1, ${count}) g`
+}
+
+/** Only what the sweep needs (config, db, expiry), so the test can set the plugin's batch options. */
+async function sweeper (config: Config, options: ExpiryPluginOptions, stream: Writable): Promise<FastifyInstance> {
+  const app = Fastify({ logger: { ...loggerOptions('debug', false), stream } })
+  await app.register(configPlugin, { config })
+  await app.register(dbPlugin)
+  await app.register(expiryPlugin, options)
+  return app
 }
 
 test('EXPIRY_SWEEP_SECONDS: default 60, 0 turns the sweep off, negative refused', async (t) => {
@@ -204,4 +241,69 @@ test('the expiry plugin sweeps on its interval on every instance, logs what it r
   await sleep(1500)
   t.equal(await rowCount(sql, 'context_entries', ns), 2, 'closed instances sweep no more')
   t.equal(logs.flatMap(({ lines }) => lines).filter((line) => line.level as number >= 40).length, 0, 'and log no error after close')
+})
+
+test('a sweep runs at most maxBatches statements; the rest waits for the next interval', async (t) => {
+  const { url, sql } = await testDatabase(t)
+  await seedExpired(sql, 'capped', 50)
+  const log = logSink()
+  const app = await sweeper(loadConfig({ DATABASE_URL: url, EXPIRY_SWEEP_SECONDS: '1', DB_POOL_MAX: '2' }), { batchSize: 10, maxBatches: 3 }, log.stream)
+  t.teardown(() => app.close())
+  await app.ready()
+
+  const first = await log.next('expiry sweep removed')
+  t.match(first, { removed: 30, backlog: true }, 'the first sweep stops after three full batches and says more may wait')
+  const deadline = Date.now() + 20_000
+  while (await rowCount(sql, 'context_entries', 'capped') > 0 && Date.now() < deadline) await sleep(100)
+  t.equal(await rowCount(sql, 'context_entries', 'capped'), 0, 'the next sweep takes the rest')
+  await app.close()
+  const removals = log.lines.filter((line) => line.msg === 'expiry sweep removed expired entries')
+  t.same(removals.map((line) => [line.removed, line.backlog]), [[30, true], [20, undefined]], 'thirty, then the remaining twenty')
+})
+
+test('close does not wait for a backlog: the sweep stops after the statement in flight, and the next start sweeps the rest', async (t) => {
+  const { url, sql } = await testDatabase(t)
+  const ns = 'backlog'
+  await seedExpired(sql, ns, 100)
+  const config = loadConfig({ DATABASE_URL: url, EXPIRY_SWEEP_SECONDS: '1', DB_POOL_MAX: '2' })
+  const options = { batchSize: 10, maxBatches: 100 } // room for the whole backlog in one sweep
+  const log = logSink()
+  const app = await sweeper(config, options, log.stream)
+
+  // A transaction holding a lock the sweep's DELETE needs keeps its first batch in flight until
+  // close has begun; it lets go from a preClose hook that runs after the plugin's own.
+  let release = (): void => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let locked = (): void => {}
+  const lockHeld = new Promise<void>((resolve) => { locked = resolve })
+  const blocker: { transaction?: Promise<unknown> } = {}
+  app.addHook('preClose', async () => {
+    release()
+    await blocker.transaction
+  })
+  await app.ready()
+  blocker.transaction = sql.begin(async (tx) => {
+    await tx`lock table context_entries in share mode`
+    locked()
+    await released
+  })
+  await lockHeld
+  t.equal(log.lines.filter((line) => line.msg === 'expiry sweep started').length, 0, 'the lock was taken before the first sweep began')
+  await log.next('expiry sweep started')
+
+  await app.close()
+  t.pass('close completed with most of the backlog still there')
+  const left = await rowCount(sql, 'context_entries', ns)
+  t.equal(left, 90, 'only the batch in flight when close began was removed')
+  t.same(log.lines.filter((line) => line.msg === 'expiry sweep removed expired entries').map((line) => line.removed), [10])
+  t.same(log.lines.filter((line) => (line.level as number) >= 40), [], 'no warning or error')
+
+  const nextLog = logSink()
+  const next = await sweeper(config, options, nextLog.stream)
+  t.teardown(() => next.close())
+  await next.ready()
+  const deadline = Date.now() + 20_000
+  while (await rowCount(sql, 'context_entries', ns) > 0 && Date.now() < deadline) await sleep(100)
+  t.equal(await rowCount(sql, 'context_entries', ns), 0, 'the next start sweeps what was left')
+  t.equal(await rowCount(sql, 'context_history', ns), 100, 'history intact')
 })

@@ -4,11 +4,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
-import type postgres from 'postgres'
+import postgres from 'postgres'
 import { test, type Test } from 'tap'
 import { BACKUP_FORMAT, createProgressBar, exportBackup, importBackup, ImportError, type ImportConflict, type ImportOptions } from '../db/backup.js'
 import { createContextStore, createMaintenanceStore, type Actor } from '../db/context-store.js'
-import { testDatabase } from './db-helper.js'
+import { testDatabase, testDatabaseUrlForEmptyDb } from './db-helper.js'
 
 const BULK_KEYS = 9_990
 const alice: Actor = { principal: 'user:alice', client: 'claude-code' }
@@ -22,10 +22,59 @@ class StringSink extends Writable {
   }
 }
 
-async function exportText (sql: postgres.Sql, namespace?: string): Promise<string> {
+async function exportText (sql: postgres.Sql, namespace?: string, rowsPerFetch?: number): Promise<string> {
   const sink = new StringSink()
-  await exportBackup(sql, sink, { serverVersion: 'test', ...(namespace !== undefined && { namespace }) })
+  await exportBackup(sql, sink, { serverVersion: 'test', ...(namespace !== undefined && { namespace }), ...(rowsPerFetch !== undefined && { rowsPerFetch }) })
   return sink.text
+}
+
+/**
+ * What the export wrote before it read in index order (one query over both tables, sorted), as the
+ * oracle for its output: every line after the header, byte for byte.
+ */
+async function referenceExport (sql: postgres.Sql, namespace?: string): Promise<string> {
+  const iso = (column: string) => sql`case when ${sql(column)} in ('-infinity', 'infinity') then ${sql(column)}::text
+    else to_char(${sql(column)} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end`
+  const inNamespace = namespace === undefined ? sql`true` : sql`namespace = ${namespace}`
+  const rows = await sql`
+    select 'entry' as kind, namespace, key, version, content, tags, ${iso('created_at')} as created_at, ${iso('updated_at')} as updated_at,
+           updated_by, client, ${iso('expires_at')} as expires_at, null as action, null as actor, null as at, 0 as rank
+    from context_entries where ${inNamespace}
+    union all
+    select 'version', namespace, key, version, content, tags, null, null, null, client, null, action, actor, ${iso('at')}, 1
+    from context_history where ${inNamespace}
+    order by namespace, key, rank, version`
+  let text = ''
+  let currentKey: string | undefined
+  let entries = 0
+  let versions = 0
+  for (const row of rows) {
+    const id = `${row.namespace}\u0000${row.key}`
+    if (id !== currentKey) {
+      currentKey = id
+      entries++
+      const current = row.kind !== 'entry'
+        ? null
+        : { version: row.version, content: row.content, tags: row.tags, created_at: row.created_at, updated_at: row.updated_at, updated_by: row.updated_by, client: row.client, expires_at: row.expires_at }
+      text += `${JSON.stringify({ type: 'entry', namespace: row.namespace, key: row.key, current })}\n`
+      if (row.kind === 'entry') continue
+    }
+    versions++
+    text += `${JSON.stringify({ type: 'version', version: row.version, action: row.action, content: row.content, tags: row.tags, actor: row.actor, client: row.client, at: row.at })}\n`
+  }
+  return `${text}${JSON.stringify({ type: 'end', entries, versions })}\n`
+}
+
+const withoutHeader = (text: string) => text.slice(text.indexOf('\n') + 1)
+
+/** null when equal, else the first differing line of each (a failure stays readable for megabytes of text). */
+function firstDifference (actual: string, expected: string): string | null {
+  if (actual === expected) return null
+  const got = actual.split('\n')
+  const want = expected.split('\n')
+  const index = want.findIndex((line, at) => line !== got[at])
+  const at = index === -1 ? want.length : index
+  return `line ${at + 1}: expected ${want[at]?.slice(0, 300)} got ${got[at]?.slice(0, 300)}`
 }
 
 /** Input in small chunks, so lines straddle chunk boundaries as they do on a pipe. */
@@ -130,6 +179,8 @@ test('export → fresh database → import restores every row exactly; a second 
   const deleted = lines.find((line) => line.type === 'entry' && line.key === 'deleted')
   t.match(deleted?.current, { version: 3, content: '', expires_at: '-infinity' }, 'a deleted key is exported with its tombstone')
 
+  t.equal(firstDifference(withoutHeader(text), await referenceExport(source.sql)), null, 'every line after the header as the sorting query wrote it, byte for byte')
+
   const target = await testDatabase(t)
   started = performance.now()
   const summary = await importText(target.sql, text)
@@ -225,7 +276,10 @@ test('malformed input: the error names the line, and nothing of its batch is sto
     ['bytes that are not UTF-8', [header, entryA, Buffer.from([0x7b, 0xff, 0x7d]), end(1, 1)], /^line 3: not valid UTF-8/],
     ['a version line without its entry', [header, versionA, end(0, 1)], /^line 2: a version line must follow its entry line/],
     ['an entry without versions', [header, entryA, end(1, 0)], /^line 2: the entry on line 2 \("a"\) has no version lines/],
-    ['versions out of order', [header, entryA, versionA, versionA, end(1, 2)], /^line 4: version 1 does not follow version 1/],
+    ['a version repeated', [header, entryA, versionA, versionA, end(1, 2)], /^line 4: version 1 follows version 1 of "a" \(entry on line 2\): a key's versions must be 1, 2, 3, … with none missing or repeated/],
+    ['a version missing', [header, entryA.replace('"version":1', '"version":3'), versionA, versionA.replace('"version":1', '"version":3'), end(1, 2)], /^line 4: version 3 follows version 1 of "a"/],
+    ['versions going back', [header, entryA, versionA, versionA.replace('"version":1', '"version":2'), versionA, end(1, 3)], /^line 5: version 1 follows version 2 of "a"/],
+    ['versions not starting at 1', [header, entryA.replace('"version":1', '"version":2'), versionA.replace('"version":1', '"version":2'), end(1, 1)], /^line 3: the first version of "a" is 2 \(entry on line 2\)/],
     ['current version ahead of history', [header, entryA.replace('"version":1', '"version":2'), versionA, end(1, 1)], /^line 2: .* is at version 2, but its last version line is 1/],
     ['content on a delete', [header, entryA, versionA.replace('"action":"create"', '"action":"delete"'), end(1, 1)], /^line 3: a delete version has content null/],
     ['a tombstone without a delete', [header, entryA.replace('"expires_at":null', '"expires_at":"-infinity"'), versionA, end(1, 1)], /^line 2: .* is a delete tombstone/],
@@ -280,6 +334,145 @@ test('conflicts: a key the database has is never changed; the same state counts 
   t.equal((await store.read('c', 'new'))?.content, 'new v2', 'the key the database did not have is imported')
 })
 
+test('a backup missing a version is refused at that line, nothing of its batch stored; the complete file then imports fully', async (t) => {
+  const source = await testDatabase(t)
+  const store = createContextStore(source.sql, { maxContentBytes: 100_000 })
+  for (let index = 0; index < 30; index++) await store.write('g', `k/${String(index).padStart(2, '0')}`, `value ${index}`, {}, alice)
+  await store.write('g', 'k/15', 'second', {}, alice)
+  await store.write('g', 'k/15', 'third', {}, alice)
+  const lines = (await exportText(source.sql)).trimEnd().split('\n')
+  const entryIndex = lines.findIndex((line) => line.includes('"type":"entry"') && line.includes('"key":"k/15"'))
+  t.match(JSON.parse(lines[entryIndex + 2] as string), { type: 'version', version: 2 }, 'the second version line of k/15')
+  // Without version 2, and with the end line counting what is left: only the gap is wrong.
+  const holed = lines.filter((_, index) => index !== entryIndex + 2)
+  holed[holed.length - 1] = JSON.stringify({ type: 'end', entries: 30, versions: 31 })
+  const target = await testDatabase(t)
+
+  const error = await importText(target.sql, holed.join('\n') + '\n', { batchEntries: 10 }).then(() => null, (thrown: unknown) => thrown)
+  t.ok(error instanceof ImportError, 'refused')
+  const versionThreeLine = entryIndex + 3 // 1-based: now right after version 1
+  const batchStart = lines.findIndex((line) => line.includes('"key":"k/10"')) + 1
+  t.match((error as Error).message, new RegExp(`^line ${versionThreeLine}: version 3 follows version 1 of "k/15" \\(entry on line ${entryIndex + 1}\\)`), 'the message names the line')
+  t.match((error as Error).message, new RegExp(`Nothing from lines ${batchStart}–${versionThreeLine} was stored`))
+  t.same((await target.sql`select distinct key from context_history order by key`).map((row) => row.key),
+    Array.from({ length: 10 }, (_, index) => `k/0${index}`), 'only the first batch is stored: nothing of k/10-k/19, nothing of k/15')
+
+  const complete = await importText(target.sql, lines.join('\n') + '\n', { batchEntries: 10 })
+  t.match(complete, { imported: 20, unchanged: 10, conflicts: 0 }, 'the complete file imports the rest')
+  const [want, got] = await Promise.all([dump(source.sql), dump(target.sql)])
+  compareRows(t, 'context_entries', got.entries, want.entries)
+  compareRows(t, 'context_history', got.history, want.history)
+  t.same((await target.sql`select version from context_history where key = 'k/15' order by version`).map((row) => row.version), [1, 2, 3], 'k/15 with all three versions')
+})
+
+test('a key with another history or another expiry is a conflict, not unchanged', async (t) => {
+  const source = await testDatabase(t)
+  const store = createContextStore(source.sql, { maxContentBytes: 100_000 })
+  for (const content of ['one', 'two', 'three']) await store.write('h', 'holed', content, { tags: ['t'] }, alice)
+  await store.write('h', 'ttl', 'lives an hour', { ttlSeconds: 3600 }, alice)
+  await store.write('h', 'plain', 'as it was', {}, alice)
+  const text = await exportText(source.sql)
+  const target = await testDatabase(t)
+  t.match(await importText(target.sql, text), { imported: 3 })
+
+  // What an import without the numbering check could leave: versions 1 and 3, the entry at 3.
+  await target.sql`delete from context_history where key = 'holed' and version = 2`
+  await target.sql`update context_entries set expires_at = expires_at + interval '1 hour' where key = 'ttl'`
+  const conflicts: ImportConflict[] = []
+  const again = await importText(target.sql, text, { onConflict: (conflict) => conflicts.push(conflict) })
+  t.match(again, { entries: 3, imported: 0, unchanged: 1, conflicts: 2 }, 'only the untouched key is unchanged')
+  t.same(conflicts.map(({ key, databaseVersion, backupVersion }) => ({ key, databaseVersion, backupVersion })).sort((a, b) => a.key.localeCompare(b.key)), [
+    { key: 'holed', databaseVersion: 3, backupVersion: 3 },
+    { key: 'ttl', databaseVersion: 1, backupVersion: 1 }
+  ], 'same latest version, content and tags, yet a conflict: two versions instead of three, another expires_at')
+  t.same((await target.sql`select version from context_history where key = 'holed' order by version`).map((row) => row.version), [1, 3], 'and left as it is')
+})
+
+test('entry rows without history (never written by the server, possible by hand) are exported in their place, byte for byte as the sorting query did', async (t) => {
+  const { sql } = await testDatabase(t)
+  const store = createContextStore(sql, { maxContentBytes: 100_000 })
+  for (const namespace of ['b', 'd']) {
+    for (let index = 0; index < 12; index++) {
+      const key = `k/${String(index).padStart(2, '0')}`
+      await store.write(namespace, key, `${namespace} ${key}`, { tags: index % 3 === 0 ? ['x'] : [] }, alice)
+      if (index % 4 === 1) await store.write(namespace, key, 'again', {}, alice)
+      if (index === 5) await store.delete(namespace, key, undefined, alice)
+    }
+  }
+  await store.write('d', 'swept', 'gone', { ttlSeconds: 60 }, alice)
+  await sql`delete from context_entries where namespace = 'd' and key = 'swept'`
+  const orphans: Array<[string, string]> = [
+    ['a', 'first'], ['b', 'a'], ['b', 'k/03x'], ['b', 'k/03y'], ['b', 'k/11x'], ['b', 'z'], ['c', 'between'], ['d', 'k/00a'], ['d', 'zz'], ['e', 'last']
+  ]
+  for (const [namespace, key] of orphans) {
+    await sql`
+      insert into context_entries (namespace, key, content, version, tags, updated_by, client, expires_at)
+      values (${namespace}, ${key}, ${`orphan ${key}`}, 3, '{o}', 'user:dba', null, ${key === 'z' ? '-infinity' : null}::text::timestamptz)`
+  }
+  const [{ count: keys }] = await sql<[{ count: number }]>`
+    select count(*) as count from (select namespace, key from context_entries union select namespace, key from context_history) k`
+
+  const whole = await exportText(sql)
+  t.equal(whole.split('\n').filter((line) => line.includes('"type":"entry"')).length, keys, `one entry line for each of the ${keys} keys`)
+  for (const key of ['first', 'k/03x', 'between', 'k/00a', 'last']) t.ok(whole.includes(`"key":"${key}","current":{"version":3,"content":"orphan ${key}"`), `${key} exported`)
+  for (const rowsPerFetch of [1, 2, 3, 5, 200]) {
+    for (const namespace of [undefined, 'b', 'c', 'none']) {
+      t.equal(firstDifference(withoutHeader(await exportText(sql, namespace, rowsPerFetch)), await referenceExport(sql, namespace)), null,
+        `${rowsPerFetch} rows per fetch, ${namespace === undefined ? 'every namespace' : `namespace ${namespace}`}`)
+    }
+  }
+})
+
+interface PlanNode { 'Node Type': string, 'Relation Name'?: string, 'Index Name'?: string, Plans?: PlanNode[] }
+
+function planNodes (node: PlanNode): PlanNode[] {
+  return [node, ...(node.Plans ?? []).flatMap(planNodes)]
+}
+
+test('the export reads in index order: no statement it runs has a Sort in its plan', async (t) => {
+  const { sql, url } = await testDatabase(t)
+  await sql`
+    insert into context_history (namespace, key, version, action, content, tags, actor, client)
+    select 'ns-' || (g % 3), 'k/' || lpad(g::text, 5, '0'), v, case when v = 1 then 'create' else 'update' end, 'v' || v, '{}', 'user:seed', null
+    from generate_series(1, 3000) g, generate_series(1, 1 + g % 3) v`
+  await sql`
+    insert into context_entries (namespace, key, content, version, updated_by)
+    select namespace, key, 'v' || max(version), max(version), 'user:seed' from context_history where key not like '%7' group by namespace, key`
+  await sql`insert into context_entries (namespace, key, content, version, updated_by) values ('ns-1', 'k/01000x', 'no history', 1, 'user:dba')`
+
+  // The statements exactly as the export sends them, parameters included.
+  const statements: Array<{ query: string, parameters: unknown[] }> = []
+  const spy = postgres(url, { max: 1, onnotice: () => {}, debug: (_connection, query, parameters) => { statements.push({ query, parameters }) } })
+  t.teardown(() => spy.end({ timeout: 5 }))
+  await exportBackup(spy, new StringSink(), { serverVersion: 'test' })
+  await exportBackup(spy, new StringSink(), { serverVersion: 'test', namespace: 'ns-1' })
+  const settings = statements.find((statement) => statement.query.includes('set_config'))
+  const reads = statements.filter((statement) => statement.query.includes('context_history'))
+  if (settings === undefined) throw new Error('the export changed no setting')
+  t.ok(reads.length >= 2 * (6000 / 200), `${reads.length} statements read the tables`)
+
+  let sorts = 0
+  let first: string | undefined
+  const pages = new Set<string>()
+  for (const { query, parameters } of reads) {
+    const plan = await sql.begin(async (tx) => {
+      await tx.unsafe(settings.query, settings.parameters as never[])
+      const [row] = await tx.unsafe(`explain (format json) ${query}`, parameters as never[])
+      return (row?.['QUERY PLAN'] as Array<{ Plan: PlanNode }>)[0]?.Plan as PlanNode
+    })
+    const nodes = planNodes(plan)
+    const sorting = nodes.filter((node) => node['Node Type'].includes('Sort'))
+    if (sorting.length > 0) {
+      sorts++
+      first ??= `${sorting.map((node) => node['Node Type']).join(', ')} in ${query.slice(0, 200)}`
+    }
+    const historyScan = nodes.find((node) => node['Relation Name'] === 'context_history' && node['Node Type'] === 'Index Scan')
+    if (query.includes('cross join lateral') && historyScan?.['Index Name'] === 'context_history_key_version') pages.add(query)
+  }
+  t.equal(sorts, 0, `no Sort node in any plan${first === undefined ? '' : ` (${first})`}`)
+  t.equal(pages.size, 4, 'every form of the history page (first or later page, one namespace or all) walks context_history_key_version')
+})
+
 const root = fileURLToPath(new URL('..', import.meta.url))
 
 async function cli (env: Record<string, string>, args: string[], stdinFile?: string): Promise<{ code: number, stdout: string, stderr: string }> {
@@ -332,6 +525,43 @@ test('cli: export to stdout, import from stdin, conflicts exit 3, a bad line exi
   const usage = await cli({ DATABASE_URL: target.url }, ['export', '--bogus'])
   t.equal(usage.code, 2)
   t.match(usage.stderr, /Usage/)
+})
+
+test('cli export never migrates: a database without a migration of this build, or with one it does not ship, is refused', async (t) => {
+  t.setTimeout(150_000) // each command is a new Node process
+  const { url, sql } = await testDatabase(t)
+  await createContextStore(sql, { maxContentBytes: 100_000 }).write('team', 'a', 'alpha', {}, alice)
+  const versions = async () => (await sql<Array<{ version: number }>>`select version from schema_migrations order by version`).map((row) => row.version)
+  const [second] = await sql<[{ name: string, checksum: string }]>`select name, checksum from schema_migrations where version = 2`
+
+  await sql`delete from schema_migrations where version = 2`
+  const older = await cli({ DATABASE_URL: url }, ['export'])
+  t.equal(older.code, 1, 'exit 1')
+  t.equal(older.stdout, '', 'no backup written')
+  t.match(older.stderr, /^Export refused: the database does not match this build's schema: it lacks migration 002 of this build \(its schema is older/m)
+  t.same(await versions(), [1], 'and export did not migrate it')
+
+  await sql`insert into schema_migrations (version, name, checksum) values (2, ${second.name}, ${second.checksum}), (999, 'from_a_newer_build', 'x')`
+  const newer = await cli({ DATABASE_URL: url }, ['export'])
+  t.equal(newer.code, 1, 'exit 1')
+  t.equal(newer.stdout, '')
+  t.match(newer.stderr, /^Export refused: .*it has migration 999, which this build does not ship/m)
+
+  await sql`delete from schema_migrations where version = 999`
+  const matching = await cli({ DATABASE_URL: url }, ['export'])
+  t.equal(matching.code, 0, `the same database with exactly this build's migrations exports: ${matching.stderr}`)
+  t.match(matching.stderr, /Exported 1 entries with 1 versions/)
+  t.notMatch(matching.stderr, /applied migration/)
+
+  const dir = await mkdtemp(join(tmpdir(), 'scm-backup-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const backup = join(dir, 'backup.ndjson')
+  await writeFile(backup, matching.stdout)
+  const empty = await testDatabaseUrlForEmptyDb(t)
+  const imported = await cli({ DATABASE_URL: empty.url }, ['import'], backup)
+  t.equal(imported.code, 0, `import into a database never migrated: ${imported.stderr}`)
+  t.match(imported.stderr, /applied migration 001_init\.sql/, 'import migrates it first')
+  t.equal((await createContextStore(empty.sql, { maxContentBytes: 100_000 }).read('team', 'a'))?.content, 'alpha')
 })
 
 test('progress bar: only on a terminal, and only for large or unsized input', async (t) => {

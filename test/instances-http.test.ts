@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises'
+import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import { test } from 'tap'
-import { buildApp } from '../app.js'
+import { buildApp, loggerOptions } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabaseUrlForEmptyDb } from './db-helper.js'
 import { TEST_TOKEN } from './helper.js'
@@ -26,17 +27,30 @@ const errorCode = (result: ToolResult) => (result.structuredContent.error as { c
 
 test('two instances on their own ports, one PostgreSQL: migrated once, each sees the other\'s writes, compare-and-set holds across them', async (t) => {
   const { url, sql } = await testDatabaseUrlForEmptyDb(t)
-  const config = loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, LOG_LEVEL: 'silent', DB_POOL_MAX: '3', PORT: '0' })
+  const config = loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, DB_POOL_MAX: '3', PORT: '0' })
+  // What each instance says it migrated ("applied migration NNN_name.sql", from db/migrate.ts).
+  const applied: string[][] = [[], []]
+  const logTo = (into: string[]) => new Writable({
+    write (chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        const msg = line === '' ? undefined : (JSON.parse(line) as { msg?: unknown }).msg
+        if (typeof msg === 'string' && msg.startsWith('applied migration ')) into.push(msg.slice('applied migration '.length))
+      }
+      done()
+    }
+  })
   // Started together on the empty database, so both race to migrate it.
-  const apps: FastifyInstance[] = await Promise.all([buildApp(config), buildApp(config)])
+  const apps: FastifyInstance[] = await Promise.all(applied.map((into) => buildApp(config, { logger: { ...loggerOptions('info', false), stream: logTo(into) } })))
   t.teardown(() => Promise.all(apps.map((app) => app.close())))
   const [one, two] = await Promise.all(apps.map((app) => app.listen({ host: '127.0.0.1', port: 0 })))
   if (one === undefined || two === undefined) throw new Error('instances missing')
   t.not(new URL(one).port, new URL(two).port, `two ports: ${one} and ${two}`)
 
-  const migrationFiles = (await readdir(new URL('../db/migrations/', import.meta.url))).filter((file) => /^\d+_.+\.sql$/.test(file))
-  const migrations = await sql<Array<{ version: number, times: number }>>`select version, count(*) as times from schema_migrations group by version order by version`
-  t.same(migrations, migrationFiles.map((file) => ({ version: Number(file.split('_')[0]), times: 1 })), 'every migration recorded exactly once')
+  const migrationFiles = (await readdir(new URL('../db/migrations/', import.meta.url))).filter((file) => /^\d+_.+\.sql$/.test(file)).sort()
+  t.ok(migrationFiles.length >= 2, `${migrationFiles.length} migrations shipped`)
+  t.same([...applied[0] ?? [], ...applied[1] ?? []].sort(), migrationFiles, `each migration applied by exactly one instance (one: ${applied[0]?.join(', ') || 'none'}; two: ${applied[1]?.join(', ') || 'none'})`)
+  const recorded = await sql<Array<{ version: number }>>`select version from schema_migrations order by version`
+  t.same(recorded.map((row) => row.version), migrationFiles.map((file) => Number(file.split('_')[0])), 'and recorded')
   const tables = await sql`select 1 from information_schema.tables where table_name = 'context_entries'`
   t.equal(tables.length, 1, 'the schema exists once')
 
