@@ -165,8 +165,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(corsPlugin)
     await app.register(expiryPlugin)
     await app.register(redisPlugin)
-    await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
     await app.register(rateLimitPlugin)
+    await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
     await app.register(mcpPlugin)
 
     await app.register(healthRoutes)

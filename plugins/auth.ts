@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { hash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { getOAuthProtectedResourceMetadataUrl } from '@modelcontextprotocol/server'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -37,7 +37,7 @@ const UNIQUE_VIOLATION = '23505'
 const SAFE_HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/
 
 export function hashToken (token: string): Buffer {
-  return createHash('sha256').update(token, 'utf8').digest()
+  return hash('sha256', token, 'buffer')
 }
 
 export function generateToken (): string {
@@ -74,6 +74,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const staticPrincipal = singleNamespacePrincipal('static-token', DEFAULT_NAMESPACE, STANDARD_SCOPES)
   const cacheMs = config.AUTH_CACHE_SECONDS * 1000
   const tokenCache = new Map<string, { principal: Principal, until: number }>()
+  const { addressBudget } = fastify.rateLimits
   const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
   const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, log: fastify.log })
   const revocation = createRevocationChecker({
@@ -118,11 +119,12 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     return error
   }
 
-  async function principalForApiToken (token: string, hash: Buffer): Promise<Principal> {
+  async function principalForApiToken (token: string, hash: Buffer, beforeCostlyWork: () => Promise<void>): Promise<Principal> {
     const hexHash = hash.toString('hex')
     const now = Date.now()
     const cached = tokenCache.get(hexHash)
     if (cached !== undefined && cached.until > now) return cached.principal
+    await beforeCostlyWork()
     const record = await db.store.findApiTokenByHash(hexHash)
     if (record === null) {
       tokenCache.delete(hexHash)
@@ -164,11 +166,19 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     }
   }
 
-  async function principalFor (token: string): Promise<Principal> {
+  /**
+   * The principal a token stands for. `beforeCostlyWork` (the client address's failed-authentication
+   * budget) runs before a database lookup or a JWT verification, not for the static token or a
+   * cached API token, which cost nothing.
+   */
+  async function principalFor (token: string, beforeCostlyWork: () => Promise<void>): Promise<Principal> {
     const hash = hashToken(token)
     if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
-    if (jwt !== undefined && looksLikeJwt(token)) return await afterRevocationCheck(await jwt.verify(token))
-    return await principalForApiToken(token, hash)
+    if (jwt !== undefined && looksLikeJwt(token)) {
+      await beforeCostlyWork()
+      return await afterRevocationCheck(await jwt.verify(token))
+    }
+    return await principalForApiToken(token, hash, beforeCostlyWork)
   }
 
   async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -183,13 +193,12 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
         ? new AppError('AUTH_1001', 'Missing bearer token: send the header "Authorization: Bearer <token>".')
         : new AppError('AUTH_1001', 'The Authorization header must be "Bearer <token>".'))
     }
-    if (token.length > MAX_TOKEN_LENGTH) {
-      throw refuse(request, reply, new AppError('AUTH_1002', `The bearer token is longer than ${MAX_TOKEN_LENGTH} characters.`))
-    }
     let principal: Principal
     try {
-      principal = await principalFor(token)
+      if (token.length > MAX_TOKEN_LENGTH) throw new AppError('AUTH_1002', `The bearer token is longer than ${MAX_TOKEN_LENGTH} characters.`)
+      principal = await principalFor(token, () => addressBudget.check(request, reply))
     } catch (error) {
+      await addressBudget.countFailure(request, error)
       throw error instanceof AppError ? refuse(request, reply, error) : error
     }
     if (principal.scopes.size === 0) {
@@ -205,4 +214,4 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     resourceUrl,
     identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status()
   })
-}, { name: 'auth', dependencies: ['config', 'db', 'redis'] })
+}, { name: 'auth', dependencies: ['config', 'db', 'redis', 'rate-limit'] })

@@ -21,10 +21,15 @@ declare module 'fastify' {
        */
       limitPrincipal: RequestHook
       /**
-       * Wraps an authentication onRequest hook: a client address over its failed-authentication
-       * budget gets 429 REQ_1103 before `authenticate` runs (no token lookup); AUTH_1001–1003
-       * failures thrown by `authenticate` count against the address, then propagate.
+       * The failed-authentication budget of the client address. `check` answers 429 REQ_1103 when
+       * it is spent — call it before work a wrong token can make costly (a database lookup, a JWT
+       * verification); `countFailure` records a presented token that was wrong.
        */
+      addressBudget: {
+        check: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+        countFailure: (request: FastifyRequest, error: unknown) => Promise<void>
+      }
+      /** Wraps an authentication hook in the address budget: checked before it runs, failures counted. */
       guardAuthentication: (authenticate: RequestHook) => RequestHook
     }
   }
@@ -114,14 +119,16 @@ const AUTH_FAILURES: ReadonlySet<ErrorCode> = new Set(['AUTH_1002', 'AUTH_1003']
 type Check = ReturnType<FastifyInstance['createRateLimit']>
 type CheckResult = Awaited<ReturnType<Check>>
 interface Limiter { check: Check, window: Window }
-interface Outcome { limiter: Limiter, max: number, remaining: number, exceeded: boolean, ttl: number, retryAfter: number }
+interface Outcome { window: Window, max: number, remaining: number, exceeded: boolean, ttl: number, retryAfter: number }
+/** One window of a tier's principal limit, counted straight in the store (see limitPrincipal). */
+interface Counter { window: Window, max: number, store: LimiterStore }
 
 /** The outcomes of a request under each limiter that applies to it. */
 function outcomes (limiters: readonly Limiter[], results: readonly CheckResult[]): Outcome[] {
   const list: Outcome[] = []
   results.forEach((result, index) => {
     if (result.isAllowed) return
-    list.push({ limiter: limiters[index]!, max: result.max, remaining: result.remaining, exceeded: result.isExceeded, ttl: result.ttl, retryAfter: Math.max(1, result.ttlInSeconds) })
+    list.push({ window: limiters[index]!.window, max: result.max, remaining: result.remaining, exceeded: result.isExceeded, ttl: result.ttl, retryAfter: Math.max(1, result.ttlInSeconds) })
   })
   return list
 }
@@ -149,15 +156,21 @@ export default fp(async (fastify) => {
   const { limits, problems } = parseRateLimits(fastify.config.RATE_LIMITS)
   if (problems.length > 0) throw new Error(`Invalid configuration:\n  - ${problems.join('\n  - ')}`)
 
+  const Store = failoverStoreClass(fastify.redis, (error) => fastify.log.debug({ reason: error.message }, 'Redis rate-limit command failed; counted in memory'))
   await fastify.register(rateLimit, {
     global: false,
     enableDraftSpec: true,
-    store: failoverStoreClass(fastify.redis, (error) => fastify.log.debug({ reason: error.message }, 'Redis rate-limit command failed; counted in memory')),
+    store: Store,
     errorResponseBuilder: (_request, context) => new AppError('REQ_1103', `Rate limit of ${context.max} requests reached; retry in ${Math.max(1, Math.ceil(context.ttl / 1000))} s.`)
   })
 
   if (limits === 'off') {
-    fastify.decorate('rateLimits', { limits, limitPrincipal: async () => {}, guardAuthentication: (authenticate: RequestHook) => authenticate })
+    fastify.decorate('rateLimits', {
+      limits,
+      limitPrincipal: async () => {},
+      addressBudget: { check: async () => {}, countFailure: async () => {} },
+      guardAuthentication: (authenticate: RequestHook) => authenticate
+    })
     return
   }
 
@@ -169,44 +182,72 @@ export default fp(async (fastify) => {
     })
 
   const addressOf = (request: FastifyRequest) => normalizeIP(request.ip)
-  const principalLimiters = new Map(TIERS.map((tier) =>
-    [tier, limitersFor(limits.tiers[tier], (request) => request.principal?.id ?? `address:${addressOf(request)}`)]))
+  // Every /mcp request passes the principal limits, so they are counted in the store directly: the
+  // library's per-call machinery (async key, max and window lookups, result objects) was most of
+  // their cost. The rarer failed-authentication budget keeps using createRateLimit.
+  const principalCounters = new Map(TIERS.map((tier) => [tier, WINDOWS.flatMap((window): Counter[] => {
+    const max = limits.tiers[tier][window.field]
+    return max === undefined ? [] : [{ window, max, store: new Store({}) }]
+  })]))
+
+  function count ({ window, max, store }: Counter, id: string): Promise<Outcome> {
+    return new Promise((resolve, reject) => {
+      store.incr(`${window.name}:${id}`, (error, result) => {
+        if (error !== null || result === undefined) {
+          reject(error ?? new Error('rate-limit store returned nothing'))
+          return
+        }
+        const { current, ttl } = result
+        resolve({ window, max, remaining: Math.max(0, max - current), exceeded: current > max, ttl, retryAfter: Math.max(1, Math.ceil(ttl / 1000)) })
+      }, window.ms, max)
+    })
+  }
   const failureLimiters = limitersFor(limits.ip, (request) => `auth-failures:${addressOf(request)}`)
 
   async function limitPrincipal (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const tier = request.principal === null ? 'default' : tierOf(request.principal)
-    const limiters = principalLimiters.get(tier)!
-    if (limiters.length === 0) return
-    const list = outcomes(limiters, await Promise.all(limiters.map(({ check }) => check(request))))
+    const counters = principalCounters.get(tier)!
+    if (counters.length === 0) return
+    const id = request.principal?.id ?? `address:${addressOf(request)}`
+    const list = await Promise.all(counters.map((counter) => count(counter, id)))
     const refusal = longestRefusal(list, (outcome) => outcome.exceeded)
     if (refusal !== undefined) {
       setHeaders(reply, refusal, true)
-      throw new AppError('REQ_1103', `Rate limit reached: ${refusal.max} requests per ${refusal.limiter.window.name} for ${tier} principals. Retry in ${refusal.retryAfter} s.`)
+      throw new AppError('REQ_1103', `Rate limit reached: ${refusal.max} requests per ${refusal.window.name} for ${tier} principals. Retry in ${refusal.retryAfter} s.`)
     }
     const tightest = list.reduce<Outcome | undefined>((best, outcome) => best === undefined || outcome.remaining < best.remaining ? outcome : best, undefined)
     if (tightest !== undefined) setHeaders(reply, tightest, false)
   }
 
+  async function checkAddress (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    if (failureLimiters.length === 0) return
+    const peeked = outcomes(failureLimiters, await Promise.all(failureLimiters.map(({ check }) => check(request, { increment: false }))))
+    // A peek does not count this request: the budget is spent once `max` failures are recorded.
+    const refusal = longestRefusal(peeked, (outcome) => outcome.remaining === 0)
+    if (refusal !== undefined) {
+      setHeaders(reply, refusal, true)
+      throw new AppError('REQ_1103', `Too many failed authentication attempts from this address (limit ${refusal.max} per ${refusal.window.name}). Check the token, then retry in ${refusal.retryAfter} s.`)
+    }
+  }
+
+  async function countFailure (request: FastifyRequest, error: unknown): Promise<void> {
+    if (error instanceof AppError && AUTH_FAILURES.has(error.code)) {
+      await Promise.all(failureLimiters.map(({ check }) => check(request)))
+    }
+  }
+
   function guardAuthentication (authenticate: RequestHook): RequestHook {
     if (failureLimiters.length === 0) return authenticate
     return async (request, reply) => {
-      const peeked = outcomes(failureLimiters, await Promise.all(failureLimiters.map(({ check }) => check(request, { increment: false }))))
-      // A peek does not count this request: the budget is spent once `max` failures are recorded.
-      const refusal = longestRefusal(peeked, (outcome) => outcome.remaining === 0)
-      if (refusal !== undefined) {
-        setHeaders(reply, refusal, true)
-        throw new AppError('REQ_1103', `Too many failed authentication attempts from this address (limit ${refusal.max} per ${refusal.limiter.window.name}). Check the token, then retry in ${refusal.retryAfter} s.`)
-      }
+      await checkAddress(request, reply)
       try {
         await authenticate(request, reply)
       } catch (error) {
-        if (error instanceof AppError && AUTH_FAILURES.has(error.code)) {
-          await Promise.all(failureLimiters.map(({ check }) => check(request)))
-        }
+        await countFailure(request, error)
         throw error
       }
     }
   }
 
-  fastify.decorate('rateLimits', { limits, limitPrincipal, guardAuthentication })
+  fastify.decorate('rateLimits', { limits, limitPrincipal, addressBudget: { check: checkAddress, countFailure }, guardAuthentication })
 }, { name: 'rate-limit', dependencies: ['config', 'redis'] })

@@ -116,7 +116,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     }
   })
   // An address that keeps failing authentication is refused before its token is looked up.
-  fastify.addHook('onRequest', fastify.rateLimits.guardAuthentication(fastify.auth.authenticate))
+  fastify.addHook('onRequest', fastify.auth.authenticate)
 
   fastify.post('/mcp', {
     bodyLimit: maxBodyBytes(config),

@@ -76,7 +76,7 @@ test('two instances sharing Redis share a principal\'s counter and an address\'s
 
   t.equal((await ping(one, 'bad-token', address)).statusCode, 401)
   t.equal((await ping(two, 'bad-token', address)).statusCode, 401)
-  t.equal((await ping(one, TEST_TOKEN, address)).statusCode, 429, 'failures on either instance count')
+  t.equal((await ping(one, 'bad-token', address)).statusCode, 429, 'failures on either instance count')
 })
 
 test('Redis cut mid-run: requests are still answered and still limited, in memory; counting returns to Redis when it is back', { skip }, async (t) => {
@@ -97,7 +97,7 @@ test('Redis cut mid-run: requests are still answered and still limited, in memor
   t.equal(app.redis.status(), 'degraded')
   t.equal((await ping(app, 'bad-token', address)).statusCode, 401)
   t.equal((await ping(app, 'bad-token', address)).statusCode, 401)
-  t.equal((await ping(app, TEST_TOKEN, address)).statusCode, 429, 'failed attempts are limited in memory too')
+  t.equal((await ping(app, 'bad-token', address)).statusCode, 429, 'failed attempts are limited in memory too')
   t.equal((await ping(app, TEST_TOKEN)).statusCode, 200, 'other callers are served')
 
   await proxy.restore()
