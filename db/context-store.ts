@@ -595,23 +595,15 @@ export interface ExportRow {
   version: ExportVersion | null
 }
 
-export interface ImportedCurrent {
-  version: number
-  content: string
-  tags: string[]
-  created_at: string
-  updated_at: string
-  updated_by: string
-  client: string | null
-  expires_at: string | null
-}
+/** An imported entry row has the exported shape. */
+export type ImportedCurrent = ExportCurrent
 
 /** A key to import: its entry row (null: the key has history only, e.g. it expired and was swept) and its versions. */
 export interface ImportedKey {
   namespace: string
   key: string
   current: ImportedCurrent | null
-  history: Array<{ version: number, action: HistoryAction, content: string | null, tags: string[], actor: string, client: string | null, at: string }>
+  history: ExportVersion[]
 }
 
 /** A key of the batch that the database had already (entry row or history). */
