@@ -79,6 +79,9 @@ function appErrorOf (error: FastifyError): AppError {
   return toAppError(error)
 }
 
+// pino's numeric levels, to tell whether a line would be written before building it.
+const LEVEL_VALUES: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity }
+
 const FORWARDED_REQUEST_ID = /^[\w.:-]{1,128}$/
 
 /** A proxy's X-Request-Id when it is a sane token (it reaches every log line), else a new UUID. */
@@ -129,8 +132,10 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
   })
 
   app.addHook('onResponse', async (request, reply) => {
-    const quiet = request.url === '/health' || request.url === '/ready'
-    request.log[quiet ? 'debug' : 'info']({
+    const level = request.url === '/health' || request.url === '/ready' ? 'debug' : 'info'
+    // Checked first: building the line (routeOptions makes a new object per access) costs even when it is dropped.
+    if ((LEVEL_VALUES[request.log.level] ?? 0) > (level === 'info' ? 30 : 20)) return
+    request.log[level]({
       method: request.method,
       url: request.routeOptions.url ?? request.url.split('?')[0],
       statusCode: reply.statusCode,
