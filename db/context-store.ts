@@ -636,17 +636,10 @@ export interface SweepOptions {
 }
 
 /** A history row of the export with, on a key's first version, its entry row (columns null when the key has none). */
-interface ExportPageRow {
+interface ExportPageRow extends ExportVersion {
   namespace: string
   key: string
   first: boolean
-  version: number
-  action: HistoryAction
-  content: string | null
-  tags: string[]
-  actor: string
-  client: string | null
-  at: string
   current_version: number | null
   current_content: string | null
   current_tags: string[] | null
