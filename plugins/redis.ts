@@ -77,7 +77,14 @@ export default fp(async (fastify) => {
   })
   fastify.addHook('onClose', async () => {
     closing = true
+    if (client.status === 'end') return
+    // disconnect() only starts closing the socket; wait for the end (bounded) so nothing outlives close.
+    const ended = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 1000)
+      client.once('end', () => { clearTimeout(timer); resolve() })
+    })
     client.disconnect()
+    await ended
   })
 
   // Wait for the first connection (bounded by connectTimeout); a failure leaves it reconnecting.
