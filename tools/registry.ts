@@ -43,8 +43,19 @@ export interface TextContent { type: 'text', text: string }
 export interface ToolCallResult {
   [key: string]: unknown
   content: TextContent[]
-  structuredContent: Record<string, unknown>
+  /** A success's output; absent on errors (see toolError). */
+  structuredContent?: Record<string, unknown>
   isError?: boolean
+  _meta?: Record<string, unknown>
+}
+
+/** The `_meta` key of a tool error result that holds its machine-readable `{ code, message, ...details }`. */
+export const TOOL_ERROR_META_KEY = 'shared-context-mcp/error'
+
+export interface ToolErrorMeta {
+  [detail: string]: unknown
+  code: ErrorCode
+  message: string
 }
 
 export interface ObjectJsonSchema {
@@ -67,12 +78,25 @@ interface CompiledTool {
   listed: ListedTool
 }
 
+/**
+ * A tool-level failure. It carries no structuredContent: SDK v1 clients (and the Inspector) validate
+ * structuredContent against the tool's outputSchema even when isError is true, so an error object
+ * there reached them as a schema mismatch instead of the code. The model reads `CODE: message` in
+ * the text block; programs read the code and details under `_meta[TOOL_ERROR_META_KEY]`.
+ */
 export function toolError (code: ErrorCode, message: string, details?: Record<string, unknown>): ToolCallResult {
+  const error: ToolErrorMeta = { ...details, code, message }
   return {
     isError: true,
     content: [{ type: 'text', text: `${code}: ${message}` }],
-    structuredContent: { error: { code, message, ...details } }
+    _meta: { [TOOL_ERROR_META_KEY]: error }
   }
+}
+
+/** The catalogue code of a tool error result (undefined for a success). */
+export function toolErrorCode (result: ToolCallResult): ErrorCode | undefined {
+  if (result.isError !== true) return undefined
+  return (result._meta?.[TOOL_ERROR_META_KEY] as ToolErrorMeta | undefined)?.code
 }
 
 /** Plain JSON Schema of a TypeBox schema (TypeBox's symbol-keyed metadata dropped). */

@@ -28,7 +28,7 @@ export const writeContext = defineTool({
     version: Type.Integer(),
     action: Type.Union([Type.Literal('created'), Type.Literal('updated')]),
     updated_at: Timestamp
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     assertWellFormed(input.content, 'content')
     assertContentFits(input.content, ctx.maxContentBytes)
