@@ -31,6 +31,11 @@ export interface ToolDefinition<I extends TObject = TObject, O extends TObject =
   inputSchema: I
   outputSchema: O
   handler: (ctx: ToolContext, input: Static<I>) => Promise<Static<O>>
+  /**
+   * A further scope that this call needs, decided from its validated input, and why (write_context:
+   * ttl_seconds schedules a delete, so it needs context:delete). Checked in the same namespace.
+   */
+  extraScope?: (input: Static<I>) => { scope: Scope, reason: string } | undefined
   /** The short text block that accompanies structuredContent. */
   summarize: (output: Static<O>) => string
 }
@@ -166,6 +171,11 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       const input = args ?? {}
       if (!tool.check.Check(input)) {
         return toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`)
+      }
+      const extra = tool.definition.extraScope?.(input)
+      if (extra !== undefined && !mayUse(principal, namespace, extra.scope)) {
+        const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
+        return toolError('AUTH_1004', `${name} ${extra.reason} needs the ${extra.scope} scope${where}, which this token does not have. Nothing was changed.`, { required_scope: extra.scope })
       }
       try {
         const output = await tool.definition.handler({ ...dependencies, namespace }, input)
