@@ -13,6 +13,15 @@ export interface ExpiryPluginOptions {
   maxBatches?: number
 }
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    expiry: {
+      /** Sweeps finished since start, whether they removed rows, none, or failed (always 0 with the sweep off). */
+      completedSweeps: () => number
+    }
+  }
+}
+
 /**
  * Every EXPIRY_SWEEP_SECONDS, deletes the entries whose TTL has passed (expired entries are already
  * invisible; this only reclaims their rows, their history stays), at most `maxBatches` statements
@@ -22,6 +31,8 @@ export interface ExpiryPluginOptions {
  * that one before the database closes; what is left goes to the next start.
  */
 export default fp<ExpiryPluginOptions>(async (fastify, options) => {
+  let completed = 0
+  fastify.decorate('expiry', { completedSweeps: () => completed })
   const seconds = fastify.config.EXPIRY_SWEEP_SECONDS
   if (seconds === 0) return
   const batchSize = options.batchSize ?? SWEEP_BATCH
@@ -46,6 +57,7 @@ export default fp<ExpiryPluginOptions>(async (fastify, options) => {
     } catch (error) {
       fastify.log.warn({ err: error }, 'expiry sweep failed; trying again at the next interval')
     } finally {
+      completed++
       running = undefined
       if (!closed) schedule()
     }
