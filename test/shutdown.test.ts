@@ -37,7 +37,7 @@ test('SIGTERM lets an in-flight call commit, then exits 0', async (t) => {
   await eventually(async () => /^scm_db_operations_in_flight 1$/m.test(await (await fetch(metricsUrl)).text()), { what: 'the write to wait in the store' })
   server.child.kill('SIGTERM')
   // Shutdown has begun and got as far as closing the listening socket; what is left is the call.
-  const refusesConnections = (url: URL) => fetch(url).then(() => false, (error: { cause?: { code?: string } }) => error.cause?.code === 'ECONNREFUSED')
+  const refusesConnections = (url: URL) => fetch(url).then(async (response) => { await response.body?.cancel(); return false }, (error: { cause?: { code?: string } }) => error.cause?.code === 'ECONNREFUSED')
   await waitFor(server, (output) => output.includes('"msg":"shutting down"'))
   await eventually(() => refusesConnections(metricsUrl), { what: 'the server to stop accepting connections' })
   t.equal(server.child.exitCode, null, 'still running while a call is in flight')
