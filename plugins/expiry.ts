@@ -13,15 +13,26 @@ export interface ExpiryPluginOptions {
   maxBatches?: number
 }
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    expiry: {
+      /** Sweeps finished since start, whether they removed rows, none, or failed (always 0 with the sweep off). */
+      completedSweeps: () => number
+    }
+  }
+}
+
 /**
  * Every EXPIRY_SWEEP_SECONDS, deletes the entries whose TTL has passed (expired entries are already
  * invisible; this only reclaims their rows, their history stays), at most `maxBatches` statements
- * of `batchSize` rows per sweep, then the revoked_jtis rows of JWTs that have expired. Safe on every instance at once: the sweep skips rows another
- * sweep or a writer holds. A sweep starts only after the previous one ended. Once the app starts
+ * of `batchSize` rows per sweep, then the revoked_jtis rows of JWTs that have expired. Safe on
+ * every instance at once: the sweep skips rows another sweep or a writer holds. A sweep starts only after the previous one ended. Once the app starts
  * closing (preClose) a running sweep stops after the statement in flight, and close waits only for
  * that one before the database closes; what is left goes to the next start.
  */
 export default fp<ExpiryPluginOptions>(async (fastify, options) => {
+  let completed = 0
+  fastify.decorate('expiry', { completedSweeps: () => completed })
   const seconds = fastify.config.EXPIRY_SWEEP_SECONDS
   if (seconds === 0) return
   const batchSize = options.batchSize ?? SWEEP_BATCH
@@ -64,6 +75,7 @@ export default fp<ExpiryPluginOptions>(async (fastify, options) => {
       if (!closed) await purgeRevocations()
       fastify.log.debug('expiry sweep finished')
     } finally {
+      completed++
       running = undefined
       if (!closed) schedule()
     }

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { build, rpc, toolErrorOf } from './helper.js'
 import { startOidcProvider, type OidcProvider } from './oidc-provider.js'
 import { addToken } from './tools/helpers.js'
@@ -95,7 +96,7 @@ test('API token rotation: a revoked token stops working on another instance with
   t.equal((await rpc(second, 'tools/list', {}, { token: successor })).statusCode, 200, 'both tokens work during the rotation')
   t.equal((await rpc(second, 'tools/list', {}, { token: old })).statusCode, 200)
   t.equal(await first.db.store.revokeApiToken('laptop'), true)
-  await new Promise((resolve) => setTimeout(resolve, 1100))
+  await eventually(async () => (await rpc(second, 'tools/list', {}, { token: old })).statusCode === 401, { what: 'the second instance\'s cached answer to run out' })
   const refused = await rpc(second, 'tools/list', {}, { token: old })
   t.equal(refused.statusCode, 401, 'refused on the other instance without a restart')
   t.equal(refused.json().error.code, 'AUTH_1003')
@@ -174,7 +175,7 @@ test('a revoked jti is refused, also on another instance sharing the database', 
   t.equal((await rpc(second, 'tools/list', {}, { token })).statusCode, 200)
 
   await first.db.store.revokeJti('session-42', new Date(Date.now() + 3600_000))
-  await new Promise((resolve) => setTimeout(resolve, 1100))
+  await eventually(async () => (await rpc(second, 'tools/list', {}, { token })).statusCode === 401, { what: 'the second instance\'s cached answer to run out' })
   for (const app of [first, second]) {
     const refused = await rpc(app, 'tools/list', {}, { token })
     t.equal(refused.statusCode, 401)

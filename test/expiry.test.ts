@@ -1,5 +1,4 @@
 import { Writable } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type postgres from 'postgres'
 import { test } from 'tap'
@@ -11,6 +10,7 @@ import dbPlugin from '../plugins/db.js'
 import expiryPlugin, { type ExpiryPluginOptions } from '../plugins/expiry.js'
 import { ConfigError, loadConfig, type Config } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { callTool, TEST_TOKEN, toolErrorOf } from './helper.js'
 
 const alice: Actor = { principal: 'user:alice', client: null }
@@ -92,7 +92,7 @@ test('an expired entry is invisible at once, before any sweep removes it', async
   const written = await callTool(app, 'write_context', { key: 'short-lived', content: 'gone soon', ttl_seconds: 1 })
   t.notOk(written.isError)
   t.equal((await callTool(app, 'read_context', { key: 'short-lived' })).structuredContent.content, 'gone soon')
-  await sleep(1200)
+  await eventually(async () => /^CTX_2001:/.test((await callTool(app, 'read_context', { key: 'short-lived' })).content[0]?.text ?? ''), { what: 'the one-second TTL to pass' })
   const read = await callTool(app, 'read_context', { key: 'short-lived' })
   t.equal(toolErrorOf(read)?.code, 'CTX_2001', 'reading it: not found')
   const listed = await callTool(app, 'list_context', {})
@@ -226,8 +226,7 @@ test('the expiry plugin sweeps on its interval on every instance, logs what it r
   t.teardown(() => Promise.all(apps.map((app) => app.close())))
   await expire(sql, ns, keys)
 
-  const deadline = Date.now() + 20_000
-  while (await rowCount(sql, 'context_entries', ns) > 1 && Date.now() < deadline) await sleep(100)
+  await eventually(async () => await rowCount(sql, 'context_entries', ns) <= 1, { what: 'the sweeps to remove the expired rows' })
   t.equal(await rowCount(sql, 'context_entries', ns), 1, 'the expired rows are gone, the other stays')
   t.equal(await rowCount(sql, 'context_history', ns), keys.length + 1, 'their history stays')
 
@@ -236,10 +235,18 @@ test('the expiry plugin sweeps on its interval on every instance, logs what it r
   t.same(messages.filter((line) => line.level !== 30), [], 'no sweep failed')
   t.equal(messages.reduce((sum, line) => sum + (line.removed as number), 0), keys.length, 'the instances logged every removal once between them')
 
+  const sweepsAtClose = apps.map((app) => app.expiry.completedSweeps())
   await store.write(ns, 'after-close', 'v', { ttlSeconds: 60 }, alice)
   await expire(sql, ns, ['after-close'])
-  await sleep(1500)
-  t.equal(await rowCount(sql, 'context_entries', ns), 2, 'closed instances sweep no more')
+  // An instance started after the close shows when the closed ones' next sweeps were due: by its
+  // second sweep they would have run.
+  const live = logSink()
+  const reference = await sweeper(config, {}, live.stream)
+  t.teardown(() => reference.close())
+  await reference.ready()
+  await eventually(() => reference.expiry.completedSweeps() >= 2, { what: 'two sweeps of an instance started after the close' })
+  t.same(apps.map((app) => app.expiry.completedSweeps()), sweepsAtClose, 'closed instances sweep no more')
+  t.same(live.lines.filter((line) => line.msg === 'expiry sweep removed expired entries').map((line) => line.removed), [1], 'the live instance removed the entry expired after the close')
   t.equal(logs.flatMap(({ lines }) => lines).filter((line) => line.level as number >= 40).length, 0, 'and log no error after close')
 })
 
@@ -253,8 +260,7 @@ test('a sweep runs at most maxBatches statements; the rest waits for the next in
 
   const first = await log.next('expiry sweep removed')
   t.match(first, { removed: 30, backlog: true }, 'the first sweep stops after three full batches and says more may wait')
-  const deadline = Date.now() + 20_000
-  while (await rowCount(sql, 'context_entries', 'capped') > 0 && Date.now() < deadline) await sleep(100)
+  await eventually(async () => await rowCount(sql, 'context_entries', 'capped') === 0, { what: 'the next sweep to take the rest' })
   t.equal(await rowCount(sql, 'context_entries', 'capped'), 0, 'the next sweep takes the rest')
   await app.close()
   const removals = log.lines.filter((line) => line.msg === 'expiry sweep removed expired entries')
@@ -292,7 +298,7 @@ test('close does not wait for a backlog: the sweep stops after the statement in 
   await log.next('expiry sweep started')
 
   await app.close()
-  t.pass('close completed with most of the backlog still there')
+  t.equal(app.expiry.completedSweeps(), 1, 'close returned once the sweep in flight had ended, not before')
   const left = await rowCount(sql, 'context_entries', ns)
   t.equal(left, 90, 'only the batch in flight when close began was removed')
   t.same(log.lines.filter((line) => line.msg === 'expiry sweep removed expired entries').map((line) => line.removed), [10])
@@ -302,8 +308,7 @@ test('close does not wait for a backlog: the sweep stops after the statement in 
   const next = await sweeper(config, options, nextLog.stream)
   t.teardown(() => next.close())
   await next.ready()
-  const deadline = Date.now() + 20_000
-  while (await rowCount(sql, 'context_entries', ns) > 0 && Date.now() < deadline) await sleep(100)
+  await eventually(async () => await rowCount(sql, 'context_entries', ns) === 0, { what: 'the next start to sweep what was left' })
   t.equal(await rowCount(sql, 'context_entries', ns), 0, 'the next start sweeps what was left')
   t.equal(await rowCount(sql, 'context_history', ns), 100, 'history intact')
 })

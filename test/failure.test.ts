@@ -2,10 +2,11 @@ import { test } from 'tap'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { callTool, rpc, TEST_TOKEN } from './helper.js'
 import { TcpProxy, viaProxy } from './tcp-proxy.js'
 
-test('database lost at run time: DEP_3001 quickly, /ready 503, recovers by itself', async (t) => {
+test('database lost at run time: DEP_3001 while it is away, /ready 503, recovers by itself', async (t) => {
   const { url } = await testDatabase(t)
   const target = new URL(url)
   const proxy = new TcpProxy(target.hostname, Number(target.port))
@@ -19,26 +20,21 @@ test('database lost at run time: DEP_3001 quickly, /ready 503, recovers by itsel
   t.equal((await app.inject('/ready')).statusCode, 200)
 
   await proxy.cut()
-  const started = Date.now()
+  // Nothing brings the database back until this call has been answered: an answer held until the
+  // database returns would never come (and the test would time out).
   const failed = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'k' } })
-  const elapsed = Date.now() - started
-  t.equal(failed.statusCode, 503)
+  t.equal(failed.statusCode, 503, 'answered while the database is still away')
   t.equal(failed.headers['retry-after'], '2')
   t.equal(failed.json().error.data.code, 'DEP_3001')
   t.notMatch(failed.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the answer')
-  t.ok(elapsed < 5000, `answered without hanging (${elapsed} ms)`)
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 503)
   t.same(ready.json(), { status: 'unavailable', database: 'failed', redis: 'absent', identity_provider: 'absent' })
   t.equal((await app.inject('/health')).statusCode, 200, 'the process itself is alive')
 
   await proxy.restore()
-  let recovered = false
-  for (let attempt = 0; attempt < 50 && !recovered; attempt++) {
-    recovered = (await app.inject('/ready')).statusCode === 200
-    if (!recovered) await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  t.ok(recovered, '/ready is 200 again')
+  await eventually(async () => (await app.inject('/ready')).statusCode === 200, { what: '/ready to be 200 again' })
+  t.equal((await app.inject('/ready')).statusCode, 200, '/ready is 200 again')
   const read = await callTool(app, 'read_context', { key: 'k' })
   t.equal(read.structuredContent.content, 'before')
 })
@@ -66,12 +62,8 @@ test('clients that disconnect mid-call leave nothing behind', async (t) => {
     setImmediate(() => controller.abort())
     await pending
   }))
-  let inFlight = app.mcp.legacy.inFlight
-  for (let attempt = 0; attempt < 50 && inFlight > 0; attempt++) {
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    inFlight = app.mcp.legacy.inFlight
-  }
-  t.equal(inFlight, 0, `no exchange left pending after ${rounds} aborted requests`)
+  await eventually(() => app.mcp.legacy.inFlight === 0, { what: 'the aborted exchanges to end' })
+  t.equal(app.mcp.legacy.inFlight, 0, `no exchange left pending after ${rounds} aborted requests`)
   const after = await callTool(app, 'list_context', {})
   t.same(after.structuredContent.items, [], 'the server still answers')
 })

@@ -4,6 +4,7 @@ import { test, type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { build, rpc, TEST_TOKEN } from './helper.js'
 import { TcpProxy, viaProxy } from './tcp-proxy.js'
 
@@ -38,12 +39,11 @@ async function appWithLog (t: Test, redisUrl: (proxy: TcpProxy) => string, proxy
   return { app, proxy, lines, raw }
 }
 
-async function until (condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
+/** Counts the client's reconnect attempts from now on (ioredis emits 'reconnecting' before each). */
+function reconnectAttempts (app: FastifyInstance): () => number {
+  let count = 0
+  app.redis.client?.on('reconnecting', () => { count++ })
+  return () => count
 }
 
 const redisLines = (lines: LogLine[]) => lines.filter((line) => /Redis/.test(line.msg))
@@ -68,7 +68,8 @@ test('Redis down at start: the app starts degraded, warns once without the passw
   t.equal(ready.statusCode, 200, 'Redis alone never makes the server unready')
   t.match(ready.json(), { status: 'degraded', database: 'ok', redis: 'degraded', identity_provider: 'absent' })
   // Several reconnect attempts fail meanwhile (100 ms, 200 ms, ...).
-  await new Promise((resolve) => setTimeout(resolve, 800))
+  const attempts = reconnectAttempts(app)
+  await eventually(() => attempts() >= 3, { what: 'three more reconnect attempts' })
   t.equal((await rpc(app, 'ping')).statusCode, 200)
   const warnings = redisLines(lines).filter((line) => line.level === WARN)
   t.equal(warnings.length, 1, 'one warning, not one per attempt or request')
@@ -85,12 +86,13 @@ test('Redis lost and back at run time: one warning, one recovery line, status fo
 
   await proxy.cut()
   for (let i = 0; i < 5; i++) t.equal((await rpc(app, 'ping')).statusCode, 200, 'served while Redis is away')
-  await until(() => app.redis.status() === 'degraded', 'the client notices')
-  await new Promise((resolve) => setTimeout(resolve, 500))
+  await eventually(() => app.redis.status() === 'degraded', { what: 'the client to notice' })
+  const attempts = reconnectAttempts(app)
+  await eventually(() => attempts() >= 2, { what: 'two reconnect attempts during the outage' })
   t.equal(redisLines(lines).filter((line) => line.level === WARN).length, 1, 'one warning for the outage')
 
   await proxy.restore()
-  await until(() => app.redis.status() === 'ok', 'Redis is reachable again')
+  await eventually(() => app.redis.status() === 'ok', { what: 'Redis to be reachable again' })
   t.same(redisLines(lines).map((line) => line.msg), [
     'Redis unreachable: rate limits fall back to per-instance memory until it is back',
     'Redis reachable again'

@@ -5,6 +5,7 @@ import { buildApp } from '../app.js'
 import { publishRevokedJti, revokedJtiKey } from '../auth/revocation.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { rpc } from './helper.js'
 import { startOidcProvider, type OidcProvider } from './oidc-provider.js'
 import { TcpProxy, viaProxy } from './tcp-proxy.js'
@@ -69,12 +70,8 @@ test('REVOCATION_FAIL_MODE=closed: nothing passes while the revocation list cann
   t.match(refused.json().error.message, 'revocation')
   t.equal((await listTools(s.app, revoked)).json().error.code, 'AUTH_1003', 'a known revocation still applies')
   await s.proxy.restore()
-  let back = false
-  for (let attempt = 0; attempt < 50 && !back; attempt++) {
-    back = (await listTools(s.app, fresh)).statusCode === 200
-    if (!back) await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  t.ok(back, 'accepted again once the database answers')
+  await eventually(async () => (await listTools(s.app, fresh)).statusCode === 200, { what: 'the token to be accepted again once the database answers' })
+  t.equal((await listTools(s.app, fresh)).statusCode, 200, 'accepted again once the database answers')
 })
 
 test('a database that hangs instead of failing: the revocation check gives up after a second and the fail mode decides', async (t) => {
@@ -94,7 +91,7 @@ test('REVOCATION_FAIL_MODE=open: everything passes for REVOCATION_FAIL_OPEN_SECO
   t.equal(write.statusCode, 503, 'the write itself fails: the database is down')
   t.notMatch(write.json().error.message, 'revocation', 'but not because of the revocation check')
   t.equal((await listTools(s.app, revoked)).json().error.code, 'AUTH_1003', 'a known revocation still applies')
-  await new Promise((resolve) => setTimeout(resolve, 2100))
+  await eventually(async () => (await listTools(s.app, fresh)).statusCode === 503, { what: 'the fail-open window to close' })
   const late = await listTools(s.app, fresh)
   t.equal(late.statusCode, 503, 'after the window, refused')
   t.match(late.json().error.message, 'revocation')
@@ -112,7 +109,7 @@ test('REVOCATION_FAIL_MODE=reads-open (default): reads pass for a while, writes 
   t.equal(write.json().error.data.code, 'DEP_3001')
   t.match(write.json().error.message, 'revocation', 'refused because revocation cannot be checked')
   t.equal((await listTools(s.app, revoked)).json().error.code, 'AUTH_1003')
-  await new Promise((resolve) => setTimeout(resolve, 2100))
+  await eventually(async () => (await listTools(s.app, fresh)).statusCode === 503, { what: 'the fail-open window for reads to close' })
   t.equal((await listTools(s.app, fresh)).statusCode, 503, 'after the window, reads are refused too')
 })
 
@@ -126,7 +123,7 @@ test('with Redis: a published revocation applies at once despite AUTH_CACHE_SECO
   t.teardown(() => redisProxy.stop())
   const s = await setup(t, { AUTH_CACHE_SECONDS: '300', REDIS_URL: `redis://127.0.0.1:${redisProxy.port}` })
   const { app } = s
-  for (let attempt = 0; attempt < 50 && app.redis.status() !== 'ok'; attempt++) await new Promise((resolve) => setTimeout(resolve, 50))
+  await eventually(() => app.redis.status() === 'ok', { what: 'the app to connect to Redis' })
   const jti = `redis-${Date.now()}`
   await redis.del(revokedJtiKey(jti))
   const token = await s.token(jti)

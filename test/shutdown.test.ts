@@ -1,6 +1,7 @@
 import { test } from 'tap'
 import { createContextStore } from '../db/context-store.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
 import { TEST_TOKEN } from './helper.js'
 import { servingUrl, startServer, waitFor } from './process-helper.js'
 
@@ -31,9 +32,14 @@ test('SIGTERM lets an in-flight call commit, then exits 0', async (t) => {
     headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
     body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'write_context', arguments: { key: 'busy', content: 'v2' } } })
   })
-  await new Promise((resolve) => setTimeout(resolve, 300))
+  // The call has reached the store and waits there for our lock.
+  const metricsUrl = new URL('/metrics', mcpUrl)
+  await eventually(async () => /^scm_db_operations_in_flight 1$/m.test(await (await fetch(metricsUrl)).text()), { what: 'the write to wait in the store' })
   server.child.kill('SIGTERM')
-  await new Promise((resolve) => setTimeout(resolve, 300))
+  // Shutdown has begun and got as far as closing the listening socket; what is left is the call.
+  const refusesConnections = (url: URL) => fetch(url).then(async (response) => { await response.body?.cancel(); return false }, (error: { cause?: { code?: string } }) => error.cause?.code === 'ECONNREFUSED')
+  await waitFor(server, (output) => output.includes('"msg":"shutting down"'))
+  await eventually(() => refusesConnections(metricsUrl), { what: 'the server to stop accepting connections' })
   t.equal(server.child.exitCode, null, 'still running while a call is in flight')
   release()
   await holder

@@ -195,12 +195,22 @@ test('background refresh: retried after the cooldown when it failed, every inter
     jwks: { cooldownMs: 20, refreshIntervalMs: 60_000 }
   })
   t.teardown(() => auth.close())
+  // A second cache refreshing every 20 ms from a provider of its own: its fetches show that the
+  // moments when a wrong refresh would have come have passed.
+  const clock = await startOidcProvider()
+  t.teardown(() => clock.close())
+  const reference = createJwtAuthenticator({ issuer: clock.issuer, audience: clock.audience, jwksUrl: clock.jwksUrl, defaultNamespace: 'default', jwks: { cooldownMs: 10, refreshIntervalMs: 20 } })
+  t.teardown(() => reference.close())
+  const refreshesOfReference = async (count: number) => {
+    const start = clock.jwksFetches
+    await until(() => clock.jwksFetches >= start + count, `${count} refreshes of the reference cache`)
+  }
   await until(() => idp.jwksFetches >= 2, 'a retry of the failed fetch')
   t.equal(auth.status(), 'degraded')
   idp.jwksMode = 'ok'
   await until(() => auth.status() === 'ok', 'the status to recover without any request')
   const fetches = idp.jwksFetches
-  await sleep(200)
+  await refreshesOfReference(3) // more than the 20 ms cooldown
   t.equal(idp.jwksFetches, fetches, 'after a success the next refresh waits for the interval')
 
   const frequent = createJwtAuthenticator({
@@ -213,8 +223,8 @@ test('background refresh: retried after the cooldown when it failed, every inter
   const before = idp.jwksFetches
   await until(() => idp.jwksFetches >= before + 3, 'periodic refreshes')
   frequent.close()
-  await sleep(50)
+  await refreshesOfReference(2) // a fetch already under way when close came has arrived
   const afterClose = idp.jwksFetches
-  await sleep(200)
+  await refreshesOfReference(3) // more than the closed cache's 20 ms interval
   t.equal(idp.jwksFetches, afterClose, 'no refresh after close')
 })

@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { test } from 'tap'
 import { createSql, DatabaseUnavailableError, planTls, TlsSettingsError, waitForDatabase } from '../../db/connect.js'
 import { testDatabase } from '../db-helper.js'
+import { eventually } from '../eventually.js'
 
 const PASSWORD = 'sup3r-secret-passw0rd'
 
@@ -12,22 +13,24 @@ test('waitForDatabase gives up on a closed port after the timeout, without leaki
   const sql = createSql(`postgres://scm:${PASSWORD}@127.0.0.1:1/scm`, { max: 1, connectTimeoutMs: 1000 })
   t.teardown(async () => { await sql.end({ timeout: 1 }) })
   const logged: string[] = []
-  const started = Date.now()
   const error = await waitForDatabase(sql, { timeoutMs: 800, log: (msg) => logged.push(msg) }).then(() => null, (err: unknown) => err)
-  const elapsed = Date.now() - started
 
   t.ok(error instanceof DatabaseUnavailableError, 'DatabaseUnavailableError')
   const message = (error as Error).message
   t.match(message, '127.0.0.1:1')
   t.notMatch(message, PASSWORD)
-  t.ok(elapsed >= 700 && elapsed < 10_000, `gave up after ${elapsed} ms, not before the timeout and without hanging`)
-  t.ok(logged.length >= 2, `retried with backoff (${logged.length} log lines)`)
+  t.ok(logged.length >= 2, `retried with backoff, not given up at the first refusal (${logged.length} log lines)`)
+  t.match(message, `after ${logged.length + 1} attempts in 800 ms`, 'the error reports every attempt and the timeout')
   t.notMatch(logged.join('\n'), PASSWORD)
 })
 
 test('waitForDatabase keeps to its timeout when the server accepts but never answers', async (t) => {
   const sockets = new Set<Socket>()
-  const silent = createServer((socket) => { sockets.add(socket) })
+  let closedByClient = 0
+  const silent = createServer((socket) => {
+    sockets.add(socket)
+    socket.on('close', () => { closedByClient++ })
+  })
   await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => {
     for (const socket of sockets) socket.destroy()
@@ -38,10 +41,9 @@ test('waitForDatabase keeps to its timeout when the server accepts but never ans
   const sql = createSql(`postgres://scm:${PASSWORD}@127.0.0.1:${address.port}/scm`, { max: 1, connectTimeoutMs: 30_000 })
   t.teardown(async () => { await sql.end({ timeout: 0 }) })
 
-  const started = Date.now()
   await t.rejects(waitForDatabase(sql, { timeoutMs: 500 }), DatabaseUnavailableError)
-  const elapsed = Date.now() - started
-  t.ok(elapsed >= 450 && elapsed < 10_000, `gave up after ${elapsed} ms, not before the timeout and without hanging`)
+  await eventually(() => sockets.size > 0, { what: 'the server to see the connection attempt' })
+  t.equal(closedByClient, 0, 'gave up on its own timeout while the connection attempt (30 s connect timeout) was still open')
 })
 
 test('createSql against the test database', async (t) => {

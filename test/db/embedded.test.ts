@@ -63,7 +63,9 @@ test('embedded PostgreSQL (PGlite behind a loopback socket)', async (t) => {
       readerDone = true
       return rows[0].count
     })
-    await new Promise(resolve => setTimeout(resolve, 200))
+    // Statements are served in the order they arrive: had the reader not been held, it would be
+    // answered before these later statements of the transaction.
+    for (let i = 0; i < 3; i++) await holder`select 1`
     t.equal(readerDone, false, 'another connection waits while the transaction is open')
     await holder`commit`
     holder.release()

@@ -1,5 +1,5 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
+import { eventually } from '../eventually.js'
 import { build, callTool } from '../helper.js'
 import { assume, fails, historyOf, isIsoTimestamp, namesField, ok, okResult, toolError } from './helpers.js'
 
@@ -92,7 +92,7 @@ test('write_context', async (t) => {
 
   t.test('an expired entry reads as absent and the next write creates it again with the next version', async (t) => {
     await ok(t, app, 'write_context', { key: 'w/expiring', content: 'gone soon', ttl_seconds: 1, tags: ['old'] })
-    await sleep(1300)
+    await eventually(async () => /^CTX_2001:/.test((await callTool(app, 'read_context', { key: 'w/expiring' })).content[0]?.text ?? ''), { what: 'the one-second TTL to pass' })
     await fails(t, app, 'read_context', { key: 'w/expiring' }, 'CTX_2001')
     const error = await fails(t, app, 'write_context', { key: 'w/expiring', content: 'x', expected_version: 1 }, 'CTX_2002')
     t.equal(error.current_version, null, 'an expired entry has no current version')

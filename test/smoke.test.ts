@@ -1,2 +1,0 @@
-import { test } from 'tap'
-test('ts works', async (t) => { const x: number = 1; t.equal(x, 1) })
