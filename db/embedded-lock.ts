@@ -71,14 +71,6 @@ export async function lockDataDir (dataDir: string, socket: string): Promise<Dat
   throw new Error(`Could not lock the data folder ${dataDir}: other processes keep taking it. Try again.`)
 }
 
-/** The live holder of the data folder, or undefined if none holds it. */
-export async function findHolder (dataDir: string): Promise<{ record: LockRecord | undefined, socketAnswers: boolean } | undefined> {
-  const found = await readLock(join(dataDir, LOCK_FILE))
-  if (found === undefined) return undefined
-  const verdict = await judge(found)
-  return verdict.live ? { record: found.record, socketAnswers: verdict.socketAnswers } : undefined
-}
-
 interface FoundLock {
   /** Undefined while the holder is still writing it, or if it is not ours. */
   record: LockRecord | undefined

@@ -65,7 +65,10 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
       lock = await lockDataDir(dataDir, socket.path)
       // Left by a server that died; its lock was stale, or we would not hold it now.
       await rm(socket.path, { force: true })
-      await chmod(dataDir, 0o700)
+      await chmod(dataDir, 0o700).catch((error: NodeJS.ErrnoException) => {
+        // A mount point owned by someone else (root, a world-writable bind mount): the files inside still are ours only.
+        options.log?.(`could not make the data folder ${dataDir} owner-only (${error.code ?? String(error)}); make it 0700 yourself`)
+      })
     } catch (error) {
       if (lock === undefined) await socket.discard() // never the socket of the server that holds the folder
       else {
