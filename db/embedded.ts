@@ -72,8 +72,8 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
     } catch (error) {
       if (lock === undefined) await socket.discard() // never the socket of the server that holds the folder
       else {
-        await lock.release()
         await socket.remove()
+        await lock.release()
       }
       throw error
     }
@@ -114,7 +114,7 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
     close: async () => {
       closing ??= (async () => {
         try {
-          await runningServer.stop() // removes the socket file: from here on, a newcomer goes by the lease
+          await runningServer.stop() // removes the socket file: until the lock goes, a newcomer judges by PID or lease
         } finally {
           try {
             if (!runningDb.closed) await runningDb.close()
