@@ -27,6 +27,8 @@ export const LOCK_FILE = 'shared-context-mcp.lock'
 const LEASE_RENEW_MS = 5_000
 /** ... and a lease younger than this is live whatever else we can tell. */
 const LEASE_MS = 30_000
+/** How long a newcomer waits for another one that is replacing a stale lock (a few file operations). */
+const TAKEOVER_WAIT_MS = 5_000
 
 export class DataDirInUseError extends Error {
   override readonly name = 'DataDirInUseError'
@@ -58,7 +60,8 @@ export interface DataDirLock {
 export async function lockDataDir (dataDir: string, socket: string): Promise<DataDirLock> {
   const lockPath = join(dataDir, LOCK_FILE)
   const record: LockRecord = { id: randomBytes(12).toString('hex'), ...ownIdentity(), socket }
-  for (let attempt = 0; attempt < 3; attempt++) {
+  const deadline = Date.now() + TAKEOVER_WAIT_MS
+  while (Date.now() < deadline) {
     const handle = await createExclusive(lockPath, JSON.stringify(record))
     if (handle !== undefined) return holdLease(lockPath, handle, record.id)
 
@@ -66,7 +69,7 @@ export async function lockDataDir (dataDir: string, socket: string): Promise<Dat
     if (found === undefined) continue // released meanwhile
     const verdict = await judge(found)
     if (verdict.live) throw inUse(dataDir, found.record, verdict.socketAnswers)
-    await replaceStale(dataDir, lockPath, found)
+    if (await replaceStale(dataDir, lockPath, found) === 'busy') await new Promise((resolve) => setTimeout(resolve, 20))
   }
   throw new Error(`Could not lock the data folder ${dataDir}: other processes keep taking it. Try again.`)
 }
@@ -147,26 +150,28 @@ async function createExclusive (path: string, text: string): Promise<FileHandle 
 }
 
 /** Removes the stale lock `found` (and its dead server's socket), unless someone replaced it meanwhile. */
-async function replaceStale (dataDir: string, lockPath: string, found: FoundLock): Promise<void> {
+async function replaceStale (dataDir: string, lockPath: string, found: FoundLock): Promise<'done' | 'busy'> {
   const guardPath = `${lockPath}.takeover`
   let guard = await createExclusive(guardPath, String(process.pid))
   if (guard === undefined) {
     // Another newcomer is replacing it right now; a guard older than a lease was left by a crash.
     const left = await stat(guardPath).catch(() => undefined)
-    if (left === undefined || Date.now() - left.mtimeMs < LEASE_MS) return
+    if (left === undefined) return 'done'
+    if (Date.now() - left.mtimeMs < LEASE_MS) return 'busy'
     await rm(guardPath, { force: true })
     guard = await createExclusive(guardPath, String(process.pid))
-    if (guard === undefined) return
+    if (guard === undefined) return 'busy'
   }
   try {
     const now = await readLock(lockPath)
-    if (now === undefined || now.ino !== found.ino || now.record?.id !== found.record?.id) return
+    if (now === undefined || now.ino !== found.ino || now.record?.id !== found.record?.id) return 'done'
     if (found.record !== undefined) {
       await rm(found.record.socket, { force: true })
       // A socket outside the data folder was in a private temp folder of its own; rmdir takes only an empty one.
       if (dirname(found.record.socket) !== dataDir) await rmdir(dirname(found.record.socket)).catch(() => {})
     }
     await rm(lockPath, { force: true })
+    return 'done'
   } finally {
     await guard.close()
     await rm(guardPath, { force: true })

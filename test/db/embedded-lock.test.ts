@@ -83,6 +83,14 @@ test('the data-folder lock: a live holder keeps it, a dead one loses it', async 
     t.match(JSON.parse(await readFile(join(dataDir, LOCK_FILE), 'utf8')), { pid: process.pid, bootId, pidNamespace })
   })
 
+  await t.test('two newcomers over one stale lock: exactly one takes it over', async (t) => {
+    const dataDir = join(root, 'race')
+    await plantLock(dataDir, OTHER_CONTAINER, 120_000)
+    const results = await Promise.allSettled([start(dataDir), start(dataDir)])
+    t.equal(results.filter((result) => result.status === 'fulfilled').length, 1, 'one opened it')
+    t.match(results.find((result) => result.status === 'rejected'), { reason: { name: 'DataDirInUseError' } }, 'the other was refused')
+  })
+
   await t.test('the holder renews its lease', async (t) => {
     const dataDir = join(root, 'renewed')
     await start(dataDir)
