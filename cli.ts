@@ -56,7 +56,7 @@ function configFromEnv (): Config {
 async function withDatabase (action: (database: Awaited<ReturnType<typeof openDatabase>>, config: Config) => Promise<void>, options: OpenOptions = {}): Promise<void> {
   const config = configFromEnv()
   const log = (message: string) => process.stderr.write(`${message}\n`)
-  const database = await openDatabase(config, log, log, options)
+  const database = await openDatabase(config, log, log, { useRunningServer: true, ...options })
   try {
     await action(database, config)
   } finally {
@@ -207,6 +207,8 @@ async function importCommand (args: string[]): Promise<void> {
   })
 }
 
+// Whatever this process creates (the embedded database's files) is its owner's only.
+process.umask(0o077)
 const [command = 'serve', ...args] = process.argv.slice(2)
 try {
   switch (command) {
@@ -214,7 +216,7 @@ try {
       await serve()
       break
     case 'migrate':
-      await withDatabase(async () => { process.stdout.write('Migrations are up to date.\n') })
+      await withDatabase(async () => { process.stdout.write('Migrations are up to date.\n') }, { migrate: true })
       break
     case 'token':
       await tokenCommand(args)

@@ -29,6 +29,7 @@ function connectInstructions (url: string, token: string | undefined): string {
 
 /** Starts the server: the only place that touches process (env, signals, exit, stdout). */
 export async function serve (): Promise<void> {
+  process.umask(0o077) // the embedded database's files: owner only (db/embedded.ts)
   let config: Config
   try {
     config = loadConfig(process.env)

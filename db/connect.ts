@@ -7,6 +7,8 @@ import { isLoopbackHost } from '../schema/config.js'
 export interface SqlOptions {
   max: number
   connectTimeoutMs: number
+  /** A Unix socket file to connect to instead of the URL's host and port (the embedded database's). */
+  path?: string
   onnotice?: (notice: postgres.Notice) => void
   /** DB_SSL_CA / DB_SSL_VERIFY; default: no extra CA, verification on. */
   tls?: TlsSettings
@@ -27,6 +29,7 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
   const tls = planTls(url, options.tls)
   const sql = postgres(tls.url, {
     ssl: tls.ssl,
+    ...(options.path !== undefined && { path: options.path }),
     max: options.max,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
     idle_timeout: 60,
@@ -245,7 +248,8 @@ export async function waitForDatabase (sql: postgres.Sql, options: WaitOptions):
 
 /** host:port list of the server, never the credentials. */
 export function describeServer (sql: postgres.Sql): string {
-  const { host, port } = sql.options
+  const { host, port, path } = sql.options
+  if (typeof path === 'string') return path
   return host.map((h, i) => `${h}:${port[i] ?? port[0] ?? 5432}`).join(',')
 }
 

@@ -791,7 +791,7 @@ export function createMaintenanceStore (sql: postgres.Sql) {
    * (plus any entry rows without history among them), one call of `onRows` each; the next page is
    * read only once it has resolved. One read-only REPEATABLE READ transaction, so one consistent
    * snapshot across all pages. On the embedded database an open transaction holds the socket
-   * server: other connections wait until the export ends (the CLI is its only user).
+   * server: other connections, a running server's requests too, wait until the export ends.
    */
   async function exportRows (namespace: string | undefined, rowsPerFetch: number, onRows: (rows: ExportRow[]) => Promise<void>): Promise<void> {
     await sql.begin('isolation level repeatable read read only', async (tx) => {

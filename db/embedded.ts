@@ -1,8 +1,10 @@
 import { existsSync } from 'node:fs'
-import { mkdir, open, readFile, rm } from 'node:fs/promises'
+import { chmod, lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { PGlite } from '@electric-sql/pglite'
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
+import { lockDataDir, type DataDirLock } from './embedded-lock.js'
 
 export interface EmbeddedPostgresOptions {
   /** Folder that holds the database; created if missing. Undefined: in memory, gone on close. */
@@ -21,17 +23,29 @@ export interface EmbeddedPostgresOptions {
 }
 
 export interface EmbeddedPostgres {
-  /** postgres:// URL on 127.0.0.1 for postgres.js. */
+  /**
+   * postgres:// URL for postgres.js. In memory: on a loopback port (tests only). With a data
+   * folder its host is a placeholder: connect through `socketPath`.
+   */
   url: string
+  /** The Unix socket the database is served on (data folder only); createSql's `path`. */
+  socketPath?: string
   close(): Promise<void>
 }
 
 const DEFAULT_MAX_CONNECTIONS = 32
-const LOCK_FILE = 'shared-context-mcp.lock'
+const SOCKET_FILE = 'postgres.sock'
+// sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
+const MAX_SOCKET_PATH_BYTES = 103
 
 /**
- * PGlite (PostgreSQL compiled to WASM, one backend in this process) behind a loopback socket, so
- * the application talks to it with postgres.js exactly as it does to a real server.
+ * PGlite (PostgreSQL compiled to WASM, one backend in this process) behind a socket, so the
+ * application talks to it with postgres.js exactly as it does to a real server.
+ *
+ * With a data folder the socket is a Unix socket inside it (DATA_DIR is 0700, so only its owner
+ * can connect; PGlite asks for no password), or, where that path is too long for a socket, in a
+ * private 0700 folder under the OS temp folder; the lock file records which (see embedded-lock.ts),
+ * so that the CLI can reach a running server's database.
  *
  * The socket server runs one protocol message at a time against the single backend. While one
  * connection is inside an explicit transaction, messages from the other connections wait. Only
@@ -42,10 +56,27 @@ const LOCK_FILE = 'shared-context-mcp.lock'
 export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgres> {
   const started = performance.now()
   const dataDir = options.dataDir === undefined ? undefined : resolve(options.dataDir)
-  let releaseLock = async (): Promise<void> => {}
+  let socket: PrivateSocket | undefined
+  let lock: DataDirLock | undefined
   if (dataDir !== undefined) {
-    await mkdir(dataDir, { recursive: true })
-    releaseLock = await lockDataDir(dataDir)
+    await mkdir(dataDir, { recursive: true, mode: 0o700 })
+    socket = await privateSocketPath(dataDir)
+    try {
+      lock = await lockDataDir(dataDir, socket.path)
+      // Left by a server that died; its lock was stale, or we would not hold it now.
+      await rm(socket.path, { force: true })
+      await chmod(dataDir, 0o700).catch((error: NodeJS.ErrnoException) => {
+        // A mount point owned by someone else (root, a world-writable bind mount): the files inside still are ours only.
+        options.log?.(`could not make the data folder ${dataDir} owner-only (${error.code ?? String(error)}); make it 0700 yourself`)
+      })
+    } catch (error) {
+      if (lock === undefined) await socket.discard() // never the socket of the server that holds the folder
+      else {
+        await socket.remove()
+        await lock.release()
+      }
+      throw error
+    }
   }
 
   let db: PGlite | undefined
@@ -56,16 +87,18 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
       ...(dataDir !== undefined && { dataDir }),
       ...(isNew && options.loadDataDir !== undefined && { loadDataDir: options.loadDataDir })
     })
-    server = new PGLiteSocketServer({
-      db,
-      host: '127.0.0.1',
-      port: 0, // the OS picks a free port; the server reads it back after listen
-      maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
-    })
+    if (dataDir !== undefined) await ownerOnly(dataDir)
+    const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+    server = new PGLiteSocketServer(socket === undefined
+      ? { db, host: '127.0.0.1', port: 0, maxConnections } // port 0: the OS picks a free one, read back after listen
+      : { db, path: socket.path, maxConnections })
     await server.start()
+    if (socket !== undefined) await chmod(socket.path, 0o600)
   } catch (error) {
+    await server?.stop().catch(() => {})
     await db?.close().catch(() => {})
-    await releaseLock()
+    await socket?.remove() // before the lock goes: then the path may be the next holder's
+    await lock?.release()
     throw error
   }
 
@@ -77,21 +110,61 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
   const runningServer = server
   const runningDb = db
   return {
-    url: `postgres://postgres@${address}/postgres`,
+    ...(socket === undefined ? { url: `postgres://postgres@${address}/postgres` } : { url: SOCKET_URL, socketPath: socket.path }),
     close: async () => {
       closing ??= (async () => {
         try {
-          await runningServer.stop()
+          await runningServer.stop() // removes the socket file: until the lock goes, a newcomer judges by PID or lease
         } finally {
           try {
             if (!runningDb.closed) await runningDb.close()
           } finally {
-            await releaseLock()
+            await socket?.remove()
+            await lock?.release()
           }
         }
       })()
       return await closing
     }
+  }
+}
+
+/** For a Unix socket: postgres.js takes the user and database from it, and connects to `path`. */
+export const SOCKET_URL = 'postgres://postgres@localhost/postgres'
+
+interface PrivateSocket {
+  path: string
+  /** Removes the socket file, and the private folder it was made in, if any: only while holding the lock. */
+  remove: () => Promise<void>
+  /** Removes the private folder made for it, if any. */
+  discard: () => Promise<void>
+}
+
+async function privateSocketPath (dataDir: string): Promise<PrivateSocket> {
+  const inDataDir = join(dataDir, SOCKET_FILE)
+  if (Buffer.byteLength(inDataDir) <= MAX_SOCKET_PATH_BYTES) {
+    return { path: inDataDir, remove: async () => { await rm(inDataDir, { force: true }) }, discard: async () => {} }
+  }
+  const folder = await mkdtemp(join(tmpdir(), 'scm-db-')) // created 0700
+  const path = join(folder, SOCKET_FILE)
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    await rm(folder, { recursive: true, force: true })
+    throw new Error(`Neither ${inDataDir} nor ${path} is short enough for a Unix socket (${MAX_SOCKET_PATH_BYTES} bytes): use a shorter DATA_DIR or TMPDIR.`)
+  }
+  const removeFolder = async (): Promise<void> => { await rm(folder, { recursive: true, force: true }) }
+  return { path, remove: removeFolder, discard: removeFolder }
+}
+
+/**
+ * Everything in the data folder: owner only. PGlite gives the files it unpacks from a template
+ * (and older builds gave every file) modes such as 0666; files it creates later follow the
+ * umask, which the entry points set to 077.
+ */
+async function ownerOnly (dataDir: string): Promise<void> {
+  for (const name of await readdir(dataDir, { recursive: true })) {
+    const path = join(dataDir, name)
+    const stats = await lstat(path)
+    if ((stats.mode & 0o077) !== 0 && !stats.isSymbolicLink()) await chmod(path, stats.mode & 0o700)
   }
 }
 
@@ -102,61 +175,5 @@ export async function createDataDirTemplate (): Promise<Blob> {
     return await db.dumpDataDir('none')
   } finally {
     await db.close()
-  }
-}
-
-const dataDirsOpenInThisProcess = new Set<string>()
-
-/**
- * PGlite does not protect its data folder against a second process; two writers corrupt it.
- * A lock file with our pid does, and one left behind by a dead process is taken over. A lock file
- * with our own pid is stale too (a container restarted as pid 1 again): this process tracks its
- * own open folders in memory.
- */
-async function lockDataDir (dataDir: string): Promise<() => Promise<void>> {
-  if (dataDirsOpenInThisProcess.has(dataDir)) {
-    throw new Error(`The data folder ${dataDir} is already open in this process.`)
-  }
-  dataDirsOpenInThisProcess.add(dataDir)
-  try {
-    return await takeLockFile(dataDir)
-  } catch (error) {
-    dataDirsOpenInThisProcess.delete(dataDir)
-    throw error
-  }
-}
-
-async function takeLockFile (dataDir: string): Promise<() => Promise<void>> {
-  const lockPath = join(dataDir, LOCK_FILE)
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await open(lockPath, 'wx')
-      await handle.writeFile(String(process.pid))
-      await handle.close()
-      return async () => {
-        dataDirsOpenInThisProcess.delete(dataDir)
-        await rm(lockPath, { force: true })
-      }
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
-      const owner = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim())
-      if (owner > 0 && owner !== process.pid && isAlive(owner)) {
-        throw new Error(
-          `The data folder ${dataDir} is in use by process ${owner}. Stop that process first, ` +
-          'or point DATA_DIR elsewhere (or set DATABASE_URL to use a PostgreSQL server).'
-        )
-      }
-      await rm(lockPath, { force: true })
-    }
-  }
-  throw new Error(`Could not lock the data folder ${dataDir}; remove ${lockPath} if no server is running.`)
-}
-
-function isAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
 }

@@ -3,7 +3,8 @@ import { resolve } from 'node:path'
 import type postgres from 'postgres'
 import type { Config } from '../schema/config.js'
 import { createSql, planTls, waitForDatabase } from './connect.js'
-import { startEmbeddedPostgres } from './embedded.js'
+import { SOCKET_URL, startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js'
+import { DataDirInUseError } from './embedded-lock.js'
 import { migrate } from './migrate.js'
 
 // The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
@@ -26,8 +27,17 @@ export interface OpenDatabase {
 }
 
 export interface OpenOptions {
-  /** Apply pending migrations (default true); false leaves the schema as it is (cli export). */
+  /**
+   * Apply pending migrations (default true); false leaves the schema as it is (cli export). On a
+   * running server's embedded database (useRunningServer) the default is false: that server
+   * applied its build's migrations when it started, and only an explicit `migrate` changes them.
+   */
   migrate?: boolean
+  /**
+   * The CLI: if a running server holds the embedded database, use it through that server's socket
+   * rather than refuse. A server never does (a second one is refused).
+   */
+  useRunningServer?: boolean
 }
 
 /**
@@ -42,12 +52,22 @@ export async function openDatabase (config: Config, log: (message: string) => vo
     if (plan.warning !== undefined) warn(plan.warning)
     else log(plan.summary)
   }
-  const embedded = config.DATABASE_URL === undefined
-    ? await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log, loadDataDir: await readTemplate() })
-    : undefined
-  const sql = createSql(embedded?.url ?? config.DATABASE_URL as string, {
-    max: embedded === undefined ? config.DB_POOL_MAX : EMBEDDED_POOL_MAX,
+  let embedded: EmbeddedPostgres | undefined
+  let running: string | undefined
+  if (config.DATABASE_URL === undefined) {
+    try {
+      embedded = await startEmbeddedPostgres({ dataDir: resolve(config.DATA_DIR), log, loadDataDir: await readTemplate() })
+    } catch (error) {
+      if (!(error instanceof DataDirInUseError) || options.useRunningServer !== true) throw error
+      running = runningServerSocket(error, resolve(config.DATA_DIR))
+      log(`the data folder ${resolve(config.DATA_DIR)} is in use by a running server (process ${error.holder?.pid ?? '?'}); using its database through ${running}`)
+    }
+  }
+  const local = config.DATABASE_URL === undefined
+  const sql = createSql(local ? SOCKET_URL : config.DATABASE_URL as string, {
+    max: local ? EMBEDDED_POOL_MAX : config.DB_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    ...(local && { path: running ?? embedded?.socketPath }),
     tls
   })
   const close = async () => {
@@ -56,10 +76,21 @@ export async function openDatabase (config: Config, log: (message: string) => vo
   }
   try {
     await waitForDatabase(sql, { timeoutMs: config.DB_CONNECT_TIMEOUT_MS, log })
-    if (options.migrate !== false) await migrate(sql, { log })
+    if (running === undefined ? options.migrate !== false : options.migrate === true) await migrate(sql, { log })
   } catch (error) {
     await close().catch(() => {})
     throw error
   }
   return { sql, close }
+}
+
+function runningServerSocket (error: DataDirInUseError, dataDir: string): string {
+  if (error.socketAnswers && error.holder !== undefined) return error.holder.socket
+  const who = error.holder === undefined ? 'another process' : `process ${error.holder.pid} on ${error.holder.host}`
+  throw new Error(
+    `The data folder ${dataDir} is in use by ${who}, whose database socket does not answer here: ` +
+    'the server is starting or stopping (try again in a moment), or it runs in another container with its socket outside the data folder ' +
+    '(run the command in that container: docker exec).',
+    { cause: error }
+  )
 }

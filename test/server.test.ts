@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { lstat, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,7 +16,32 @@ async function callTool (url: string, token: string, name: string, args: Record<
   return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
 }
 
-test('first start on loopback with the embedded database: creates a token, prints it once with the claude line', async (t) => {
+/** Ports of the TCP sockets the process listens on (from /proc: its socket inodes in its network namespace's tables). */
+async function tcpListeningPorts (pid: number): Promise<number[]> {
+  const inodes = new Set<string>()
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')
+    const match = /^socket:\[(\d+)\]$/.exec(target)
+    if (match?.[1] !== undefined) inodes.add(match[1])
+  }
+  const ports: number[] = []
+  for (const table of ['tcp', 'tcp6']) {
+    const lines = (await readFile(`/proc/${pid}/net/${table}`, 'utf8').catch(() => '')).split('\n').slice(1)
+    for (const line of lines) {
+      const fields = line.trim().split(/\s+/) // sl local_address rem_address st ... inode (10th)
+      if (fields[3] === '0A' && inodes.has(fields[9] ?? '')) ports.push(parseInt((fields[1] ?? '').split(':')[1] ?? '', 16))
+    }
+  }
+  return ports.sort((a, b) => a - b)
+}
+
+async function groupOrWorldAccessible (dir: string): Promise<string[]> {
+  const names = ['.', ...await readdir(dir, { recursive: true })]
+  const modes = await Promise.all(names.map(async (name) => ({ name, mode: (await lstat(join(dir, name))).mode })))
+  return modes.filter(({ mode }) => (mode & 0o077) !== 0).map(({ name, mode }) => `${name} ${(mode & 0o777).toString(8)}`)
+}
+
+test('first start on loopback with the embedded database: creates a token, prints it once with the claude line; no TCP port for the database, DATA_DIR owner only', async (t) => {
   const dataDir = await mkdtemp(join(tmpdir(), 'scm-data-'))
   t.teardown(() => rm(dataDir, { recursive: true, force: true }))
   const env = { DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'warn' }
@@ -33,6 +58,8 @@ test('first start on loopback with the embedded database: creates a token, print
   const written = await callTool(url, token as string, 'write_context', { key: 'persisted', content: 'survives restarts' })
   t.equal(written.status, 200)
   t.equal(written.body.result?.structuredContent.version, 1)
+  t.same(await tcpListeningPorts(first.child.pid as number), [Number(new URL(url).port)], 'no TCP listener but PORT: the database is on a Unix socket')
+  t.same(await groupOrWorldAccessible(dataDir), [], 'nothing in DATA_DIR is open to group or others')
 
   first.child.kill('SIGTERM')
   t.equal(await first.exited, 0, 'clean exit on SIGTERM')
@@ -45,6 +72,7 @@ test('first start on loopback with the embedded database: creates a token, print
   t.equal(read.body.result?.structuredContent.content, 'survives restarts', 'data and token persisted in DATA_DIR')
   second.child.kill('SIGTERM')
   t.equal(await second.exited, 0)
+  t.same(await groupOrWorldAccessible(dataDir), [], 'nor after a restart and a shutdown')
 })
 
 test('invalid configuration: exit 1 with one line per problem, secrets not echoed', async (t) => {

@@ -1,48 +1,56 @@
-import { readdirSync } from 'node:fs'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { existsSync, readdirSync } from 'node:fs'
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'tap'
 import { createSql } from '../../db/connect.js'
 import { createDataDirTemplate, startEmbeddedPostgres, type EmbeddedPostgres } from '../../db/embedded.js'
+import { LOCK_FILE } from '../../db/embedded-lock.js'
 import { migrate } from '../../db/migrate.js'
+
+function sqlFor (embedded: EmbeddedPostgres, max: number) {
+  return createSql(embedded.url, { max, connectTimeoutMs: 5000, ...(embedded.socketPath !== undefined && { path: embedded.socketPath }) })
+}
 
 const SHIPPED_MIGRATIONS = readdirSync(new URL('../../db/migrations/', import.meta.url)).filter((file) => /^\d+_.+\.sql$/.test(file)).sort()
 
-test('embedded PostgreSQL (PGlite behind a loopback socket)', async (t) => {
+test('embedded PostgreSQL (PGlite behind a Unix socket in its data folder)', async (t) => {
   const dataDir = join(await mkdtemp(join(tmpdir(), 'scm-embedded-')), 'data')
   t.teardown(async () => { await rm(join(dataDir, '..'), { recursive: true, force: true }) })
   let running: EmbeddedPostgres | undefined
   t.teardown(async () => { await running?.close() })
 
-  await t.test('creates the data folder, keeps data, opens it only once', async (t) => {
+  await t.test('creates the data folder (0700), serves it on a Unix socket inside it, keeps data, opens it only once', async (t) => {
     const first = await startEmbeddedPostgres({ dataDir })
-    t.match(first.url, /^postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres$/)
-    t.ok(Number(new URL(first.url).port) > 0, 'the OS assigned a port')
-    const sql = createSql(first.url, { max: 4, connectTimeoutMs: 5000 })
+    t.equal(first.socketPath, join(dataDir, 'postgres.sock'))
+    t.equal((await stat(dataDir)).mode & 0o777, 0o700)
+    t.ok((await stat(join(dataDir, 'postgres.sock'))).isSocket())
+    const sql = sqlFor(first, 4)
     t.same(await migrate(sql), { applied: SHIPPED_MIGRATIONS })
     await sql`insert into revoked_jtis (jti, expires_at) values ('kept', now() + interval '1 day')`
     await sql.end()
-    await t.rejects(startEmbeddedPostgres({ dataDir }), /already open in this process/)
+    await t.rejects(startEmbeddedPostgres({ dataDir }), { name: 'DataDirInUseError', message: new RegExp(`in use by process ${process.pid} on .*, a running server`) })
     await first.close()
     await t.resolves(first.close(), 'close is idempotent')
+    t.notOk(existsSync(join(dataDir, 'postgres.sock')), 'the socket is gone')
+    t.notOk(existsSync(join(dataDir, LOCK_FILE)), 'the lock is released')
   })
 
-  await t.test('reopens an existing data folder, over a stale lock file', async (t) => {
-    await writeFile(join(dataDir, 'shared-context-mcp.lock'), '2147483646') // no such process
+  await t.test('reopens an existing data folder, over the stale lock file of an older build', async (t) => {
+    await writeFile(join(dataDir, LOCK_FILE), '2147483646') // no such process
     const logged: string[] = []
     running = await startEmbeddedPostgres({ dataDir, log: (msg) => logged.push(msg) })
-    const sql = createSql(running.url, { max: 4, connectTimeoutMs: 5000 })
+    const sql = sqlFor(running, 4)
     t.teardown(async () => { await sql.end() })
     t.same(await migrate(sql), { applied: [] })
     t.same(await sql`select jti from revoked_jtis`, [{ jti: 'kept' }], 'data survived the restart')
-    t.match(logged, [/listening on 127\.0\.0\.1:\d+ after \d+ ms/])
+    t.match(logged, [new RegExp(`listening on ${join(dataDir, 'postgres.sock')} after \\d+ ms`)])
   })
 
   await t.test('several postgres.js connections share the single backend safely', async (t) => {
     if (running === undefined) throw new Error('not running')
-    const sql = createSql(running.url, { max: 8, connectTimeoutMs: 5000 })
-    const other = createSql(running.url, { max: 1, connectTimeoutMs: 5000 })
+    const sql = sqlFor(running, 8)
+    const other = sqlFor(running, 1)
     t.teardown(async () => { await Promise.all([sql.end(), other.end()]) })
     await sql`create table items (id int primary key, label text not null)`
 
@@ -79,14 +87,14 @@ test('a new data folder starts from the template; an existing one ignores it', a
   const template = await createDataDirTemplate()
 
   const first = await startEmbeddedPostgres({ dataDir, loadDataDir: template })
-  const sql = createSql(first.url, { max: 2, connectTimeoutMs: 5000 })
+  const sql = sqlFor(first, 2)
   t.same((await migrate(sql)).applied, SHIPPED_MIGRATIONS, 'an empty database came from the template')
   await sql`insert into revoked_jtis (jti, expires_at) values ('mine', now() + interval '1 day')`
   await sql.end()
   await first.close()
 
   const second = await startEmbeddedPostgres({ dataDir, loadDataDir: template })
-  const again = createSql(second.url, { max: 2, connectTimeoutMs: 5000 })
+  const again = sqlFor(second, 2)
   t.teardown(async () => { await again.end(); await second.close() })
   t.same(await again`select jti from revoked_jtis`, [{ jti: 'mine' }], 'the template did not overwrite existing data')
 })
