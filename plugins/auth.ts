@@ -155,7 +155,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     if (record === null) {
       tokenCache.delete(hexHash)
       throw new AppError('AUTH_1002', looksLikeJwt(token) && jwt === undefined
-        ? 'The bearer token is a JWT, but this server accepts JWTs only when OIDC_ISSUER is set.'
+        ? `The bearer token is a JWT, but this server accepts JWTs only when OIDC_ISSUER is set: ${getToken}.`
         : `The bearer token is not valid (wrong, or from another server): ${getToken}.`)
     }
     if (record.revoked) {
