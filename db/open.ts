@@ -26,7 +26,7 @@ export interface OpenDatabase {
 }
 
 export interface OpenOptions {
-  /** Apply pending migrations (default true); false leaves the schema as it is (`node dist/cli.js export`). */
+  /** Apply pending migrations (default true); false leaves the schema as it is (cli export). */
   migrate?: boolean
 }
 

@@ -99,8 +99,6 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const { addressBudget } = fastify.rateLimits
   const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
   const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, log: fastify.log })
-  const authorizationServers = authorizationServersOf(config)
-  const getToken = howToGetAToken(config)
   const revocation = createRevocationChecker({
     store: db.store,
     redis: () => fastify.redis.client,
@@ -108,6 +106,8 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     log: fastify.log
   })
   fastify.addHook('onClose', async () => jwt?.close())
+  const authorizationServers = authorizationServersOf(config)
+  const getToken = howToGetAToken(config)
 
   if (staticHash === undefined && jwt === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
     throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters), set OIDC_ISSUER, or create a token with ${TOKEN_CREATE_HINT}.`)
