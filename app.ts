@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import configPlugin from './plugins/config.js'
 import dbPlugin from './plugins/db.js'
 import expiryPlugin from './plugins/expiry.js'
+import hostCheckPlugin from './plugins/host-check.js'
 import authPlugin from './plugins/auth.js'
 import redisPlugin from './plugins/redis.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
@@ -167,6 +168,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(dbPlugin)
     // Right after db and before every plugin that adds routes (cors) or captures the store it times.
     await app.register(metricsPlugin)
+    // Before every other request hook (CORS, rate limits, authentication): a foreign Host or Origin costs nothing more.
+    await app.register(hostCheckPlugin)
     await app.register(corsPlugin)
     await app.register(expiryPlugin)
     await app.register(redisPlugin)

@@ -15,8 +15,10 @@ const USAGE = `Usage: node dist/cli.js <command>
 
   serve                        start the server (default)
   migrate                      apply pending database migrations and exit
-  token create --name NAME [--namespace NS] [--scopes context:read,context:write]
-                               create an API token; printed once, only its hash is stored
+  token create --name NAME [--namespace NS] [--scopes context:read,context:write] [--global-admin]
+                               create an API token; printed once, only its hash is stored.
+                               context:admin is admin of NS only (default: default);
+                               --global-admin makes the token admin of every namespace
   token list                   list tokens (never their secrets)
   token revoke --name NAME     revoke a token
   token revoke-jti --jti ID [--expires-at ISO-8601]
@@ -70,11 +72,18 @@ function parseScopes (value: string | undefined): Scope[] {
   return scopes as Scope[]
 }
 
+/** What a token may do, in words: said plainly at creation because "admin" alone does not say where. */
+function accessOf (token: { namespace: string, scopes: readonly string[], globalAdmin: boolean }): string {
+  if (token.globalAdmin) return `global admin: every scope in every namespace (calls that name no namespace act in ${token.namespace})`
+  if (token.scopes.includes('context:admin')) return `admin of namespace ${token.namespace} only: every scope there, nothing in any other namespace (--global-admin makes an admin of every namespace)`
+  return `${token.scopes.join(', ')} in namespace ${token.namespace} only`
+}
+
 async function tokenCommand (args: string[]): Promise<void> {
   const [action, ...rest] = args
   const { values } = parseArgs({
     args: rest,
-    options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' }, jti: { type: 'string' }, 'expires-at': { type: 'string' } },
+    options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' }, 'global-admin': { type: 'boolean' }, jti: { type: 'string' }, 'expires-at': { type: 'string' } },
     strict: true
   })
   switch (action) {
@@ -83,13 +92,15 @@ async function tokenCommand (args: string[]): Promise<void> {
       if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(name)) fail('--name must be 1-64 characters of A-Z a-z 0-9 _ . : -', 2)
       const namespace = values.namespace ?? DEFAULT_NAMESPACE
       if (!/^[A-Za-z0-9_.:/-]{1,255}$/.test(namespace)) fail('--namespace must be 1-255 characters of A-Z a-z 0-9 _ . : / -', 2)
-      const scopes = parseScopes(values.scopes)
+      const globalAdmin = values['global-admin'] === true
+      const scopes = globalAdmin ? ['context:admin' as const] : parseScopes(values.scopes)
+      if (globalAdmin && values.scopes !== undefined) fail('--global-admin grants every scope in every namespace; leave out --scopes', 2)
       await withDatabase(async ({ sql }, config) => {
         const store = createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
         if ((await store.listApiTokens()).some((token) => token.name === name)) fail(`A token named "${name}" exists already; revoke it or choose another name.`)
         const token = generateToken()
-        await store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes })
-        process.stdout.write(`Created token "${name}" (namespace ${namespace}; ${scopes.join(', ')}). It is shown only now:\n${token}\n`)
+        await store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin })
+        process.stdout.write(`Created token "${name}": ${accessOf({ namespace, scopes, globalAdmin })}. It is shown only now:\n${token}\n`)
       })
       return
     }
@@ -98,7 +109,8 @@ async function tokenCommand (args: string[]): Promise<void> {
         const tokens = await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).listApiTokens()
         for (const token of tokens) {
           const state = token.revokedAt === null ? 'active' : `revoked ${token.revokedAt}`
-          process.stdout.write(`${token.name}\t${token.namespace}\t${token.scopes.join(',')}\tcreated ${token.createdAt}\tlast used ${token.lastUsedAt ?? 'never'}\t${state}\n`)
+          const access = token.globalAdmin || token.scopes.includes('context:admin') ? ` (${accessOf(token)})` : ''
+          process.stdout.write(`${token.name}\t${token.namespace}\t${token.scopes.join(',')}${access}\tcreated ${token.createdAt}\tlast used ${token.lastUsedAt ?? 'never'}\t${state}\n`)
         }
         if (tokens.length === 0) process.stdout.write('No tokens.\n')
       })

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import { errors, jwtVerify, type JWSAlgorithm, type JWTPayload } from 'jose'
+import { errors, jwtVerify, type JWSAlgorithm, type JWTHeaderParameters, type JWTPayload } from 'jose'
 import type { Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 import type { Principal } from '../schema/principal.js'
@@ -35,6 +35,12 @@ export interface JwtAuthenticatorOptions {
   /** The client whose resource_access roles count (JWT_ROLE_CLIENT); unset: the token's azp. */
   roleClient?: string | undefined
   clockSkewSeconds?: number
+  /**
+   * Whether our scope names in the `scope`/`scp` claim grant those scopes (JWT_TRUST_SCOPE_CLAIM;
+   * default false: only mapped roles do). True for an issuer that grants only scopes its users
+   * consented to, such as a built-in authorization server.
+   */
+  trustScopeClaim?: boolean
   /** Where role grants without a namespace and OAuth scope claims apply (plugins/auth.ts DEFAULT_NAMESPACE). */
   defaultNamespace: string
   log?: FastifyBaseLogger | undefined
@@ -65,6 +71,7 @@ export function jwtOptionsFromConfig (config: Config, defaultNamespace: string):
     roleMap: parseRoleMap(config.JWT_ROLE_MAP),
     roleClient: config.JWT_ROLE_CLIENT,
     clockSkewSeconds: config.JWT_CLOCK_SKEW_SECONDS,
+    trustScopeClaim: config.JWT_TRUST_SCOPE_CLAIM === 'true',
     defaultNamespace
   }
 }
@@ -92,6 +99,43 @@ function describeFailure (error: unknown, audience: string): AppError {
   return invalid('The bearer token is not a valid JWT.')
 }
 
+// The `typ` header of an access token: absent, the generic JWT, or RFC 9068's at+jwt (media type case-insensitive, "application/" optional).
+const ACCESS_TOKEN_TYPES = new Set(['jwt', 'at+jwt'])
+// Claims an OpenID Connect ID token carries and an access token normally does not (OIDC Core 3.1.3.6, 3.3.2.11).
+const ID_TOKEN_CLAIMS = ['nonce', 'at_hash', 'c_hash'] as const
+// Claims that mark an access token: the granted scopes (scope, scp) and the client it was issued to (RFC 9068 client_id, Okta cid).
+const ACCESS_TOKEN_CLAIMS = ['scope', 'scp', 'client_id', 'cid'] as const
+
+/**
+ * Why a verified token is not an access token, or undefined when it is one. An OpenID Connect ID
+ * token says who signed in to a client; its audience is that client, so one whose audience
+ * happens to match (client id = JWT_AUDIENCE) must still not be accepted as an access token.
+ * Accepted: RFC 9068 tokens (typ header at+jwt), Keycloak access tokens (typ claim "Bearer"), and
+ * plain JWT access tokens (Auth0, Okta, Entra ID) — those carry no nonce, or carry a scope or client claim.
+ */
+function notAnAccessToken (header: JWTHeaderParameters, payload: JWTPayload): string | undefined {
+  const headerType = typeof header.typ === 'string' ? header.typ.toLowerCase().replace(/^application\//, '') : undefined
+  if (headerType === 'at+jwt') return undefined
+  if (headerType !== undefined && !ACCESS_TOKEN_TYPES.has(headerType)) {
+    return 'The bearer token\'s typ header names another kind of token than an access token (at+jwt or JWT). Send an access token.'
+  }
+  const claimType = payload.typ
+  if (typeof claimType === 'string') {
+    if (claimType.toLowerCase() === 'bearer') return undefined
+    if (claimType.toLowerCase() === 'id') return idToken('its typ claim is "ID"')
+    return 'The bearer token\'s typ claim names another kind of token than an access token ("Bearer"), e.g. a refresh token. Send an access token.'
+  }
+  const idClaim = ID_TOKEN_CLAIMS.find((claim) => payload[claim] !== undefined)
+  if (idClaim !== undefined && !ACCESS_TOKEN_CLAIMS.some((claim) => payload[claim] !== undefined)) {
+    return idToken(`it carries "${idClaim}" and no scope or client_id claim`)
+  }
+  return undefined
+}
+
+function idToken (sign: string): string {
+  return `The bearer token is an OpenID Connect ID token (${sign}): it says who signed in, and grants no access. Send the access token your client received with it.`
+}
+
 /** OIDC/JWT resource server: verifies access tokens against the issuer's JWKS and maps roles to grants. */
 export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAuthenticator {
   const { issuer, audience, defaultNamespace, log } = options
@@ -101,8 +145,9 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
 
   async function verify (token: string): Promise<JwtIdentity> {
     let payload: JWTPayload
+    let header: JWTHeaderParameters
     try {
-      ({ payload } = await jwtVerify(token, jwks.getKey, {
+      ({ payload, protectedHeader: header } = await jwtVerify(token, jwks.getKey, {
         issuer,
         audience,
         clockTolerance,
@@ -114,12 +159,14 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
       if (!(error instanceof errors.JOSEError)) log?.warn({ reason: (error as Error).message }, 'unexpected failure verifying a JWT')
       throw describeFailure(error, audience)
     }
+    const notAccess = notAnAccessToken(header, payload)
+    if (notAccess !== undefined) throw invalid(notAccess)
     const { sub, jti, exp } = payload
     if (typeof sub !== 'string' || sub.length === 0 || sub.length > MAX_SUBJECT_LENGTH) {
       throw invalid(`The bearer token's "sub" claim must be a string of 1-${MAX_SUBJECT_LENGTH} characters.`)
     }
     return {
-      principal: principalFromClaims(`oidc:${sub}`, payload, roleMap, defaultNamespace, options.roleClient),
+      principal: principalFromClaims(`oidc:${sub}`, payload, roleMap, defaultNamespace, options.roleClient, options.trustScopeClaim === true),
       jti: typeof jti === 'string' ? jti : undefined,
       expiresAt: new Date((exp as number) * 1000)
     }

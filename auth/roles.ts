@@ -105,11 +105,14 @@ export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
 }
 
 /**
- * The principal of a verified token: each mapped role grants its scopes in its namespace, our scope
- * names in `scope`/`scp` apply in the default namespace. The home namespace is that of the first
- * role in the map's order that the token carries, else the default one. No grants is a valid outcome.
+ * The principal of a verified token: each mapped role grants its scopes in its namespace; with
+ * `trustScopeClaim`, our scope names in `scope`/`scp` apply in the default namespace too. Off by
+ * default (JWT_TRUST_SCOPE_CLAIM): many identity providers put any scope a client requests into
+ * the token, which would let every user who can sign in bypass the role map. The home namespace
+ * is that of the first role in the map's order that the token carries, else the default one. No
+ * grants is a valid outcome.
  */
-export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string, roleClient?: string): Principal {
+export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string, roleClient?: string, trustScopeClaim = false): Principal {
   const roles = rolesOf(claims, roleClient)
   const grants = new Map<string, Set<Scope>>()
   const grant = (namespace: string, scopes: Iterable<Scope>): void => {
@@ -127,7 +130,7 @@ export function principalFromClaims (id: string, claims: JWTPayload, roleMap: Ro
     home ??= namespace
     grant(namespace, mapped.scopes)
   }
-  const oauthScopes = oauthScopesOf(claims)
+  const oauthScopes = trustScopeClaim ? oauthScopesOf(claims) : new Set<Scope>()
   if (oauthScopes.size > 0) grant(defaultNamespace, oauthScopes)
   return multiNamespacePrincipal(id, grants, home ?? defaultNamespace, globalAdmin)
 }

@@ -82,7 +82,14 @@ export type RestoreResult =
   | { status: 'not_found' }
   | { status: 'version_not_found' }
 
-export interface ApiTokenRecord { id: string, name: string, namespace: string, scopes: string[] }
+export interface ApiTokenRecord {
+  id: string
+  name: string
+  namespace: string
+  scopes: string[]
+  /** context:admin in every namespace; otherwise context:admin among `scopes` applies in `namespace` only. */
+  globalAdmin: boolean
+}
 
 export interface ApiTokenListing extends ApiTokenRecord {
   createdAt: string
@@ -90,7 +97,7 @@ export interface ApiTokenListing extends ApiTokenRecord {
   revokedAt: string | null
 }
 
-export interface NewApiToken { name: string, hash: string, namespace: string, scopes: string[] }
+export interface NewApiToken { name: string, hash: string, namespace: string, scopes: string[], globalAdmin?: boolean }
 
 export interface ContextStoreOptions { maxContentBytes: number }
 
@@ -133,7 +140,7 @@ interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
 interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
 interface VersionRow { version: number }
-interface TokenRow { id: string, name: string, namespace: string, scopes: string[] }
+interface TokenRow { id: string, name: string, namespace: string, scopes: string[], global_admin: boolean }
 interface TokenListingRow extends TokenRow { created_at: Date, last_used_at: Date | null, revoked_at: Date | null }
 
 export type ContextStore = ReturnType<typeof createContextStore>
@@ -423,16 +430,16 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
 
   async function insertApiToken (token: NewApiToken): Promise<ApiTokenRecord> {
     const rows = await sql<TokenRow[]>`
-      insert into api_tokens (name, hash, namespace, scopes)
-      values (${token.name}, ${token.hash}, ${token.namespace}, ${token.scopes}::text[])
-      returning id, name, namespace, scopes`
+      insert into api_tokens (name, hash, namespace, scopes, global_admin)
+      values (${token.name}, ${token.hash}, ${token.namespace}, ${token.scopes}::text[], ${token.globalAdmin ?? false})
+      returning id, name, namespace, scopes, global_admin`
     return toTokenRecord(firstRow(rows))
   }
 
   /** The token with this hash, revoked or not (a revoked one is refused with its own code). */
   async function findApiTokenByHash (hash: string): Promise<(ApiTokenRecord & { revoked: boolean }) | null> {
     const rows = await sql<Array<TokenRow & { revoked: boolean }>>`
-      select id, name, namespace, scopes, revoked_at is not null as revoked from api_tokens where hash = ${hash}`
+      select id, name, namespace, scopes, global_admin, revoked_at is not null as revoked from api_tokens where hash = ${hash}`
     const row = rows[0]
     return row === undefined ? null : { ...toTokenRecord(row), revoked: row.revoked }
   }
@@ -450,7 +457,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
 
   async function listApiTokens (): Promise<ApiTokenListing[]> {
     const rows = await sql<TokenListingRow[]>`
-      select id, name, namespace, scopes, created_at, last_used_at, revoked_at from api_tokens order by name`
+      select id, name, namespace, scopes, global_admin, created_at, last_used_at, revoked_at from api_tokens order by name`
     return rows.map(row => ({
       ...toTokenRecord(row),
       createdAt: row.created_at.toISOString(),
@@ -518,7 +525,7 @@ function toEntry (row: EntryRow): Entry {
 }
 
 function toTokenRecord (row: TokenRow): ApiTokenRecord {
-  return { id: row.id, name: row.name, namespace: row.namespace, scopes: row.scopes }
+  return { id: row.id, name: row.name, namespace: row.namespace, scopes: row.scopes, globalAdmin: row.global_admin }
 }
 
 function firstRow<T> (rows: readonly T[]): T {

@@ -99,6 +99,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const { addressBudget } = fastify.rateLimits
   const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
   const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, log: fastify.log })
+  const scopeClaimHint = jwtOptions?.trustScopeClaim === false ? ' Roles map through JWT_ROLE_MAP; a JWT\'s scope claim counts only with JWT_TRUST_SCOPE_CLAIM=true.' : ''
   const revocation = createRevocationChecker({
     store: db.store,
     redis: () => fastify.redis.client,
@@ -163,7 +164,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
       throw new AppError('AUTH_1003', `This token has been revoked. Ask for a new one, or create one with ${TOKEN_CREATE_HINT} in the server's folder.`)
     }
     const principal = singleNamespacePrincipal(`token:${record.name}`, record.namespace,
-      record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)))
+      record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)), record.globalAdmin)
     if (cacheMs > 0) {
       if (tokenCache.size >= TOKEN_CACHE_MAX) tokenCache.clear()
       tokenCache.set(hexHash, { principal, until: now + cacheMs })
@@ -228,7 +229,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
       throw error instanceof AppError ? refuse(request, reply, error) : error
     }
     if (principal.scopes.size === 0) {
-      throw refuse(request, reply, new AppError('AUTH_1004', 'The token grants no access to this server: it carries none of the roles or scopes that map to context:read, context:write, context:delete or context:admin.'))
+      throw refuse(request, reply, new AppError('AUTH_1004', `The token grants no access to this server: it carries none of the roles or scopes that map to context:read, context:write, context:delete or context:admin.${scopeClaimHint}`))
     }
     request.principal = principal
   }

@@ -16,7 +16,7 @@ export interface ExpiryPluginOptions {
 /**
  * Every EXPIRY_SWEEP_SECONDS, deletes the entries whose TTL has passed (expired entries are already
  * invisible; this only reclaims their rows, their history stays), at most `maxBatches` statements
- * of `batchSize` rows per sweep. Safe on every instance at once: the sweep skips rows another
+ * of `batchSize` rows per sweep, then the revoked_jtis rows of JWTs that have expired. Safe on every instance at once: the sweep skips rows another
  * sweep or a writer holds. A sweep starts only after the previous one ended. Once the app starts
  * closing (preClose) a running sweep stops after the statement in flight, and close waits only for
  * that one before the database closes; what is left goes to the next start.
@@ -36,15 +36,33 @@ export default fp<ExpiryPluginOptions>(async (fastify, options) => {
     timer.unref()
   }
 
-  async function sweep (): Promise<void> {
+  async function sweepEntries (): Promise<void> {
     try {
-      fastify.log.debug('expiry sweep started')
       const removed = await store.sweepExpired(batchSize, { maxBatches, shouldStop: () => closed })
       // Every batch came back full: more may be waiting; the next sweeps take it on.
       const backlog = removed >= batchSize * maxBatches
       if (removed > 0) fastify.log.info({ removed, ...(backlog && { backlog }) }, 'expiry sweep removed expired entries')
     } catch (error) {
       fastify.log.warn({ err: error }, 'expiry sweep failed; trying again at the next interval')
+    }
+  }
+
+  // A revoked jti needs its row only until the token expires; after that the token is refused anyway.
+  async function purgeRevocations (): Promise<void> {
+    try {
+      const purged = await fastify.db.store.purgeExpiredJtis()
+      if (purged > 0) fastify.log.info({ purged }, 'expiry sweep purged the revocations of expired JWTs')
+    } catch (error) {
+      fastify.log.warn({ err: error }, 'expiry sweep could not purge expired JWT revocations; trying again at the next interval')
+    }
+  }
+
+  async function sweep (): Promise<void> {
+    try {
+      fastify.log.debug('expiry sweep started')
+      await sweepEntries()
+      if (!closed) await purgeRevocations()
+      fastify.log.debug('expiry sweep finished')
     } finally {
       running = undefined
       if (!closed) schedule()

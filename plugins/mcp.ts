@@ -18,7 +18,7 @@ import fp from 'fastify-plugin'
 import { toAppError } from '../db/errors.js'
 import type { Principal } from '../schema/principal.js'
 import { allTools } from '../tools/index.js'
-import { UnknownToolError, createToolRegistry, type ToolCallResult } from '../tools/registry.js'
+import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
 
 declare module 'fastify' {
@@ -144,7 +144,7 @@ export default fp(async (fastify) => {
         actor: { principal: principal.id, client },
         maxContentBytes
       })
-      record.outcome = result.isError === true ? String((result.structuredContent.error as { code?: unknown }).code) : 'ok'
+      record.outcome = result.isError === true ? String(toolErrorCode(result)) : 'ok'
       return result
     } catch (error) {
       if (error instanceof UnknownToolError) {

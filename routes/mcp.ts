@@ -2,45 +2,14 @@ import {
   PROTOCOL_VERSION_META_KEY,
   SUPPORTED_PROTOCOL_VERSIONS,
   classifyInboundRequest,
-  localhostAllowedHostnames,
-  localhostAllowedOrigins,
-  validateHostHeader,
-  validateOriginHeader,
   type JSONRPCNotification,
   type JSONRPCRequest
 } from '@modelcontextprotocol/server'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { isLoopbackHost, maxBodyBytes, splitList, type Config } from '../schema/config.js'
+import { maxBodyBytes } from '../schema/config.js'
 import { AppError, errorCatalogue, type ErrorCode } from '../schema/errors.js'
 import { authInfoFor, printableToken, type CallRecord, type CallerInfo } from '../plugins/mcp.js'
 import type { JsonRpcResponse } from '../plugins/mcp-multiplex-transport.js'
-
-function hostnameOf (url: string): string | undefined {
-  try {
-    return new URL(url).hostname
-  } catch {
-    return undefined
-  }
-}
-
-/** Host names accepted in the Host header; undefined means "do not check" (see below). */
-function allowedHostnames (config: Config): string[] | undefined {
-  const configured = [...splitList(config.ALLOWED_HOSTS), ...(config.PUBLIC_URL === undefined ? [] : [hostnameOf(config.PUBLIC_URL)])]
-    .filter((host): host is string => host !== undefined)
-  // DNS rebinding targets servers on loopback. A server bound to all interfaces without a known
-  // public name cannot tell good Host values from bad ones; it requires a token instead.
-  if (configured.length === 0 && !isLoopbackHost(config.HOST)) return undefined
-  return [...localhostAllowedHostnames(), ...configured]
-}
-
-function allowedOriginHostnames (config: Config): string[] {
-  return [
-    ...localhostAllowedOrigins(),
-    ...[...splitList(config.CORS_ORIGINS), ...(config.PUBLIC_URL === undefined ? [] : [config.PUBLIC_URL])]
-      .map(hostnameOf)
-      .filter((host): host is string => host !== undefined)
-  ]
-}
 
 /** The first product token of User-Agent, as a hint of which client wrote a version (2025-era requests carry no client info). */
 function clientHintOf (request: FastifyRequest): string | null {
@@ -97,22 +66,12 @@ function isJsonRpcRequest (body: unknown): body is JSONRPCRequest {
  */
 export default async function mcpRoutes (fastify: FastifyInstance) {
   const { config, mcp } = fastify
-  const hostnames = allowedHostnames(config)
-  const originHostnames = allowedOriginHostnames(config)
-  if (hostnames === undefined) {
-    fastify.log.warn(`Host header checks are off: HOST is ${config.HOST} and neither PUBLIC_URL nor ALLOWED_HOSTS is set`)
-  }
 
-  fastify.addHook('onRequest', async (request, reply) => {
+  // Host and Origin were checked for every route before this (plugins/host-check.ts).
+  fastify.addHook('onRequest', async (_request, reply) => {
     if (fastify.lifecycle.closing) {
       reply.header('retry-after', '5')
       throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
-    }
-    if (hostnames !== undefined && !validateHostHeader(request.headers.host, hostnames).ok) {
-      throw new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).')
-    }
-    if (!validateOriginHeader(request.headers.origin, originHostnames).ok) {
-      throw new AppError('AUTH_1005', 'Origin not allowed. Add it to CORS_ORIGINS to let a browser app call this server.')
     }
   })
   // An address that keeps failing authentication is refused before its token is looked up.

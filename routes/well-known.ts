@@ -53,7 +53,7 @@ export default async function wellKnownRoutes (fastify: FastifyInstance) {
   }
 
   for (const url of ['/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
-    fastify.get(url, { schema: { response: { 200: ProtectedResourceMetadata } } }, async (request, reply) => {
+    fastify.get(url, { config: { checkOrigin: false }, schema: { response: { 200: ProtectedResourceMetadata } } }, async (request, reply) => {
       // Without PUBLIC_URL the resource comes from this request's Host: not for shared caches.
       reply.header('access-control-allow-origin', '*').header('cache-control', config.PUBLIC_URL === undefined ? 'no-store' : 'public, max-age=300')
       return {

@@ -30,6 +30,7 @@ export const ConfigSchema = Type.Object({
   JWT_ROLE_MAP: Type.String({ default: '{}', description: 'JSON: role name -> { scopes: [...], namespace? }; roles come from realm_access.roles and resource_access.<client>.roles' }),
   JWT_ROLE_CLIENT: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "The client whose resource_access.<client>.roles count; unset: the token's azp" })),
   JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
+  JWT_TRUST_SCOPE_CLAIM: Type.Union([Type.Literal('false'), Type.Literal('true')], { default: 'false', description: "true: this server's scope names in a JWT's scope/scp claim grant those scopes in the default namespace (never context:admin); false: only JWT_ROLE_MAP roles grant anything" }),
   REVOCATION_FAIL_MODE: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('reads-open')], { default: 'reads-open', description: 'What a JWT request gets when neither Redis nor PostgreSQL can say whether its jti is revoked' }),
   REVOCATION_FAIL_OPEN_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 300, description: 'With REVOCATION_FAIL_MODE open or reads-open: how long after the last successful check requests are let through' }),
   AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),

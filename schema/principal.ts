@@ -11,7 +11,7 @@ export interface Principal {
   grants: ReadonlyMap<string, ReadonlySet<Scope>>
   /** Every scope granted anywhere: decides which tools tools/list shows, and the rate-limit tier. */
   scopes: ReadonlySet<Scope>
-  /** context:admin in every namespace (an API token with it, or a role mapped to it without a namespace). */
+  /** context:admin in every namespace (an API token created with --global-admin, or a role mapped to context:admin without a namespace). */
   globalAdmin: boolean
   /**
    * Set when the token's revocation could not be checked and REVOCATION_FAIL_MODE lets reads
@@ -20,10 +20,14 @@ export interface Principal {
   writesRefused?: Error
 }
 
-/** A principal whose scopes all apply to one namespace (API tokens, the static token). */
-export function singleNamespacePrincipal (id: string, namespace: string, scopes: Iterable<Scope>): Principal {
+/**
+ * A principal whose scopes all apply to one namespace (API tokens, the static token). context:admin
+ * among them is admin of that namespace only, unless `globalAdmin` makes it admin of every one.
+ */
+export function singleNamespacePrincipal (id: string, namespace: string, scopes: Iterable<Scope>, globalAdmin = false): Principal {
   const set = new Set(scopes)
-  return { id, namespace, grants: new Map([[namespace, set]]), scopes: set, globalAdmin: set.has('context:admin') }
+  if (globalAdmin) set.add('context:admin')
+  return { id, namespace, grants: new Map([[namespace, set]]), scopes: set, globalAdmin }
 }
 
 /** A principal built from several grants; its home namespace is the first one given. */

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
-import { build, rpc } from './helper.js'
+import { build, rpc, toolErrorOf } from './helper.js'
 import { startOidcProvider, type OidcProvider } from './oidc-provider.js'
 import { addToken } from './tools/helpers.js'
 
@@ -117,16 +117,16 @@ test('OIDC: Keycloak roles become grants; tools/list and namespaces follow them'
   t.strictSame(row, { namespace: 'hr', updated_by: 'oidc:alice' }, 'the role\'s namespace, the subject as author')
 
   const readerWrite = await write(app, engReader, { key: 'x', content: 'y' })
-  t.equal(readerWrite.json().result.structuredContent.error.code, 'AUTH_1004', 'a scope the roles do not grant is refused')
+  t.equal(toolErrorOf(readerWrite.json().result)?.code, 'AUTH_1004', 'a scope the roles do not grant is refused')
   const crossNamespace = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'policy/leave', namespace: 'hr' } }, { token: engReader })
-  t.equal(crossNamespace.json().result.structuredContent.error.code, 'AUTH_1004', 'no grant for hr')
+  t.equal(toolErrorOf(crossNamespace.json().result)?.code, 'AUTH_1004', 'no grant for hr')
   const adminRead = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'policy/leave', namespace: 'hr' } }, { token: admin })
   t.equal(adminRead.json().result.structuredContent.content, 'twenty days', 'context:admin reads every namespace')
 
   const opsAdmin = await provider.sign({ sub: 'dave', realm_access: { roles: ['ops-admin'] } })
   t.equal((await write(app, opsAdmin, { key: 'runbook', content: 'restart it' })).json().result.structuredContent.version, 1, 'admin in its own namespace')
   const escape = await rpc(app, 'tools/call', { name: 'read_context', arguments: { key: 'policy/leave', namespace: 'hr' } }, { token: opsAdmin })
-  t.equal(escape.json().result.structuredContent.error.code, 'AUTH_1004', 'context:admin for one namespace is not admin of the others')
+  t.equal(toolErrorOf(escape.json().result)?.code, 'AUTH_1004', 'context:admin for one namespace is not admin of the others')
 })
 
 test('OIDC: refusals at the HTTP level', async (t) => {

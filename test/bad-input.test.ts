@@ -1,6 +1,6 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { test, type Test } from 'tap'
-import { build, callTool, rpc, TEST_TOKEN } from './helper.js'
+import { build, callTool, rpc, TEST_TOKEN, toolErrorOf } from './helper.js'
 import { assume, fails, namesField, ok } from './tools/helpers.js'
 
 // The bad-input matrix: every malformed request is refused with the right status and catalogue
@@ -163,7 +163,7 @@ test('bad input is refused and changes nothing', async (t) => {
     for (const [tool, args, field] of cases) {
       const response = await rpc(app, 'tools/call', { name: tool, arguments: args })
       t.equal(response.statusCode, 200, `${tool} ${field}=1e20: not an HTTP error`)
-      const error = response.json().result?.structuredContent?.error
+      const error = toolErrorOf(response.json().result)
       t.equal(error?.code, 'REQ_1101', `${tool} ${field}=1e20: REQ_1101`)
       t.match(error?.message ?? '', namesField(field), `${tool}: names ${field}`)
     }
@@ -190,8 +190,8 @@ test('bad input is refused and changes nothing', async (t) => {
     const response = await rpc(app, 'tools/call', { name: 'write_context' })
     const result = response.json().result
     t.equal(result?.isError, true)
-    t.equal(result?.structuredContent?.error?.code, 'REQ_1101')
-    t.match(result?.structuredContent?.error?.message, 'key is required')
+    t.equal(toolErrorOf(result)?.code, 'REQ_1101')
+    t.match(toolErrorOf(result)?.message, 'key is required')
   })
 
   t.test('unknown extra fields are REQ_1101 naming the field', async (t) => {
@@ -265,7 +265,7 @@ test('bad input is refused and changes nothing', async (t) => {
     assume(Buffer.byteLength(escaped) > MAX_CONTENT_BYTES * 6, 'the escaped worst case')
     const response = await post(app, escaped)
     t.equal(response.statusCode, 200)
-    t.equal(response.json().result?.structuredContent?.error?.code, 'CTX_2002')
+    t.equal(toolErrorOf(response.json().result)?.code, 'CTX_2002')
   })
 
   t.test('an empty body is HTTP 400 REQ_1101', async (t) => {

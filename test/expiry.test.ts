@@ -11,7 +11,7 @@ import dbPlugin from '../plugins/db.js'
 import expiryPlugin, { type ExpiryPluginOptions } from '../plugins/expiry.js'
 import { ConfigError, loadConfig, type Config } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
-import { callTool, TEST_TOKEN } from './helper.js'
+import { callTool, TEST_TOKEN, toolErrorOf } from './helper.js'
 
 const alice: Actor = { principal: 'user:alice', client: null }
 const MAX_CONTENT_BYTES = 100_000
@@ -94,7 +94,7 @@ test('an expired entry is invisible at once, before any sweep removes it', async
   t.equal((await callTool(app, 'read_context', { key: 'short-lived' })).structuredContent.content, 'gone soon')
   await sleep(1200)
   const read = await callTool(app, 'read_context', { key: 'short-lived' })
-  t.equal((read.structuredContent.error as { code: string } | undefined)?.code, 'CTX_2001', 'reading it: not found')
+  t.equal(toolErrorOf(read)?.code, 'CTX_2001', 'reading it: not found')
   const listed = await callTool(app, 'list_context', {})
   t.same(listed.structuredContent.items, [], 'listing: absent')
   t.equal(await rowCount(sql, 'context_entries', 'default'), 1, 'the row is still stored: with the sweep off nothing removes it')

@@ -43,7 +43,22 @@ export function rpc (app: FastifyInstance, method: string, params: Record<string
 export interface ToolResult {
   isError?: boolean
   content: Array<{ type: string, text: string }>
+  /** A success's output; error results have none (read them with toolErrorOf). */
   structuredContent: Record<string, unknown>
+  _meta?: Record<string, unknown>
+}
+
+/** The machine-readable part of a tool error result: `_meta['shared-context-mcp/error']`. */
+export interface ToolErrorBody {
+  [detail: string]: unknown
+  code: string
+  message: string
+}
+
+/** A tool error result's `{ code, message, ...details }`, or undefined when the result is no error or lacks it. */
+export function toolErrorOf (result: { isError?: boolean, _meta?: Record<string, unknown> } | undefined): ToolErrorBody | undefined {
+  if (result?.isError !== true) return undefined
+  return result._meta?.['shared-context-mcp/error'] as ToolErrorBody | undefined
 }
 
 /** Calls a tool and returns its result; fails loudly on a protocol error. */

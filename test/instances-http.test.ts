@@ -5,9 +5,7 @@ import { test } from 'tap'
 import { buildApp, loggerOptions } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabaseUrlForEmptyDb } from './db-helper.js'
-import { TEST_TOKEN } from './helper.js'
-
-interface ToolResult { isError?: boolean, structuredContent: Record<string, unknown> }
+import { TEST_TOKEN, toolErrorOf, type ToolResult } from './helper.js'
 
 let nextId = 1
 
@@ -23,7 +21,7 @@ async function callOver (base: string, name: string, args: Record<string, unknow
   return body.result
 }
 
-const errorCode = (result: ToolResult) => (result.structuredContent.error as { code?: string } | undefined)?.code
+const errorCode = (result: ToolResult) => toolErrorOf(result)?.code
 
 test('two instances on their own ports, one PostgreSQL: migrated once, each sees the other\'s writes, compare-and-set holds across them', async (t) => {
   const { url, sql } = await testDatabaseUrlForEmptyDb(t)
@@ -65,7 +63,7 @@ test('two instances on their own ports, one PostgreSQL: migrated once, each sees
   t.match((await callOver(two, 'write_context', { key: 'shared/plan', content: 'two wins', expected_version: 1 })).structuredContent, { version: 2 })
   const stale = await callOver(one, 'write_context', { key: 'shared/plan', content: 'one is stale', expected_version: 1 })
   t.equal(errorCode(stale), 'CTX_2002', 'a stale compare-and-set through the other instance is a conflict')
-  t.equal((stale.structuredContent.error as { current_version?: number }).current_version, 2, 'naming the current version')
+  t.equal(toolErrorOf(stale)?.current_version, 2, 'naming the current version')
   const createOnly = await callOver(one, 'write_context', { key: 'shared/plan', content: 'again', expected_version: 0 })
   t.equal(errorCode(createOnly), 'CTX_2002', 'create-only on a key the other instance created is a conflict')
 

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabaseUrlForEmptyDb } from './db-helper.js'
-import { callTool, TEST_TOKEN } from './helper.js'
+import { callTool, TEST_TOKEN, toolErrorOf } from './helper.js'
 
 test('four app instances started at once on one empty database: schema applied once, all serve the same data', async (t) => {
   const { url, sql } = await testDatabaseUrlForEmptyDb(t)
@@ -14,11 +14,11 @@ test('four app instances started at once on one empty database: schema applied o
   }))
   t.teardown(() => Promise.all(apps.map((app) => app.close())))
 
-  t.same(await sql`select version from schema_migrations order by version`, [{ version: 1 }, { version: 2 }], 'each migration recorded once')
+  t.same(await sql`select version from schema_migrations order by version`, [{ version: 1 }, { version: 2 }, { version: 3 }], 'each migration recorded once')
   const [first, second, third] = apps
   if (first === undefined || second === undefined || third === undefined) throw new Error('instances missing')
   t.equal((await callTool(first, 'write_context', { key: 'shared', content: 'from one' })).structuredContent.version, 1)
   t.equal((await callTool(second, 'read_context', { key: 'shared' })).structuredContent.content, 'from one', 'read through another instance')
   const conflict = await callTool(third, 'write_context', { key: 'shared', content: 'stale', expected_version: 0 })
-  t.equal((conflict.structuredContent.error as { code: string }).code, 'CTX_2002', 'compare-and-set holds across instances')
+  t.equal(toolErrorOf(conflict)?.code, 'CTX_2002', 'compare-and-set holds across instances')
 })

@@ -5,7 +5,7 @@ import { test, type Test } from 'tap'
 import { ConfigError, loadConfig } from '../schema/config.js'
 import { errorCatalogue } from '../schema/errors.js'
 import { allTools } from '../tools/index.js'
-import { build, callTool, rpc, TEST_TOKEN, type ToolResult } from './helper.js'
+import { build, callTool, rpc, TEST_TOKEN, toolErrorOf, type ToolResult } from './helper.js'
 
 interface Sample {
   labels?: Record<string, string>
@@ -66,7 +66,7 @@ function labelValues (scraped: Scrape, name: string, label: string): string[] {
 }
 
 function errorCodeOf (result: ToolResult): unknown {
-  return (result.structuredContent.error as { code?: unknown } | undefined)?.code
+  return toolErrorOf(result)?.code
 }
 
 test('GET /metrics after tool calls, refused tokens and a rate-limited call', async (t) => {

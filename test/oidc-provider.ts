@@ -13,6 +13,8 @@ export interface SignOptions {
   /** Signs with this private key instead of the kid's own, still naming `kid` in the header. */
   privateKey?: CryptoKey
   alg?: string
+  /** The typ header (default "JWT"); null leaves it out. */
+  typ?: string | null
 }
 
 export interface OidcProvider {
@@ -115,7 +117,7 @@ export async function startOidcProvider (options: { audience?: string } = {}): P
       }
       for (const [name, value] of Object.entries(payload)) if (value === undefined) delete payload[name]
       return await new SignJWT(payload)
-        .setProtectedHeader({ alg: signOptions.alg ?? entry?.alg ?? 'RS256', typ: 'JWT', kid })
+        .setProtectedHeader({ alg: signOptions.alg ?? entry?.alg ?? 'RS256', kid, ...(signOptions.typ !== null && { typ: signOptions.typ ?? 'JWT' }) })
         .sign(privateKey)
     },
 

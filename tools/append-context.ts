@@ -24,7 +24,7 @@ export const appendContext = defineTool({
     version: Type.Integer(),
     action: Type.Union([Type.Literal('created'), Type.Literal('appended')]),
     bytes: Type.Integer({ description: 'Size of the whole entry after the append, in bytes.' })
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     assertWellFormed(input.content, 'content')
     if (input.separator !== undefined) assertWellFormed(input.separator, 'separator')

@@ -31,9 +31,9 @@ export const contextHistory = defineTool({
       client: Type.Union([Type.String(), Type.Null()]),
       at: Timestamp,
       bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Content size of that version; null for a delete.' })
-    })),
+    }, { additionalProperties: false })),
     next_cursor: Type.Union([Type.String(), Type.Null()])
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     const beforeVersion = input.cursor === undefined ? undefined : Number(decodeCursor(CURSOR_KIND, input.cursor, isVersion))
     const page = await ctx.store.history(ctx.namespace, input.key, {
@@ -45,7 +45,14 @@ export const contextHistory = defineTool({
     }
     return {
       key: input.key,
-      versions: page.items,
+      versions: page.items.map((item) => ({
+        version: item.version,
+        action: item.action,
+        actor: item.actor,
+        client: item.client,
+        at: item.at,
+        bytes: item.bytes
+      })),
       next_cursor: page.nextBeforeVersion === null ? null : encodeCursor(CURSOR_KIND, page.nextBeforeVersion)
     }
   },

@@ -18,7 +18,7 @@ export const deleteContext = defineTool({
   outputSchema: Type.Object({
     key: Type.String(),
     deleted_version: Type.Integer({ description: 'The version that was deleted; restore_context can restore it.' })
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     const result = await ctx.store.delete(ctx.namespace, input.key, input.expected_version, ctx.actor)
     if (result.status === 'not_found') {

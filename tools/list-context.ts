@@ -32,9 +32,9 @@ export const listContext = defineTool({
       updated_at: Timestamp,
       updated_by: Type.String(),
       preview: Type.String({ description: 'The start of the content.' })
-    })),
+    }, { additionalProperties: false })),
     next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor to get the next page; null on the last page.' })
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     const page = await ctx.store.list(ctx.namespace, {
       limit: input.limit ?? 50,

@@ -26,7 +26,7 @@ export const readContext = defineTool({
     updated_by: Type.String({ description: 'The principal that wrote this version.' }),
     client: Type.Union([Type.String(), Type.Null()], { description: 'The MCP client that wrote this version, when known.' }),
     expires_at: Type.Union([Timestamp, Type.Null()])
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     const entry = await ctx.store.read(ctx.namespace, input.key, input.version)
     if (entry === null) {

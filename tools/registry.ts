@@ -31,6 +31,11 @@ export interface ToolDefinition<I extends TObject = TObject, O extends TObject =
   inputSchema: I
   outputSchema: O
   handler: (ctx: ToolContext, input: Static<I>) => Promise<Static<O>>
+  /**
+   * A further scope that this call needs, decided from its validated input, and why (write_context:
+   * ttl_seconds schedules a delete, so it needs context:delete). Checked in the same namespace.
+   */
+  extraScope?: (input: Static<I>) => { scope: Scope, reason: string } | undefined
   /** The short text block that accompanies structuredContent. */
   summarize: (output: Static<O>) => string
 }
@@ -43,8 +48,19 @@ export interface TextContent { type: 'text', text: string }
 export interface ToolCallResult {
   [key: string]: unknown
   content: TextContent[]
-  structuredContent: Record<string, unknown>
+  /** A success's output; absent on errors (see toolError). */
+  structuredContent?: Record<string, unknown>
   isError?: boolean
+  _meta?: Record<string, unknown>
+}
+
+/** The `_meta` key of a tool error result that holds its machine-readable `{ code, message, ...details }`. */
+export const TOOL_ERROR_META_KEY = 'shared-context-mcp/error'
+
+export interface ToolErrorMeta {
+  [detail: string]: unknown
+  code: ErrorCode
+  message: string
 }
 
 export interface ObjectJsonSchema {
@@ -67,12 +83,25 @@ interface CompiledTool {
   listed: ListedTool
 }
 
+/**
+ * A tool-level failure. It carries no structuredContent: SDK v1 clients (and the Inspector) validate
+ * structuredContent against the tool's outputSchema even when isError is true, so an error object
+ * there reached them as a schema mismatch instead of the code. The model reads `CODE: message` in
+ * the text block; programs read the code and details under `_meta[TOOL_ERROR_META_KEY]`.
+ */
 export function toolError (code: ErrorCode, message: string, details?: Record<string, unknown>): ToolCallResult {
+  const error: ToolErrorMeta = { ...details, code, message }
   return {
     isError: true,
     content: [{ type: 'text', text: `${code}: ${message}` }],
-    structuredContent: { error: { code, message, ...details } }
+    _meta: { [TOOL_ERROR_META_KEY]: error }
   }
+}
+
+/** The catalogue code of a tool error result (undefined for a success). */
+export function toolErrorCode (result: ToolCallResult): ErrorCode | undefined {
+  if (result.isError !== true) return undefined
+  return (result._meta?.[TOOL_ERROR_META_KEY] as ToolErrorMeta | undefined)?.code
 }
 
 /** Plain JSON Schema of a TypeBox schema (TypeBox's symbol-keyed metadata dropped). */
@@ -142,6 +171,11 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       const input = args ?? {}
       if (!tool.check.Check(input)) {
         return toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`)
+      }
+      const extra = tool.definition.extraScope?.(input)
+      if (extra !== undefined && !mayUse(principal, namespace, extra.scope)) {
+        const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
+        return toolError('AUTH_1004', `${name} ${extra.reason} needs the ${extra.scope} scope${where}, which this token does not have. Nothing was changed.`, { required_scope: extra.scope })
       }
       try {
         const output = await tool.definition.handler({ ...dependencies, namespace }, input)

@@ -19,7 +19,7 @@ export const restoreContext = defineTool({
     key: Type.String(),
     version: Type.Integer({ description: 'The new version holding the restored content.' }),
     restored_from: Type.Integer()
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     const result = await ctx.store.restore(ctx.namespace, input.key, input.version, ctx.actor)
     if (result.status === 'not_found') {

@@ -12,15 +12,19 @@ export const writeContext = defineTool({
     'and creates a new version (history is kept). To update safely when others may write the same key, pass the version you ' +
     'last read as expected_version: if someone changed it since, nothing is written and you get error CTX_2002 with the ' +
     'current version — read it again, merge, and retry. expected_version 0 means "only create, never overwrite". ' +
-    'Use append_context to add to an entry instead of replacing it.',
+    'Use append_context to add to an entry instead of replacing it. ttl_seconds makes the entry expire, which deletes it, so ' +
+    'a write with ttl_seconds (setting, shortening or lengthening an expiry) also needs the context:delete scope; without it ' +
+    'the write fails with AUTH_1004 and nothing is written. A write without ttl_seconds removes any expiry.',
   scope: 'context:write',
+  // Any ttl_seconds counts, lengthening included: telling a lengthening from a shortening would need the current expiry, read inside the write.
+  extraScope: (input) => input.ttl_seconds === undefined ? undefined : { scope: 'context:delete', reason: 'with ttl_seconds (an expiry deletes the entry)' },
   annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
   inputSchema: Type.Object({
     key: Key,
     content: Content,
     expected_version: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_VERSION, description: 'Write only if the entry is at this version (0: only if it does not exist).' })),
     tags: Type.Optional(Tags),
-    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire after this many seconds (at most a year). Omit to keep it.' })),
+    ttl_seconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31536000, description: 'Let the entry expire (be deleted) after this many seconds, at most a year; needs the context:delete scope. Omit to keep the entry with no expiry.' })),
     namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
@@ -28,7 +32,7 @@ export const writeContext = defineTool({
     version: Type.Integer(),
     action: Type.Union([Type.Literal('created'), Type.Literal('updated')]),
     updated_at: Timestamp
-  }),
+  }, { additionalProperties: false }),
   async handler (ctx, input) {
     assertWellFormed(input.content, 'content')
     assertContentFits(input.content, ctx.maxContentBytes)

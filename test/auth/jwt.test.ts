@@ -67,8 +67,8 @@ test('a valid token gives a principal whose realm and client roles are merged an
   t.equal(auth.status(), 'ok')
 })
 
-test('roles of the azp client and a top-level roles array count, other audiences\' client roles do not; scope/scp values that are ours apply in the default namespace', async (t) => {
-  const { idp, auth } = await setup(t)
+test('roles of the azp client and a top-level roles array count, other audiences\' client roles do not; with a trusted scope claim, scope/scp values that are ours apply in the default namespace', async (t) => {
+  const { idp, auth } = await setup(t, { trustScopeClaim: true })
   const fromAzpClient = await auth.verify(await idp.sign({
     aud: [idp.audience, 'account'],
     azp: 'finance-app',

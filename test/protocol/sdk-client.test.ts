@@ -1,6 +1,6 @@
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client'
 import { test } from 'tap'
-import { build, rpc, TEST_TOKEN } from '../helper.js'
+import { build, rpc, TEST_TOKEN, toolErrorOf } from '../helper.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -51,7 +51,9 @@ test('the SDK client speaks 2025-11-25 and 2026-07-28 to the running server', as
 
   const failing = await modern.callTool({ name: 'read_context', arguments: { key: 'proto/missing' } })
   t.equal(failing.isError, true)
-  t.equal((failing.structuredContent as { error: { code: string } }).error.code, 'CTX_2001')
+  t.equal(failing.structuredContent, undefined, 'an error result carries no structuredContent')
+  t.equal(toolErrorOf(failing)?.code, 'CTX_2001', 'the code survives the 2026-07-28 path in _meta')
+  t.match(failing.content[0], { type: 'text', text: /^CTX_2001: / })
 })
 
 test('2025-era tools/call (answered by answerToolCall) and 2026-07-28 tools/call (answered by the SDK) agree', async (t) => {
@@ -73,8 +75,9 @@ test('2025-era tools/call (answered by answerToolCall) and 2026-07-28 tools/call
   ]
   for (const [name, args] of calls) {
     const legacy = (await rpc(app, 'tools/call', { name, arguments: args })).json().result
-    const { _meta: _ignored, ...viaSdk } = await modern.callTool({ name, arguments: args })
-    t.same(viaSdk, legacy, `${name} ${JSON.stringify(args)}`)
+    // The 2026-07-28 path adds the server's info to every result's _meta; the rest, the tool error's _meta included, is the same.
+    const { _meta: { 'io.modelcontextprotocol/serverInfo': _serverInfo, ...meta } = {}, ...viaSdk } = await modern.callTool({ name, arguments: args })
+    t.same(Object.keys(meta).length === 0 ? viaSdk : { ...viaSdk, _meta: meta }, legacy, `${name} ${JSON.stringify(args)}`)
   }
 
   const unknownLegacy = (await rpc(app, 'tools/call', { name: 'nope', arguments: {} })).json().error

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { build, callTool } from '../helper.js'
+import { build, callTool, toolErrorOf } from '../helper.js'
 
 // The lost-update test that matters: 20 writers each read, increment and compare-and-set a counter,
 // retrying on conflict. With no lost update the counter ends at 20 and every version is a win.
@@ -13,7 +13,7 @@ test('20 writers incrementing one counter with compare-and-set lose no update', 
       const { content, version } = read.structuredContent as { content: string, version: number }
       const written = await callTool(app, 'write_context', { key: 'counter', content: String(Number(content) + 1), expected_version: version })
       if (written.isError !== true) return attempt
-      const code = (written.structuredContent.error as { code: string }).code
+      const code = toolErrorOf(written)?.code
       if (code !== 'CTX_2002') throw new Error(`unexpected ${code}`)
     }
   }

@@ -1,15 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { hashToken } from '../../plugins/auth.js'
-import { callTool, type RpcOptions, type ToolResult } from '../helper.js'
+import { callTool, toolErrorOf, type RpcOptions, type ToolErrorBody, type ToolResult } from '../helper.js'
 
 /** Shared by the tool tests: assertions on tool results, and extra principals. */
-
-export interface ToolErrorBody {
-  [field: string]: unknown
-  code: string
-  message: string
-}
 
 /** The tool's structuredContent, after asserting that the call succeeded. */
 export function okResult<T = Record<string, unknown>> (t: Test, result: ToolResult, what = 'tool call'): T {
@@ -22,18 +16,23 @@ export async function ok<T = Record<string, unknown>> (t: Test, app: FastifyInst
   return okResult<T>(t, await callTool(app, name, args, options), `${name} ${JSON.stringify(args).slice(0, 80)}`)
 }
 
-/** Asserts a tool-level failure with this catalogue code; returns structuredContent.error. */
+/**
+ * Asserts a tool-level failure with this catalogue code: no structuredContent (SDK v1 clients would
+ * validate it against the outputSchema), the text block `CODE: message`, and `{ code, message }` in
+ * _meta. Returns the _meta error.
+ */
 export function toolError (t: Test, result: ToolResult, code: string, what = 'tool call'): ToolErrorBody {
   t.equal(result.isError, true, `${what} is an error result`)
-  const error = (result.structuredContent.error ?? {}) as ToolErrorBody
+  const error = toolErrorOf(result) ?? { code: '', message: '' }
   t.equal(error.code, code, `${what} fails with ${code}: ${String(error.message).slice(0, 160)}`)
   t.type(error.message, 'string', 'the error has a message')
+  t.equal(result.structuredContent, undefined, `${what} carries no structuredContent`)
   t.equal(result.content[0]?.type, 'text', 'the error comes with a text block')
-  t.match(result.content[0]?.text ?? '', code, 'the text block names the code')
+  t.equal(result.content[0]?.text, `${code}: ${error.message}`, 'the text block is "CODE: message"')
   return error
 }
 
-/** Calls a tool, asserts it fails with `code`, and returns structuredContent.error. */
+/** Calls a tool, asserts it fails with `code`, and returns its _meta error. */
 export async function fails (t: Test, app: FastifyInstance, name: string, args: Record<string, unknown>, code: string, options: RpcOptions = {}): Promise<ToolErrorBody> {
   return toolError(t, await callTool(app, name, args, options), code, `${name} ${JSON.stringify(args).slice(0, 80)}`)
 }
@@ -70,8 +69,8 @@ export async function historyOf (t: Test, app: FastifyInstance, key: string, opt
 }
 
 /** Inserts an API token for a second principal (`token:<name>`) and returns the bearer token. */
-export async function addToken (app: FastifyInstance, name: string, namespace: string, scopes: string[]): Promise<string> {
+export async function addToken (app: FastifyInstance, name: string, namespace: string, scopes: string[], options: { globalAdmin?: boolean } = {}): Promise<string> {
   const token = `scm_test_${name}_${'x'.repeat(40)}`
-  await app.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes })
+  await app.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin: options.globalAdmin ?? false })
   return token
 }

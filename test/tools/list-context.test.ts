@@ -1,5 +1,5 @@
 import { test, type Test } from 'tap'
-import { build, callTool, rpc } from '../helper.js'
+import { build, callTool, rpc, toolErrorOf } from '../helper.js'
 import { encodeCursor } from '../../schema/cursor.js'
 import { fails, isIsoTimestamp, namesField, ok, okResult } from './helpers.js'
 
@@ -144,7 +144,7 @@ test('list_context', async (t) => {
     t.equal(response.statusCode, 200, 'not an HTTP error')
     const result = response.json().result
     t.equal(result?.isError, true)
-    t.equal(result?.structuredContent?.error?.code, 'REQ_1101')
+    t.equal(toolErrorOf(result)?.code, 'REQ_1101')
   })
 
   t.test('a cursor that is not a list cursor is REQ_1101', async (t) => {

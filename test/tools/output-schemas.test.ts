@@ -2,10 +2,21 @@ import { isCallToolResult } from '@modelcontextprotocol/server'
 import { Value } from '@sinclair/typebox/value'
 import { test } from 'tap'
 import { allTools } from '../../tools/index.js'
-import { build, callTool, rpc } from '../helper.js'
+import { build, callTool, rpc, toolErrorOf } from '../helper.js'
+
+/** The output with one field too many: at the top, and in the first item of each array of objects. */
+function withLeakedField (output: Record<string, unknown>): Array<[string, Record<string, unknown>]> {
+  const variants: Array<[string, Record<string, unknown>]> = [['top level', { ...output, leaked: 'x' }]]
+  for (const [field, value] of Object.entries(output)) {
+    if (!Array.isArray(value) || typeof value[0] !== 'object' || value[0] === null) continue
+    variants.push([`${field}[0]`, { ...output, [field]: [{ ...value[0], leaked: 'x' }, ...value.slice(1)] }])
+  }
+  return variants
+}
 
 // tools/call results skip the SDK's own result validation (plugins/mcp.ts): this pins that every
-// result is a valid CallToolResult and every success matches the tool's advertised outputSchema.
+// result is a valid CallToolResult and every success matches the tool's advertised outputSchema —
+// exactly: the schemas forbid additional properties, so a field a handler leaks fails here.
 test('every tool result is a CallToolResult whose structuredContent matches the outputSchema', async (t) => {
   const app = await build(t)
   const calls: Array<[string, Record<string, unknown>]> = [
@@ -29,21 +40,31 @@ test('every tool result is a CallToolResult whose structuredContent matches the 
   const schemas = new Map(allTools.map((tool) => [tool.name, tool.outputSchema]))
   let successes = 0
   let failures = 0
+  const leaksCaught = new Set<string>()
   for (const [name, args] of calls) {
     const result = await callTool(app, name, args)
     t.ok(isCallToolResult(result), `${name} answers a CallToolResult`)
     t.equal(result.content[0]?.type, 'text', `${name} has a text block`)
     if (result.isError === true) {
       failures++
-      t.match(result.structuredContent, { error: { code: /^[A-Z]{3}_\d{4}$/, message: String } }, `${name} failure has a catalogue code`)
+      t.equal(result.structuredContent, undefined, `${name} failure has no structuredContent for clients to validate`)
+      t.match(toolErrorOf(result), { code: /^[A-Z]{3}_\d{4}$/, message: String }, `${name} failure has a catalogue code in _meta`)
+      t.match(result.content[0]?.text, /^[A-Z]{3}_\d{4}: /, `${name} failure text starts with the code`)
     } else {
       successes++
       const schema = schemas.get(name)
-      t.ok(schema !== undefined && Value.Check(schema, result.structuredContent), `${name} output matches its outputSchema: ${JSON.stringify([...Value.Errors(schema!, result.structuredContent)].slice(0, 1))}`)
+      if (schema === undefined) throw new Error(`no tool ${name}`)
+      t.ok(Value.Check(schema, result.structuredContent), `${name} output matches its outputSchema: ${JSON.stringify([...Value.Errors(schema, result.structuredContent)].slice(0, 1))}`)
+      for (const [where, leaked] of withLeakedField(result.structuredContent)) {
+        t.notOk(Value.Check(schema, leaked), `${name}: a field leaked at ${where} fails the outputSchema`)
+        leaksCaught.add(`${name} ${where}`)
+      }
     }
   }
   t.equal(successes, 11)
   t.equal(failures, 4)
+  t.ok(leaksCaught.has('list_context items[0]') && leaksCaught.has('context_history versions[0]'), 'nested items were checked too')
+  for (const tool of allTools) t.ok(leaksCaught.has(`${tool.name} top level`), `${tool.name} success was checked for leaks`)
 })
 
 test('malformed tools/call params are JSON-RPC invalid-params errors', async (t) => {

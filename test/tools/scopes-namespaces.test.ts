@@ -12,7 +12,7 @@ test('scopes and namespaces', async (t) => {
   const app = await build(t)
   const reader = await addToken(app, 'reader', 'default', ['context:read'])
   const writer = await addToken(app, 'writer', 'default', ['context:read', 'context:write'])
-  const admin = await addToken(app, 'admin', 'default', ['context:admin'])
+  const admin = await addToken(app, 'admin', 'default', ['context:admin'], { globalAdmin: true })
   const other = await addToken(app, 'other', 'other', ['context:read', 'context:write', 'context:delete'])
   const as = (token: string) => ({ token })
   const entryCount = async () => (await app.db.sql<[{ n: number }]>`select count(*)::int as n from context_entries`)[0].n
