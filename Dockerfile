@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# shared-context-mcp: compiled JavaScript on Node 20, production dependencies only, as a non-root user.
+# shared-context-mcp: compiled JavaScript on Node 26 (the Active LTS line), production dependencies only, as a non-root user.
 #
 #   docker build -t shared-context-mcp .
 #   docker run -p 3000:3000 -e AUTH_TOKEN=... -e DATABASE_URL=postgres://... shared-context-mcp
@@ -10,8 +10,9 @@
 # time. CI cannot run Docker; scripts/check-image-steps.ts replays these steps in a scratch copy and
 # scripts/lint-dockerfile.ts lints this file.
 
-# Pinned by full version (the Node the CI checks run on); add @sha256:<digest> for byte-identical rebuilds.
-ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+# Pinned by full version: scripts/check-image-steps.ts replays the build on exactly this Node (from npm's
+# node-<platform>-<arch> package); add @sha256:<digest> for byte-identical rebuilds.
+ARG NODE_IMAGE=node:26.12.1-bookworm-slim
 
 # ---- build: all dependencies, tsc, the initialised embedded-database template; then drop dev dependencies
 FROM ${NODE_IMAGE} AS build

@@ -1,16 +1,29 @@
+import { networkInterfaces } from 'node:os'
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
 import { buildApp, loggerOptions } from './app.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
 
-function connectInstructions (url: string, token: string | undefined): string {
-  const header = ` --header "Authorization: Bearer ${token ?? '<your token>'}"`
+/**
+ * What a start prints: the MCP URL, a token created just now, and the Claude Code command.
+ * `remoteUrls` is set when the server listens on every interface without PUBLIC_URL (the URL is
+ * then on 127.0.0.1): the URLs of this machine's other addresses, possibly none.
+ */
+export function connectInstructions (url: string, token: string | undefined, remoteUrls?: readonly string[]): string {
+  const add = `claude mcp add --transport http shared-context ${url} --header "Authorization: Bearer ${token ?? '<your token>'}"`
   const lines = [
     '',
-    `shared-context-mcp is serving MCP at ${url}`,
-    ''
+    `shared-context-mcp is serving MCP at ${url}`
   ]
+  if (remoteUrls !== undefined) {
+    lines.push(remoteUrls.length === 0
+      ? 'It listens on every interface: from other machines, use this machine\'s address or name instead of 127.0.0.1.'
+      : 'It listens on every interface: from other machines, use this machine\'s address instead of 127.0.0.1:',
+    ...remoteUrls.map((remote) => `  ${remote}`),
+    '(In a container: the host\'s address and published port. Set PUBLIC_URL to have the URL printed here.)')
+  }
+  lines.push('')
   if (token !== undefined) {
     lines.push(
       'A token was created for this machine. It is shown only now (only its hash is stored):',
@@ -20,10 +33,18 @@ function connectInstructions (url: string, token: string | undefined): string {
   }
   lines.push(
     'Connect Claude Code:',
-    `  claude mcp add --transport http shared-context ${url}${header}`,
+    `  ${add}`,
     ''
   )
   if (token === undefined) lines.push('Use AUTH_TOKEN or a token you created earlier; `node dist/cli.js token create --name NAME` makes another.', '')
+  else {
+    lines.push(
+      'Added shared-context before, with an older token? Replace that entry:',
+      '  claude mcp remove shared-context',
+      `  ${add}`,
+      ''
+    )
+  }
   return lines.join('\n')
 }
 
@@ -64,7 +85,9 @@ export async function serve (): Promise<void> {
     process.exit(1)
   }
   const token = await app.auth.createLocalTokenIfNone()
-  process.stdout.write(connectInstructions(mcpUrlOf(config, address), token))
+  // Fastify reports a wildcard bind as 127.0.0.1, so HOST says whether other machines can connect.
+  const wildcard = config.PUBLIC_URL === undefined && ['0.0.0.0', '::', '[::]'].includes(config.HOST)
+  process.stdout.write(connectInstructions(mcpUrlOf(config, address), token, wildcard ? remoteUrlsOf(address) : undefined))
 }
 
 /** The URL clients use: PUBLIC_URL when set; a wildcard bind address is shown as loopback. */
@@ -73,6 +96,17 @@ function mcpUrlOf (config: Config, address: string): string {
   const url = new URL(address)
   if (url.hostname === '0.0.0.0' || url.hostname === '[::]') url.hostname = '127.0.0.1'
   return `${url.origin}/mcp`
+}
+
+/** The MCP URL on each of this machine's non-loopback IPv4 addresses (what other machines on the network reach). */
+function remoteUrlsOf (address: string): string[] {
+  return Object.values(networkInterfaces()).flatMap((entries) => entries ?? [])
+    .filter((entry) => entry.family === 'IPv4' && !entry.internal)
+    .map((entry) => {
+      const url = new URL(address)
+      url.hostname = entry.address
+      return `${url.origin}/mcp`
+    })
 }
 
 if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {

@@ -41,7 +41,7 @@ export async function publishRevokedJti (redis: Redis, jti: string, expiresAt: D
 /**
  * Checks JWT ids against the durable revocation list (revoked_jtis in PostgreSQL), through two
  * caches: Redis when it is connected (revoked until the token expires, "not revoked" for
- * AUTH_CACHE_SECONDS, shared by all instances, and told of revocations by `cli token revoke-jti`),
+ * AUTH_CACHE_SECONDS, shared by all instances, and told of revocations by `node dist/cli.js token revoke-jti`),
  * and this process (revoked answers; "not revoked" only while Redis is not connected).
  * A Redis failure falls back to PostgreSQL; if that fails too the answer is `unknown`, and
  * REVOCATION_FAIL_MODE decides (plugins/auth.ts).

@@ -163,7 +163,7 @@ export async function schemaMismatchForExport (sql: postgres.Sql, migrationsDir:
   const problems = [
     ...(missing.length === 0
       ? []
-      : [`it lacks migration ${list(missing)} of this build (its schema is older: export with the version that serves it, or run \`migrate\` first if you mean to upgrade it)`]),
+      : [`it lacks migration ${list(missing)} of this build (its schema is older: export with the version that serves it, or run \`node dist/cli.js migrate\` first if you mean to upgrade it)`]),
     ...(unknown.length === 0
       ? []
       : [`it has migration ${list(unknown)}, which this build does not ship (its schema is newer: export with the version that migrated it)`])
@@ -396,7 +396,7 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
       }
       options.onProgress?.(progress)
     }
-    if (lastLine === 0) throw new BackupLineError(1, 'the input is empty; expected a backup made by `export`')
+    if (lastLine === 0) throw new BackupLineError(1, 'the input is empty; expected a backup made by `node dist/cli.js export`')
     if (!ended) throw new BackupLineError(lastLine, 'the input ends without the end line: the backup is incomplete (cut short?)')
     await flush(lastLine)
     return summary
@@ -444,7 +444,7 @@ function check (checker: TypeCheck<TSchema>, value: unknown, number: number): vo
 }
 
 function checkHeader (line: { type: string }, number: number): HeaderLine {
-  if (line.type !== 'header') throw new BackupLineError(number, 'expected the header line ({"type":"header",…}); is this a backup made by `export`?')
+  if (line.type !== 'header') throw new BackupLineError(number, 'expected the header line ({"type":"header",…}); is this a backup made by `node dist/cli.js export`?')
   const header = line as HeaderLine
   if (header.format_version > BACKUP_FORMAT_VERSION) {
     throw new BackupLineError(number, `format_version ${header.format_version} was written by a newer server (${header.server_version}); this one reads version ${BACKUP_FORMAT_VERSION}. Upgrade first`)

@@ -4,7 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { createJwtAuthenticator, jwtOptionsFromConfig, looksLikeJwt, type JwtIdentity } from '../auth/jwt.js'
 import { createRevocationChecker } from '../auth/revocation.js'
-import { isLoopbackHost } from '../schema/config.js'
+import { isLoopbackHost, type Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
 
@@ -23,6 +23,8 @@ declare module 'fastify' {
       resourceUrl: (request: FastifyRequest) => URL
       /** The identity provider's state for /ready: absent without OIDC_ISSUER. */
       identityProviderStatus: () => 'ok' | 'degraded' | 'absent'
+      /** Where OAuth clients get tokens for /mcp (see authorizationServersOf); empty: none, bearer tokens only. */
+      authorizationServers: readonly string[]
     }
   }
   interface FastifyRequest {
@@ -47,6 +49,26 @@ export function generateToken (): string {
 // JWTs with many roles run to several KiB; anything longer than this is refused as invalid, unread.
 const MAX_TOKEN_LENGTH = 16 * 1024
 
+/**
+ * The authorization servers that issue tokens for /mcp (RFC 9728 `authorization_servers`): today
+ * OIDC_ISSUER, if set. When there is none the server advertises no OAuth at all (no
+ * resource_metadata in challenges, no metadata document): a client told of an authorization server
+ * that does not exist tries to register at /register and fails without saying why.
+ */
+export function authorizationServersOf (config: Pick<Config, 'OIDC_ISSUER'>): string[] {
+  return config.OIDC_ISSUER === undefined ? [] : [config.OIDC_ISSUER]
+}
+
+/** How a person gets a token, for refusals and start-up errors: a command that runs as printed in the project folder. */
+export const TOKEN_CREATE_HINT = '`node dist/cli.js token create --name NAME`'
+
+/** For refusals: where this server's tokens come from, and the command that makes another. */
+export function howToGetAToken (config: Pick<Config, 'OIDC_ISSUER' | 'AUTH_TOKEN'>): string {
+  if (authorizationServersOf(config).length > 0) return `sign in again, or create an API token with ${TOKEN_CREATE_HINT} in the server's folder`
+  if (config.AUTH_TOKEN !== undefined) return `use the server's AUTH_TOKEN, or create a token with ${TOKEN_CREATE_HINT} in the server's folder`
+  return `use the token the server printed when it first started (in its output), or create one with ${TOKEN_CREATE_HINT} in the server's folder`
+}
+
 function bearerTokenOf (header: string | undefined): string | undefined {
   if (header === undefined) return undefined
   const match = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)
@@ -58,7 +80,7 @@ function bearerTokenOf (header: string | undefined): string | undefined {
  * constant time, whatever the presented length, as SHA-256 digests); a JWT from OIDC_ISSUER
  * (verified against its JWKS, then checked against the jti revocation list); or an API token whose
  * hash is in api_tokens. Failures carry the RFC 9728 challenge that lets OAuth clients discover
- * the authorization server.
+ * the authorization server, when there is one (authorizationServersOf).
  */
 export interface AuthPluginOptions {
   /**
@@ -85,9 +107,11 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     log: fastify.log
   })
   fastify.addHook('onClose', async () => jwt?.close())
+  const authorizationServers = authorizationServersOf(config)
+  const getToken = howToGetAToken(config)
 
   if (staticHash === undefined && jwt === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
-    throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters), set OIDC_ISSUER, or create a token with \`cli token create\`.`)
+    throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters), set OIDC_ISSUER, or create a token with ${TOKEN_CREATE_HINT}.`)
   }
 
   async function createLocalTokenIfNone (): Promise<string | undefined> {
@@ -109,8 +133,10 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   }
 
   function challenge (request: FastifyRequest, error?: string): string {
-    const metadata = getOAuthProtectedResourceMetadataUrl(resourceUrl(request))
-    return `Bearer realm="shared-context-mcp", resource_metadata="${metadata}"${error === undefined ? '' : `, ${error}`}`
+    const parameters = ['realm="shared-context-mcp"']
+    if (authorizationServers.length > 0) parameters.push(`resource_metadata="${getOAuthProtectedResourceMetadataUrl(resourceUrl(request))}"`)
+    if (error !== undefined) parameters.push(error)
+    return `Bearer ${parameters.join(', ')}`
   }
 
   function refuse (request: FastifyRequest, reply: FastifyReply, error: AppError): AppError {
@@ -130,12 +156,12 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     if (record === null) {
       tokenCache.delete(hexHash)
       throw new AppError('AUTH_1002', looksLikeJwt(token) && jwt === undefined
-        ? 'The bearer token is a JWT, but this server accepts JWTs only when OIDC_ISSUER is set.'
-        : 'The bearer token is not valid. Check the token, or create a new one with `cli token create`.')
+        ? `The bearer token is a JWT, but this server accepts JWTs only when OIDC_ISSUER is set: ${getToken}.`
+        : `The bearer token is not valid (wrong, or from another server): ${getToken}.`)
     }
     if (record.revoked) {
       tokenCache.delete(hexHash)
-      throw new AppError('AUTH_1003', 'This token has been revoked. Ask for a new one (`cli token create`).')
+      throw new AppError('AUTH_1003', `This token has been revoked. Ask for a new one, or create one with ${TOKEN_CREATE_HINT} in the server's folder.`)
     }
     const principal = singleNamespacePrincipal(`token:${record.name}`, record.namespace,
       record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)), record.globalAdmin)
@@ -191,8 +217,8 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     const token = bearerTokenOf(header)
     if (token === undefined) {
       throw refuse(request, reply, header === undefined
-        ? new AppError('AUTH_1001', 'Missing bearer token: send the header "Authorization: Bearer <token>".')
-        : new AppError('AUTH_1001', 'The Authorization header must be "Bearer <token>".'))
+        ? new AppError('AUTH_1001', `Missing bearer token: send the header "Authorization: Bearer <token>"; to get a token, ${getToken}.`)
+        : new AppError('AUTH_1001', `The Authorization header must be "Bearer <token>"; to get a token, ${getToken}.`))
     }
     let principal: Principal
     try {
@@ -213,6 +239,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     authenticate,
     createLocalTokenIfNone,
     resourceUrl,
-    identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status()
+    identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status(),
+    authorizationServers
   })
 }, { name: 'auth', dependencies: ['config', 'db', 'redis', 'rate-limit'] })

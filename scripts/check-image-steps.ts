@@ -5,7 +5,8 @@
  * (HOST=0.0.0.0, DATA_DIR on the volume) and AUTH_TOKEN set. Checks: no dev dependency or compiler
  * in the runtime tree; the image's HEALTHCHECK command passes; /health and /ready answer; /mcp
  * refuses no token and initializes with it; fly.toml's release_command (migrations) exits 0;
- * SIGTERM exits 0; a restart on the same volume serves again.
+ * SIGTERM exits 0; a restart on the same volume serves again. All of it runs on the image's Node
+ * version: when this machine's differs, the check runs itself again on that version from npm.
  *
  * Each stage is a directory standing in for the image's root file system, so container paths map
  * to it. The runtime stage's RUN steps are not replayed (they run as root inside the image, on
@@ -103,6 +104,8 @@ function commandEnv (extra: Record<string, string>): Record<string, string> {
 /** The image's USER as numeric ids, when this replay can take them on (it runs as root, as CI does). */
 interface RunAs { uid: number, gid: number }
 let runtimeUser: RunAs | undefined
+/** The runtime stage's node, where the image has it (set in main). */
+let runtimeNode = process.execPath
 
 function runAsOf (user: string | undefined): RunAs | undefined {
   if (process.getuid?.() !== 0) return undefined
@@ -232,7 +235,7 @@ interface Server {
 function startServer (command: string[], cwd: string, env: Record<string, string>): Server {
   const [program, ...args] = command
   if (program !== 'node') fail(`CMD must start node, got ${command.join(' ')}`)
-  const child = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
+  const child = spawn(runtimeNode, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -274,7 +277,7 @@ async function stopWithSigterm (server: Server): Promise<void> {
 async function runHealthcheck (final: Stage, cwd: string, env: Record<string, string>): Promise<void> {
   const command = final.healthcheck?.command
   if (command === undefined || command[0] !== 'node') fail('the runtime stage needs an exec-form HEALTHCHECK running node')
-  const child = spawn(process.execPath, command.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
+  const child = spawn(runtimeNode, command.slice(1), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], ...runtimeUser })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -305,14 +308,32 @@ function releaseCommand (): string[] {
   return command.split(/\s+/)
 }
 
+/**
+ * Runs this check again on the image's exact Node, from npm's node-<platform>-<arch> package (the
+ * binaries the `node` package installs), so that npm ci, the build and the server run on what the
+ * image runs. npm exec keeps the download in npm's cache for the next run.
+ */
+async function rerunOnNode (version: string): Promise<never> {
+  if (process.env.CHECK_IMAGE_NODE === version) fail(`asked for Node ${version} from npm, got ${process.versions.node}`)
+  const nodePackage = `node-${process.platform}-${process.arch}@${version}`
+  log(`Node ${process.versions.node} here, ${version} in the image: running again on ${nodePackage} (npm exec)`)
+  const child = spawn('npm', ['exec', '--yes', `--package=${nodePackage}`, '--', 'node', '--import', 'tsx', fileURLToPath(import.meta.url)], {
+    cwd: root,
+    env: { ...process.env, CHECK_IMAGE_NODE: version },
+    stdio: 'inherit'
+  })
+  const [code] = await once(child, 'exit') as [number | null]
+  process.exit(code ?? 1)
+}
+
 async function main (): Promise<void> {
   const model = parseDockerfile(readFileSync(join(root, 'Dockerfile'), 'utf8'))
   const final = finalStage(model)
   const imageNode = /^node:(\d+)\.(\d+)\.(\d+)/.exec(final.image)
   if (imageNode === null) fail(`the runtime image ${final.image} is not node:X.Y.Z-…; this check runs the steps on this machine's Node`)
   const imageVersion = `${imageNode[1] ?? ''}.${imageNode[2] ?? ''}.${imageNode[3] ?? ''}`
-  if (imageNode[1] !== process.versions.node.split('.')[0]) fail(`the image runs Node ${imageVersion}, this machine ${process.versions.node}: the replay would not test the image's major version`)
-  log(`Node ${process.versions.node} here, ${imageVersion} in the image${imageVersion === process.versions.node ? '' : ' (same major)'}`)
+  if (imageVersion !== process.versions.node) await rerunOnNode(imageVersion)
+  log(`Node ${process.versions.node}, as in the image`)
 
   const scratch = mkdtempSync(join(tmpdir(), 'scm-image-'))
   let server: Server | undefined
@@ -331,6 +352,10 @@ async function main (): Promise<void> {
     const port = await freePort()
     const dataDir = runtime.env.DATA_DIR ?? fail('the runtime stage sets no DATA_DIR')
     mkdirSync(hostPath(runtime, dataDir), { recursive: true })
+    // As in the image: node in /usr/local/bin (this one may be in root's npm cache, which USER cannot read).
+    runtimeNode = hostPath(runtime, '/usr/local/bin/node')
+    copyInto(process.execPath, runtimeNode, false)
+    chmodSync(runtimeNode, 0o755)
     // As in the image: the server runs as USER, owns only the volume, and reads the rest.
     runtimeUser = runAsOf(final.user)
     if (runtimeUser !== undefined) {
@@ -350,7 +375,7 @@ async function main (): Promise<void> {
 
     const release = releaseCommand()
     if (release[0] !== 'node') fail(`fly.toml release_command must run node: ${release.join(' ')}`)
-    await runLogged(process.execPath, release.slice(1), { cwd, env, logFile: join(scratch, 'release-command.log'), timeoutMs: 60_000, as: runtimeUser })
+    await runLogged(runtimeNode, release.slice(1), { cwd, env, logFile: join(scratch, 'release-command.log'), timeoutMs: 60_000, as: runtimeUser })
     log(`fly.toml release_command \`${release.join(' ')}\`: exit 0`)
 
     server = startServer(command, cwd, env)

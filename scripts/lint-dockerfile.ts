@@ -39,7 +39,7 @@ export function lintDockerfile (text: string, file = 'Dockerfile'): Problem[] {
     const image = stage.image
     if (image.includes('$')) add(stage.line, `base image "${image}" uses an ARG with no default before FROM`)
     else if (!/@sha256:[0-9a-f]{64}$/.test(image) && !/:[^:/]*\d+\.\d+\.\d+[^:/]*$/.test(image)) {
-      add(stage.line, `base image "${image}" is not pinned: use a full version tag (node:20.x.y-bookworm-slim) or a digest`)
+      add(stage.line, `base image "${image}" is not pinned: use a full version tag (node:X.Y.Z-bookworm-slim) or a digest`)
     }
     for (const other of stage.others) {
       if (other.keyword === 'ADD') add(other.line, 'use COPY, not ADD (no remote URLs or implicit archive extraction)')

@@ -53,13 +53,11 @@ test('protected resource metadata (RFC 9728) names the issuer, the resource and 
     t.equal(response.headers['access-control-allow-origin'], '*', 'readable by browser-based clients')
   }
   const noAuth = await build(t, { ALLOWED_HOSTS: 'ctx.local' })
-  const derived = await noAuth.inject({ method: 'GET', url: '/.well-known/oauth-protected-resource/mcp', headers: { host: 'ctx.local:3000' } })
-  t.equal(derived.json().resource, 'http://ctx.local:3000/mcp', 'without PUBLIC_URL the resource comes from the request')
-  t.strictSame(derived.json().authorization_servers, [], 'no authorization server without OIDC_ISSUER')
+  t.equal((await noAuth.inject({ method: 'GET', url: '/.well-known/oauth-protected-resource/mcp', headers: { host: 'ctx.local:3000' } })).statusCode, 404, 'no document without an authorization server (test/auth/challenge.test.ts)')
 })
 
-test('every 401 carries resource_metadata; invalid and revoked tokens say invalid_token', async (t) => {
-  const app = await build(t, { PUBLIC_URL, AUTH_CACHE_SECONDS: '0' })
+test('with an authorization server every 401 carries resource_metadata; invalid and revoked tokens say invalid_token', async (t) => {
+  const app = await build(t, oidcEnv(await oidcProvider(t), { AUTH_CACHE_SECONDS: '0' }))
   const missing = await rpc(app, 'tools/list', {}, { token: null })
   t.equal(missing.statusCode, 401)
   t.equal(missing.json().error.code, 'AUTH_1001')

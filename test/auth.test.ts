@@ -22,7 +22,7 @@ test('bearer tokens: only the exact token passes, whatever the length of what is
     const response = await rpc(app, 'tools/list', {}, { token })
     t.equal(response.statusCode, 401, `${token.slice(0, 12)}… (${token.length} chars) is refused`)
     t.equal(response.json().error.code, 'AUTH_1002')
-    t.match(String(response.headers['www-authenticate']), /^Bearer realm="shared-context-mcp", resource_metadata="http:\/\/localhost\/\.well-known\/oauth-protected-resource\/mcp", error="invalid_token"$/)
+    t.match(String(response.headers['www-authenticate']), /^Bearer realm="shared-context-mcp", error="invalid_token"$/)
   }
 
   for (const authorization of [`Basic ${TEST_TOKEN}`, 'Bearer', `Bearer ${TEST_TOKEN} extra`, '']) {

@@ -29,10 +29,16 @@ test('the image: build stage compiles and prunes, runtime stage runs dist as a n
   t.match(final.healthcheck?.command?.join(' '), /fetch\(.*\/health/)
 })
 
+test('the README states the Node version the image runs', async (t) => {
+  const version = /^node:(\d+\.\d+\.\d+)-/.exec(finalStage(parseDockerfile(dockerfile)).image)?.[1]
+  t.ok(version, 'the runtime image is node:X.Y.Z-…')
+  t.match(readFileSync(`${root}README.md`, 'utf8'), `which the Docker image runs (${version ?? ''})`)
+})
+
 test('the lint catches what the production image must not do', async (t) => {
   const base = dockerfile
   const messages = (text: string) => lintDockerfile(text).map((problem) => problem.message).join('\n')
-  t.match(messages(base.replace('ARG NODE_IMAGE=node:20.20.2-bookworm-slim', 'ARG NODE_IMAGE=node:20-bookworm-slim')), /not pinned/)
+  t.match(messages(base.replace(/^ARG NODE_IMAGE=node:[\d.]+-/m, 'ARG NODE_IMAGE=node:26-')), /not pinned/)
   t.match(messages(base.replace('USER 1000:1000', 'USER root')), /is root/)
   t.match(messages(base.replace(/^USER .*$/m, '')), /runs as root/)
   t.match(messages(base.replace(/^HEALTHCHECK[\s\S]*?\n(?=\S)/m, 'HEALTHCHECK CMD curl -f http://127.0.0.1:3000/health || exit 1\n')), /shell form/)
@@ -43,7 +49,7 @@ test('the lint catches what the production image must not do', async (t) => {
   t.match(messages(base.replace(' && npm prune --omit=dev', '')), /production dependencies only/)
   t.match(messages(base.replace('VOLUME ["/data"]', '')), /not declared as a VOLUME/)
   t.match(messages(base.replace('HOST=0.0.0.0 ', '')), /HOST=0.0.0.0/)
-  t.match(messages('FROM node:20.20.2-bookworm-slim\nUSER node\nCMD ["node", "x.js"]\n'), /multi-stage/)
+  t.match(messages('FROM node:26.12.1-bookworm-slim\nUSER node\nCMD ["node", "x.js"]\n'), /multi-stage/)
   t.match(messages(base.replace('COPY . .', 'COPY . .\nADD https://example.com/x.tgz /tmp/')), /not ADD/)
   t.match(messages(base.replace('RUN npm ci', 'RUN npm ci\nFROOM x')), /dockerfile-utils/)
 })

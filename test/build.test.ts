@@ -1,0 +1,41 @@
+import { execFile } from 'node:child_process'
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { test } from 'tap'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+
+async function build (): Promise<string> {
+  const { stdout } = await promisify(execFile)('npm', ['run', 'build'], { cwd: root, maxBuffer: 10 * 1024 * 1024 })
+  return stdout
+}
+
+function modifiedTimes (): Record<string, number> {
+  const files = ['dist/server.js', 'dist/cli.js', 'dist/plugins/auth.js', 'dist/db/pglite-template.tar', 'dist/tsconfig.build.tsbuildinfo',
+    ...readdirSync(join(root, 'db/migrations')).map((name) => `dist/db/migrations/${name}`)]
+  return Object.fromEntries(files.map((file) => [file, statSync(join(root, file)).mtimeMs]))
+}
+
+test('a second `npm run build` with nothing changed rewrites nothing (so `npm start` starts at once)', async (t) => {
+  await build() // brings dist/ up to date; CI has built already, so this is the no-op too
+  const before = modifiedTimes()
+  const output = await build()
+  t.strictSame(modifiedTimes(), before, 'the compiled files, the migrations and the PGlite template are left as they were')
+  t.match(output, /pglite-template\.tar is current \(PGlite \d+\.\d+\.\d+/, 'the template is kept while the PGlite version is the same')
+})
+
+test('the PGlite template is made again when the installed PGlite is another version', async (t) => {
+  await build()
+  const stamp = join(root, 'dist/db/pglite-template.version')
+  const version = readFileSync(stamp, 'utf8')
+  const before = statSync(join(root, 'dist/db/pglite-template.tar')).mtimeMs
+  writeFileSync(stamp, '0.0.1')
+  // If the build failed before stamping, the next build must make the template again.
+  t.teardown(() => { if (readFileSync(stamp, 'utf8') === '0.0.1') rmSync(stamp) })
+  const output = await build()
+  t.notMatch(output, 'is current')
+  t.ok(statSync(join(root, 'dist/db/pglite-template.tar')).mtimeMs > before, 'a new template')
+  t.equal(readFileSync(stamp, 'utf8'), version, 'stamped with the installed version')
+})
