@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { localhostAllowedHostnames, validateHostHeader } from '@modelcontextprotocol/server'
 import type { FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -41,6 +42,19 @@ export function allowedHostnames (config: Pick<Config, 'ALLOWED_HOSTS' | 'PUBLIC
   return [...localhostAllowedHostnames(), ...configured]
 }
 
+/**
+ * Whether a Host header names an IP address (`10.0.0.5:3000`, `[fdaa::3]:3000`). DNS rebinding
+ * needs a name that the attacker's DNS points at this server, and the browser sends that name as
+ * Host; a page that sends an IP literal was loaded from this server's own address. Platform probes
+ * (Fly's health checks) call a machine by its address, so these are served.
+ */
+export function isIpLiteralHost (host: string | undefined): boolean {
+  if (host === undefined) return false
+  const bracketed = /^\[([0-9A-Fa-f:.]+)\](?::\d{1,5})?$/.exec(host)
+  if (bracketed !== null) return isIP(bracketed[1] as string) === 6
+  return isIP(host.replace(/:\d{1,5}$/, '')) === 4
+}
+
 /** The browser origins configured exactly: CORS_ORIGINS and PUBLIC_URL's origin. */
 export function allowedOrigins (config: Pick<Config, 'CORS_ORIGINS' | 'PUBLIC_URL'>): Set<string> {
   return new Set([...splitList(config.CORS_ORIGINS), ...(config.PUBLIC_URL === undefined ? [] : [config.PUBLIC_URL])]
@@ -50,8 +64,8 @@ export function allowedOrigins (config: Pick<Config, 'CORS_ORIGINS' | 'PUBLIC_UR
 
 /**
  * DNS-rebinding and cross-origin protection for every route, /mcp, /metrics, /ready,
- * /.well-known/* and unknown paths alike: a Host header that is not a loopback name, PUBLIC_URL's
- * host or in ALLOWED_HOSTS is refused with 403 AUTH_1005, and so is a browser Origin that is not
+ * /.well-known/* and unknown paths alike: a Host header that is not a loopback name, an IP address,
+ * PUBLIC_URL's host or in ALLOWED_HOSTS is refused with 403 AUTH_1005, and so is a browser Origin that is not
  * exactly (scheme, host and port) one of CORS_ORIGINS, PUBLIC_URL's origin, or the origin the
  * request itself was sent to (a page served by this server). Requests without Origin (every
  * non-browser client) pass the Origin check. Registered before every other plugin with hooks, so a
@@ -75,7 +89,8 @@ export default fp(async (fastify) => {
 
   fastify.addHook('onRequest', async (request) => {
     // The route's exemptions are looked up only for a refused request: routeOptions allocates.
-    if (hostnames !== undefined && !validateHostHeader(request.headers.host, hostnames).ok && request.routeOptions.config.checkHost !== false) {
+    const host = request.headers.host
+    if (hostnames !== undefined && !validateHostHeader(host, hostnames).ok && !isIpLiteralHost(host) && request.routeOptions.config.checkHost !== false) {
       throw new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).')
     }
     const origin = request.headers.origin

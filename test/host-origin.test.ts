@@ -45,7 +45,10 @@ test('every route refuses a foreign Host with 403 AUTH_1005, and serves the allo
     refused(t, await send(app, route, { host: 'evil.example' }), `${what}, DNS rebinding (Host evil.example)`)
     refused(t, await send(app, route, { host: 'evil.example:3000' }), `${what}, Host evil.example:3000`)
     refused(t, await send(app, route, { host: 'ctx.example.com.evil.example' }), `${what}, a Host that only starts with the public name`)
-    for (const host of ['ctx.example.com', 'localhost:3000', '127.0.0.1:3000', '[::1]:3000']) {
+    refused(t, await send(app, route, { host: '10.0.0.5.evil.example' }), `${what}, a name that starts like an address`)
+    refused(t, await send(app, route, { host: '[fdaa::3].evil.example' }), `${what}, a bracketed address followed by a name`)
+    // IP-address Hosts: no DNS name to rebind; Fly's health checks call a machine this way.
+    for (const host of ['ctx.example.com', 'localhost:3000', '127.0.0.1:3000', '[::1]:3000', '10.0.0.5:3000', '172.19.0.5', '[fdaa:0:1::3]:3000']) {
       const response = await send(app, route, { host })
       t.not(response.statusCode, 403, `${what}, Host ${host}: served (${response.statusCode})`)
     }
