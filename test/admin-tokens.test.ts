@@ -1,6 +1,3 @@
-import { execFile } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 import { test } from 'tap'
 import { buildApp } from '../app.js'
 import { migrate } from '../db/migrate.js'
@@ -8,19 +5,7 @@ import { hashToken } from '../plugins/auth.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
 import { callTool } from './helper.js'
-
-const run = promisify(execFile)
-const root = fileURLToPath(new URL('..', import.meta.url))
-
-async function cli (env: Record<string, string>, ...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'cli.ts', ...args], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } })
-    return { code: 0, stdout, stderr }
-  } catch (error) {
-    const failed = error as { code: number, stdout: string, stderr: string }
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr }
-  }
-}
+import { runCli } from './process-helper.js'
 
 const tokenIn = (stdout: string): string => {
   const token = /^(scm_\S+)$/m.exec(stdout)?.[1]
@@ -33,17 +18,17 @@ test('admin means admin: --namespace X with context:admin is admin of X only, --
   const { url } = await testDatabase(t)
   const env = { DATABASE_URL: url }
 
-  const scoped = await cli(env, 'token', 'create', '--name', 'ops-admin', '--namespace', 'ops', '--scopes', 'context:admin')
+  const scoped = await runCli(env, 'token', 'create', '--name', 'ops-admin', '--namespace', 'ops', '--scopes', 'context:admin')
   t.equal(scoped.code, 0, scoped.stderr)
   t.match(scoped.stdout, /admin of namespace ops only/, 'the CLI says plainly that it is admin of one namespace')
   t.notMatch(scoped.stdout, /global admin/)
-  const global = await cli(env, 'token', 'create', '--name', 'root', '--global-admin')
+  const global = await runCli(env, 'token', 'create', '--name', 'root', '--global-admin')
   t.equal(global.code, 0, global.stderr)
   t.match(global.stdout, /global admin: every scope in every namespace/, 'and that this one is admin everywhere')
-  const both = await cli(env, 'token', 'create', '--name', 'x', '--global-admin', '--scopes', 'context:read')
+  const both = await runCli(env, 'token', 'create', '--name', 'x', '--global-admin', '--scopes', 'context:read')
   t.equal(both.code, 2, '--global-admin with --scopes is a usage error')
 
-  const listed = await cli(env, 'token', 'list')
+  const listed = await runCli(env, 'token', 'list')
   t.match(listed.stdout, /ops-admin\tops\tcontext:admin \(admin of namespace ops only/)
   t.match(listed.stdout, /root\tdefault\tcontext:admin \(global admin/)
 

@@ -305,7 +305,7 @@ test('bad input is refused and changes nothing', async (t) => {
 
   t.test('a wrong token is 401 AUTH_1002', async (t) => {
     const write = toolCall('write_context', { key: 'auth/new', content: 'x' })
-    for (const token of ['wrong', `${TEST_TOKEN}x`, TEST_TOKEN.slice(0, -1), TEST_TOKEN.toUpperCase()]) {
+    for (const token of ['wr0ng-t0ken', `${TEST_TOKEN}x`, TEST_TOKEN.slice(0, -1), TEST_TOKEN.toUpperCase()]) {
       const response = await post(app, write, { authorization: `Bearer ${token}` })
       httpError(t, response, 401, 'AUTH_1002')
       t.match(response.headers['www-authenticate'], /^Bearer .*invalid_token/)

@@ -1,30 +1,18 @@
-import { execFile, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { openSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 import { test } from 'tap'
 import { createSql } from '../db/connect.js'
 import { SOCKET_URL } from '../db/embedded.js'
-import { servingUrl, startServer, waitFor } from './process-helper.js'
+import { callToolOverHttp, runCli, servingUrl, startServer, waitFor } from './process-helper.js'
 
 // The CLI next to a running server on the embedded database (its own file: it starts a server and eight CLI processes).
 
-const run = promisify(execFile)
 const root = fileURLToPath(new URL('..', import.meta.url))
-
-async function cli (env: Record<string, string>, ...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'cli.ts', ...args], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } })
-    return { code: 0, stdout, stderr }
-  } catch (error) {
-    const failed = error as { code: number, stdout: string, stderr: string }
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr }
-  }
-}
 
 /** The CLI with a file as its stdin (import). */
 async function cliWithStdin (env: Record<string, string>, stdinFile: string, ...args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
@@ -37,15 +25,6 @@ async function cliWithStdin (env: Record<string, string>, stdinFile: string, ...
   return { code, stdout, stderr }
 }
 
-async function mcpCall (url: string, token: string, name: string, args: Record<string, unknown>) {
-  const response = await fetch(url, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name, arguments: args } })
-  })
-  return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
-}
-
 test('cli with the embedded database while its server runs: every admin command goes through the server\'s socket', async (t) => {
   t.setTimeout(170_000)
   const dataDir = await mkdtemp(join(tmpdir(), 'scm-cli-'))
@@ -56,19 +35,19 @@ test('cli with the embedded database while its server runs: every admin command 
   const url = servingUrl(server)
   const env = { DATA_DIR: dataDir }
 
-  const created = await cli(env, 'token', 'create', '--name', 'while-running')
+  const created = await runCli(env, 'token', 'create', '--name', 'while-running')
   t.equal(created.code, 0, created.stderr)
   t.match(created.stderr, /in use by a running server .*using its database through/)
   const token = /^(scm_\S+)$/m.exec(created.stdout)?.[1] as string
-  const written = await mcpCall(url, token, 'write_context', { key: 'from-mcp', content: 'written through /mcp' })
+  const written = await callToolOverHttp(url, token, 'write_context', { key: 'from-mcp', content: 'written through /mcp' })
   t.equal(written.status, 200, 'the new token authenticates against the running server')
   t.notOk(written.body.result?.isError)
 
-  const listed = await cli(env, 'token', 'list')
+  const listed = await runCli(env, 'token', 'list')
   t.equal(listed.code, 0, listed.stderr)
   t.match(listed.stdout, /^while-running\tdefault\t/m)
 
-  const exported = await cli(env, 'export')
+  const exported = await runCli(env, 'export')
   t.equal(exported.code, 0, exported.stderr)
   t.match(exported.stdout, /"key":"from-mcp".*"content":"written through \/mcp"/)
 
@@ -78,22 +57,22 @@ test('cli with the embedded database while its server runs: every admin command 
   const imported = await cliWithStdin(env, backup, 'import')
   t.equal(imported.code, 0, imported.stderr)
   t.match(imported.stdout, /Imported 1 entries/)
-  const read = await mcpCall(url, token, 'read_context', { key: 'imported' })
+  const read = await callToolOverHttp(url, token, 'read_context', { key: 'imported' })
   t.equal(read.body.result?.structuredContent.content, 'written through /mcp', 'the imported entry is readable through /mcp')
 
-  const jti = await cli(env, 'token', 'revoke-jti', '--jti', 'jti-while-running', '--expires-at', '2099-01-01T00:00:00Z')
+  const jti = await runCli(env, 'token', 'revoke-jti', '--jti', 'jti-while-running', '--expires-at', '2099-01-01T00:00:00Z')
   t.equal(jti.code, 0, jti.stderr)
   const sql = createSql(SOCKET_URL, { max: 1, connectTimeoutMs: 5000, path: join(dataDir, 'postgres.sock') })
   t.teardown(() => sql.end())
   t.same(await sql`select jti from revoked_jtis`, [{ jti: 'jti-while-running' }], 'stored in the server\'s database')
 
-  const migrated = await cli(env, 'migrate')
+  const migrated = await runCli(env, 'migrate')
   t.equal(migrated.code, 0, migrated.stderr)
   t.match(migrated.stdout, /up to date/)
 
-  const revoked = await cli(env, 'token', 'revoke', '--name', 'while-running')
+  const revoked = await runCli(env, 'token', 'revoke', '--name', 'while-running')
   t.equal(revoked.code, 0, revoked.stderr)
-  t.equal((await mcpCall(url, token, 'read_context', { key: 'imported' })).status, 401, 'the revoked token is refused (AUTH_CACHE_SECONDS=0)')
+  t.equal((await callToolOverHttp(url, token, 'read_context', { key: 'imported' })).status, 401, 'the revoked token is refused (AUTH_CACHE_SECONDS=0)')
 
   server.child.kill('SIGTERM')
   t.equal(await server.exited, 0, 'the server was never disturbed and exits cleanly')

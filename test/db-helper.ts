@@ -9,6 +9,9 @@ import { createSql } from '../db/connect.js'
 import { createDataDirTemplate, startEmbeddedPostgres } from '../db/embedded.js'
 import { migrate } from '../db/migrate.js'
 
+/** Whether this run's test databases are embedded PGlite (no TEST_DATABASE_URL) rather than a PostgreSQL server. */
+export const ON_PGLITE = (process.env.TEST_DATABASE_URL ?? '') === ''
+
 export interface TestDatabase {
   url: string
   sql: postgres.Sql
@@ -32,7 +35,7 @@ export async function testDatabase (t: TeardownHost): Promise<TestDatabase> {
 /** Like testDatabase, but not migrated (for migration tests). */
 export async function testDatabaseUrlForEmptyDb (t: TeardownHost): Promise<TestDatabase> {
   const serverUrl = process.env.TEST_DATABASE_URL
-  const database = serverUrl === undefined || serverUrl === ''
+  const database = ON_PGLITE || serverUrl === undefined
     ? await startEmbedded()
     : await createServerDatabase(serverUrl)
   const sql = createSql(database.url, { max: POOL_MAX, connectTimeoutMs: CONNECT_TIMEOUT_MS })

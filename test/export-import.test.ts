@@ -533,13 +533,14 @@ test('cli export never migrates: a database without a migration of this build, o
   await createContextStore(sql, { maxContentBytes: 100_000 }).write('team', 'a', 'alpha', {}, alice)
   const versions = async () => (await sql<Array<{ version: number }>>`select version from schema_migrations order by version`).map((row) => row.version)
   const [second] = await sql<[{ name: string, checksum: string }]>`select name, checksum from schema_migrations where version = 2`
+  const withoutSecond = (await versions()).filter((version) => version !== 2)
 
   await sql`delete from schema_migrations where version = 2`
   const older = await cli({ DATABASE_URL: url }, ['export'])
   t.equal(older.code, 1, 'exit 1')
   t.equal(older.stdout, '', 'no backup written')
   t.match(older.stderr, /^Export refused: the database does not match this build's schema: it lacks migration 002 of this build \(its schema is older/m)
-  t.same(await versions(), [1], 'and export did not migrate it')
+  t.same(await versions(), withoutSecond, 'and export did not migrate it')
 
   await sql`insert into schema_migrations (version, name, checksum) values (2, ${second.name}, ${second.checksum}), (999, 'from_a_newer_build', 'x')`
   const newer = await cli({ DATABASE_URL: url }, ['export'])

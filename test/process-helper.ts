@@ -1,6 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 
@@ -41,4 +42,33 @@ export function servingUrl (server: RunningServer): string {
   const match = /serving MCP at (\S+)/.exec(server.stdout())
   if (match?.[1] === undefined) throw new Error('no serving line')
   return match[1]
+}
+
+export interface CliResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+const run = promisify(execFile)
+
+/** Runs cli.ts in a child process with exactly this environment (plus PATH); a failure is a result, not a throw. */
+export async function runCli (env: Record<string, string>, ...args: string[]): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', 'cli.ts', ...args], { cwd: root, env: { PATH: process.env.PATH ?? '', ...env } })
+    return { code: 0, stdout, stderr }
+  } catch (error) {
+    const failed = error as CliResult
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr }
+  }
+}
+
+/** One 2025-era tools/call over real HTTP, as a client on the network sends it. */
+export async function callToolOverHttp (url: string, token: string, name: string, args: Record<string, unknown>) {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name, arguments: args } })
+  })
+  return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
 }

@@ -3,20 +3,11 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'tap'
-import { servingUrl, startServer, waitFor } from './process-helper.js'
+import { callToolOverHttp, servingUrl, startServer, waitFor } from './process-helper.js'
 
 // server.ts started as an operator starts it, with the embedded database in DATA_DIR or with none.
 // Nothing here uses the test database or Redis, so CI runs this file once (scripts/backend-tests.ts).
 const AUTH_TOKEN = 'server-test-token-0123456789abcdef0123456789'
-
-async function callTool (url: string, token: string, name: string, args: Record<string, unknown>) {
-  const response = await fetch(url, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name, arguments: args } })
-  })
-  return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
-}
 
 /** Ports of the TCP sockets the process listens on (from /proc: its socket inodes in its network namespace's tables). */
 async function tcpListeningPorts (pid: number): Promise<number[]> {
@@ -57,7 +48,7 @@ test('first start on loopback with the embedded database: creates a token, print
   t.match(first.stdout(), new RegExp(`claude mcp add --transport http shared-context ${url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} --header "Authorization: Bearer ${token}"`))
   t.notOk(first.stderr().includes(token as string), 'the token is not in the log')
 
-  const written = await callTool(url, token as string, 'write_context', { key: 'persisted', content: 'survives restarts' })
+  const written = await callToolOverHttp(url, token as string, 'write_context', { key: 'persisted', content: 'survives restarts' })
   t.equal(written.status, 200)
   t.equal(written.body.result?.structuredContent.version, 1)
   t.same(await tcpListeningPorts(first.child.pid as number), [Number(new URL(url).port)], 'no TCP listener but PORT: the database is on a Unix socket')
@@ -70,7 +61,7 @@ test('first start on loopback with the embedded database: creates a token, print
   t.teardown(() => second.child.kill('SIGKILL'))
   await waitFor(second, (output) => output.includes('claude mcp add'))
   t.notMatch(second.stdout(), /scm_/, 'no new token on the second start')
-  const read = await callTool(servingUrl(second), token as string, 'read_context', { key: 'persisted' })
+  const read = await callToolOverHttp(servingUrl(second), token as string, 'read_context', { key: 'persisted' })
   t.equal(read.body.result?.structuredContent.content, 'survives restarts', 'data and token persisted in DATA_DIR')
   second.child.kill('SIGTERM')
   t.equal(await second.exited, 0)

@@ -1,16 +1,7 @@
 import { test } from 'tap'
 import { testDatabase } from './db-helper.js'
-import { servingUrl, startServer, waitFor } from './process-helper.js'
+import { callToolOverHttp, servingUrl, startServer, waitFor } from './process-helper.js'
 import { TEST_TOKEN } from './helper.js'
-
-async function callTool (url: string, token: string, name: string, args: Record<string, unknown>) {
-  const response = await fetch(url, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name, arguments: args } })
-  })
-  return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
-}
 
 test('bound to a non-loopback host with no auth configured: refuses to start', async (t) => {
   const { url } = await testDatabase(t)
@@ -26,8 +17,8 @@ test('logs of a running server (stdout not a terminal): JSON lines at LOG_LEVEL,
     t.teardown(() => server.child.kill('SIGKILL'))
     await waitFor(server, (output) => output.includes('serving MCP at'))
     const endpoint = servingUrl(server)
-    t.equal((await callTool(endpoint, TEST_TOKEN, 'write_context', { key: 'log/secret', content: 'classified-content-42' })).status, 200)
-    t.equal((await callTool(endpoint, 'scm_wrong-token-that-must-not-appear-0123456789', 'read_context', { key: 'x' })).status, 401)
+    t.equal((await callToolOverHttp(endpoint, TEST_TOKEN, 'write_context', { key: 'log/secret', content: 'classified-content-42' })).status, 200)
+    t.equal((await callToolOverHttp(endpoint, 'scm_wrong-token-that-must-not-appear-0123456789', 'read_context', { key: 'x' })).status, 401)
     server.child.kill('SIGTERM')
     t.equal(await server.exited, 0)
     const jsonLines = server.stdout().split('\n').filter((line) => line.startsWith('{'))

@@ -5,7 +5,7 @@ import { test, type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { createContextStore } from '../db/context-store.js'
 import { loadConfig } from '../schema/config.js'
-import { testDatabase } from './db-helper.js'
+import { ON_PGLITE, testDatabase } from './db-helper.js'
 import { TEST_TOKEN } from './helper.js'
 import { servingUrl, startServer, waitFor } from './process-helper.js'
 
@@ -179,7 +179,6 @@ test('a call still waiting at SHUTDOWN_TIMEOUT_MS is cut off: exit 1, the client
   const history = await sql<Array<{ version: number, content: string }>>`select version, content from context_history where namespace = 'default' and key = 'busy' order by version`
   t.strictSame(history.map((row) => row.version), Array.from({ length: entry.version }, (_, index) => index + 1), 'history holds every version up to the entry\'s, once')
   t.equal(history.at(-1)?.content, entry.content, 'and its last version is the entry\'s content')
-  const onPglite = (process.env.TEST_DATABASE_URL ?? '') === ''
-  t.strictSame({ ...entry }, onPglite ? { version: 1, content: 'v1' } : { version: 2, content: 'v2' },
-    onPglite ? 'PGlite: the cut-off write never ran' : 'PostgreSQL: the cut-off write committed whole after the process was gone')
+  t.strictSame({ ...entry }, ON_PGLITE ? { version: 1, content: 'v1' } : { version: 2, content: 'v2' },
+    ON_PGLITE ? 'PGlite: the cut-off write never ran' : 'PostgreSQL: the cut-off write committed whole after the process was gone')
 })

@@ -8,19 +8,10 @@ import { test } from 'tap'
 import { createSql } from '../../db/connect.js'
 import { createDataDirTemplate, startEmbeddedPostgres, type EmbeddedPostgres } from '../../db/embedded.js'
 import { LOCK_FILE } from '../../db/embedded-lock.js'
-import { servingUrl, startServer, waitFor } from '../process-helper.js'
+import { callToolOverHttp, servingUrl, startServer, waitFor } from '../process-helper.js'
 
 function sqlFor (embedded: EmbeddedPostgres, max: number) {
   return createSql(embedded.url, { max, connectTimeoutMs: 5000, ...(embedded.socketPath !== undefined && { path: embedded.socketPath }) })
-}
-
-async function callTool (url: string, token: string, name: string, args: Record<string, unknown>) {
-  const response = await fetch(url, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name, arguments: args } })
-  })
-  return { status: response.status, body: await response.json() as { result?: { isError?: boolean, structuredContent: Record<string, unknown> } } }
 }
 
 /** A lock file as a holder elsewhere wrote it, `ageMs` old. */
@@ -156,10 +147,10 @@ test('the data-folder lock in containers: a holder whose PID equals the newcomer
   t.match(second.stderr(), /is in use by process \d+ on other-container, a running server\. .*node dist\/cli\.js token create --name NAME/)
   t.equal(await readFile(lockPath, 'utf8'), planted, 'the holder\'s lock is untouched')
 
-  const written = await callTool(url, token, 'write_context', { key: 'still-mine', content: 'the holder writes on' })
+  const written = await callToolOverHttp(url, token, 'write_context', { key: 'still-mine', content: 'the holder writes on' })
   t.equal(written.status, 200)
   t.notOk(written.body.result?.isError)
-  const read = await callTool(url, token, 'read_context', { key: 'still-mine' })
+  const read = await callToolOverHttp(url, token, 'read_context', { key: 'still-mine' })
   t.equal(read.body.result?.structuredContent.content, 'the holder writes on')
   holder.child.kill('SIGTERM')
   t.equal(await holder.exited, 0)

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { test } from 'tap'
 import { createSql } from '../../db/connect.js'
 import { migrate, MigrationChecksumError, MIGRATION_LOCK_KEY } from '../../db/migrate.js'
-import { testDatabaseUrlForEmptyDb } from '../db-helper.js'
+import { ON_PGLITE, testDatabaseUrlForEmptyDb } from '../db-helper.js'
 
 const migrationsDir = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
 
@@ -64,7 +64,7 @@ test('four instances migrating one empty database at once each apply every file 
   t.same(await first`select count(*) as count from context_entries`, [{ count: 0 }], 'all instances find the schema')
 })
 
-test('a migrator waits for the lock only as long as lockTimeoutMs', { skip: process.env.TEST_DATABASE_URL === undefined ? 'PGlite has one backend: a held lock blocks every connection, not just migrators' : false }, async (t) => {
+test('a migrator waits for the lock only as long as lockTimeoutMs', { skip: ON_PGLITE ? 'PGlite has one backend: a held lock blocks every connection, not just migrators' : false }, async (t) => {
   const { sql, url } = await testDatabaseUrlForEmptyDb(t)
   const holder = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
   t.teardown(async () => { await holder.end({ timeout: 5 }) })
