@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import { readFileSync, readlinkSync } from 'node:fs'
-import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises'
+import { lstat, open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises'
 import { connect } from 'node:net'
-import { hostname } from 'node:os'
-import { dirname, join } from 'node:path'
+import { hostname, tmpdir } from 'node:os'
+import { basename, dirname, join } from 'node:path'
 
 /**
  * Who holds a data folder: written once, when the lock file is created. `socket` is where the
@@ -23,6 +23,20 @@ export interface LockRecord {
 }
 
 export const LOCK_FILE = 'shared-context-mcp.lock'
+/** The database socket's file name: in the data folder, or in a private `scm-db-*` folder under the OS temp folder. */
+export const SOCKET_FILE = 'postgres.sock'
+export const PRIVATE_SOCKET_FOLDER_PREFIX = 'scm-db-'
+
+/**
+ * Whether a socket path read from a lock file is one a server of ours would use. The lock file is
+ * outside input (anyone who can write the folder can write it): a path it names is probed, removed
+ * and connected to only if it is one of these, never an arbitrary file.
+ */
+export function isServerSocketPath (dataDir: string, path: string): boolean {
+  if (basename(path) !== SOCKET_FILE) return false
+  const folder = dirname(path)
+  return folder === dataDir || (dirname(folder) === tmpdir() && basename(folder).startsWith(PRIVATE_SOCKET_FOLDER_PREFIX))
+}
 /** The holder renews its lease (the lock file's mtime) this often ... */
 const LEASE_RENEW_MS = 5_000
 /** ... and a lease younger than this is live whatever else we can tell. */
@@ -67,8 +81,8 @@ export async function lockDataDir (dataDir: string, socket: string): Promise<Dat
 
     const found = await readLock(lockPath)
     if (found === undefined) continue // released meanwhile
-    const verdict = await judge(found)
-    if (verdict.live) throw inUse(dataDir, found.record, verdict.socketAnswers)
+    const verdict = await judge(dataDir, found)
+    if (verdict.live) throw inUse(dataDir, found, verdict.socketAnswers)
     if (await replaceStale(dataDir, lockPath, found) === 'busy') await new Promise((resolve) => setTimeout(resolve, 20))
   }
   throw new Error(`Could not lock the data folder ${dataDir}: other processes keep taking it. Try again.`)
@@ -103,18 +117,23 @@ function parseRecord (text: string): LockRecord | undefined {
   }
 }
 
-async function judge ({ record, mtimeMs, legacyPid }: FoundLock): Promise<{ live: boolean, socketAnswers: boolean }> {
-  // That build's own rule (it renews no lease), for the upgrade while it still runs.
-  if (legacyPid !== undefined) return { live: legacyPid !== process.pid && isAlive(legacyPid), socketAnswers: false }
+async function judge (dataDir: string, { record, mtimeMs, legacyPid }: FoundLock): Promise<{ live: boolean, socketAnswers: boolean }> {
+  // A build before leases wrote only its PID. Our own PID there may be another container's PID 1:
+  // live too (inUse says how to remove the file when no older server runs).
+  if (legacyPid !== undefined) return { live: legacyPid === process.pid || isAlive(legacyPid), socketAnswers: false }
   const leaseFresh = Date.now() - mtimeMs < LEASE_MS
   if (record === undefined) return { live: leaseFresh, socketAnswers: false }
-  const socket = await probeSocket(record.socket)
+  const socket = isServerSocketPath(dataDir, record.socket) ? await probeSocket(record.socket) : 'absent'
   if (socket === 'answers') return { live: true, socketAnswers: true }
   const own = ownIdentity()
-  if (own.bootId !== undefined && own.pidNamespace !== undefined && record.bootId === own.bootId && record.pidNamespace === own.pidNamespace) {
-    return { live: record.processStart !== undefined && processStartOf(record.pid) === record.processStart, socketAnswers: false }
+  const sameKernel = own.bootId !== undefined && record.bootId === own.bootId
+  if (sameKernel && own.pidNamespace !== undefined && record.pidNamespace === own.pidNamespace) {
+    const running = record.processStart === undefined ? isAlive(record.pid) && leaseFresh : processStartOf(record.pid) === record.processStart
+    return { live: running, socketAnswers: false }
   }
-  return { live: socket !== 'refused' && leaseFresh, socketAnswers: false }
+  // A refusing socket proves a dead server only on this kernel: seen over a network filesystem
+  // (NFS, EFS, SMB) another machine's live socket refuses too, so there the lease decides.
+  return { live: !(sameKernel && socket === 'refused') && leaseFresh, socketAnswers: false }
 }
 
 async function probeSocket (path: string): Promise<'answers' | 'refused' | 'absent'> {
@@ -165,8 +184,9 @@ async function replaceStale (dataDir: string, lockPath: string, found: FoundLock
   try {
     const now = await readLock(lockPath)
     if (now === undefined || now.ino !== found.ino || now.record?.id !== found.record?.id) return 'done'
-    if (found.record !== undefined) {
-      await rm(found.record.socket, { force: true })
+    if (found.record !== undefined && isServerSocketPath(dataDir, found.record.socket)) {
+      const left = await lstat(found.record.socket).catch(() => undefined)
+      if (left?.isSocket() === true) await rm(found.record.socket, { force: true })
       // A socket outside the data folder was in a private temp folder of its own; rmdir takes only an empty one.
       if (dirname(found.record.socket) !== dataDir) await rmdir(dirname(found.record.socket)).catch(() => {})
     }
@@ -199,15 +219,27 @@ function holdLease (lockPath: string, handle: FileHandle, id: string): DataDirLo
   }
 }
 
-function inUse (dataDir: string, holder: LockRecord | undefined, socketAnswers: boolean): DataDirInUseError {
-  const who = holder === undefined ? 'another process' : `process ${holder.pid} on ${holder.host}`
+function inUse (dataDir: string, { record, legacyPid }: FoundLock, socketAnswers: boolean): DataDirInUseError {
+  if (legacyPid !== undefined) {
+    return new DataDirInUseError(
+      `The data folder ${dataDir} is locked by process ${legacyPid} of an older version of this server. ` +
+      `Stop that server first; if none runs (it crashed, or ran in another container), remove ${join(dataDir, LOCK_FILE)} and start again.`,
+      undefined,
+      false
+    )
+  }
   return new DataDirInUseError(
-    `The data folder ${dataDir} is in use by ${who}${socketAnswers ? ', a running server' : ''}. ` +
+    `The data folder ${dataDir} is in use by ${describeHolder(record)}${socketAnswers ? ', a running server' : ''}. ` +
     'One server at a time opens it: stop that one first, point DATA_DIR elsewhere, or set DATABASE_URL to use a PostgreSQL server. ' +
     'Admin commands need no second server: they use the running one (e.g. node dist/cli.js token create --name NAME).',
-    holder,
+    record,
     socketAnswers
   )
+}
+
+/** "process N on HOST", for messages about a lock's holder. */
+export function describeHolder (holder: LockRecord | undefined): string {
+  return holder === undefined ? 'another process' : `process ${holder.pid} on ${holder.host}`
 }
 
 let identity: Omit<LockRecord, 'id' | 'socket'> | undefined

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { PGlite } from '@electric-sql/pglite'
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
-import { lockDataDir, type DataDirLock } from './embedded-lock.js'
+import { PRIVATE_SOCKET_FOLDER_PREFIX, SOCKET_FILE, lockDataDir, type DataDirLock } from './embedded-lock.js'
 
 export interface EmbeddedPostgresOptions {
   /** Folder that holds the database; created if missing. Undefined: in memory, gone on close. */
@@ -34,7 +34,6 @@ export interface EmbeddedPostgres {
 }
 
 const DEFAULT_MAX_CONNECTIONS = 32
-const SOCKET_FILE = 'postgres.sock'
 // sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
 const MAX_SOCKET_PATH_BYTES = 103
 
@@ -145,7 +144,7 @@ async function privateSocketPath (dataDir: string): Promise<PrivateSocket> {
   if (Buffer.byteLength(inDataDir) <= MAX_SOCKET_PATH_BYTES) {
     return { path: inDataDir, remove: async () => { await rm(inDataDir, { force: true }) }, discard: async () => {} }
   }
-  const folder = await mkdtemp(join(tmpdir(), 'scm-db-')) // created 0700
+  const folder = await mkdtemp(join(tmpdir(), PRIVATE_SOCKET_FOLDER_PREFIX)) // created 0700
   const path = join(folder, SOCKET_FILE)
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
     await rm(folder, { recursive: true, force: true })

@@ -4,7 +4,7 @@ import type postgres from 'postgres'
 import type { Config } from '../schema/config.js'
 import { createSql, planTls, waitForDatabase } from './connect.js'
 import { SOCKET_URL, startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js'
-import { DataDirInUseError } from './embedded-lock.js'
+import { DataDirInUseError, describeHolder } from './embedded-lock.js'
 import { migrate } from './migrate.js'
 
 // The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
@@ -86,9 +86,8 @@ export async function openDatabase (config: Config, log: (message: string) => vo
 
 function runningServerSocket (error: DataDirInUseError, dataDir: string): string {
   if (error.socketAnswers && error.holder !== undefined) return error.holder.socket
-  const who = error.holder === undefined ? 'another process' : `process ${error.holder.pid} on ${error.holder.host}`
   throw new Error(
-    `The data folder ${dataDir} is in use by ${who}, whose database socket does not answer here: ` +
+    `The data folder ${dataDir} is in use by ${describeHolder(error.holder)}, whose database socket does not answer here: ` +
     'the server is starting or stopping (try again in a moment), or it runs in another container with its socket outside the data folder ' +
     '(run the command in that container: docker exec).',
     { cause: error }

@@ -25,7 +25,21 @@ async function plantLock (dataDir: string, record: Record<string, unknown>, ageM
   return text
 }
 
-const OTHER_CONTAINER = { pid: 1, bootId: 'another-kernel', pidNamespace: 'pid:[1]' }
+const OWN_BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()
+/** A holder in another container on this machine: the same kernel, another PID namespace, PID 1. */
+const OTHER_CONTAINER = { pid: 1, bootId: OWN_BOOT_ID, pidNamespace: 'pid:[1]' }
+/** A holder on another machine that shares the folder over a network filesystem. */
+const OTHER_MACHINE = { pid: 1, bootId: 'another-kernel', pidNamespace: 'pid:[1]' }
+
+/** A socket file whose server died: connecting to it is refused. */
+async function deadSocket (dataDir: string): Promise<string> {
+  await mkdir(dataDir, { recursive: true })
+  const socket = join(dataDir, 'postgres.sock')
+  // A process that dies while listening leaves its socket file behind.
+  const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(socket)}, () => process.kill(process.pid, 'SIGKILL'))`])
+  await once(child, 'exit')
+  return socket
+}
 
 test('the data-folder lock: a live holder keeps it, a dead one loses it', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'scm-lock-'))
@@ -53,17 +67,39 @@ test('the data-folder lock: a live holder keeps it, a dead one loses it', async 
 
   await t.test('another container, lease fresh, but its socket refuses (the server died): taken over', async (t) => {
     const dataDir = join(root, 'died')
-    await mkdir(dataDir, { recursive: true })
-    const socket = join(dataDir, 'postgres.sock')
-    // A process that dies while listening leaves its socket file behind.
-    const child = spawn(process.execPath, ['-e', `require('node:net').createServer().listen(${JSON.stringify(socket)}, () => process.kill(process.pid, 'SIGKILL'))`])
-    await once(child, 'exit')
+    const socket = await deadSocket(dataDir)
     t.ok((await stat(socket)).isSocket(), 'a dead server\'s socket')
     await plantLock(dataDir, OTHER_CONTAINER)
     const embedded = await start(dataDir)
     const sql = sqlFor(embedded, 1)
     t.teardown(() => sql.end())
     t.same(await sql`select 1 as one`, [{ one: 1 }], 'serving on the same socket path now')
+  })
+
+  await t.test('another machine over a network filesystem, lease fresh: refused although its socket refuses (a socket seen from another kernel always does)', async (t) => {
+    const dataDir = join(root, 'network')
+    await deadSocket(dataDir)
+    const planted = await plantLock(dataDir, OTHER_MACHINE)
+    await t.rejects(startEmbeddedPostgres({ dataDir }), { name: 'DataDirInUseError' })
+    t.equal(await readFile(join(dataDir, LOCK_FILE), 'utf8'), planted, 'the lock untouched')
+    t.ok((await stat(join(dataDir, 'postgres.sock'))).isSocket(), 'and its socket too')
+  })
+
+  await t.test('a lock file naming a socket path no server of ours uses: that file is never removed', async (t) => {
+    const dataDir = join(root, 'foreign-path')
+    const victim = join(root, 'important.db')
+    await writeFile(victim, 'keep me')
+    await plantLock(dataDir, { ...OTHER_CONTAINER, socket: victim }, 120_000)
+    await start(dataDir)
+    t.equal(await readFile(victim, 'utf8'), 'keep me', 'the stale lock was replaced, the file it named left alone')
+  })
+
+  await t.test('an older build\'s lock naming our own PID (another container\'s PID 1): refused, saying how to clear it', async (t) => {
+    const dataDir = join(root, 'legacy-own-pid')
+    await mkdir(dataDir, { recursive: true })
+    await writeFile(join(dataDir, LOCK_FILE), String(process.pid))
+    await t.rejects(startEmbeddedPostgres({ dataDir }), { name: 'DataDirInUseError', message: /older version of this server.*remove .*shared-context-mcp\.lock/ })
+    t.equal(await readFile(join(dataDir, LOCK_FILE), 'utf8'), String(process.pid), 'the lock untouched')
   })
 
   await t.test('this PID namespace, the holder\'s process gone: taken over at once, whatever the lease', async (t) => {
