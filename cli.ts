@@ -1,7 +1,7 @@
 import { fstatSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
-import { publishRevokedJti } from './auth/revocation.js'
+import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
@@ -131,7 +131,7 @@ async function tokenCommand (args: string[]): Promise<void> {
       if (Number.isNaN(expiresAt.getTime())) fail('--expires-at must be a date such as 2026-12-31T00:00:00Z (the token\'s exp)', 2)
       if (expiresAt.getTime() <= Date.now()) fail(`--expires-at ${expiresAt.toISOString()} has passed: a token that expired then is refused anyway`, 2)
       await withDatabase(async ({ sql }, config) => {
-        await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, expiresAt)
+        await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, revocationKeptUntil(expiresAt))
         const published = config.REDIS_URL === undefined ? false : await publishToRedis(config.REDIS_URL, jti, expiresAt)
         process.stdout.write(`Revoked jti "${jti}" until ${expiresAt.toISOString()}. ${published
           ? 'Every instance refuses it now.'

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import type { ContextStore } from '../db/context-store.js'
+import { MAX_JWT_CLOCK_SKEW_SECONDS } from '../schema/config.js'
 
 /** What a revocation check knows about a jti: `unknown` when neither Redis nor PostgreSQL answered. */
 export type RevocationAnswer = 'revoked' | 'valid' | 'unknown'
@@ -30,11 +31,20 @@ export function revokedJtiKey (jti: string): string {
 }
 
 /**
- * Marks a jti revoked in Redis until the token expires, so every instance sees it at its next
+ * How long a revocation must be kept: a token is accepted until its exp plus the clock skew
+ * allowed (at most MAX_JWT_CLOCK_SKEW_SECONDS), so its revocation must last as long, or the
+ * token would be accepted again in that window.
+ */
+export function revocationKeptUntil (tokenExpiresAt: Date): Date {
+  return new Date(tokenExpiresAt.getTime() + MAX_JWT_CLOCK_SKEW_SECONDS * 1000)
+}
+
+/**
+ * Marks a jti revoked in Redis until the token expires (revocationKeptUntil), so every instance sees it at its next
  * check instead of after its cached "not revoked" answer runs out.
  */
 export async function publishRevokedJti (redis: Redis, jti: string, expiresAt: Date): Promise<void> {
-  const ttl = Math.max(1000, expiresAt.getTime() - Date.now())
+  const ttl = Math.max(1000, revocationKeptUntil(expiresAt).getTime() - Date.now())
   await redis.set(revokedJtiKey(jti), '1', 'PX', ttl)
 }
 
@@ -72,7 +82,7 @@ export function createRevocationChecker (options: RevocationCheckerOptions) {
   }
 
   function remember (jti: string, revoked: boolean, expiresAt: Date): void {
-    const until = revoked ? expiresAt.getTime() : Date.now() + cacheSeconds * 1000
+    const until = revoked ? revocationKeptUntil(expiresAt).getTime() : Date.now() + cacheSeconds * 1000
     if (local.size >= LOCAL_CACHE_MAX) local.clear()
     local.set(jti, { revoked, until })
   }

@@ -4,6 +4,9 @@ import { Value } from '@sinclair/typebox/value'
 import { rateLimitsProblems } from './rate-limits.js'
 import { jwtConfigProblems } from '../auth/roles.js'
 
+/** The most clock skew a JWT's exp may be given (JWT_CLOCK_SKEW_SECONDS); revocations outlive exp by this much. */
+export const MAX_JWT_CLOCK_SKEW_SECONDS = 300
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 /** Every environment variable the server reads (design.md §7). Defaults make `npm start` work with nothing set. */
@@ -29,7 +32,7 @@ export const ConfigSchema = Type.Object({
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1, description: 'Required aud claim; defaults to PUBLIC_URL/mcp' })),
   JWT_ROLE_MAP: Type.String({ default: '{}', description: 'JSON: role name -> { scopes: [...], namespace? }; roles come from realm_access.roles and resource_access.<client>.roles' }),
   JWT_ROLE_CLIENT: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "The client whose resource_access.<client>.roles count; unset: the token's azp" })),
-  JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
+  JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: MAX_JWT_CLOCK_SKEW_SECONDS, default: 30 }),
   JWT_TRUST_SCOPE_CLAIM: Type.Union([Type.Literal('false'), Type.Literal('true')], { default: 'false', description: "true: this server's scope names in a JWT's scope/scp claim grant those scopes in the default namespace (never context:admin); false: only JWT_ROLE_MAP roles grant anything" }),
   REVOCATION_FAIL_MODE: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('reads-open')], { default: 'reads-open', description: 'What a JWT request gets when neither Redis nor PostgreSQL can say whether its jti is revoked' }),
   REVOCATION_FAIL_OPEN_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 300, description: 'With REVOCATION_FAIL_MODE open or reads-open: how long after the last successful check requests are let through' }),

@@ -1,12 +1,16 @@
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { test } from 'tap'
-import { loggerOptions } from '../app.js'
+import { buildApp, loggerOptions } from '../app.js'
+import { revocationKeptUntil } from '../auth/revocation.js'
 import configPlugin from '../plugins/config.js'
 import dbPlugin from '../plugins/db.js'
 import expiryPlugin from '../plugins/expiry.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
+import { eventually } from './eventually.js'
+import { rpc } from './helper.js'
+import { startOidcProvider } from './oidc-provider.js'
 
 /** Log lines of an app; `next(message)` resolves with the first line from now on whose msg is `message`, or rejects after `timeoutMs`. */
 function logWatcher (): { stream: Writable, lines: Array<Record<string, unknown>>, next: (message: string, timeoutMs?: number) => Promise<Record<string, unknown>> } {
@@ -58,4 +62,37 @@ test('the expiry sweep purges revoked_jtis rows whose token has expired, on its 
   await log.next('expiry sweep finished')
   t.same(await remaining(), [], 'the next sweep purges it')
   t.same(log.lines.filter((line) => (line.level as number) >= 40), [], 'no warning or error')
+})
+
+test('a revoked JWT stays refused while its exp plus the clock skew has not passed, across purging sweeps', async (t) => {
+  const idp = await startOidcProvider({ audience: 'https://ctx.example.com/mcp' })
+  t.teardown(() => idp.close())
+  const { url } = await testDatabase(t)
+  const app = await buildApp(loadConfig({
+    DATABASE_URL: url,
+    LOG_LEVEL: 'silent',
+    PUBLIC_URL: 'https://ctx.example.com',
+    ALLOWED_HOSTS: 'localhost',
+    OIDC_ISSUER: idp.issuer,
+    JWT_ROLE_MAP: JSON.stringify({ reader: { scopes: ['context:read'] } }),
+    JWT_CLOCK_SKEW_SECONDS: '120',
+    AUTH_CACHE_SECONDS: '0',
+    EXPIRY_SWEEP_SECONDS: '1'
+  }))
+  t.teardown(() => app.close())
+  await app.ready()
+
+  // Expired 10 s ago: still accepted, because the clock skew allowed is 120 s.
+  const exp = Math.floor(Date.now() / 1000) - 10
+  const jti = 'revoked-in-skew'
+  const token = await idp.sign({ exp, jti, realm_access: { roles: ['reader'] } })
+  t.equal((await rpc(app, 'tools/list', {}, { token })).statusCode, 200, 'inside the skew window the token is accepted')
+
+  // What `node dist/cli.js token revoke-jti --jti … --expires-at <exp>` stores.
+  await app.db.store.revokeJti(jti, revocationKeptUntil(new Date(exp * 1000)))
+  const sweeps = app.expiry.completedSweeps()
+  await eventually(() => app.expiry.completedSweeps() >= sweeps + 2, { what: 'two sweeps after the revocation' })
+  const refused = await rpc(app, 'tools/list', {}, { token })
+  t.equal(refused.statusCode, 401)
+  t.equal((refused.json() as { error: { code: string } }).error.code, 'AUTH_1003', 'still revoked: the sweeps did not purge it and the lookup still finds it')
 })
