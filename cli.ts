@@ -1,4 +1,8 @@
-import { fstatSync } from 'node:fs'
+import { createReadStream, createWriteStream, fstatSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { finished, pipeline } from 'node:stream/promises'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
@@ -171,12 +175,33 @@ async function exportCommand (args: string[]): Promise<void> {
     fail(`${(error as Error).message}\n\n${USAGE}`, 2)
   }
   // Not migrated: a newer build's export must not change the schema of a database an older one serves.
-  await withDatabase(async ({ sql }) => {
+  await withDatabase(async ({ sql, viaRunningServer }) => {
     const mismatch = await schemaMismatchForExport(sql)
     if (mismatch !== null) fail(`Export refused: ${mismatch}.`)
-    const summary = await exportBackup(sql, process.stdout, { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version })
+    const options = { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version }
+    const summary = viaRunningServer ? await exportThroughFile(sql, options) : await exportBackup(sql, process.stdout, options)
     process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions.\n`)
   }, { migrate: false })
+}
+
+/**
+ * An export holds one transaction open, and the running server's embedded database serves one
+ * transaction at a time: written to stdout directly, a reader that stalls (`| less`, Ctrl-Z) would
+ * stall every request. So the export goes to a private temporary file at disk speed first.
+ */
+async function exportThroughFile (sql: Parameters<typeof exportBackup>[0], options: Parameters<typeof exportBackup>[2]): Promise<Awaited<ReturnType<typeof exportBackup>>> {
+  const folder = await mkdtemp(join(tmpdir(), 'scm-export-'))
+  try {
+    const file = join(folder, 'backup.ndjson')
+    const out = createWriteStream(file, { mode: 0o600 })
+    const summary = await exportBackup(sql, out, options)
+    out.end()
+    await finished(out)
+    await pipeline(createReadStream(file), process.stdout, { end: false })
+    return summary
+  } finally {
+    await rm(folder, { recursive: true, force: true })
+  }
 }
 
 async function importCommand (args: string[]): Promise<void> {

@@ -99,8 +99,8 @@ function describeFailure (error: unknown, audience: string): AppError {
   return invalid('The bearer token is not a valid JWT.')
 }
 
-// The `typ` header of an access token: absent, the generic JWT, or RFC 9068's at+jwt (media type case-insensitive, "application/" optional).
-const ACCESS_TOKEN_TYPES = new Set(['jwt', 'at+jwt'])
+// The `typ` header of an access token besides RFC 9068's at+jwt: absent, or the generic JWT (media type case-insensitive, "application/" optional).
+const ACCESS_TOKEN_TYPES = new Set(['jwt'])
 // Claims an OpenID Connect ID token carries and an access token normally does not (OIDC Core 3.1.3.6, 3.3.2.11).
 const ID_TOKEN_CLAIMS = ['nonce', 'at_hash', 'c_hash'] as const
 // Claims that mark an access token: the granted scopes (scope, scp) and the client it was issued to (RFC 9068 client_id, Okta cid).

@@ -110,6 +110,12 @@ function verifyChecksums (files: MigrationFile[], applied: Map<number, AppliedMi
   }
 }
 
+/** Names of this build's migrations that the database has not applied (it needs a schema_migrations table). */
+export async function pendingMigrations (sql: postgres.Sql, dir: string | URL = new URL('./migrations/', import.meta.url)): Promise<string[]> {
+  const applied = new Set((await sql<Array<{ version: number }>>`select version from schema_migrations`).map((row) => row.version))
+  return (await readMigrationFiles(dir)).filter((file) => !applied.has(file.version)).map((file) => file.fileName)
+}
+
 async function readMigrationFiles (dir: string | URL): Promise<MigrationFile[]> {
   const dirPath = typeof dir === 'string' ? dir : fileURLToPath(dir)
   const entries = await readdir(dirPath)

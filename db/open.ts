@@ -5,7 +5,7 @@ import type { Config } from '../schema/config.js'
 import { createSql, planTls, waitForDatabase } from './connect.js'
 import { SOCKET_URL, startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js'
 import { DataDirInUseError, describeHolder } from './embedded-lock.js'
-import { migrate } from './migrate.js'
+import { migrate, pendingMigrations } from './migrate.js'
 
 // The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
 const EMBEDDED_POOL_MAX = 4
@@ -24,6 +24,8 @@ async function readTemplate (): Promise<Blob | undefined> {
 export interface OpenDatabase {
   sql: postgres.Sql
   close: () => Promise<void>
+  /** The database of a running server, reached through its socket (the CLI with useRunningServer). */
+  viaRunningServer: boolean
 }
 
 export interface OpenOptions {
@@ -77,11 +79,22 @@ export async function openDatabase (config: Config, log: (message: string) => vo
   try {
     await waitForDatabase(sql, { timeoutMs: config.DB_CONNECT_TIMEOUT_MS, log })
     if (running === undefined ? options.migrate !== false : options.migrate === true) await migrate(sql, { log })
+    else if (running !== undefined) await refuseOlderSchema(sql)
   } catch (error) {
     await close().catch(() => {})
     throw error
   }
-  return { sql, close }
+  return { sql, close, viaRunningServer: running !== undefined }
+}
+
+/** A CLI newer than the running server (built but not restarted) would meet a schema without its migrations. */
+async function refuseOlderSchema (sql: postgres.Sql): Promise<void> {
+  const pending = await pendingMigrations(sql)
+  if (pending.length === 0) return
+  throw new Error(
+    `The running server's database lacks this build's migration ${pending.join(', ')}: the server runs an older build. ` +
+    'Restart it with this build (it migrates when it starts), or run node dist/cli.js migrate, then run the command again.'
+  )
 }
 
 function runningServerSocket (error: DataDirInUseError, dataDir: string): string {

@@ -66,6 +66,13 @@ test('cli with the embedded database while its server runs: every admin command 
   t.teardown(() => sql.end())
   t.same(await sql`select jti from revoked_jtis`, [{ jti: 'jti-while-running' }], 'stored in the server\'s database')
 
+  // A CLI built newer than the running server: the server's database lacks a migration of the CLI's build.
+  const [newest] = await sql<[{ version: number, name: string, checksum: string }]>`delete from schema_migrations where version = (select max(version) from schema_migrations) returning version, name, checksum`
+  const older = await runCli(env, 'token', 'list')
+  t.equal(older.code, 1)
+  t.match(older.stderr, new RegExp(`lacks this build's migration ${String(newest.version).padStart(3, '0')}_.*Restart it with this build`), 'refused with what to do, not a database error')
+  await sql`insert into schema_migrations (version, name, checksum) values (${newest.version}, ${newest.name}, ${newest.checksum})`
+
   const migrated = await runCli(env, 'migrate')
   t.equal(migrated.code, 0, migrated.stderr)
   t.match(migrated.stdout, /up to date/)
@@ -76,4 +83,40 @@ test('cli with the embedded database while its server runs: every admin command 
 
   server.child.kill('SIGTERM')
   t.equal(await server.exited, 0, 'the server was never disturbed and exits cleanly')
+})
+
+test('cli export against a running server: a reader that stalls does not stall the server', async (t) => {
+  t.setTimeout(170_000)
+  const dataDir = await mkdtemp(join(tmpdir(), 'scm-cli-'))
+  t.teardown(() => rm(dataDir, { recursive: true, force: true }))
+  const server = startServer({ DATA_DIR: dataDir, PORT: '0', LOG_LEVEL: 'warn' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  await waitFor(server, (output) => output.includes('claude mcp add'))
+  const url = servingUrl(server)
+  const created = await runCli({ DATA_DIR: dataDir }, 'token', 'create', '--name', 'export-test')
+  const token = /^(scm_\S+)$/m.exec(created.stdout)?.[1] as string
+  // Far more than a pipe and the streams in between hold, so a direct export would block mid-transaction.
+  for (let i = 0; i < 8; i++) {
+    t.equal((await callToolOverHttp(url, token, 'write_context', { key: `big/${i}`, content: 'x'.repeat(90_000) })).status, 200)
+  }
+
+  const exporter = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'export'], { cwd: root, env: { PATH: process.env.PATH ?? '', DATA_DIR: dataDir }, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => exporter.kill('SIGKILL'))
+  const exited = once(exporter, 'exit')
+  const chunks: Buffer[] = [await once(exporter.stdout, 'data').then(([chunk]) => chunk as Buffer)]
+  exporter.stdout.pause() // a reader that stops reading (| less, Ctrl-Z)
+
+  const during = await callToolOverHttp(url, token, 'write_context', { key: 'during-export', content: 'still served' })
+  t.equal(during.status, 200, 'the server answers a write while the export\'s reader stalls')
+  t.equal(exporter.exitCode, null, 'and the export is still waiting for its reader')
+
+  exporter.stdout.on('data', (chunk: Buffer) => chunks.push(chunk))
+  exporter.stdout.resume()
+  const [code] = await exited as [number | null]
+  t.equal(code, 0)
+  const lines = Buffer.concat(chunks).toString('utf8').trim().split('\n').map((line) => JSON.parse(line) as { type: string })
+  t.equal(lines.filter((line) => line.type === 'entry').length, 8, 'every entry exported, whole')
+  t.equal(lines.at(-1)?.type, 'end')
+  server.child.kill('SIGTERM')
+  t.equal(await server.exited, 0)
 })

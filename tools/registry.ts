@@ -163,8 +163,8 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       const scope = tool.definition.scope
       const named = (args as { namespace?: unknown } | undefined)?.namespace
       const namespace = typeof named === 'string' ? named : principal.namespace
+      const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
       if (!mayUse(principal, namespace, scope)) {
-        const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
         return toolError('AUTH_1004', `${name} needs the ${scope} scope${where}, which this token does not have.`, { required_scope: scope })
       }
       if (scope !== 'context:read' && principal.writesRefused !== undefined) throw principal.writesRefused
@@ -174,7 +174,6 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       }
       const extra = tool.definition.extraScope?.(input)
       if (extra !== undefined && !mayUse(principal, namespace, extra.scope)) {
-        const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
         return toolError('AUTH_1004', `${name} ${extra.reason} needs the ${extra.scope} scope${where}, which this token does not have. Nothing was changed.`, { required_scope: extra.scope })
       }
       try {
