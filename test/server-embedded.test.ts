@@ -79,12 +79,12 @@ test('invalid configuration: exit 1 with one line per problem, secrets not echoe
 })
 
 test('database unreachable at start: retries until DB_CONNECT_TIMEOUT_MS, then exit 1 without the password', async (t) => {
-  const server = startServer({ DATABASE_URL: 'postgres://app:hunter2-secret@127.0.0.1:1/db', DB_CONNECT_TIMEOUT_MS: '1500', AUTH_TOKEN })
+  const server = startServer({ DATABASE_URL: 'postgres://app:hunter2-secret@127.0.0.1:1/db', DB_CONNECT_TIMEOUT_MS: '3000', AUTH_TOKEN })
   t.equal(await server.exited, 1)
   t.match(server.stderr(), /127\.0\.0\.1:1/)
   const retries = server.stdout().match(/database 127\.0\.0\.1:1 not reachable yet \([^)]*\); retrying in \d+ ms/g) ?? []
   t.ok(retries.length >= 2, `retried with backoff before giving up (${retries.length} retry lines)`)
-  t.match(server.stderr(), `could not start: Database at 127.0.0.1:1 is unavailable after ${retries.length + 1} attempts in 1500 ms`, 'then gave up at DB_CONNECT_TIMEOUT_MS with one line')
+  t.match(server.stderr(), `could not start: Database at 127.0.0.1:1 is unavailable after ${retries.length + 1} attempts in 3000 ms`, 'then gave up at DB_CONNECT_TIMEOUT_MS with one line')
   t.notMatch(server.stderr() + server.stdout(), /hunter2/)
 })
 

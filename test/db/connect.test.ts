@@ -13,14 +13,14 @@ test('waitForDatabase gives up on a closed port after the timeout, without leaki
   const sql = createSql(`postgres://scm:${PASSWORD}@127.0.0.1:1/scm`, { max: 1, connectTimeoutMs: 1000 })
   t.teardown(async () => { await sql.end({ timeout: 1 }) })
   const logged: string[] = []
-  const error = await waitForDatabase(sql, { timeoutMs: 800, log: (msg) => logged.push(msg) }).then(() => null, (err: unknown) => err)
+  const error = await waitForDatabase(sql, { timeoutMs: 3000, log: (msg) => logged.push(msg) }).then(() => null, (err: unknown) => err)
 
   t.ok(error instanceof DatabaseUnavailableError, 'DatabaseUnavailableError')
   const message = (error as Error).message
   t.match(message, '127.0.0.1:1')
   t.notMatch(message, PASSWORD)
   t.ok(logged.length >= 2, `retried with backoff, not given up at the first refusal (${logged.length} log lines)`)
-  t.match(message, `after ${logged.length + 1} attempts in 800 ms`, 'the error reports every attempt and the timeout')
+  t.match(message, `after ${logged.length + 1} attempts in 3000 ms`, 'the error reports every attempt and the timeout')
   t.notMatch(logged.join('\n'), PASSWORD)
 })
 
