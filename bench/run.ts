@@ -14,8 +14,8 @@ import { checkFloorSql } from './sql-check.js'
 // `npm run bench`: this server in its production configuration (a) against itself with auth and
 // rate limits off (n), a floor of bare Fastify + postgres.js running the same SQL text (b) and the
 // SDK's stateless example (c), interleaved round by round, every response validated, with each
-// server's CPU time per request from /proc. Exit code 0 whatever the verdict (it is a measurement); 1 only when the
-// benchmark itself broke.
+// server's CPU time per request from /proc. Exit code 0 whatever the verdict (it is a
+// measurement); 1 only when the benchmark itself broke.
 // This runner (autocannon and the validator) runs under tsx, which only transpiles each module once
 // at load time; the servers themselves run compiled JavaScript (see servers.ts).
 
