@@ -3,14 +3,21 @@ import type { ServerId } from './servers.js'
 
 // Means over rounds, the ratios between the servers, and the verdict against the targets.
 
+/** One measured run of one server: the load's result and the server's CPU time per request. */
+export interface Round extends LoadResult {
+  /** The server process's utime + stime over the run, divided by the responses it gave. */
+  cpuUsPerRequest: number
+}
+
 export interface ServerSummary {
   label: string
   requestsPerSecond: number
   p50Ms: number
   p99Ms: number
+  cpuUsPerRequest: number
   errors: number
   warmupErrors: number
-  rounds: LoadResult[]
+  rounds: Round[]
 }
 
 export interface Verdict {
@@ -28,12 +35,13 @@ function mean (values: number[]): number {
   return values.length === 0 ? 0 : values.reduce((sum, v) => sum + v, 0) / values.length
 }
 
-export function summarise (label: string, rounds: LoadResult[], warmup: LoadResult): ServerSummary {
+export function summarise (label: string, rounds: Round[], warmup: Round): ServerSummary {
   return {
     label,
     requestsPerSecond: mean(rounds.map(r => r.requestsPerSecond)),
     p50Ms: mean(rounds.map(r => r.p50Ms)),
     p99Ms: mean(rounds.map(r => r.p99Ms)),
+    cpuUsPerRequest: mean(rounds.map(r => r.cpuUsPerRequest)),
     errors: rounds.reduce((sum, r) => sum + r.totalErrors, 0),
     warmupErrors: warmup.totalErrors,
     rounds
@@ -80,20 +88,35 @@ function ms (latency: ToolLatency): string {
   return `${latency.p50Ms.toFixed(1)}/${latency.p99Ms.toFixed(1)} ms`
 }
 
-export function runLine (id: ServerId, label: string, round: number, r: LoadResult): string {
-  return `  round ${round} ${id} ${label.padEnd(22)} ${r.requestsPerSecond.toFixed(0).padStart(6)} req/s  ` +
+export function runLine (id: ServerId, label: string, round: number, r: Round): string {
+  return `  round ${round} ${id} ${label.padEnd(LABEL_WIDTH)} ${r.requestsPerSecond.toFixed(0).padStart(6)} req/s  ` +
     `p50 ${r.p50Ms.toFixed(1).padStart(6)} ms  p99 ${r.p99Ms.toFixed(1).padStart(6)} ms  ` +
-    `${r.responses} responses, errors: ${describeErrors(r.errors)}\n` +
+    `CPU ${r.cpuUsPerRequest.toFixed(0).padStart(5)} µs/req  ${r.responses} responses, errors: ${describeErrors(r.errors)}\n` +
     `      read p50/p99 ${ms(r.byTool.read_context)}, write p50/p99 ${ms(r.byTool.write_context)}`
 }
 
+const LABEL_WIDTH = 24
+
+function row (name: string, cells: string[]): string {
+  return name.padEnd(LABEL_WIDTH + 2) + cells.map(cell => cell.padStart(12)).join('')
+}
+
+/** One table: each server's means over the rounds, then each server against the floor b. */
 export function table (s: Partial<Record<ServerId, ServerSummary>>, verdict: Verdict | undefined): string {
-  const lines = ['', 'server                     req/s   p50 ms   p99 ms   errors']
+  const lines = ['', row('server', ['req/s', 'p50 ms', 'p99 ms', 'CPU µs/req', 'errors'])]
   for (const [id, summary] of Object.entries(s)) {
     if (summary === undefined) continue
     const warm = summary.warmupErrors > 0 ? ` (+${summary.warmupErrors} in warm-up)` : ''
-    lines.push(`${id} ${summary.label.padEnd(22)} ${summary.requestsPerSecond.toFixed(0).padStart(6)} ` +
-      `${summary.p50Ms.toFixed(1).padStart(8)} ${summary.p99Ms.toFixed(1).padStart(8)}   ${summary.errors}${warm}`)
+    lines.push(row(`${id} ${summary.label}`, [summary.requestsPerSecond.toFixed(0), summary.p50Ms.toFixed(2), summary.p99Ms.toFixed(2),
+      summary.cpuUsPerRequest.toFixed(0), String(summary.errors)]) + warm)
+  }
+  const floor = s.b
+  if (floor !== undefined) {
+    for (const [id, summary] of Object.entries(s)) {
+      if (summary === undefined || id === 'b') continue
+      lines.push(row(`${id}/b`, [summary.requestsPerSecond / floor.requestsPerSecond, summary.p50Ms / floor.p50Ms,
+        summary.p99Ms / floor.p99Ms, summary.cpuUsPerRequest / floor.cpuUsPerRequest].map(ratio => ratio.toFixed(2))))
+    }
   }
   lines.push('')
   if (verdict === undefined) return [...lines, 'No verdict: the targets compare a with b, c and n; run a and at least one of them.', ''].join('\n')

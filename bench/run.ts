@@ -1,18 +1,21 @@
 import { existsSync } from 'node:fs'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { killAllChildrenNow, stopAllChildren } from './children.js'
+import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
-import { runLoad, stopLoad, type LoadOptions, type LoadResult } from './load.js'
-import { judge, runLine, summarise, table, type ServerSummary } from './report.js'
+import { runLoad, stopLoad, type LoadOptions } from './load.js'
+import { judge, runLine, summarise, table, type Round, type ServerSummary } from './report.js'
 import { PEERS_DIR, ROOT, logTail, startServers, waitUntilServing, type Server, type ServerId } from './servers.js'
 import { readSettings } from './settings.js'
+import { checkFloorSql } from './sql-check.js'
 
-// `npm run bench`: the server under test (a) against itself with auth and rate limits off (n), a
-// bare Fastify floor (b) and the SDK's stateless example (c), interleaved round by round, every
-// response validated. Exit code 0 whatever the verdict (it is a measurement); 1 only when the
-// benchmark itself broke.
+// `npm run bench`: this server in its production configuration (a) against itself with auth and
+// rate limits off (n), a floor of bare Fastify + postgres.js running the same SQL text (b) and the
+// SDK's stateless example (c), interleaved round by round, every response validated, with each
+// server's CPU time per request from /proc. Exit code 0 whatever the verdict (it is a
+// measurement); 1 only when the benchmark itself broke.
 // This runner (autocannon and the validator) runs under tsx, which only transpiles each module once
 // at load time; the servers themselves run compiled JavaScript (see servers.ts).
 
@@ -31,6 +34,8 @@ async function main (): Promise<void> {
 
   console.log(`Preparing database scm_bench with ${settings.keys} keys...`)
   const databaseUrl = await prepareDatabase(settings.adminDatabaseUrl, settings.keys)
+  // The floor must run the very statements the store runs.
+  await checkFloorSql(databaseUrl)
   const servers = await startServers(databaseUrl, settings, RESULTS_DIR)
   await Promise.all(servers.map(async server => await waitUntilServing(server, settings.keys)))
 
@@ -38,15 +43,15 @@ async function main (): Promise<void> {
   console.log(`${settings.connections} connections, ${settings.durationSeconds} s per run, ${settings.rounds} rounds, ` +
     `${settings.writeRatio * 100}% writes over ${settings.keys} keys`)
 
-  const warmups = new Map<ServerId, LoadResult>()
+  const warmups = new Map<ServerId, Round>()
   for (const server of servers) {
     console.log(`  warm-up ${server.id} ${server.label} (${settings.warmupSeconds} s)`)
     warmups.set(server.id, await measured(server, { ...load, durationSeconds: settings.warmupSeconds }))
   }
-  const rounds = new Map<ServerId, LoadResult[]>(servers.map(s => [s.id, []]))
+  const rounds = new Map<ServerId, Round[]>(servers.map(s => [s.id, []]))
   for (let round = 1; round <= settings.rounds; round++) {
-    // a n b c, then c b n a, ...: a slow drift of the machine (other work, PostgreSQL's own upkeep)
-    // does not always favour the same server, and a and n always run back to back.
+    // a b n c, then c n b a, ...: a slow drift of the machine (other work, PostgreSQL's own upkeep)
+    // does not always favour the same server.
     const order = round % 2 === 1 ? servers : [...servers].reverse()
     for (const server of order) {
       const result = await measured(server, load)
@@ -57,9 +62,15 @@ async function main (): Promise<void> {
   }
 
   const summaries: Partial<Record<ServerId, ServerSummary>> = Object.fromEntries(servers.map(s =>
-    [s.id, summarise(s.label, rounds.get(s.id) ?? [], warmups.get(s.id) as LoadResult)]))
+    [s.id, summarise(s.label, rounds.get(s.id) ?? [], warmups.get(s.id) as Round)]))
   const verdict = judge(summaries)
   console.log(table(summaries, verdict))
+  for (const server of servers.filter(s => s.id === 'a' || s.id === 'n')) {
+    const log = await readFile(server.logFile, 'utf8')
+    const lines = log.split('\n').filter(line => line.includes('"msg":"request completed"')).length
+    const served = [warmups.get(server.id), ...(rounds.get(server.id) ?? [])].reduce((sum, r) => sum + (r?.responses ?? 0), 0)
+    console.log(`${server.id}: ${lines} "request completed" log lines for ${served} measured requests (plus the readiness probes)`)
+  }
 
   await writeFile(join(RESULTS_DIR, 'latest.json'), JSON.stringify({
     finishedAt: new Date().toISOString(),
@@ -71,13 +82,17 @@ async function main (): Promise<void> {
   console.log('Results written to bench/results/latest.json; server logs in bench/results/server-*.log')
 }
 
-/** One load run; a server that died meanwhile breaks the benchmark. */
-async function measured (server: Server, load: LoadOptions): Promise<LoadResult> {
+/** One load run, with the server's CPU time over it; a server that died meanwhile breaks the benchmark. */
+async function measured (server: Server, load: LoadOptions): Promise<Round> {
+  const pid = server.child.process.pid
+  if (pid === undefined) throw new Error(`${server.label} has no process id`)
+  const cpuBefore = cpuMicros(pid)
   const result = await runLoad(server, load)
   if (server.child.exit !== undefined) {
     throw new Error(`${server.label} exited (${server.child.exit}) during the run:\n${await logTail(server)}`)
   }
-  return result
+  const cpuUs = cpuMicros(pid) - cpuBefore
+  return { ...result, cpuUsPerRequest: result.responses === 0 ? 0 : cpuUs / result.responses }
 }
 
 let stopping = false

@@ -18,6 +18,8 @@ export interface Server extends Target {
   logFile: string
 }
 
+/** Each round runs the servers in this order (every other round reversed). */
+const RUN_ORDER: ServerId[] = ['a', 'b', 'n', 'c']
 const READY_TIMEOUT_MS = 60_000
 const READY_POLL_MS = 200
 
@@ -38,27 +40,36 @@ interface ServerSpec {
 export async function startServers (databaseUrl: string, settings: Settings, resultsDir: string): Promise<Server[]> {
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const common = { DATABASE_URL: databaseUrl, DB_POOL_MAX: String(settings.dbPoolMax) }
+  // a and n log at info, the default: one JSON line per request, into bench/results/server-<id>.log
+  // (the server's stdout). A file rather than /dev/null: every line is really written, as it is to
+  // a container's log pipe, and the file shows a server's errors afterwards.
+  const logging = { LOG_LEVEL: 'info', HOST: '127.0.0.1' }
   const specs: ServerSpec[] = [
     {
+      // The production configuration: a static token checked on every request, per-principal rate
+      // limits on (set far above what the run can reach, so none trips), metrics on (always are).
       id: 'a',
-      label: 'this server',
+      label: 'production config',
       script: join(ROOT, 'dist/server.js'),
-      env: { ...common, AUTH_TOKEN: token, LOG_LEVEL: 'warn', RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m', HOST: '127.0.0.1' },
+      env: { ...common, ...logging, AUTH_TOKEN: token, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' },
       headers: { authorization: `Bearer ${token}` }
     },
     {
-      // a's build and settings, minus AUTH_TOKEN and with RATE_LIMITS off (the launcher sets it).
+      // a's build and settings without authentication and with RATE_LIMITS off (the launcher does
+      // both). Metrics stay on: buildApp has no way to leave them out.
       id: 'n',
-      label: 'this server, auth off',
+      label: 'auth+limits off',
       script: join(PEERS_DIR, 'auth-off.js'),
-      env: { ...common, LOG_LEVEL: 'warn', HOST: '127.0.0.1' },
+      env: { ...common, ...logging },
       headers: {}
     },
-    { id: 'b', label: 'floor (bare Fastify)', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },
+    { id: 'b', label: 'floor: Fastify+postgres', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },
     { id: 'c', label: 'SDK stateless example', script: join(PEERS_DIR, 'sdk-example.js'), env: common, headers: {} }
   ]
   const servers: Server[] = []
-  for (const spec of specs.filter(s => settings.servers.includes(s.id))) {
+  for (const id of RUN_ORDER) {
+    const spec = specs.find(s => s.id === id)
+    if (spec === undefined || !settings.servers.includes(id)) continue
     const port = await freePort()
     const logFile = join(resultsDir, `server-${spec.id}.log`)
     const child = startChild({ name: spec.label, cwd: ROOT, args: [spec.script], env: { ...spec.env, PORT: String(port) }, logFile })

@@ -10,7 +10,7 @@ export interface Settings {
   keys: number
   writeRatio: number
   dbPoolMax: number
-  /** Which of a (this server), b (floor), c (SDK example), n (this server, auth and rate limits off) to run. */
+  /** Which of a (production configuration), b (floor: Fastify + postgres.js), c (SDK example), n (auth and rate limits off) to run. */
   servers: string[]
 }
 

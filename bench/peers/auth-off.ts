@@ -2,7 +2,8 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
 // Server n: this server as built (dist/, the very JavaScript server a runs), with authentication
-// and rate limits off. The difference between a and n is what auth + rate limiting cost. Only the
+// and rate limits off; logging as a (info). The difference between a and n is what auth + rate
+// limiting cost. Metrics stay on in both: buildApp always registers them. Only the
 // types come from the sources; the code is imported from dist/ under the working directory (the
 // repository root for the benchmark's children), so both servers run the same build.
 
