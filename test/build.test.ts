@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -38,4 +38,18 @@ test('the PGlite template is made again when the installed PGlite is another ver
   t.notMatch(output, 'is current')
   t.ok(statSync(join(root, 'dist/db/pglite-template.tar')).mtimeMs > before, 'a new template')
   t.equal(readFileSync(stamp, 'utf8'), version, 'stamped with the installed version')
+})
+
+test('`npm start` builds only when a source is newer than dist/', async (t) => {
+  const prestart = async () => (await promisify(execFile)(process.execPath, ['scripts/build-if-stale.mjs'], { cwd: root, maxBuffer: 10 * 1024 * 1024 })).stdout
+  await prestart() // up to date from here on
+  const before = modifiedTimes()
+  t.notMatch(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'nothing changed: no build at all')
+  t.strictSame(modifiedTimes(), before)
+
+  const source = join(root, 'schema/errors.ts')
+  const now = new Date()
+  utimesSync(source, now, now) // an edit, as far as file times tell
+  t.match(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'a source newer than dist/: built')
+  t.notMatch(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'and then current again')
 })
