@@ -111,3 +111,26 @@ async function createServerDatabase (serverUrl: string): Promise<DisposableDatab
     }
   }
 }
+
+/**
+ * Locks an entry's row from a connection of the test's own, so that a write to it waits until
+ * `release()` — a way to keep a call in flight without sleeping. Resolves once the lock is held.
+ */
+export async function holdEntryLock (sql: postgres.Sql, namespace: string, key: string): Promise<{ release: () => Promise<void> }> {
+  let release: () => void = () => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let locked: () => void = () => {}
+  const isLocked = new Promise<void>((resolve) => { locked = resolve })
+  const holder = sql.begin(async (tx) => {
+    await tx`select key from context_entries where namespace = ${namespace} and key = ${key} for update`
+    locked()
+    await released
+  })
+  await Promise.race([isLocked, holder])
+  return {
+    release: async () => {
+      release()
+      await holder
+    }
+  }
+}

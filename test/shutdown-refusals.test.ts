@@ -5,7 +5,7 @@ import { test, type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { createContextStore } from '../db/context-store.js'
 import { loadConfig } from '../schema/config.js'
-import { ON_PGLITE, testDatabase } from './db-helper.js'
+import { holdEntryLock, ON_PGLITE, testDatabase } from './db-helper.js'
 import { TEST_TOKEN } from './helper.js'
 import { servingUrl, startServer, waitFor } from './process-helper.js'
 
@@ -139,17 +139,8 @@ test('a call still waiting at SHUTDOWN_TIMEOUT_MS is cut off: exit 1, the client
   const mcpUrl = servingUrl(server)
   const metricsUrl = new URL('/metrics', mcpUrl)
 
-  let release: () => void = () => {}
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let locked: () => void = () => {}
-  const isLocked = new Promise<void>((resolve) => { locked = resolve })
   // Hold the row past the deadline, so that the server's write is still waiting for it then.
-  const holder = sql.begin(async (tx) => {
-    await tx`select key from context_entries where namespace = 'default' and key = 'busy' for update`
-    locked()
-    await released
-  })
-  await isLocked
+  const rowLock = await holdEntryLock(sql, 'default', 'busy')
 
   const call = fetch(mcpUrl, {
     method: 'POST',
@@ -167,8 +158,7 @@ test('a call still waiting at SHUTDOWN_TIMEOUT_MS is cut off: exit 1, the client
   const outcome = await call
   t.type(outcome, TypeError, 'the client sees the connection end, not an answer')
 
-  release()
-  await holder
+  await rowLock.release()
   // The write is one statement. PostgreSQL does not notice the client is gone while the statement
   // waits for a lock, so it still commits once the row is free; PGlite drops the queued messages
   // of a closed connection. Either way a cut-off client cannot know, and must read before retrying.

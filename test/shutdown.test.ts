@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { createContextStore } from '../db/context-store.js'
-import { testDatabase } from './db-helper.js'
+import { holdEntryLock, testDatabase } from './db-helper.js'
 import { eventually } from './eventually.js'
 import { TEST_TOKEN } from './helper.js'
 import { servingUrl, startServer, waitFor } from './process-helper.js'
@@ -15,17 +15,8 @@ test('SIGTERM lets an in-flight call commit, then exits 0', async (t) => {
   await waitFor(server, (output) => output.includes('serving MCP at'))
   const mcpUrl = servingUrl(server)
 
-  let release: () => void = () => {}
-  const released = new Promise<void>((resolve) => { release = resolve })
-  let locked: () => void = () => {}
-  const isLocked = new Promise<void>((resolve) => { locked = resolve })
   // Hold the row so that the server's write has to wait for us.
-  const holder = sql.begin(async (tx) => {
-    await tx`select key from context_entries where namespace = 'default' and key = 'busy' for update`
-    locked()
-    await released
-  })
-  await isLocked
+  const rowLock = await holdEntryLock(sql, 'default', 'busy')
 
   const inFlight = fetch(mcpUrl, {
     method: 'POST',
@@ -41,8 +32,7 @@ test('SIGTERM lets an in-flight call commit, then exits 0', async (t) => {
   await waitFor(server, (output) => output.includes('"msg":"shutting down"'))
   await eventually(() => refusesConnections(metricsUrl), { what: 'the server to stop accepting connections' })
   t.equal(server.child.exitCode, null, 'still running while a call is in flight')
-  release()
-  await holder
+  await rowLock.release()
 
   const response = await inFlight
   t.equal(response.status, 200)
