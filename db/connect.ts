@@ -37,7 +37,9 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     // PGlite socket server from overwriting each other's unnamed statement (see embedded.ts).
     prepare: true,
     onnotice: options.onnotice ?? (() => {}),
-    connection: { application_name: 'shared-context-mcp' },
+    // JIT compilation costs 50-100 ms for a statement whose estimate passes jit_above_cost (the
+    // search statement's does on a large store), and no statement here runs long enough to gain.
+    connection: { application_name: 'shared-context-mcp', jit: 'off' },
     types: { int8AsNumber }
   })
   // The custom type only changes how int8 is parsed; callers need no typed helper for it.
