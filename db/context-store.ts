@@ -78,7 +78,7 @@ export interface SearchPosition { asOf: string, score: number, key: string }
 export interface SearchItem {
   key: string
   version: number
-  /** Relevance, 0 (exclusive) to 1: see searchPage. */
+  /** Relevance, 0 to 1, comparable within one search (see search). */
   score: number
   /** Where the query matched, the matching words between ** and **; at most SNIPPET_MAX_CHARS. */
   snippet: string
@@ -140,7 +140,7 @@ const PREVIEW_CHARS = 160
 // Whitespace is collapsed only in this many leading characters, so a preview of a 100 KiB entry
 // does not run a regex over all of it.
 const PREVIEW_SOURCE_CHARS = 4096
-// Search (see searchPage). Weights of the key (A), tags (B) and content (C), and D (unused), in
+// Search (see search()). Weights of the key (A), tags (B) and content (C), and D (unused), in
 // ts_rank_cd's order {D, C, B, A}.
 const SEARCH_WEIGHTS = '{0.1, 0.2, 0.4, 1.0}'
 // ts_rank_cd normalization: 1 divides by 1 + log(document length), 32 maps the rank into [0, 1).
@@ -163,6 +163,18 @@ const SNIPPET_WINDOW_CHARS = 2000
 const SNIPPET_LEAD_CHARS = 200
 export const SNIPPET_MAX_CHARS = 300
 const HEADLINE_OPTIONS = 'MaxWords=30, MinWords=12, ShortWord=2, StartSel="**", StopSel="**"'
+/**
+ * An entry's similarity to a rewritten query: for each rewritten word (VARIANT_SLOTS columns
+ * q<n>/s<n> of the "slots" row each, best first), the similarity of the first of its variants the
+ * entry contains (1 for a word it lacks altogether: an "or" branch); the least of these. Spelt out
+ * over scalar columns, as a subquery or array subscripts per candidate entry cost 5-10 µs each.
+ * Constant SQL text, made once.
+ */
+const slotNumbers = (word: number): number[] => Array.from({ length: VARIANT_SLOTS }, (_, slot) => word * VARIANT_SLOTS + slot + 1)
+const FUZZY_WORD_INDEXES = Array.from({ length: FUZZY_WORDS }, (_, word) => word)
+const SLOT_COLUMNS_SQL = FUZZY_WORD_INDEXES.flatMap(slotNumbers).map((n) => `a.queries[${n}] as q${n}, a.similarities[${n}] as s${n}`).join(', ')
+const ENTRY_SIMILARITY_SQL = `least(${FUZZY_WORD_INDEXES.map((word) =>
+  `case when g.words <= ${word} then 1 ${slotNumbers(word).map((n) => `when s.search_vector @@ g.q${n} then g.s${n}`).join(' ')} else 1 end`).join(', ')})`
 // Only tokens unused for this long get last_used_at written, so authentication stays a read.
 const TOKEN_TOUCH_INTERVAL = '1 minute'
 // Should entry rows ever be purged, two writers recreating that key could both pick
@@ -405,32 +417,22 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
    * One page of a ranked search. How an entry's score is made (README "Search"):
    *
    * 1. The query goes through websearch_to_tsquery (words are ANDed; "a phrase", or, -word work).
-   * 2. Each word of the query may also match as
-   *    - the start of a longer word, if it has 5 or more characters ("postgres" in "postgresql",
-   *      "createContext" in "createContextStore"), counting PREFIX_SIMILARITY;
-   *    - if no entry of the namespace contains it (a typo, most likely): up to VARIANTS_PER_WORD
-   *      words of the namespace's vocabulary (search_terms) whose pg_trgm similarity to it is at
-   *      least MIN_SIMILARITY (at most FUZZY_WORDS such words, longest first).
+   * 2. A word of 4-64 characters that no entry of the namespace contains (a typo, or part of an
+   *    identifier, most likely; at most FUZZY_WORDS such words, longest first) also matches
+   *    - up to VARIANTS_PER_WORD words of the namespace's vocabulary (search_terms) that start with
+   *      it, shortest first, if it has MIN_PREFIX_WORD_CHARS or more ("createContext" finds
+   *      "createContextStore");
+   *    - up to VARIANTS_PER_WORD vocabulary words whose pg_trgm similarity to it is at least
+   *      MIN_SIMILARITY, most similar first ("postgress" finds "postgres", 0.73).
    *    ts_rewrite puts "word or its variants" in the word's place, keeping the query's structure.
+   *    A word some entry contains matches as typed only ("postgres" does not find "PostgreSQL").
    * 3. score = ts_rank_cd of that query (weights: key 1.0, tags 0.4, content 0.2; normalised by
-   *    1 + log(length) and into [0, 1)) × the entry's similarity: 1 if it matches the query as
-   *    typed, otherwise the smallest, over the query's words, of the best similarity among the
-   *    variants of that word it contains.
+   *    1 + log(length) and into [0, 1)) × the entry's similarity: for each rewritten word, the
+   *    pg_trgm similarity of the best of its variants the entry contains (1 for the word as
+   *    typed), the least of these; 1 when no word was rewritten.
    *
    * Ties go by key. Expired and deleted entries never match (deleted ones have no search row).
    */
-  /**
-   * An entry's similarity to a rewritten query: for each rewritten word (VARIANT_SLOTS columns
-   * q<n>/s<n> of "slots" each, best first), the similarity of the first of its variants the entry
-   * contains (1 for a word it lacks altogether: an "or" branch); the least of these. Spelt out
-   * over scalar columns: a subquery or array subscripts per candidate entry cost 5-10 µs each.
-   */
-  const slotNumbers = (word: number) => Array.from({ length: VARIANT_SLOTS }, (_, slot) => word * VARIANT_SLOTS + slot + 1)
-  const words = Array.from({ length: FUZZY_WORDS }, (_, word) => word)
-  const slotColumns = sql.unsafe(words.flatMap(slotNumbers).map((n) => `a.queries[${n}] as q${n}, a.similarities[${n}] as s${n}`).join(', '))
-  const entrySimilarity = sql.unsafe(`least(${words.map((word) =>
-    `case when g.words <= ${word} then 1 ${slotNumbers(word).map((n) => `when s.search_vector @@ g.q${n} then g.s${n}`).join(' ')} else 1 end`).join(', ')})`)
-
   async function search (namespace: string, options: SearchOptions): Promise<SearchPage> {
     const { limit, after } = options
     const prefixFilter = options.prefix === undefined || options.prefix === '' ? sql`` : sql`and starts_with(s.key, ${options.prefix})`
@@ -497,8 +499,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ), fuzzy as materialized (
         select query, step > 0 as rewritten from fold order by step desc limit 1
       ), slots as materialized (
-        -- The variants of each rewritten word in VARIANT_SLOTS columns, best first (see entrySimilarity).
-        select (select count(*) from rewrites) as words, ${slotColumns}
+        -- The variants of each rewritten word in VARIANT_SLOTS columns, best first (see ENTRY_SIMILARITY_SQL).
+        select (select count(*) from rewrites) as words, ${sql.unsafe(SLOT_COLUMNS_SQL)}
         from (
           select array_agg(v.single order by r.step, slot.n) as queries, array_agg(v.similarity order by r.step, slot.n) as similarities
           from rewrites r
@@ -511,7 +513,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ), matches as (
         select s.key, s.version, s.tags, s.updated_at,
                floor(ts_rank_cd(${SEARCH_WEIGHTS}::float4[], s.search_vector, f.query, ${SEARCH_NORMALIZATION})::float8
-                     * case when f.rewritten then ${entrySimilarity} else 1 end * ${SCORE_SCALE})::bigint as score
+                     * case when f.rewritten then ${sql.unsafe(ENTRY_SIMILARITY_SQL)} else 1 end * ${SCORE_SCALE})::bigint as score
         from fuzzy f
         cross join slots g
         join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.query

@@ -1,6 +1,6 @@
 -- Search (search_context): a weighted full-text vector per entry, and a per-namespace vocabulary
 -- of the words in those vectors with a trigram index, through which a misspelt or partial word
--- of a query finds the words entries really use (see searchPage in context-store.ts).
+-- of a query finds the words entries really use (see search in context-store.ts).
 --
 -- Safe on a large, busy table: nothing here rewrites or locks context_entries for long. The
 -- vectors live in a table of their own, filled while instances of the previous release keep
