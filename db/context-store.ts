@@ -88,7 +88,8 @@ export interface SearchItem {
 }
 
 export type SearchPage =
-  | { status: 'ok', items: SearchItem[], next: SearchPosition | null }
+  /** partial: more than MAX_RANKED entries matched; the items are the best of the MAX_RANKED most recently written. */
+  | { status: 'ok', items: SearchItem[], next: SearchPosition | null, partial: boolean }
   /** The query holds nothing to search for: only operators, punctuation, stop words, or only excluded words. */
   | { status: 'no_words' }
 
@@ -154,10 +155,21 @@ const VARIANTS_PER_WORD = 3
 const VARIANT_SLOTS = 1 + 2 * VARIANTS_PER_WORD
 /** pg_trgm similarity a vocabulary word needs to stand in for a query word (postgress/postgres 0.73, migraton/migrations 0.43). */
 const MIN_SIMILARITY = 0.4
+/**
+ * A similar word may be this many characters longer or shorter than the query's word: a typo
+ * drops, adds or swaps a letter or two ("changeelog" is changelog, not "change", which half the
+ * entries hold).
+ */
+const MAX_LENGTH_DIFFERENCE = 2
 /** Shorter query words get no similar words: one changed letter in three is another word. */
 const MIN_FUZZY_WORD_CHARS = 4
 /** A query word this long also matches the vocabulary's longer words that start with it (shortest first). */
 const MIN_PREFIX_WORD_CHARS = 5
+/**
+ * A search ranks at most this many of its matches, the most recently written (a query matching
+ * 10,000 entries would cost 20 ms of ranking alone); the result says when there were more.
+ */
+export const MAX_RANKED = 1000
 /** The snippet is cut from this many characters around the first match. */
 const SNIPPET_WINDOW_CHARS = 2000
 const SNIPPET_LEAD_CHARS = 200
@@ -206,7 +218,7 @@ interface AppendedRow {
   had_previous: boolean
 }
 interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
-interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string, as_of: string }
+interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string, as_of: string, partial: boolean }
 interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
 interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
@@ -423,7 +435,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
    *      it, shortest first, if it has MIN_PREFIX_WORD_CHARS or more ("createContext" finds
    *      "createContextStore");
    *    - up to VARIANTS_PER_WORD vocabulary words whose pg_trgm similarity to it is at least
-   *      MIN_SIMILARITY, most similar first ("postgress" finds "postgres", 0.73).
+   *      MIN_SIMILARITY and whose length is within MAX_LENGTH_DIFFERENCE of its, most similar
+   *      first ("postgress" finds "postgres", 0.73).
    *    ts_rewrite puts "word or its variants" in the word's place, keeping the query's structure.
    *    A word some entry contains matches as typed only ("postgres" does not find "PostgreSQL").
    * 3. score = ts_rank_cd of that query (weights: key 1.0, tags 0.4, content 0.2; normalised by
@@ -478,6 +491,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
             select t.term, similarity(t.term, w.word)::float8 as similarity
             from search_terms t
             where t.namespace = ${namespace} and t.term % w.word
+              and abs(char_length(t.term) - char_length(w.word)) <= ${MAX_LENGTH_DIFFERENCE}
             group by t.term
             having similarity(t.term, w.word) >= ${MIN_SIMILARITY}
             order by 2 desc, t.term
@@ -510,14 +524,23 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
             order by similarity desc, single::text offset slot.n - 1 limit 1
           ) v on true
         ) a
+      ), candidates as materialized (
+        -- At most MAX_RANKED + 1 matches, the most recently written (the extra one says there were
+        -- more), as narrow rows: sorting them with their vectors cost 8 µs a match.
+        select s.ctid as row_id, s.updated_at, s.key
+        from fuzzy f
+        join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.query
+        where (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
+        order by s.updated_at desc, s.key
+        limit ${MAX_RANKED + 1}
       ), matches as (
         select s.key, s.version, s.tags, s.updated_at,
                floor(ts_rank_cd(${SEARCH_WEIGHTS}::float4[], s.search_vector, f.query, ${SEARCH_NORMALIZATION})::float8
                      * case when f.rewritten then ${sql.unsafe(ENTRY_SIMILARITY_SQL)} else 1 end * ${SCORE_SCALE})::bigint as score
-        from fuzzy f
+        from (select row_id from candidates order by updated_at desc, key limit ${MAX_RANKED}) c
+        join context_search s on s.ctid = c.row_id
+        cross join fuzzy f
         cross join slots g
-        join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.query
-        where (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
       ), page as (
         select * from matches ${pageFilter}
         order by score desc, key
@@ -525,6 +548,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       )
       select p.key, p.version, p.tags, p.updated_at, e.updated_by, p.score,
              to_char(now() at time zone 'UTC', ${ISO_UTC}) as as_of,
+             (select count(*) from candidates) > ${MAX_RANKED} as partial,
              ts_headline(x.language, regexp_replace(substr(e.content, greatest(1, coalesce((
                select min(nullif(strpos(l.lowered, v.term), 0)) from variants v
              ), 1) - ${SNIPPET_LEAD_CHARS}), ${SNIPPET_WINDOW_CHARS}), '[[:space:]]+', ' ', 'g'), f.query, ${HEADLINE_OPTIONS}) as snippet
@@ -546,7 +570,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     }))
     const last = rows[limit - 1]
     const next = rows.length > limit && last !== undefined ? { asOf: after?.asOf ?? last.as_of, score: last.score, key: last.key } : null
-    return { status: 'ok', items, next }
+    return { status: 'ok', items, next, partial: rows[0]?.partial ?? false }
   }
 
   /** Whether a query holds nothing to search for (only operators, punctuation or stop words, or only excluded words). */

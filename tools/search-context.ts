@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { Type } from '@sinclair/typebox'
-import { SNIPPET_MAX_CHARS, type SearchPosition } from '../db/context-store.js'
+import { MAX_RANKED, SNIPPET_MAX_CHARS, type SearchPosition } from '../db/context-store.js'
 import { NO_NUL_PATTERN, Tags, Timestamp } from '../schema/content.js'
 import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { AppError } from '../schema/errors.js'
@@ -76,7 +76,8 @@ export const searchContext = defineTool({
       updated_at: Timestamp,
       updated_by: Type.String()
     }, { additionalProperties: false })),
-    next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor (with the same query and filters) for more results; null when there are no more.' })
+    next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor (with the same query and filters) for more results; null when there are no more.' }),
+    partial: Type.Boolean({ description: `true: more than ${MAX_RANKED} entries matched, and the results are the best of the ${MAX_RANKED} most recently written; add words or a filter to search them all.` })
   }, { additionalProperties: false }),
   async handler (ctx, input) {
     assertWellFormed(input.query, 'query', 'Send the words as plain text.')
@@ -104,13 +105,15 @@ export const searchContext = defineTool({
         updated_at: item.updatedAt,
         updated_by: item.updatedBy
       })),
-      next_cursor: page.next === null ? null : encodeCursor(CURSOR_KIND, `${id} ${page.next.asOf} ${page.next.score} ${page.next.key}`)
+      next_cursor: page.next === null ? null : encodeCursor(CURSOR_KIND, `${id} ${page.next.asOf} ${page.next.score} ${page.next.key}`),
+      partial: page.partial
     }
   },
   summarize: (output) => {
     if (output.items.length === 0) return 'No entries match. Try other or fewer words, or list_context to browse.'
     const lines = output.items.map((item) => `- ${item.key} (v${item.version}, score ${item.score}): ${item.snippet}`)
     if (output.next_cursor !== null) lines.push(`More results: call again with the same query and cursor "${output.next_cursor}".`)
+    if (output.partial) lines.push(`More than ${MAX_RANKED} entries match: these are the best of the ${MAX_RANKED} most recent. Add words or a prefix, tag or updated_after filter to search them all.`)
     return lines.join('\n')
   }
 })

@@ -2,13 +2,13 @@ import type { FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
 import { encodeCursor } from '../../schema/cursor.js'
 import { MAX_QUERY_CHARS } from '../../tools/search-context.js'
-import { SNIPPET_MAX_CHARS } from '../../db/context-store.js'
+import { createMaintenanceStore, MAX_RANKED, SNIPPET_MAX_CHARS } from '../../db/context-store.js'
 import { searchCorpus } from '../fixtures/search-corpus.js'
 import { build, callTool, rpc, toolErrorOf, type RpcOptions } from '../helper.js'
 import { addToken, assume, fails, isIsoTimestamp, namesField, ok, okResult } from './helpers.js'
 
 interface SearchItem { key: string, version: number, score: number, snippet: string, tags: string[], updated_at: string, updated_by: string }
-interface SearchOutput { items: SearchItem[], next_cursor: string | null }
+interface SearchOutput { items: SearchItem[], next_cursor: string | null, partial: boolean }
 
 const keysOf = (page: SearchOutput) => page.items.map((item) => item.key)
 
@@ -69,7 +69,8 @@ test('search_context over a fixed corpus', async (t) => {
       ['kuberentes upgrade', ['ops/cluster-upgrade']],
       ['createContext', ['db/store-module', 'snippets/store-usage']],
       ['createContextStor', ['db/store-module', 'snippets/store-usage']],
-      ['fly.tmol', ['deploy/fly.toml', 'notes/fly-release']]
+      ['fly.tml', ['deploy/fly.toml', 'notes/fly-release']],
+      ['fyl.toml', ['deploy/fly.toml', 'notes/fly-release']]
     ]
     for (const [query, expected] of cases) {
       const page = await search(t, app, { query })
@@ -158,6 +159,28 @@ test('search_context over a fixed corpus', async (t) => {
     t.strictSame(all.filter((key) => !changed.has(key)), keys.filter((key) => !changed.has(key)), 'every entry not changed meanwhile, in rank order')
     const fresh = keysOf(await search(t, app, { query: 'token', limit: 50 }))
     t.ok(fresh.includes('token/new-1') && fresh.length === all.length + round, 'a new search sees the changes')
+  })
+
+  t.test(`a query matching more than ${MAX_RANKED} entries ranks the ${MAX_RANKED} most recent, and says so`, async (t) => {
+    const at = (i: number) => new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString()
+    const keys = Array.from({ length: MAX_RANKED + 5 }, (_, i) => `many/${String(i).padStart(4, '0')}`)
+    // Older entries mention the word more often, so that they would rank first if they were ranked at all.
+    const notes = keys.map((key, i) => ({
+      namespace: 'default',
+      key,
+      current: { version: 1, content: i < 5 ? 'wombat wombat wombat wombat' : 'a wombat', tags: [], created_at: at(i), updated_at: at(i), updated_by: 'importer', client: null, expires_at: null },
+      history: [{ version: 1, action: 'create' as const, content: i < 5 ? 'wombat wombat wombat wombat' : 'a wombat', tags: [], actor: 'importer', client: null, at: at(i) }]
+    }))
+    await createMaintenanceStore(app.db.sql).importBatch(notes)
+    const page = await search(t, app, { query: 'wombat', limit: 50 })
+    t.equal(page.partial, true, 'partial')
+    t.notOk(keysOf(page).some((key) => keys.indexOf(key) < 5), 'the five oldest are not among the ranked')
+    const narrowed = await search(t, app, { query: 'wombat', prefix: 'many/000', limit: 50 })
+    t.equal(narrowed.partial, false, 'a prefix narrows it')
+    t.strictSame(keysOf(narrowed).slice(0, 5), keys.slice(0, 5), 'and then the best come first')
+    const text = (await callTool(app, 'search_context', { query: 'wombat' })).content[0]?.text
+    t.match(text, `More than ${MAX_RANKED} entries match`)
+    t.equal((await search(t, app, { query: 'zebrafish' })).partial, false)
   })
 
   t.test('cursors belong to one search', async (t) => {
