@@ -4,6 +4,9 @@ import { hashToken } from '../plugins/auth.js'
 
 // Paths oidc-provider answers itself (its routes are in oauth/provider.ts OAUTH_ROUTES).
 const PROVIDER_PATHS = ['/.well-known/oauth-authorization-server', '/.well-known/openid-configuration', '/oauth/*']
+// Per client address (RATE_LIMITS=off turns them off with the rest).
+const ENDPOINT_LIMIT = { max: 300, timeWindow: 60_000 }
+const REGISTRATION_LIMIT = { max: 30, timeWindow: 3_600_000 }
 
 /**
  * The built-in authorization server's HTTP surface (OAUTH_SERVER=on): metadata, registration,
@@ -24,9 +27,12 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
       reply.hijack()
       await oauth.handle(request.raw, reply.raw)
     }
+    const limited = fastify.rateLimits.limits !== 'off'
     for (const url of PROVIDER_PATHS) {
-      forwarded.route({ method: ['GET', 'POST', 'OPTIONS'], url, config: { checkOrigin: false }, handler: forward })
+      forwarded.route({ method: ['GET', 'POST', 'OPTIONS'], url, config: { checkOrigin: false, ...(limited && { rateLimit: ENDPOINT_LIMIT }) }, handler: forward })
     }
+    // Registration is open to anyone, so each address may register only a few clients (unused ones are purged after a day).
+    forwarded.route({ method: 'POST', url: '/oauth/register', config: { checkOrigin: false, ...(limited && { rateLimit: REGISTRATION_LIMIT }) }, handler: forward })
   })
 
   await fastify.register(interactionRoutes, {
