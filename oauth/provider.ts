@@ -30,6 +30,9 @@ export const OAUTH_ROUTES = {
 
 export const INTERACTION_PATH = '/oauth/interaction'
 
+/** The longest a connection made on the consent page lasts, used or not: then the owner signs in again. */
+export const GRANT_SECONDS = 365 * 86400
+
 // The extra client metadata property whose validator applies the redirect URI policy to every client (registered or CIMD).
 const REDIRECT_POLICY_PROPERTY = 'urn:shared-context-mcp:redirect-policy'
 
@@ -102,8 +105,10 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
     ttl: {
       AccessToken: settings.accessTokenSeconds,
       AuthorizationCode: 60,
+      // Each refresh rotates the refresh token with a fresh lifetime: a connection lasts while it is used.
       RefreshToken: settings.refreshTokenSeconds,
-      Grant: settings.refreshTokenSeconds,
+      // The grant is not extended by refreshes, so it is given the longest a connection may last.
+      Grant: GRANT_SECONDS,
       Interaction: 600,
       Session: 600,
       IdToken: 600
