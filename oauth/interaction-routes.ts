@@ -188,10 +188,17 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       if (apiToken !== undefined && !apiToken.globalAdmin && namespace !== apiToken.namespace) {
         throw new PageError(`The API token you signed in with works in namespace "${apiToken.namespace}" only.`, 403)
       }
+      const requested = requestedScopes(details)
+      if (requested.size === 0) {
+        // The client named no scope (OAuth 2.1 lets it; the MCP conformance suite's client does
+        // not): it asks for what the owner allows. oidc-provider issues only scopes both requested
+        // and granted, so the request it resumes must name the owner's choice.
+        details.params.scope = chosen.join(' ')
+        await details.save(details.exp - Math.floor(Date.now() / 1000))
+      }
       const provider = options.provider()
       const grant = new provider.Grant({ accountId: subject, clientId: String(details.params.client_id) })
       grant.addResourceScope(resource, chosen.join(' '))
-      const requested = requestedScopes(details)
       const oidcScopes = ['openid', 'offline_access'].filter((scope) => requested.has(scope))
       if (oidcScopes.length > 0) grant.addOIDCScope(oidcScopes.join(' '))
       const grantId = await grant.save()
