@@ -9,6 +9,7 @@ import { NAMESPACE_PATTERN } from '../schema/key.js'
 import { AppError } from '../schema/errors.js'
 import { originOf } from '../plugins/host-check.js'
 import { verifyOwnerPassword } from './owner-password.js'
+import { isLoopbackRedirect } from './redirect-uris.js'
 import { pageHeaders, renderConsentPage, renderErrorPage } from './pages.js'
 import { GRANTABLE_SCOPES, INTERACTION_PATH } from './provider.js'
 
@@ -47,7 +48,8 @@ export interface InteractionRoutesOptions {
 type Details = Awaited<ReturnType<ProviderClass['interactionDetails']>>
 
 class PageError extends Error {
-  constructor (message: string, readonly statusCode: number) {
+  /** credentialsRejected: the password or token typed in was wrong (the page marks that field). */
+  constructor (message: string, readonly statusCode: number, readonly credentialsRejected = false) {
     super(message)
   }
 }
@@ -55,6 +57,16 @@ class PageError extends Error {
 function requestedScopes (details: Details): Set<string> {
   const scope = typeof details.params.scope === 'string' ? details.params.scope : ''
   return new Set(scope.split(' ').filter((value) => value.length > 0))
+}
+
+/**
+ * The scopes the page offers: those of ours the client asked for (a token never carries more than
+ * was asked: oidc-provider filters the grant by the request), or all of them when it asked for none.
+ */
+function offeredScopes (details: Details): string[] {
+  const requested = requestedScopes(details)
+  const asked = GRANTABLE_SCOPES.filter((scope) => requested.has(scope))
+  return asked.length > 0 ? asked : [...GRANTABLE_SCOPES]
 }
 
 /** The scopes an API token may hand on: its own, or every grantable one when it is admin. */
@@ -99,25 +111,27 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
     return details
   }
 
-  async function showPage (request: FastifyRequest<{ Params: Params }>, reply: FastifyReply, details: Details, form: Partial<ConsentForm>, error: { message: string, statusCode: number } | undefined): Promise<FastifyReply> {
+  async function showPage (request: FastifyRequest<{ Params: Params }>, reply: FastifyReply, details: Details, form: Partial<ConsentForm>, error: PageError | undefined): Promise<FastifyReply> {
     const clientId = String(details.params.client_id)
     const client = await options.provider().Client.find(clientId)
     const redirectUri = String(details.params.redirect_uri)
-    const requested = requestedScopes(details)
-    const chosen = form.scope === undefined ? undefined : new Set([form.scope].flat())
+    const chosen = form.csrf === undefined ? undefined : new Set([form.scope ?? []].flat())
     const nonce = randomBytes(16).toString('base64')
     const html = renderConsentPage({
       action: `${INTERACTION_PATH}/${details.uid}`,
       csrfToken: csrfTokenFor(details.uid),
       nonce,
+      serverHost: new URL(options.provider().issuer).host,
       clientName: client?.clientName ?? clientId,
       clientUrl: clientId.startsWith('https://') ? clientId : undefined,
       redirectHost: URL.parse(redirectUri)?.host ?? redirectUri,
-      scopes: GRANTABLE_SCOPES.map((scope) => ({ scope, checked: chosen === undefined ? requested.size === 0 || requested.has(scope) : chosen.has(scope) })),
+      redirectIsLoopback: isLoopbackRedirect(redirectUri),
+      scopes: offeredScopes(details).map((scope) => ({ scope, checked: chosen === undefined || chosen.has(scope) })),
       namespace: form.namespace ?? DEFAULT_NAMESPACE,
       ownerPasswordSet: await store.ownerPasswordHash() !== null,
       signInWith: form.token !== undefined && form.token !== '' ? 'token' : 'password',
-      error: error?.message
+      error: error?.message,
+      credentialsRejected: error?.credentialsRejected ?? false
     })
     const redirectOrigin = originOf(redirectUri)
     return sendPage(reply, error?.statusCode ?? 200, html, nonce, redirectOrigin === undefined ? [] : [redirectOrigin])
@@ -138,7 +152,7 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
     }
     if (signedIn === undefined) {
       await addressBudget.countFailure(request, new AppError('AUTH_1002', 'wrong credentials'))
-      throw new PageError(password !== '' ? 'That is not the owner password.' : 'That API token is not valid (wrong, revoked, or from another server).', 401)
+      throw new PageError(password !== '' ? 'That is not the owner password. Type it again.' : 'That API token is not valid (wrong, revoked, or from another server).', 401, true)
     }
     return signedIn
   }
@@ -179,7 +193,8 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
     try {
       const { subject, apiToken } = await signIn(request, reply, form)
       const allowed = apiToken === undefined ? new Set<string>(GRANTABLE_SCOPES) : scopesOfToken(apiToken)
-      const chosen = [form.scope ?? []].flat().filter((scope) => (GRANTABLE_SCOPES as readonly string[]).includes(scope))
+      const offered = offeredScopes(details)
+      const chosen = [form.scope ?? []].flat().filter((scope) => offered.includes(scope))
       if (chosen.length === 0) throw new PageError('Choose at least one thing the client may do.', 400)
       const refused = chosen.filter((scope) => !allowed.has(scope))
       if (refused.length > 0) throw new PageError(`The API token you signed in with does not have ${refused.join(', ')}; untick ${refused.length === 1 ? 'it' : 'them'}, or sign in with the owner password.`, 403)
@@ -199,6 +214,9 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       const provider = options.provider()
       const grant = new provider.Grant({ accountId: subject, clientId: String(details.params.client_id) })
       grant.addResourceScope(resource, chosen.join(' '))
+      // Scopes asked for but unticked are refused, not missing: else oidc-provider would ask for consent again.
+      const unticked = offered.filter((scope) => !chosen.includes(scope))
+      if (unticked.length > 0) grant.rejectResourceScope(resource, unticked.join(' '))
       const oidcScopes = ['openid', 'offline_access'].filter((scope) => requested.has(scope))
       if (oidcScopes.length > 0) grant.addOIDCScope(oidcScopes.join(' '))
       const grantId = await grant.save()
@@ -206,8 +224,11 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       request.log.info({ client: details.params.client_id, subject, namespace, scopes: chosen }, 'oauth grant made')
       return await finish(request, reply, { login: { accountId: subject }, consent: { grantId } })
     } catch (error) {
-      if (error instanceof PageError) return await showPage(request, reply, details, form, { message: error.message, statusCode: error.statusCode })
-      if (error instanceof AppError && error.code === 'REQ_1103') return await showPage(request, reply, details, form, { message: error.message, statusCode: 429 })
+      if (error instanceof PageError) return await showPage(request, reply, details, form, error)
+      if (error instanceof AppError && error.code === 'REQ_1103') {
+        const wait = reply.getHeader('retry-after')
+        return await showPage(request, reply, details, form, new PageError(`Too many wrong sign-ins from this address. Wait ${wait === undefined ? 'a minute' : `${String(wait)} s`}, then try again.`, 429))
+      }
       throw error
     }
   })
