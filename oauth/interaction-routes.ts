@@ -192,6 +192,10 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       const grant = new provider.Grant({ accountId: subject, clientId: String(details.params.client_id) })
       grant.addResourceScope(resource, chosen.join(' '))
       const requested = requestedScopes(details)
+      // Scopes the client asked for and the owner left unticked are refused, not pending:
+      // otherwise oidc-provider sees them missing and sends the owner back to this page.
+      const unticked = GRANTABLE_SCOPES.filter((scope) => requested.has(scope) && !chosen.includes(scope))
+      if (unticked.length > 0) grant.rejectResourceScope(resource, unticked.join(' '))
       const oidcScopes = ['openid', 'offline_access'].filter((scope) => requested.has(scope))
       if (oidcScopes.length > 0) grant.addOIDCScope(oidcScopes.join(' '))
       const grantId = await grant.save()
