@@ -97,18 +97,21 @@ export function createOAuthStore (sql: postgres.Sql) {
   /**
    * Ends a grant: its tokens, codes and binding are deleted, and its id goes on the revocation
    * list until `refuseTokensUntil` (when the last access token it issued has expired), in one
-   * transaction. True if the grant existed.
+   * statement (atomic without an explicit transaction, which would stall the embedded database's
+   * other connections; see db/embedded.ts). True if the grant existed.
    */
   async function revokeGrant (grantId: string, refuseTokensUntil: Date): Promise<boolean> {
-    return await sql.begin(async (tx) => {
-      const deleted = await tx`
-        delete from oauth_payloads where grant_id = ${grantId} or (model = 'Grant' and id = ${grantId}) returning model`
-      await tx`delete from oauth_grant_bindings where grant_id = ${grantId}`
-      await tx`
+    const rows = await sql<Array<{ existed: boolean }>>`
+      with deleted as (
+        delete from oauth_payloads where grant_id = ${grantId} or (model = 'Grant' and id = ${grantId}) returning model
+      ), unbound as (
+        delete from oauth_grant_bindings where grant_id = ${grantId}
+      ), listed as (
         insert into revoked_jtis (jti, expires_at) values (${grantRevocationId(grantId)}, ${refuseTokensUntil})
-        on conflict (jti) do update set expires_at = greatest(revoked_jtis.expires_at, excluded.expires_at)`
-      return deleted.some((row) => row.model === 'Grant')
-    })
+        on conflict (jti) do update set expires_at = greatest(revoked_jtis.expires_at, excluded.expires_at)
+      )
+      select exists (select 1 from deleted where model = 'Grant') as existed`
+    return rows[0]?.existed === true
   }
 
   async function grantIdsOfClient (clientId: string): Promise<string[]> {
@@ -159,13 +162,14 @@ export function createOAuthStore (sql: postgres.Sql) {
 
   /**
    * Adds a signing key that takes over at `signsFrom` and retires the others at `retireOthersAt`
-   * (by then every token they signed has expired), in one transaction.
+   * (by then every token they signed has expired), in one statement.
    */
   async function rotateSigningKey (key: { kid: string, jwk: Record<string, unknown>, signsFrom: Date }, retireOthersAt: Date): Promise<void> {
-    await sql.begin(async (tx) => {
-      await tx`update oauth_keys set retire_at = ${retireOthersAt} where use = 'sign' and (retire_at is null or retire_at > ${retireOthersAt})`
-      await tx`insert into oauth_keys (kid, use, jwk, signs_from) values (${key.kid}, 'sign', ${tx.json(key.jwk as postgres.JSONValue)}, ${key.signsFrom})`
-    })
+    await sql`
+      with retired as (
+        update oauth_keys set retire_at = ${retireOthersAt} where use = 'sign' and (retire_at is null or retire_at > ${retireOthersAt})
+      )
+      insert into oauth_keys (kid, use, jwk, signs_from) values (${key.kid}, 'sign', ${sql.json(key.jwk as postgres.JSONValue)}, ${key.signsFrom})`
   }
 
   async function insertGrantBinding (binding: GrantBinding): Promise<void> {
@@ -189,12 +193,12 @@ export function createOAuthStore (sql: postgres.Sql) {
 
   /** Sets the owner's password and ends every sign-in session made with the old one. */
   async function setOwnerPasswordHash (passwordHash: string): Promise<void> {
-    await sql.begin(async (tx) => {
-      await tx`
-        insert into oauth_owner (singleton, password_hash) values (true, ${passwordHash})
-        on conflict (singleton) do update set password_hash = excluded.password_hash, updated_at = now()`
-      await tx`delete from oauth_payloads where model in ('Session', 'Interaction')`
-    })
+    await sql`
+      with ended as (
+        delete from oauth_payloads where model in ('Session', 'Interaction')
+      )
+      insert into oauth_owner (singleton, password_hash) values (true, ${passwordHash})
+      on conflict (singleton) do update set password_hash = excluded.password_hash, updated_at = now()`
   }
 
   async function listClients (): Promise<ClientListing[]> {

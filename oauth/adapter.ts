@@ -4,8 +4,6 @@ import type { OAuthStore } from '../db/oauth-store.js'
 
 // Stored under their own id, so that `oauth clients|grants` can list and revoke them by it.
 const LISTED_MODELS = new Set(['Client', 'Grant'])
-// Their id is also where oidc-provider looks for them by uid (Session.findByUid), so it stays in the payload.
-const ID_KEPT_IN_PAYLOAD = new Set(['Session'])
 
 export function sha256Hex (value: string): string {
   return createHash('sha256').update(value).digest('hex')
@@ -24,13 +22,30 @@ export function storedIdOf (model: string, id: string): string {
  * `revokeGrant` ends a grant everywhere (oauth/grants.ts).
  */
 export function createAdapterClass (store: OAuthStore, revokeGrant: (grantId: string) => Promise<void>): new (model: string) => Adapter {
+  // oidc-provider ends a grant by calling revokeByGrantId on each model at once; one revocation covers them all.
+  const revoking = new Map<string, Promise<void>>()
+  function revokeOnce (grantId: string): Promise<void> {
+    let pending = revoking.get(grantId)
+    if (pending === undefined) {
+      pending = revokeGrant(grantId).finally(() => revoking.delete(grantId))
+      revoking.set(grantId, pending)
+    }
+    return pending
+  }
+
   return class PostgresAdapter implements Adapter {
     constructor (readonly model: string) {}
 
     async upsert (id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
       const stored: Record<string, unknown> = { ...payload }
-      if (!LISTED_MODELS.has(this.model) && !ID_KEPT_IN_PAYLOAD.has(this.model)) delete stored.jti
+      // A session found by uid (Session.findByUid) is only read, so it needs no id in the payload either.
+      if (!LISTED_MODELS.has(this.model)) delete stored.jti
       if (this.model === 'Client' && typeof stored.client_secret === 'string') stored.client_secret = sha256Hex(stored.client_secret)
+      // An interaction names its sign-in session's id (the session cookie's value), which nothing reads back.
+      if (this.model === 'Interaction' && typeof stored.session === 'object' && stored.session !== null) {
+        const { cookie: _cookie, ...session } = stored.session as Record<string, unknown>
+        stored.session = session
+      }
       await store.upsertPayload({
         model: this.model,
         id: storedIdOf(this.model, id),
@@ -68,7 +83,7 @@ export function createAdapterClass (store: OAuthStore, revokeGrant: (grantId: st
     // Called for each model when a grant ends (refresh token reuse, revocation): the grant's
     // access tokens are JWTs nothing stores, so its id goes on the revocation list too.
     async revokeByGrantId (grantId: string): Promise<void> {
-      await revokeGrant(grantId)
+      await revokeOnce(grantId)
     }
   }
 }

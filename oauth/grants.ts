@@ -4,6 +4,8 @@ import { revocationKeptUntil } from '../auth/revocation.js'
 export interface GrantRevokerOptions {
   store: OAuthStore
   accessTokenSeconds: number
+  /** Writes a jti to the durable revocation list (db/context-store.ts revokeJti). */
+  revokeJti: (jti: string, until: Date) => Promise<void>
   /** Tells the other instances at once (Redis), when there is a shared cache; they learn it within AUTH_CACHE_SECONDS otherwise. */
   publish?: (revocationId: string, until: Date) => Promise<void>
 }
@@ -38,7 +40,14 @@ export function createGrantRevoker (options: GrantRevokerOptions) {
     return grants.length
   }
 
-  return { revokeGrant, revokeClient, revokeGrantsOfApiToken }
+  /** One access token (RFC 7009 revocation of a JWT): its jti is refused until the token has expired. */
+  async function revokeAccessToken (jti: string, expiresAt: Date): Promise<void> {
+    const until = revocationKeptUntil(expiresAt)
+    await options.revokeJti(jti, until)
+    await options.publish?.(jti, until).catch(() => {})
+  }
+
+  return { revokeGrant, revokeClient, revokeGrantsOfApiToken, revokeAccessToken }
 }
 
 export type GrantRevoker = ReturnType<typeof createGrantRevoker>

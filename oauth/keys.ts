@@ -68,7 +68,8 @@ export async function rotateSigningKey (store: OAuthStore, accessTokenSeconds: n
   return { kid, signsFrom, othersRetireAt }
 }
 
-function publicJwk (jwk: Record<string, unknown>): JWK {
+/** A signing key without its private part. */
+export function publicJwk (jwk: Record<string, unknown>): JWK {
   const { d: _private, ...rest } = jwk
   return rest as JWK
 }
@@ -114,7 +115,11 @@ export function createStoredKeySet (store: Pick<OAuthStore, 'listKeys'>) {
       if (key === undefined) throw new errors.JWKSNoMatchingKey()
       return key
     },
+    /** Reads the table now (after a rotation; otherwise every KEY_RELOAD_MS and on an unknown kid). */
+    reload,
     status: (): 'ok' => 'ok',
     close: (): void => clearTimeout(timer)
   }
 }
+
+export type StoredKeySet = ReturnType<typeof createStoredKeySet>

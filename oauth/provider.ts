@@ -1,11 +1,14 @@
 import { randomBytes } from 'node:crypto'
+import { createLocalJWKSet, jwtVerify } from 'jose'
 import type { Configuration, KoaContextWithOIDC, default as ProviderClass } from 'oidc-provider'
 import type { OAuthStore } from '../db/oauth-store.js'
 import { SCOPES } from '../schema/principal.js'
 import { createAdapterClass, sha256Hex } from './adapter.js'
 import { pageHeaders, renderErrorPage } from './pages.js'
+import { clientIdUrlAllowed } from './client-id-urls.js'
 import { isLoopbackRedirect, redirectUriProblem } from './redirect-uris.js'
-import { SIGNING_ALGORITHM, type ProviderKeys } from './keys.js'
+import { MAX_JWT_CLOCK_SKEW_SECONDS } from '../schema/config.js'
+import { publicJwk, SIGNING_ALGORITHM, type ProviderKeys } from './keys.js'
 
 /** The scopes a client may ask for and the consent page may grant: every scope but context:admin, which only roles and API tokens carry. */
 export const GRANTABLE_SCOPES = SCOPES.filter((scope) => scope !== 'context:admin')
@@ -49,6 +52,8 @@ export interface ProviderSettings {
   trustProxy: boolean
   /** Ends a grant everywhere: tokens deleted, its id on the revocation list (oauth/grants.ts). */
   revokeGrant: (grantId: string) => Promise<void>
+  /** Puts one access token's jti on the revocation list until it has expired (oauth/grants.ts). */
+  revokeAccessToken: (jti: string, expiresAt: Date) => Promise<void>
   /** Tests only: how Client ID Metadata Documents are fetched. Unset: oidc-provider's fetch with its SSRF guard. */
   fetch?: typeof globalThis.fetch
   onServerError: (error: Error) => void
@@ -125,13 +130,22 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
         }
         // A client whose redirect URIs are all loopback is a native app: RFC 8252 lets its port vary.
         if (uris.length > 0 && uris.every((uri) => typeof uri === 'string' && isLoopbackRedirect(uri))) metadata.application_type = 'native'
+        // MCP clients register with the resource's scopes (the protected resource metadata's
+        // scopes_supported); oidc-provider checks a client's scope against its OpenID scopes only
+        // and would refuse the registration. The resource's scopes are granted on the consent page.
+        if (typeof metadata.scope === 'string') {
+          const kept = metadata.scope.split(' ').filter((scope) => scope !== '' && !(GRANTABLE_SCOPES as readonly string[]).includes(scope))
+          if (kept.length > 0) metadata.scope = kept.join(' ')
+          else delete metadata.scope
+        }
         delete (metadata as Record<string, unknown>)[REDIRECT_POLICY_PROPERTY]
       }
     },
     features: {
       devInteractions: { enabled: false },
       registration: { enabled: true, initialAccessToken: false, issueRegistrationAccessToken: false },
-      revocation: { enabled: true },
+      // A client revokes its own tokens only; another's are left alone with the same 200 as an unknown token.
+      revocation: { enabled: true, allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId },
       userinfo: { enabled: false },
       introspection: { enabled: false },
       rpInitiatedLogout: { enabled: false },
@@ -147,7 +161,12 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
           return resourceServer
         }
       },
-      clientIdMetadataDocument: { enabled: true, ack: 'draft-02' } as NonNullable<Configuration['features']>['clientIdMetadataDocument']
+      clientIdMetadataDocument: {
+        enabled: true,
+        ack: 'draft-02',
+        // A client id on a private or loopback address is refused (invalid_client) before anything connects to it.
+        allowFetch: async (_ctx: unknown, clientId: string) => clientIdUrlAllowed(clientId)
+      } as NonNullable<Configuration['features']>['clientIdMetadataDocument']
     },
     extraTokenClaims: async (_ctx, token) => {
       if (token.kind !== 'AccessToken' || typeof token.grantId !== 'string') return undefined
@@ -177,6 +196,49 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
       (ctx.body as Record<string, unknown>).scopes_supported = [...GRANTABLE_SCOPES, 'offline_access']
     }
   })
+  revokeOwnAccessTokens(provider, settings, errors.UnsupportedTokenType)
   provider.on('server_error', (_ctx: unknown, error: Error) => settings.onServerError(error))
   return provider
+}
+
+/**
+ * RFC 7009 for access tokens. oidc-provider refuses to revoke a JWT (unsupported_token_type): it
+ * stores none, so it has nothing to delete. Ours are checked against the revocation list
+ * (auth/jwt.ts), so once oidc-provider has authenticated the client, an access token this server
+ * signed for that client goes on the list by its jti and the answer is 200, as for any other
+ * revocation. A JWT that is not ours or not the client's is left alone, with the same 200 (RFC
+ * 7009 §2.2: an invalid token is no error).
+ */
+function revokeOwnAccessTokens (provider: ProviderClass, settings: ProviderSettings, UnsupportedTokenType: new (...args: never[]) => Error): void {
+  const keys = createLocalJWKSet({ keys: settings.keys.signing.map((jwk) => publicJwk(jwk as Record<string, unknown>)) })
+  const refusedAsJwt = new WeakSet<object>()
+  provider.on('revocation.error', (ctx, error) => {
+    if (error instanceof UnsupportedTokenType) refusedAsJwt.add(ctx)
+  })
+  provider.use(async (ctx, next) => {
+    await next()
+    const client = ctx.oidc?.client
+    if (!refusedAsJwt.has(ctx) || client === undefined) return
+    const payload = await jwtVerify(String(ctx.oidc.params?.token), keys, {
+      issuer: settings.issuer,
+      typ: 'at+jwt',
+      algorithms: [SIGNING_ALGORITHM],
+      // The resource server accepts a token until exp plus its clock skew: so long it must stay revocable.
+      clockTolerance: MAX_JWT_CLOCK_SKEW_SECONDS
+    }).then(({ payload }) => payload, () => undefined) // not signed by this server, or expired beyond use: nothing to revoke
+    if (payload !== undefined && payload.client_id === client.clientId && typeof payload.jti === 'string' && typeof payload.exp === 'number') {
+      try {
+        await settings.revokeAccessToken(payload.jti, new Date(payload.exp * 1000))
+      } catch (error) {
+        // Never a 200 for a revocation that did not happen: the client must try again (RFC 7009 §2.2.1).
+        settings.onServerError(error as Error)
+        ctx.status = 503
+        ctx.set('retry-after', '2')
+        ctx.body = { error: 'server_error', error_description: 'The token could not be revoked right now; try again.' }
+        return
+      }
+    }
+    ctx.status = 200
+    ctx.body = ''
+  })
 }

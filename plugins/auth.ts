@@ -5,7 +5,6 @@ import fp from 'fastify-plugin'
 import { createJwtAuthenticator, jwtOptionsFromConfig, looksLikeJwt, type JwtIdentity } from '../auth/jwt.js'
 import { createRevocationChecker } from '../auth/revocation.js'
 import { grantRevocationId } from '../db/oauth-store.js'
-import { createStoredKeySet } from '../oauth/keys.js'
 import { builtInIssuerOf, isLoopbackHost, type Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
@@ -103,7 +102,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const { addressBudget } = fastify.rateLimits
   const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
   // The built-in authorization server's keys are read from its table, not fetched from its own JWKS URL.
-  const keySet = fastify.oauth === null ? undefined : createStoredKeySet(fastify.oauth.store)
+  const keySet = fastify.oauth?.keySet
   const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, keySet, log: fastify.log })
   const scopeClaimHint = jwtOptions?.trustScopeClaim === false ? ' Roles map through JWT_ROLE_MAP; a JWT\'s scope claim counts only with JWT_TRUST_SCOPE_CLAIM=true.' : ''
   const revocation = createRevocationChecker({

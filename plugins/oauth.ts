@@ -4,7 +4,7 @@ import type { default as ProviderClass } from 'oidc-provider'
 import { publishRevokedJti } from '../auth/revocation.js'
 import { createOAuthStore, type OAuthStore } from '../db/oauth-store.js'
 import { createGrantRevoker, type GrantRevoker } from '../oauth/grants.js'
-import { ensureKeys, KEY_RELOAD_MS, loadProviderKeys, type ProviderKeys } from '../oauth/keys.js'
+import { createStoredKeySet, ensureKeys, KEY_RELOAD_MS, loadProviderKeys, type ProviderKeys, type StoredKeySet } from '../oauth/keys.js'
 import { createProvider } from '../oauth/provider.js'
 import { builtInIssuerOf } from '../schema/config.js'
 
@@ -20,10 +20,12 @@ declare module 'fastify' {
       /** Hands a request to the current provider (routes/oauth.ts). */
       handle: (request: IncomingMessage, response: ServerResponse) => Promise<void>
       store: OAuthStore
+      /** The public signing keys, for the resource server that verifies this server's tokens (plugins/auth.ts). */
+      keySet: StoredKeySet
       revoker: GrantRevoker
       /** A secret every instance shares, for the consent form's CSRF token. */
       formSecret: () => string
-      /** Reads the key table now and rebuilds the provider if the keys changed (tests; otherwise every KEY_RELOAD_MS). */
+      /** Reads the key table now: the provider is rebuilt if the keys changed, the verifying key set reloaded (tests; otherwise every KEY_RELOAD_MS). */
       reloadKeys: () => Promise<void>
       /** For /ready: 'ok' when the key table was read at the last attempt. */
       status: () => 'ok' | 'degraded'
@@ -54,6 +56,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
   const revoker = createGrantRevoker({
     store,
     accessTokenSeconds: config.OAUTH_ACCESS_TOKEN_SECONDS,
+    revokeJti: db.store.revokeJti,
     publish: async (id, until) => {
       const redis = fastify.redis.client
       if (redis !== null && redis.status === 'ready') await publishRevokedJti(redis, id, until)
@@ -71,12 +74,14 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
       refreshTokenSeconds: config.OAUTH_REFRESH_TOKEN_DAYS * 86400,
       trustProxy: config.TRUST_PROXY !== 'false',
       revokeGrant: async (grantId) => { await revoker.revokeGrant(grantId) },
+      revokeAccessToken: revoker.revokeAccessToken,
       ...(options.fetch !== undefined && { fetch: options.fetch }),
       onServerError: (error) => fastify.log.error({ err: error }, 'authorization server error')
     })
   }
 
   await ensureKeys(store)
+  const keySet = createStoredKeySet(store)
   let keys = await loadProviderKeys(store)
   let provider = await build(keys)
   let handler = provider.callback()
@@ -85,6 +90,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
   async function reloadKeys (): Promise<void> {
     let next: ProviderKeys
     try {
+      await keySet.reload()
       next = await loadProviderKeys(store)
       lastReadOk = true
     } catch (error) {
@@ -107,7 +113,10 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
     }, config.EXPIRY_SWEEP_SECONDS * 1000))
   }
   for (const timer of timers) timer.unref()
-  fastify.addHook('onClose', async () => { for (const timer of timers) clearInterval(timer) })
+  fastify.addHook('onClose', async () => {
+    for (const timer of timers) clearInterval(timer)
+    keySet.close()
+  })
 
   fastify.decorate('oauth', {
     issuer,
@@ -115,6 +124,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
     provider: () => provider,
     handle: async (request, response) => { await handler(request, response) },
     store,
+    keySet,
     revoker,
     formSecret: () => keys.cookies[0] as string,
     reloadKeys,

@@ -117,10 +117,10 @@ export interface AuthorizationOutcome {
 
 /**
  * Drives a browser through /oauth/authorize → the consent page → the form post → the redirect
- * back to the client, as a person would, and returns the final redirect.
+ * back to the client, as a person would, and returns the final redirect. A new browser unless
+ * `jar` is given (then its sign-in session carries over).
  */
-export async function authorizeInBrowser (server: OAuthServer, authorizationUrl: string, choice: ConsentChoice = {}): Promise<AuthorizationOutcome> {
-  const jar = new CookieJar()
+export async function authorizeInBrowser (server: OAuthServer, authorizationUrl: string, choice: ConsentChoice = {}, jar = new CookieJar()): Promise<AuthorizationOutcome> {
   let response = await browse(jar, authorizationUrl)
   let url = locationOf(response, server.url)
   if (!url.startsWith(`${server.url}/oauth/interaction/`)) return { callback: new URL(url) }
