@@ -5,6 +5,7 @@ import dbPlugin from './plugins/db.js'
 import expiryPlugin from './plugins/expiry.js'
 import hostCheckPlugin from './plugins/host-check.js'
 import authPlugin from './plugins/auth.js'
+import oauthPlugin from './plugins/oauth.js'
 import redisPlugin from './plugins/redis.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import corsPlugin from './plugins/cors.js'
@@ -15,6 +16,7 @@ import healthRoutes from './routes/health.js'
 import wellKnownRoutes from './routes/well-known.js'
 import mcpRoutes from './routes/mcp.js'
 import metricsRoutes from './routes/metrics.js'
+import oauthRoutes from './routes/oauth.js'
 import type { Config } from './schema/config.js'
 import { AppError } from './schema/errors.js'
 import { toAppError } from './db/errors.js'
@@ -30,6 +32,8 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Benchmarks only: see AuthPluginOptions. Not settable from the environment. */
   withoutAuthentication?: boolean
+  /** Tests only: how the built-in authorization server fetches Client ID Metadata Documents (see OAuthPluginOptions). */
+  oauthFetch?: typeof globalThis.fetch
 }
 
 /** Secrets and stored content never reach the log (database errors carry their query parameters). */
@@ -174,6 +178,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(expiryPlugin)
     await app.register(redisPlugin)
     await app.register(rateLimitPlugin)
+    await app.register(oauthPlugin, options.oauthFetch === undefined ? {} : { fetch: options.oauthFetch })
     await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
     await app.register(mcpPlugin)
 
@@ -181,6 +186,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(wellKnownRoutes)
     await app.register(mcpRoutes)
     await app.register(metricsRoutes)
+    await app.register(oauthRoutes)
   } catch (error) {
     // Close what the plugins that did load opened (the pool, the embedded database and its lock).
     await app.close().catch(() => {})

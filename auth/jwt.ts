@@ -1,9 +1,10 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { errors, jwtVerify, type JWSAlgorithm, type JWTHeaderParameters, type JWTPayload } from 'jose'
-import type { Config } from '../schema/config.js'
+import { builtInIssuerOf, type Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
+import { NAMESPACE_PATTERN } from '../schema/key.js'
 import type { Principal } from '../schema/principal.js'
-import { createJwksCache, JwksUnavailableError, type JwksCacheOptions } from './jwks.js'
+import { createJwksCache, JwksUnavailableError, type JwksCache, type JwksCacheOptions } from './jwks.js'
 import { jwtAudience, parseRoleMap, principalFromClaims, type RoleMap } from './roles.js'
 
 export { jwtAudience, jwtConfigProblems } from './roles.js'
@@ -11,6 +12,8 @@ export { jwtAudience, jwtConfigProblems } from './roles.js'
 export interface JwtIdentity {
   principal: Principal
   jti: string | undefined
+  /** The grant the token was issued under (the built-in authorization server's gid claim): revoking the grant refuses the token. */
+  grantId: string | undefined
   expiresAt: Date
 }
 
@@ -43,6 +46,17 @@ export interface JwtAuthenticatorOptions {
   trustScopeClaim?: boolean
   /** Where role grants without a namespace and OAuth scope claims apply (plugins/auth.ts DEFAULT_NAMESPACE). */
   defaultNamespace: string
+  /**
+   * A claim naming the namespace the scope claim applies in; when set, a token without it is
+   * refused (the built-in authorization server's `namespace`, chosen on its consent page).
+   */
+  namespaceClaim?: string | undefined
+  /** A claim naming the token's grant, checked against the revocation list beside the jti (the built-in authorization server's `gid`). */
+  grantClaim?: string | undefined
+  /** The principal id is `<prefix>:<sub>`; default `oidc`. */
+  subjectPrefix?: string | undefined
+  /** Where the issuer's keys come from; default: its JWKS, fetched and cached (auth/jwks.ts). */
+  keySet?: Pick<JwksCache, 'getKey' | 'status' | 'close'> | undefined
   log?: FastifyBaseLogger | undefined
   /** Cache tuning; defaults in JWKS_DEFAULTS. */
   jwks?: Pick<JwksCacheOptions, 'cooldownMs' | 'refreshIntervalMs' | 'timeoutMs' | 'maxBytes' | 'now'>
@@ -52,6 +66,7 @@ export interface JwtAuthenticatorOptions {
 export const JWT_ALGORITHMS: JWSAlgorithm[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']
 
 const MAX_SUBJECT_LENGTH = 255
+const NAMESPACE = new RegExp(NAMESPACE_PATTERN)
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
 
 /** Whether a bearer token has the shape of a compact JWS (three base64url segments), as opposed to an API token. */
@@ -59,8 +74,26 @@ export function looksLikeJwt (token: string): boolean {
   return JWT_SHAPE.test(token)
 }
 
-/** The authenticator options the configuration gives; undefined when OIDC_ISSUER is unset. */
+/**
+ * The authenticator options the configuration gives: for OIDC_ISSUER, or for the built-in
+ * authorization server (OAUTH_SERVER=on), whose tokens carry the scopes and namespace the owner
+ * chose on its consent page and are signed with keys from the database (`keySet`, given by the
+ * caller). Undefined when neither is set.
+ */
 export function jwtOptionsFromConfig (config: Config, defaultNamespace: string): JwtAuthenticatorOptions | undefined {
+  const builtIn = builtInIssuerOf(config)
+  if (builtIn !== undefined) {
+    return {
+      issuer: builtIn,
+      audience: `${builtIn}/mcp`,
+      clockSkewSeconds: config.JWT_CLOCK_SKEW_SECONDS,
+      trustScopeClaim: true,
+      namespaceClaim: 'namespace',
+      grantClaim: 'gid',
+      subjectPrefix: 'oauth',
+      defaultNamespace
+    }
+  }
   if (config.OIDC_ISSUER === undefined) return undefined
   const audience = jwtAudience(config)
   if (audience === undefined) throw new Error('JWT_AUDIENCE or PUBLIC_URL must be set when OIDC_ISSUER is set')
@@ -141,7 +174,8 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
   const { issuer, audience, defaultNamespace, log } = options
   const roleMap = options.roleMap ?? {}
   const clockTolerance = options.clockSkewSeconds ?? 30
-  const jwks = createJwksCache({ ...options.jwks, issuer, jwksUrl: options.jwksUrl, log })
+  const jwks = options.keySet ?? createJwksCache({ ...options.jwks, issuer, jwksUrl: options.jwksUrl, log })
+  const subjectPrefix = options.subjectPrefix ?? 'oidc'
 
   async function verify (token: string): Promise<JwtIdentity> {
     let payload: JWTPayload
@@ -156,6 +190,7 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
       }))
     } catch (error) {
       if (error instanceof JwksUnavailableError) throw new AppError('DEP_3002', error.message)
+      if (error instanceof AppError) throw error
       if (!(error instanceof errors.JOSEError)) log?.warn({ reason: (error as Error).message }, 'unexpected failure verifying a JWT')
       throw describeFailure(error, audience)
     }
@@ -165,9 +200,17 @@ export function createJwtAuthenticator (options: JwtAuthenticatorOptions): JwtAu
     if (typeof sub !== 'string' || sub.length === 0 || sub.length > MAX_SUBJECT_LENGTH) {
       throw invalid(`The bearer token's "sub" claim must be a string of 1-${MAX_SUBJECT_LENGTH} characters.`)
     }
+    let scopeNamespace = defaultNamespace
+    if (options.namespaceClaim !== undefined) {
+      const named = payload[options.namespaceClaim]
+      if (typeof named !== 'string' || !NAMESPACE.test(named)) throw invalid(`The bearer token names no valid namespace in its "${options.namespaceClaim}" claim. Sign in again.`)
+      scopeNamespace = named
+    }
+    const grantId = options.grantClaim === undefined ? undefined : payload[options.grantClaim]
     return {
-      principal: principalFromClaims(`oidc:${sub}`, payload, roleMap, defaultNamespace, options.roleClient, options.trustScopeClaim === true),
+      principal: principalFromClaims(`${subjectPrefix}:${sub}`, payload, roleMap, defaultNamespace, options.roleClient, options.trustScopeClaim === true, scopeNamespace),
       jti: typeof jti === 'string' ? jti : undefined,
+      grantId: typeof grantId === 'string' ? grantId : undefined,
       expiresAt: new Date((exp as number) * 1000)
     }
   }

@@ -112,7 +112,7 @@ export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
  * is that of the first role in the map's order that the token carries, else the default one. No
  * grants is a valid outcome.
  */
-export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string, roleClient?: string, trustScopeClaim = false): Principal {
+export function principalFromClaims (id: string, claims: JWTPayload, roleMap: RoleMap, defaultNamespace: string, roleClient?: string, trustScopeClaim = false, scopeNamespace = defaultNamespace): Principal {
   const roles = rolesOf(claims, roleClient)
   const grants = new Map<string, Set<Scope>>()
   const grant = (namespace: string, scopes: Iterable<Scope>): void => {
@@ -131,6 +131,9 @@ export function principalFromClaims (id: string, claims: JWTPayload, roleMap: Ro
     grant(namespace, mapped.scopes)
   }
   const oauthScopes = trustScopeClaim ? oauthScopesOf(claims) : new Set<Scope>()
-  if (oauthScopes.size > 0) grant(defaultNamespace, oauthScopes)
+  if (oauthScopes.size > 0) {
+    grant(scopeNamespace, oauthScopes)
+    home ??= scopeNamespace
+  }
   return multiNamespacePrincipal(id, grants, home ?? defaultNamespace, globalAdmin)
 }

@@ -7,8 +7,11 @@ import { SOCKET_URL, startEmbeddedPostgres, type EmbeddedPostgres } from './embe
 import { DataDirInUseError, describeHolder } from './embedded-lock.js'
 import { migrate, pendingMigrations } from './migrate.js'
 
-// The embedded server lets one connection at a time hold a transaction; a small pool keeps the queue short.
-const EMBEDDED_POOL_MAX = 4
+// One connection: the embedded database has one backend, and the socket server interleaves the
+// extended-protocol messages of concurrent connections, so a transaction beside another statement
+// fails with 'portal "" does not exist' (electric-sql/pglite#1046). postgres.js pipelines the
+// statements of one connection, so a single one costs no round trips.
+const EMBEDDED_POOL_MAX = 1
 
 // Made by `npm run build` (db/build-template.ts) next to the compiled module; absent when running from source.
 const TEMPLATE = new URL('./pglite-template.tar', import.meta.url)

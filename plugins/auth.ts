@@ -4,7 +4,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { createJwtAuthenticator, jwtOptionsFromConfig, looksLikeJwt, type JwtIdentity } from '../auth/jwt.js'
 import { createRevocationChecker } from '../auth/revocation.js'
-import { isLoopbackHost, type Config } from '../schema/config.js'
+import { grantRevocationId } from '../db/oauth-store.js'
+import { builtInIssuerOf, isLoopbackHost, type Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
 import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
 
@@ -50,12 +51,14 @@ export function generateToken (): string {
 const MAX_TOKEN_LENGTH = 16 * 1024
 
 /**
- * The authorization servers that issue tokens for /mcp (RFC 9728 `authorization_servers`): today
- * OIDC_ISSUER, if set. When there is none the server advertises no OAuth at all (no
+ * The authorization servers that issue tokens for /mcp (RFC 9728 `authorization_servers`): this
+ * server itself with OAUTH_SERVER=on, else OIDC_ISSUER, if set. When there is none the server advertises no OAuth at all (no
  * resource_metadata in challenges, no metadata document): a client told of an authorization server
  * that does not exist tries to register at /register and fails without saying why.
  */
-export function authorizationServersOf (config: Pick<Config, 'OIDC_ISSUER'>): string[] {
+export function authorizationServersOf (config: Pick<Config, 'OIDC_ISSUER' | 'OAUTH_SERVER' | 'PUBLIC_URL'>): string[] {
+  const builtIn = builtInIssuerOf(config)
+  if (builtIn !== undefined) return [builtIn]
   return config.OIDC_ISSUER === undefined ? [] : [config.OIDC_ISSUER]
 }
 
@@ -63,7 +66,7 @@ export function authorizationServersOf (config: Pick<Config, 'OIDC_ISSUER'>): st
 export const TOKEN_CREATE_HINT = '`node dist/cli.js token create --name NAME`'
 
 /** For refusals: where this server's tokens come from, and the command that makes another. */
-export function howToGetAToken (config: Pick<Config, 'OIDC_ISSUER' | 'AUTH_TOKEN'>): string {
+export function howToGetAToken (config: Pick<Config, 'OIDC_ISSUER' | 'OAUTH_SERVER' | 'PUBLIC_URL' | 'AUTH_TOKEN'>): string {
   if (authorizationServersOf(config).length > 0) return `sign in again, or create an API token with ${TOKEN_CREATE_HINT} in the server's folder`
   if (config.AUTH_TOKEN !== undefined) return `use the server's AUTH_TOKEN, or create a token with ${TOKEN_CREATE_HINT} in the server's folder`
   return `use the token the server printed when it first started (in its output), or create one with ${TOKEN_CREATE_HINT} in the server's folder`
@@ -98,7 +101,9 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const tokenCache = new Map<string, { principal: Principal, until: number }>()
   const { addressBudget } = fastify.rateLimits
   const jwtOptions = jwtOptionsFromConfig(config, DEFAULT_NAMESPACE)
-  const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, log: fastify.log })
+  // The built-in authorization server's keys are read from its table, not fetched from its own JWKS URL.
+  const keySet = fastify.oauth?.keySet
+  const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, keySet, log: fastify.log })
   const scopeClaimHint = jwtOptions?.trustScopeClaim === false ? ' Roles map through JWT_ROLE_MAP; a JWT\'s scope claim counts only with JWT_TRUST_SCOPE_CLAIM=true.' : ''
   const revocation = createRevocationChecker({
     store: db.store,
@@ -175,8 +180,10 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
 
   /** Applies the jti revocation list, and REVOCATION_FAIL_MODE when it cannot be read. */
   async function afterRevocationCheck (identity: JwtIdentity): Promise<Principal> {
-    if (identity.jti === undefined) return identity.principal
-    const answer = await revocation.check(identity.jti, identity.expiresAt)
+    const ids = [identity.jti, identity.grantId === undefined ? undefined : grantRevocationId(identity.grantId)].filter((id) => id !== undefined)
+    if (ids.length === 0) return identity.principal
+    const answers = await Promise.all(ids.map((id) => revocation.check(id, identity.expiresAt)))
+    const answer = answers.includes('revoked') ? 'revoked' : answers.includes('unknown') ? 'unknown' : 'valid'
     if (answer === 'valid') return identity.principal
     if (answer === 'revoked') throw new AppError('AUTH_1003', 'This token has been revoked. Sign in again to get a new one.')
     const unavailable = new AppError('DEP_3001', 'Token revocation cannot be checked right now (the database is unreachable); retry in a few seconds.')
@@ -242,4 +249,4 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status(),
     authorizationServers
   })
-}, { name: 'auth', dependencies: ['config', 'db', 'redis', 'rate-limit'] })
+}, { name: 'auth', dependencies: ['config', 'db', 'redis', 'rate-limit', 'oauth'] })

@@ -34,6 +34,9 @@ export const ConfigSchema = Type.Object({
   JWT_ROLE_CLIENT: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "The client whose resource_access.<client>.roles count; unset: the token's azp" })),
   JWT_CLOCK_SKEW_SECONDS: Type.Integer({ minimum: 0, maximum: MAX_JWT_CLOCK_SKEW_SECONDS, default: 30 }),
   JWT_TRUST_SCOPE_CLAIM: Type.Union([Type.Literal('false'), Type.Literal('true')], { default: 'false', description: "true: this server's scope names in a JWT's scope/scp claim grant those scopes in the default namespace (never context:admin); false: only JWT_ROLE_MAP roles grant anything" }),
+  OAUTH_SERVER: Type.Union([Type.Literal('off'), Type.Literal('on')], { default: 'off', description: 'on: this server is its own OAuth 2.1 authorization server (for Claude.ai connectors), at PUBLIC_URL; needs PUBLIC_URL and no OIDC_ISSUER' }),
+  OAUTH_ACCESS_TOKEN_SECONDS: Type.Integer({ minimum: 60, maximum: 86400, default: 900, description: 'Lifetime of the access tokens the built-in authorization server issues; clients refresh them' }),
+  OAUTH_REFRESH_TOKEN_DAYS: Type.Integer({ minimum: 1, maximum: 365, default: 30, description: 'How long a connection signed in through the built-in authorization server lasts unused (each refresh rotates the refresh token); at most a year in all' }),
   REVOCATION_FAIL_MODE: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('reads-open')], { default: 'reads-open', description: 'What a JWT request gets when neither Redis nor PostgreSQL can say whether its jti is revoked' }),
   REVOCATION_FAIL_OPEN_SECONDS: Type.Integer({ minimum: 0, maximum: 3600, default: 300, description: 'With REVOCATION_FAIL_MODE open or reads-open: how long after the last successful check requests are let through' }),
   AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),
@@ -77,8 +80,24 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   }
   problems.push(...jwtConfigProblems(converted as Partial<Config>))
   problems.push(...rateLimitsProblems((converted as Partial<Config>).RATE_LIMITS))
+  problems.push(...oauthServerProblems(converted as Partial<Config>))
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
+}
+
+function oauthServerProblems (config: Partial<Config>): string[] {
+  if (config.OAUTH_SERVER !== 'on') return []
+  const problems: string[] = []
+  if (config.PUBLIC_URL === undefined) problems.push('OAUTH_SERVER: on needs PUBLIC_URL, the address clients reach this server at (it is the authorization server\'s issuer), e.g. https://ctx.example.com')
+  else if ((URL.parse(config.PUBLIC_URL)?.pathname ?? '/').replace(/\/+$/, '') !== '') problems.push(`OAUTH_SERVER: on needs a PUBLIC_URL without a path (got ${JSON.stringify(config.PUBLIC_URL)}): OAuth clients look for the authorization server's metadata at the root of its origin`)
+  if (config.OIDC_ISSUER !== undefined) problems.push('OAUTH_SERVER: on and OIDC_ISSUER cannot both be set: tokens come either from your identity provider or from this server\'s own authorization server')
+  return problems
+}
+
+/** The built-in authorization server's issuer (PUBLIC_URL without a trailing slash), or undefined when OAUTH_SERVER is off. */
+export function builtInIssuerOf (config: Pick<Config, 'OAUTH_SERVER' | 'PUBLIC_URL'>): string | undefined {
+  if (config.OAUTH_SERVER !== 'on' || config.PUBLIC_URL === undefined) return undefined
+  return config.PUBLIC_URL.replace(/\/+$/, '')
 }
 
 /** The request body limit: room for the largest content fully JSON-escaped (6 bytes a byte), plus the envelope. */

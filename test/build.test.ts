@@ -53,3 +53,14 @@ test('`npm start` builds only when a source is newer than dist/', async (t) => {
   t.match(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'a source newer than dist/: built')
   t.notMatch(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'and then current again')
 })
+
+test('an edit under oauth/ alone is built: tsc -b looks only at the files tsconfig.build.json includes, prestart only at SOURCE_FOLDERS', async (t) => {
+  const prestart = async () => (await promisify(execFile)(process.execPath, ['scripts/build-if-stale.mjs'], { cwd: root, maxBuffer: 10 * 1024 * 1024 })).stdout
+  await prestart()
+  const compiled = join(root, 'dist/oauth/pages.js')
+  const before = statSync(compiled).mtimeMs
+  const now = new Date()
+  utimesSync(join(root, 'oauth/pages.ts'), now, now)
+  t.match(await prestart(), /> shared-context-mcp@[\d.]+ build/, 'prestart builds')
+  t.ok(statSync(compiled).mtimeMs > before, 'and tsc -b compiles the file again')
+})

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -12,21 +12,27 @@ const migrationsDir = fileURLToPath(new URL('../../db/migrations/', import.meta.
 
 interface MigrationRow { version: number, name: string, checksum: string }
 
+// The migrations this build ships, in order: every test expects each of them applied exactly once.
+const SHIPPED = (await readdir(migrationsDir)).filter((file) => /^\d+_[A-Za-z0-9_-]+\.sql$/.test(file)).sort()
+const SHIPPED_VERSIONS = SHIPPED.map((file) => Number(file.split('_')[0]))
+
 test('migrate applies, is idempotent, takes new files and guards applied ones', async (t) => {
   const { sql } = await testDatabaseUrlForEmptyDb(t)
   const scratch = await mkdtemp(join(tmpdir(), 'scm-migrations-'))
   t.teardown(async () => { await rm(scratch, { recursive: true, force: true }) })
   const logged: string[] = []
 
-  t.same(await migrate(sql, { log: (msg) => logged.push(msg) }), { applied: ['001_init.sql', '002_expiry_index.sql', '003_api_token_global_admin.sql', '005_search.sql'] })
-  t.match(logged, [/001_init\.sql/, /002_expiry_index\.sql/, /003_api_token_global_admin\.sql/, /005_search\.sql/])
+  t.ok(SHIPPED.length >= 4 && SHIPPED[0] === '001_init.sql', 'the shipped migrations are found')
+  t.same(await migrate(sql, { log: (msg) => logged.push(msg) }), { applied: SHIPPED })
+  t.match(logged, SHIPPED.map((file) => new RegExp(file.replace('.', '\\.'))))
   const tables = await sql<{ table_name: string }[]>`
     select table_name from information_schema.tables where table_schema = 'public' order by table_name`
-  t.same(tables.map(row => row.table_name), ['api_tokens', 'context_entries', 'context_history', 'context_search', 'revoked_jtis', 'schema_migrations', 'search_settings', 'search_terms'])
+  t.same(tables.map(row => row.table_name), ['api_tokens', 'context_entries', 'context_history', 'context_search', 'oauth_grant_bindings', 'oauth_keys', 'oauth_owner', 'oauth_payloads', 'revoked_jtis', 'schema_migrations', 'search_settings', 'search_terms'])
   const original = await readFile(join(migrationsDir, '001_init.sql'), 'utf8')
   const recorded = await sql<MigrationRow[]>`select version, name, checksum from schema_migrations order by version`
   t.same(recorded[0], { version: 1, name: 'init', checksum: createHash('sha256').update(original).digest('hex') })
-  t.same(recorded.map(row => [row.version, row.name]), [[1, 'init'], [2, 'expiry_index'], [3, 'api_token_global_admin'], [5, 'search']])
+  t.same(recorded.map(row => [row.version, row.name]).slice(0, 4), [[1, 'init'], [2, 'expiry_index'], [3, 'api_token_global_admin'], [4, 'oauth']])
+  t.same(recorded.map(row => row.version), SHIPPED_VERSIONS)
 
   t.same(await migrate(sql), { applied: [] }, 'a second run applies nothing')
 
@@ -47,7 +53,7 @@ test('migrate applies, is idempotent, takes new files and guards applied ones', 
   const error = await migrate(sql, { dir: scratch }).then(() => null, (err: unknown) => err)
   t.ok(error instanceof MigrationChecksumError, 'a changed applied migration is refused')
   t.match((error as Error).message, /001_init\.sql.*changed.*new migration/s)
-  t.same((await sql<MigrationRow[]>`select version from schema_migrations order by version`).map(row => row.version), [1, 2, 3, 5, 10],
+  t.same((await sql<MigrationRow[]>`select version from schema_migrations order by version`).map(row => row.version), [...SHIPPED_VERSIONS, 10],
     'nothing applied after the checksum error')
 })
 
@@ -57,10 +63,10 @@ test('four instances migrating one empty database at once each apply every file 
   t.teardown(async () => { await Promise.all(instances.map(async (sql) => { await sql.end({ timeout: 5 }) })) })
 
   const results = await Promise.all(instances.map(async (sql) => await migrate(sql)))
-  t.same(results.flatMap(result => result.applied).sort(), ['001_init.sql', '002_expiry_index.sql', '003_api_token_global_admin.sql', '005_search.sql'], 'each file applied by exactly one instance')
+  t.same(results.flatMap(result => result.applied).sort(), SHIPPED, 'each file applied by exactly one instance')
   const first = instances[0]
   if (first === undefined) throw new Error('no instance')
-  t.same(await first`select version from schema_migrations order by version`, [{ version: 1 }, { version: 2 }, { version: 3 }, { version: 5 }])
+  t.same(await first`select version from schema_migrations order by version`, SHIPPED_VERSIONS.map((version) => ({ version })))
   t.same(await first`select count(*) as count from context_entries`, [{ count: 0 }], 'all instances find the schema')
 })
 
@@ -80,5 +86,5 @@ test('a migrator waits for the lock only as long as lockTimeoutMs', { skip: ON_P
 
   await connection`rollback`
   connection.release()
-  t.same(await migrate(sql, { lockTimeoutMs: 300 }), { applied: ['001_init.sql', '002_expiry_index.sql', '003_api_token_global_admin.sql', '005_search.sql'] }, 'goes ahead once the lock is free')
+  t.same(await migrate(sql, { lockTimeoutMs: 300 }), { applied: SHIPPED }, 'goes ahead once the lock is free')
 })
