@@ -5,6 +5,8 @@
 #   docker build -t shared-context-mcp .
 #   docker run -p 3000:3000 -e AUTH_TOKEN=... -e DATABASE_URL=postgres://... shared-context-mcp
 #   docker run -p 3000:3000 -e AUTH_TOKEN=... -v scm-data:/data shared-context-mcp    # embedded database
+#   docker run -p 3000:3000 -e OAUTH_SERVER=on -e PUBLIC_URL=https://ctx.example.com ...   # its own OAuth server (Claude.ai);
+#     then: docker exec -it <container> node dist/cli.js oauth set-password
 #
 # No secret is baked in: AUTH_TOKEN, DATABASE_URL, REDIS_URL, ... come from the environment at run
 # time. CI cannot run Docker; scripts/check-image-steps.ts replays these steps in a scratch copy and

@@ -3,15 +3,21 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { finished, pipeline } from 'node:stream/promises'
+import { createInterface } from 'node:readline'
+import { Writable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
+import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
+import { cliGrantRevoker, listClients, revokeClient, revokeGrant, setOwnerPassword } from './oauth/admin.js'
+import { KEY_RELOAD_MS, rotateSigningKey } from './oauth/keys.js'
+import { ownerPasswordProblem } from './oauth/owner-password.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
 import { SERVER_INFO } from './plugins/mcp.js'
-import { ConfigError, loadConfig, type Config } from './schema/config.js'
+import { builtInIssuerOf, ConfigError, loadConfig, MAX_JWT_CLOCK_SKEW_SECONDS, type Config } from './schema/config.js'
 import { SCOPES, type Scope } from './schema/principal.js'
 import { serve } from './server.js'
 
@@ -24,7 +30,7 @@ const USAGE = `Usage: node dist/cli.js <command>
                                context:admin is admin of NS only (default: default);
                                --global-admin makes the token admin of every namespace
   token list                   list tokens (never their secrets)
-  token revoke --name NAME     revoke a token
+  token revoke --name NAME     revoke a token, and end the OAuth grants made by signing in with it
   token revoke-jti --jti ID [--expires-at ISO-8601]
                                revoke one JWT by its jti (until it expires; default 30 days),
                                on every instance within AUTH_CACHE_SECONDS (at once with Redis)
@@ -34,6 +40,18 @@ const USAGE = `Usage: node dist/cli.js <command>
   import                       restore NDJSON from stdin (node dist/cli.js import < backup.ndjson);
                                keys the database already has are never changed: same state is
                                skipped, a different one is reported as a conflict (exit 3)
+
+  The built-in OAuth authorization server (OAUTH_SERVER=on; these work on its tables either way):
+  oauth set-password           set the owner password the consent page asks for: typed twice
+                               (hidden) on a terminal, else the first line of stdin; ends the
+                               sign-ins in progress
+  oauth clients                list clients: id, name, redirect hosts, registered, grants
+  oauth grants                 list grants: id, client, who signed in, namespace, scopes,
+                               created, expires
+  oauth revoke-grant --id ID   end a grant: its refresh tokens go, its access tokens are refused
+  oauth revoke-client --id ID  end every grant of a client and forget it (it must register again)
+  oauth rotate-key             add a new signing key: published now, it signs from 3 minutes on;
+                               the old keys verify until their last token has expired
 
 The database is DATABASE_URL, or the embedded one in DATA_DIR.`
 
@@ -122,9 +140,21 @@ async function tokenCommand (args: string[]): Promise<void> {
     case 'revoke': {
       const name = values.name ?? fail('token revoke needs --name NAME', 2)
       await withDatabase(async ({ sql }, config) => {
-        const revoked = await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeApiToken(name)
-        if (!revoked) fail(`No active token named "${name}".`)
-        process.stdout.write(`Revoked "${name}". Instances stop accepting it within seconds.\n`)
+        const store = createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
+        const id = await store.revokeApiToken(name)
+        // A run that stopped after revoking the token ends, when run again, the grants left behind.
+        const ids = id !== null ? [id] : (await store.listApiTokens()).filter((token) => token.name === name && token.revokedAt !== null).map((token) => token.id)
+        const publisher = createRevocationPublisher(config.REDIS_URL)
+        try {
+          const revoker = cliGrantRevoker(createOAuthStore(sql), publisher.publish)
+          let grants = 0
+          for (const tokenId of ids) grants += await revoker.revokeGrantsOfApiToken(tokenId)
+          if (id === null && grants === 0) fail(`No active token named "${name}".`)
+          const ended = grants === 0 ? '' : ` Ended ${grants} OAuth grant${grants === 1 ? '' : 's'} made by signing in with it on the consent page: ${refusedWhen(publisher, config, 'their access tokens are refused')}`
+          process.stdout.write(id === null ? `"${name}" was revoked before.${ended}\n` : `Revoked "${name}". Instances stop accepting it within seconds.${ended}\n`)
+        } finally {
+          publisher.close()
+        }
       })
       return
     }
@@ -136,8 +166,13 @@ async function tokenCommand (args: string[]): Promise<void> {
       if (expiresAt.getTime() <= Date.now()) fail(`--expires-at ${expiresAt.toISOString()} has passed: a token that expired then is refused anyway`, 2)
       await withDatabase(async ({ sql }, config) => {
         await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, revocationKeptUntil(expiresAt))
-        const published = config.REDIS_URL === undefined ? false : await publishToRedis(config.REDIS_URL, jti, expiresAt)
-        process.stdout.write(`Revoked jti "${jti}" until ${expiresAt.toISOString()}. ${published
+        const publisher = createRevocationPublisher(config.REDIS_URL)
+        try {
+          await publisher.publish(jti, expiresAt)
+        } finally {
+          publisher.close()
+        }
+        process.stdout.write(`Revoked jti "${jti}" until ${expiresAt.toISOString()}. ${publisher.published()
           ? 'Every instance refuses it now.'
           : `Instances refuse it within ${config.AUTH_CACHE_SECONDS} s.`}\n`)
       })
@@ -151,19 +186,224 @@ async function tokenCommand (args: string[]): Promise<void> {
 // A JWT outlives its revocation entry only if it lives longer than this; pass --expires-at (its exp) to be exact.
 const JTI_REVOCATION_DEFAULT_MS = 30 * 24 * 60 * 60 * 1000
 
-/** Best effort: the durable list in PostgreSQL is what counts; Redis only makes it reach instances at once. */
-async function publishToRedis (url: string, jti: string, expiresAt: Date): Promise<boolean> {
-  const redis = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy: () => null })
-  redis.on('error', () => {})
+interface RevocationPublisher {
+  publish: (id: string, expiresAt: Date) => Promise<void>
+  /** Whether every revocation so far reached Redis (false without REDIS_URL). */
+  published: () => boolean
+  close: () => void
+}
+
+/**
+ * Tells every instance of revocations at once through Redis (REDIS_URL); without it they see them
+ * in the database within AUTH_CACHE_SECONDS. Best effort: the durable list in PostgreSQL is what
+ * counts. Connects at the first revocation; an unreachable Redis is reported once.
+ */
+function createRevocationPublisher (url: string | undefined): RevocationPublisher {
+  let redis: Redis | undefined
+  let state: 'none' | 'published' | 'unreachable' = 'none'
+  return {
+    async publish (id, expiresAt) {
+      if (url === undefined || state === 'unreachable') return
+      try {
+        if (redis === undefined) {
+          redis = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 1, enableOfflineQueue: false, retryStrategy: () => null })
+          redis.on('error', () => {})
+          await redis.connect()
+        }
+        await publishRevokedJti(redis, id, expiresAt)
+        state = 'published'
+      } catch {
+        state = 'unreachable'
+        process.stderr.write('Redis could not be reached: the revocation is stored, and instances pick it up from the database.\n')
+      }
+    },
+    published: () => state === 'published',
+    close: () => redis?.disconnect()
+  }
+}
+
+function refusedWhen (publisher: RevocationPublisher, config: Config, what: string): string {
+  return publisher.published() ? `${what} by every instance now.` : `${what} by every instance within ${config.AUTH_CACHE_SECONDS} s.`
+}
+
+// More than any password, far less than a stream that never ends.
+const PASSWORD_INPUT_MAX_BYTES = 8 * 1024
+
+/** The first line of stdin (a piped password), without its line ending. */
+async function firstLineOfStdin (): Promise<string> {
+  const chunks: Buffer[] = []
+  let length = 0
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    chunks.push(chunk)
+    length += chunk.length
+    if (chunk.includes(0x0a) || length > PASSWORD_INPUT_MAX_BYTES) break
+  }
+  const text = Buffer.concat(chunks).toString('utf8')
+  const end = text.indexOf('\n')
+  return (end < 0 ? text : text.slice(0, end)).replace(/\r$/, '')
+}
+
+/**
+ * Lines typed at the terminal without echo: each prompt goes to stderr, what is typed nowhere.
+ * One reader for every prompt, so that lines typed ahead are not lost between them.
+ */
+function hiddenPrompter (): { ask: (prompt: string) => Promise<string>, close: () => void } {
+  // readline echoes what is typed to its output; this output drops it.
+  const silent = new Writable({ write: (_chunk, _encoding, done) => { done() } })
+  const lines = createInterface({ input: process.stdin, output: silent, terminal: true })
+  let cancelled = false
+  lines.on('SIGINT', () => { cancelled = true; lines.close() })
+  const typed = lines[Symbol.asyncIterator]()
+  return {
+    async ask (prompt) {
+      process.stderr.write(prompt)
+      const next = await typed.next()
+      process.stderr.write('\n')
+      if (cancelled) fail('Cancelled; the password was not changed.', 130)
+      if (next.done === true) fail('No password entered; the password was not changed.', 2)
+      return next.value
+    },
+    close: () => { lines.close() }
+  }
+}
+
+/** The new owner password: typed twice, hidden, on a terminal; otherwise the first line of stdin. Refused before any database is opened. */
+async function readNewPassword (): Promise<string> {
+  if (process.stdin.isTTY !== true) {
+    const password = await firstLineOfStdin()
+    if (password === '') fail('No password on stdin: run the command on a terminal, or pipe one line (printf \'%s\\n\' "$PASSWORD" | node dist/cli.js oauth set-password).', 2)
+    const problem = ownerPasswordProblem(password)
+    if (problem !== undefined) fail(`${problem} The password was not changed.`, 2)
+    return password
+  }
+  const prompter = hiddenPrompter()
   try {
-    await redis.connect()
-    await publishRevokedJti(redis, jti, expiresAt)
-    return true
-  } catch {
-    process.stderr.write('Redis could not be reached: the revocation is stored, and instances pick it up from the database.\n')
-    return false
+    const password = await prompter.ask('New owner password: ')
+    const problem = ownerPasswordProblem(password)
+    if (problem !== undefined) fail(`${problem} The password was not changed.`, 2)
+    if (await prompter.ask('The same again: ') !== password) fail('The two entries differ; the password was not changed.', 2)
+    return password
   } finally {
-    redis.disconnect()
+    prompter.close()
+  }
+}
+
+/** An `oauth` command run where OAUTH_SERVER is off works all the same, but says what it acts on. */
+function noteIfServerOff (config: Config): void {
+  if (builtInIssuerOf(config) !== undefined) return
+  process.stderr.write('Note: OAUTH_SERVER is not on in this environment. The command works on the built-in authorization server\'s tables all the same; servers use them when they run with OAUTH_SERVER=on.\n')
+}
+
+function idOption (value: string | undefined, command: string): string {
+  if (value === undefined) fail(`oauth ${command} needs --id ID (see node dist/cli.js oauth ${command === 'revoke-grant' ? 'grants' : 'clients'})`, 2)
+  if (value.length === 0 || value.length > 2048) fail('--id must be 1-2048 characters', 2)
+  return value
+}
+
+function plural (count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`
+}
+
+async function oauthCommand (args: string[]): Promise<void> {
+  const [action, ...rest] = args
+  let id: string | undefined
+  try {
+    id = parseArgs({ args: rest, options: { id: { type: 'string' } }, strict: true }).values.id
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+  }
+  switch (action) {
+    case 'set-password': {
+      configFromEnv() // a configuration problem is reported before anyone types
+      // Read first: the database (an embedded one takes seconds to open) is not held while someone types.
+      const password = await readNewPassword()
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const refused = await setOwnerPassword(createOAuthStore(sql), password)
+        if (refused !== undefined) fail(`${refused} The password was not changed.`, 2)
+        process.stdout.write('The owner password is set: the consent page accepts it from now on. Sign-ins in progress were ended (start them again); connections made before keep working.\n')
+      })
+      return
+    }
+    case 'clients':
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const clients = await listClients(createOAuthStore(sql))
+        for (const client of clients) {
+          process.stdout.write(client.kind === 'registered'
+            ? `${client.clientId}\t${client.name ?? '(no name)'}\tredirects to ${client.redirectHosts.join(',') || '(none)'}\tregistered ${client.createdAt ?? ''}\t${plural(client.grants, 'grant')}\n`
+            : `${client.clientId}\t(client ID metadata document, not stored)\t-\t-\t${plural(client.grants, 'grant')}\n`)
+        }
+        if (clients.length === 0) process.stdout.write('No clients.\n')
+      })
+      return
+    case 'grants':
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const grants = await createOAuthStore(sql).listGrants()
+        for (const grant of grants) {
+          const client = grant.clientName === null ? grant.clientId : `${grant.clientName} (${grant.clientId})`
+          process.stdout.write(`${grant.grantId}\t${client}\tby ${grant.subject}\tnamespace ${grant.namespace ?? '(none: its tokens are refused)'}\t${grant.scope || '(no scopes)'}\tcreated ${grant.createdAt}\texpires ${grant.expiresAt ?? 'never'}\n`)
+        }
+        if (grants.length === 0) process.stdout.write('No grants.\n')
+      })
+      return
+    case 'revoke-grant': {
+      const grantId = idOption(id, action)
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const store = createOAuthStore(sql)
+        const publisher = createRevocationPublisher(config.REDIS_URL)
+        try {
+          if (!await revokeGrant(store, cliGrantRevoker(store, publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
+          process.stdout.write(`Revoked grant ${grantId}: its refresh tokens are deleted, and ${refusedWhen(publisher, config, 'its access tokens are refused')} The client must be connected again.\n`)
+        } finally {
+          publisher.close()
+        }
+      })
+      return
+    }
+    case 'revoke-client': {
+      const clientId = idOption(id, action)
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const store = createOAuthStore(sql)
+        const publisher = createRevocationPublisher(config.REDIS_URL)
+        try {
+          const revoked = await revokeClient(cliGrantRevoker(store, publisher.publish), clientId)
+          if (revoked === null) fail(`No client with id "${clientId}" (node dist/cli.js oauth clients lists them).`)
+          const grants = revoked.grants === 0 ? 'It had no grants.' : `Ended ${plural(revoked.grants, 'grant')}: ${refusedWhen(publisher, config, 'their access tokens are refused')}`
+          const forgotten = revoked.forgotten
+            ? 'It is forgotten: its next token request gets invalid_client, and it must register again.'
+            : 'Its id is a Client ID Metadata Document URL, which is never stored: it can connect again if the owner allows it on the consent page.'
+          process.stdout.write(`Revoked client ${clientId}. ${grants} ${forgotten}\n`)
+        } finally {
+          publisher.close()
+        }
+      })
+      return
+    }
+    case 'rotate-key':
+      await withDatabase(async ({ sql }, config) => {
+        noteIfServerOff(config)
+        const store = createOAuthStore(sql)
+        const current = await store.listKeys('sign')
+        if (current.length === 0) fail('No signing key to rotate yet: a server creates the first one when it starts with OAUTH_SERVER=on.')
+        const now = Date.now()
+        const rotated = await rotateSigningKey(store, config.OAUTH_ACCESS_TOKEN_SECONDS, now)
+        const minutes = (ms: number) => Math.round(ms / 60_000)
+        process.stdout.write([
+          `New signing key ${rotated.kid}.`,
+          `  published now: every instance reads the keys within ${KEY_RELOAD_MS / 1000} s and accepts what it signs`,
+          `  signs access tokens from ${rotated.signsFrom.toISOString()} (in ${minutes(rotated.signsFrom.getTime() - now)} minutes)`,
+          `  the keys it replaces (${current.map((key) => key.kid).join(', ')}) verify tokens until ${rotated.othersRetireAt.toISOString()}, then retire`,
+          `  (OAUTH_ACCESS_TOKEN_SECONDS=${config.OAUTH_ACCESS_TOKEN_SECONDS} here, plus ${MAX_JWT_CLOCK_SKEW_SECONDS} s of clock skew: run this with the servers' settings)`,
+          ''
+        ].join('\n'))
+      })
+      return
+    default:
+      fail(USAGE, 2)
   }
 }
 
@@ -245,6 +485,9 @@ try {
       break
     case 'token':
       await tokenCommand(args)
+      break
+    case 'oauth':
+      await oauthCommand(args)
       break
     case 'export':
       await exportCommand(args)

@@ -48,6 +48,41 @@ export function connectInstructions (url: string, token: string | undefined, rem
   return lines.join('\n')
 }
 
+/**
+ * What a start with the built-in authorization server (OAUTH_SERVER=on) adds: where Claude.ai
+ * connects, and — while nobody could sign in on the consent page (no owner password, no API
+ * token) — how to set the owner password.
+ */
+export function authorizationServerInstructions (url: string, ownerCannotSignIn: boolean): string {
+  const lines = [
+    '',
+    'Connect Claude.ai (this server is its own OAuth authorization server): Settings → Connectors → Add custom connector,',
+    `  URL ${url}`,
+    ''
+  ]
+  if (ownerCannotSignIn) {
+    lines.push(
+      'Nobody can sign in on the consent page yet: there is no owner password and no API token. Set the owner password',
+      '(it asks for it twice, hidden):',
+      '  node dist/cli.js oauth set-password',
+      'On Fly.io: fly ssh console --pty -C "node dist/cli.js oauth set-password"; in Docker: docker exec -it <container> node dist/cli.js oauth set-password',
+      ''
+    )
+  }
+  return lines.join('\n')
+}
+
+/** Whether the consent page has no way to sign in: no owner password and no active API token (AUTH_TOKEN does not sign in there). */
+async function ownerCannotSignIn (app: Awaited<ReturnType<typeof buildApp>>): Promise<boolean> {
+  if (app.oauth === null) return false
+  try {
+    return await app.oauth.store.ownerPasswordHash() === null && await app.db.store.countActiveApiTokens() === 0
+  } catch (error) {
+    app.log.warn({ err: error }, 'could not tell whether the owner can sign in on the consent page')
+    return false
+  }
+}
+
 /** Starts the server: the only place that touches process (env, signals, exit, stdout). */
 export async function serve (): Promise<void> {
   process.umask(0o077) // the embedded database's files: owner only (db/embedded.ts)
@@ -87,7 +122,9 @@ export async function serve (): Promise<void> {
   const token = await app.auth.createLocalTokenIfNone()
   // Fastify reports a wildcard bind as 127.0.0.1, so HOST says whether other machines can connect.
   const wildcard = config.PUBLIC_URL === undefined && ['0.0.0.0', '::', '[::]'].includes(config.HOST)
-  process.stdout.write(connectInstructions(mcpUrlOf(config, address), token, wildcard ? remoteUrlsOf(address) : undefined))
+  const url = mcpUrlOf(config, address)
+  process.stdout.write(connectInstructions(url, token, wildcard ? remoteUrlsOf(address) : undefined))
+  if (app.oauth !== null) process.stdout.write(authorizationServerInstructions(url, await ownerCannotSignIn(app)))
 }
 
 /** The URL clients use: PUBLIC_URL when set; a wildcard bind address is shown as loopback. */

@@ -705,10 +705,10 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     }))
   }
 
-  /** True if an active token with that name was revoked now. */
-  async function revokeApiToken (name: string): Promise<boolean> {
-    const rows = await sql`update api_tokens set revoked_at = now() where name = ${name} and revoked_at is null returning id`
-    return rows.length > 0
+  /** The id of the active token with that name, revoked now; null if there was none (the OAuth grants made with it end by this id). */
+  async function revokeApiToken (name: string): Promise<string | null> {
+    const rows = await sql<Array<{ id: string }>>`update api_tokens set revoked_at = now() where name = ${name} and revoked_at is null returning id`
+    return rows[0]?.id ?? null
   }
 
   async function revokeJti (jti: string, expiresAt: Date): Promise<void> {

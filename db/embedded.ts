@@ -41,6 +41,38 @@ const EXTENSIONS = { pg_trgm: pgTrgm }
 // sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
 const MAX_SOCKET_PATH_BYTES = 103
 
+// Extended-query messages that leave an exchange open until the client's Sync: Parse, Bind, Describe, Execute, Close, Flush.
+const EXCHANGE_MESSAGES = new Set(['P', 'B', 'D', 'E', 'C', 'H'].map((type) => type.charCodeAt(0)))
+
+/**
+ * The socket server hands the single backend to one connection only while PGlite reports a
+ * transaction, and otherwise takes the next message of any connection. So between one
+ * connection's Bind and its Execute another could run a whole transaction, whose statements
+ * replace the unnamed portal: the first then got `portal "" does not exist` (and its connection
+ * was dropped), or another's rows. This makes an exchange in progress — from the first of these
+ * messages to Sync — count as a transaction for the socket server, so that it finishes first.
+ */
+function holdingExchanges (db: PGlite): PGlite {
+  let exchangeOpen = false
+  return new Proxy(db, {
+    get (target, property) {
+      if (property === 'isInTransaction') return () => exchangeOpen || target.isInTransaction()
+      if (property === 'execProtocolRawStream') {
+        return async (message: Uint8Array, options: Parameters<PGlite['execProtocolRawStream']>[1]) => {
+          const type = message[0] ?? 0
+          try {
+            return await target.execProtocolRawStream(message, options)
+          } finally {
+            exchangeOpen = EXCHANGE_MESSAGES.has(type)
+          }
+        }
+      }
+      const value: unknown = Reflect.get(target, property, target)
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value
+    }
+  })
+}
+
 /**
  * PGlite (PostgreSQL compiled to WASM, one backend in this process) behind a socket, so the
  * application talks to it with postgres.js exactly as it does to a real server.
@@ -51,10 +83,8 @@ const MAX_SOCKET_PATH_BYTES = 103
  * so that the CLI can reach a running server's database.
  *
  * The socket server runs one protocol message at a time against the single backend. While one
- * connection is inside an explicit transaction, messages from the other connections wait. Only
- * named prepared statements are safe with several connections: an unnamed statement parsed by one
- * connection can be replaced by another's between its Parse and its Bind (createSql uses
- * prepare: true).
+ * connection is inside an explicit transaction, or between the first message of an extended-query
+ * exchange and its Sync (holdingExchanges), messages from the other connections wait.
  */
 export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgres> {
   const started = performance.now()
@@ -93,9 +123,10 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
     })
     if (dataDir !== undefined) await ownerOnly(dataDir)
     const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS
+    const served = holdingExchanges(db)
     server = new PGLiteSocketServer(socket === undefined
-      ? { db, host: '127.0.0.1', port: 0, maxConnections } // port 0: the OS picks a free one, read back after listen
-      : { db, path: socket.path, maxConnections })
+      ? { db: served, host: '127.0.0.1', port: 0, maxConnections } // port 0: the OS picks a free one, read back after listen
+      : { db: served, path: socket.path, maxConnections })
     await server.start()
     if (socket !== undefined) await chmod(socket.path, 0o600)
   } catch (error) {

@@ -114,6 +114,11 @@ export function createOAuthStore (sql: postgres.Sql) {
     return rows[0]?.existed === true
   }
 
+  async function grantExists (grantId: string): Promise<boolean> {
+    const rows = await sql`select 1 from oauth_payloads where model = 'Grant' and id = ${grantId}`
+    return rows.length > 0
+  }
+
   async function grantIdsOfClient (clientId: string): Promise<string[]> {
     const rows = await sql<Array<{ id: string }>>`select id from oauth_payloads where model = 'Grant' and payload->>'clientId' = ${clientId}`
     return rows.map((row) => row.id)
@@ -255,6 +260,7 @@ export function createOAuthStore (sql: postgres.Sql) {
     consumePayload,
     destroyPayload,
     revokeGrant,
+    grantExists,
     grantIdsOfClient,
     grantIdsOfApiToken,
     deleteClient,

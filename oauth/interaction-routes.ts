@@ -5,6 +5,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { default as ProviderClass } from 'oidc-provider'
 import type { ApiTokenRecord } from '../db/context-store.js'
 import type { OAuthStore } from '../db/oauth-store.js'
+import type { OAuthMetrics } from '../plugins/metrics.js'
 import { NAMESPACE_PATTERN } from '../schema/key.js'
 import { AppError } from '../schema/errors.js'
 import { originOf } from '../plugins/host-check.js'
@@ -43,6 +44,8 @@ export interface InteractionRoutesOptions {
   formSecret: () => string
   /** The active API token with this value, or null. */
   findApiToken: (token: string) => Promise<ApiTokenRecord | null>
+  /** Counts the owner's decisions and failed sign-ins. */
+  metrics: Pick<OAuthMetrics, 'authorization' | 'signInFailure'>
 }
 
 type Details = Awaited<ReturnType<ProviderClass['interactionDetails']>>
@@ -151,6 +154,7 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       if (record !== null) signedIn = { subject: `token:${record.name}`, apiToken: record }
     }
     if (signedIn === undefined) {
+      options.metrics.signInFailure(password !== '' ? 'password' : 'api_token')
       await addressBudget.countFailure(request, new AppError('AUTH_1002', 'wrong credentials'))
       throw new PageError(password !== '' ? 'That is not the owner password. Type it again.' : 'That API token is not valid (wrong, revoked, or from another server).', 401, true)
     }
@@ -188,6 +192,7 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       return sendError(reply, 403, 'This form did not come from this sign-in page. Start connecting again from your client.')
     }
     if (form.decision === 'deny') {
+      options.metrics.authorization('denied')
       return await finish(request, reply, { error: 'access_denied', error_description: 'The owner denied access.' })
     }
     try {
@@ -222,6 +227,7 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       const grantId = await grant.save()
       await store.insertGrantBinding({ grantId, namespace, apiTokenId: apiToken?.id ?? null, subject })
       request.log.info({ client: details.params.client_id, subject, namespace, scopes: chosen }, 'oauth grant made')
+      options.metrics.authorization('granted')
       return await finish(request, reply, { login: { accountId: subject }, consent: { grantId } })
     } catch (error) {
       if (error instanceof PageError) return await showPage(request, reply, details, form, error)

@@ -2,14 +2,45 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ContextStore } from '../db/context-store.js'
+import { builtInIssuerOf } from '../schema/config.js'
 import { errorCatalogue } from '../schema/errors.js'
 import { allTools } from '../tools/index.js'
+
+/** The grant types the built-in authorization server's token endpoint serves. */
+export const OAUTH_GRANT_TYPES = ['authorization_code', 'refresh_token'] as const
+export type OAuthGrantType = typeof OAUTH_GRANT_TYPES[number]
+/** The error codes of RFC 6749 §5.2 and RFC 8707 a token request may end with; any other counts as `other`. */
+const OAUTH_TOKEN_ERRORS = ['invalid_request', 'invalid_client', 'invalid_grant', 'unauthorized_client', 'unsupported_grant_type', 'invalid_scope', 'invalid_target'] as const
+
+/**
+ * What the built-in authorization server counts (OAUTH_SERVER=on): plugins/oauth.ts and the consent
+ * routes report, this plugin keeps the counters. Calls are no-ops while the server is off.
+ */
+export interface OAuthMetrics {
+  /** A dynamic client registration (POST /oauth/register) accepted or refused. */
+  registration: (outcome: 'registered' | 'refused') => void
+  /** The owner's decision on the consent page. */
+  authorization: (decision: 'granted' | 'denied') => void
+  /** A wrong owner password or API token on the consent page. */
+  signInFailure: (method: 'password' | 'api_token') => void
+  /** Tokens issued by the token endpoint. */
+  tokensIssued: (grantType: string) => void
+  /** A token request refused, by its OAuth error code. */
+  tokenRefused: (error: string) => void
+  /** An authorization code or refresh token presented a second time: its grant was ended. */
+  reuseDetected: (credential: OAuthGrantType) => void
+  /** A grant ended by its client through the revocation endpoint. */
+  revocation: () => void
+  /** Where the gauges of registered clients and active grants read their numbers at each scrape. */
+  countWith: (read: () => Promise<{ clients: number, grants: number }>) => void
+}
 
 declare module 'fastify' {
   interface FastifyInstance {
     metrics: {
       /** This app's own registry (not prom-client's global one), served by GET /metrics. */
       registry: Registry
+      oauth: OAuthMetrics
     }
   }
 }
@@ -203,5 +234,64 @@ export default fp(async (fastify) => {
   }
   fastify.db.store = timed as unknown as ContextStore
 
-  fastify.decorate('metrics', { registry })
+  fastify.decorate('metrics', { registry, oauth: oauthMetrics(registry, builtInIssuerOf(fastify.config) !== undefined, fastify.log) })
 }, { name: 'metrics', dependencies: ['config', 'db'] })
+
+/** The built-in authorization server's counters and gauges; none are registered while it is off. */
+function oauthMetrics (registry: Registry, enabled: boolean, log: { warn: (object: Record<string, unknown>, message: string) => void }): OAuthMetrics {
+  const ignore = (): void => {}
+  if (!enabled) {
+    return { registration: ignore, authorization: ignore, signInFailure: ignore, tokensIssued: ignore, tokenRefused: ignore, reuseDetected: ignore, revocation: ignore, countWith: ignore }
+  }
+  const registers = [registry]
+  const labelled = <T extends string>(name: string, help: string, label: T, values: readonly string[]): Map<string, CounterChild> => {
+    const counter = new Counter({ name, help, labelNames: [label], registers })
+    return new Map(values.map((value) => {
+      const child = counter.labels(value)
+      child.inc(0)
+      return [value, child]
+    }))
+  }
+  const registrations = labelled('scm_oauth_registrations_total', 'Dynamic client registrations (POST /oauth/register), by outcome: "registered", or "refused" (invalid metadata such as a redirect URI the policy forbids).', 'outcome', ['registered', 'refused'])
+  const authorizations = labelled('scm_oauth_authorizations_total', 'The owner\'s decisions on the consent page: "granted" (a grant was made) or "denied".', 'decision', ['granted', 'denied'])
+  const signInFailures = labelled('scm_oauth_sign_in_failures_total', 'Wrong credentials on the consent page, by what was tried: "password" (the owner password) or "api_token".', 'method', ['password', 'api_token'])
+  const tokensIssued = labelled('scm_oauth_tokens_issued_total', 'Successful token requests (an access token, and a new refresh token), by grant type.', 'grant_type', OAUTH_GRANT_TYPES)
+  const tokenErrors = labelled('scm_oauth_token_errors_total', 'Refused token requests, by OAuth error code ("other" for any code not listed); invalid_client is what a forgotten client gets before it registers again.', 'error', [...OAUTH_TOKEN_ERRORS, 'other'])
+  const reuse = labelled('scm_oauth_reuse_detected_total', 'An authorization code or a refresh token presented a second time (replay, or a stolen copy): its grant was ended, refresh tokens and access tokens alike.', 'credential', OAUTH_GRANT_TYPES)
+  const revocations = new Counter({ name: 'scm_oauth_revocations_total', help: 'Grants ended by their client through the revocation endpoint (POST /oauth/revoke with a refresh token). The CLI\'s revocations run in another process and are not counted here.', registers })
+  revocations.inc(0)
+
+  let readCounts: (() => Promise<{ clients: number, grants: number }>) | undefined
+  // An unreadable database reads as NaN (unknown) rather than failing the whole scrape.
+  const countsNow = async (): Promise<{ clients: number, grants: number } | undefined> => {
+    try {
+      return await readCounts?.()
+    } catch (error) {
+      log.warn({ err: error }, 'metrics: could not count the authorization server\'s clients and grants')
+      return undefined
+    }
+  }
+  registry.registerMetric(new Gauge({
+    name: 'scm_oauth_clients',
+    help: 'Clients registered with the built-in authorization server (Client ID Metadata Document clients are not stored and not counted), read from the database at each scrape.',
+    registers: [],
+    async collect () { this.set((await countsNow())?.clients ?? Number.NaN) }
+  }))
+  registry.registerMetric(new Gauge({
+    name: 'scm_oauth_active_grants',
+    help: 'Grants of the built-in authorization server that have not expired or been revoked (connections the owner allowed), read from the database at each scrape.',
+    registers: [],
+    async collect () { this.set((await countsNow())?.grants ?? Number.NaN) }
+  }))
+
+  return {
+    registration: (outcome) => registrations.get(outcome)?.inc(),
+    authorization: (decision) => authorizations.get(decision)?.inc(),
+    signInFailure: (method) => signInFailures.get(method)?.inc(),
+    tokensIssued: (grantType) => tokensIssued.get(grantType)?.inc(),
+    tokenRefused: (error) => (tokenErrors.get(error) ?? tokenErrors.get('other'))?.inc(),
+    reuseDetected: (credential) => reuse.get(credential)?.inc(),
+    revocation: () => revocations.inc(),
+    countWith: (read) => { readCounts = read }
+  }
+}

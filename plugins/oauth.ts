@@ -6,6 +6,7 @@ import { createOAuthStore, type OAuthStore } from '../db/oauth-store.js'
 import { createGrantRevoker, type GrantRevoker } from '../oauth/grants.js'
 import { createStoredKeySet, ensureKeys, KEY_RELOAD_MS, loadProviderKeys, type ProviderKeys, type StoredKeySet } from '../oauth/keys.js'
 import { createProvider } from '../oauth/provider.js'
+import { countProviderEvents } from '../oauth/provider-events.js'
 import { builtInIssuerOf } from '../schema/config.js'
 
 declare module 'fastify' {
@@ -65,7 +66,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
   const resource = `${issuer}/mcp`
 
   async function build (keys: ProviderKeys): Promise<ProviderClass> {
-    return await createProvider({
+    const built = await createProvider({
       issuer,
       resource,
       store,
@@ -78,8 +79,11 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
       ...(options.fetch !== undefined && { fetch: options.fetch }),
       onServerError: (error) => fastify.log.error({ err: error }, 'authorization server error')
     })
+    countProviderEvents(built, fastify.metrics.oauth)
+    return built
   }
 
+  fastify.metrics.oauth.countWith(store.counts)
   await ensureKeys(store)
   const keySet = createStoredKeySet(store)
   let keys = await loadProviderKeys(store)
@@ -130,4 +134,4 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
     reloadKeys,
     status: () => lastReadOk ? 'ok' as const : 'degraded' as const
   })
-}, { name: 'oauth', dependencies: ['config', 'db', 'redis'] })
+}, { name: 'oauth', dependencies: ['config', 'db', 'redis', 'metrics'] })

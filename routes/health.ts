@@ -8,14 +8,16 @@ const Ready = Type.Object({
   status: Type.Union([Type.Literal('ok'), Type.Literal('degraded'), Type.Literal('unavailable')]),
   database: Type.Union([Type.Literal('ok'), Type.Literal('failed')]),
   redis: Optional,
-  identity_provider: Optional
+  identity_provider: Optional,
+  authorization_server: Optional
 })
 
 /**
  * /health: the process answers. /ready: whether it can serve, dependency by dependency. Only the
  * database decides (503 when it does not answer within 2 s, or while shutting down): without Redis
- * limits and revocation fall back to this process and PostgreSQL, and without the identity
- * provider cached keys keep verifying — both are reported as `degraded`.
+ * limits and revocation fall back to this process and PostgreSQL, without the identity
+ * provider cached keys keep verifying, and the built-in authorization server whose key table
+ * could not be read keeps its current keys — each is reported as `degraded`.
  */
 export default async function healthRoutes (fastify: FastifyInstance) {
   // Any Host: platform probes (Kubernetes, load balancers) call it by the machine's address. It tells nothing but "up".
@@ -45,10 +47,11 @@ export default async function healthRoutes (fastify: FastifyInstance) {
   }, async (_request, reply) => {
     const redis = fastify.redis.status()
     const identityProvider = fastify.auth.identityProviderStatus()
+    const authorizationServer = fastify.oauth?.status() ?? 'absent' as const
     const database = await databaseAnswers() ? 'ok' as const : 'failed' as const
     const status = database === 'failed' || fastify.lifecycle.closing
       ? 'unavailable' as const
-      : redis === 'degraded' || identityProvider === 'degraded' ? 'degraded' as const : 'ok' as const
-    return reply.code(status === 'unavailable' ? 503 : 200).send({ status, database, redis, identity_provider: identityProvider })
+      : [redis, identityProvider, authorizationServer].includes('degraded') ? 'degraded' as const : 'ok' as const
+    return reply.code(status === 'unavailable' ? 503 : 200).send({ status, database, redis, identity_provider: identityProvider, authorization_server: authorizationServer })
   })
 }

@@ -40,6 +40,7 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
     store: oauth.store,
     resource: oauth.resource,
     formSecret: oauth.formSecret,
+    metrics: fastify.metrics.oauth,
     findApiToken: async (token) => {
       const record = await db.store.findApiTokenByHash(hashToken(token).toString('hex'))
       return record === null || record.revoked ? null : record

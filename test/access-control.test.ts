@@ -93,7 +93,7 @@ test('API token rotation: a revoked token stops working on another instance with
   const successor = await addToken(first, 'laptop-2', 'default', ['context:read', 'context:write'])
   t.equal((await rpc(second, 'tools/list', {}, { token: successor })).statusCode, 200, 'both tokens work during the rotation')
   t.equal((await rpc(second, 'tools/list', {}, { token: old })).statusCode, 200)
-  t.equal(await first.db.store.revokeApiToken('laptop'), true)
+  t.ok(await first.db.store.revokeApiToken('laptop'))
   await eventually(async () => (await rpc(second, 'tools/list', {}, { token: old })).statusCode === 401, { what: 'the second instance\'s cached answer to run out' })
   const refused = await rpc(second, 'tools/list', {}, { token: old })
   t.equal(refused.statusCode, 401, 'refused on the other instance without a restart')

@@ -29,7 +29,7 @@ test('database lost at run time: DEP_3001 while it is away, /ready 503, recovers
   t.notMatch(failed.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the answer')
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 503)
-  t.same(ready.json(), { status: 'unavailable', database: 'failed', redis: 'absent', identity_provider: 'absent' })
+  t.same(ready.json(), { status: 'unavailable', database: 'failed', redis: 'absent', identity_provider: 'absent', authorization_server: 'absent' })
   t.equal((await app.inject('/health')).statusCode, 200, 'the process itself is alive')
 
   await proxy.restore()

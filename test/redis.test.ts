@@ -52,7 +52,7 @@ test('without REDIS_URL there is no client and the status is absent', async (t) 
   const app = await build(t)
   t.equal(app.redis.client, null)
   t.equal(app.redis.status(), 'absent')
-  t.strictSame((await app.inject('/ready')).json(), { status: 'ok', database: 'ok', redis: 'absent', identity_provider: 'absent' })
+  t.strictSame((await app.inject('/ready')).json(), { status: 'ok', database: 'ok', redis: 'absent', identity_provider: 'absent', authorization_server: 'absent' })
 })
 
 test('Redis down at start: the app starts degraded, warns once without the password, keeps reconnecting', { skip }, async (t) => {

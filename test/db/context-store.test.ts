@@ -340,8 +340,8 @@ test('context store', async (t) => {
     await store.touchApiToken(token.id)
     t.not((await store.listApiTokens())[0]?.lastUsedAt, before, 'touched again after the interval')
 
-    t.equal(await store.revokeApiToken('laptop'), true)
-    t.equal(await store.revokeApiToken('laptop'), false)
+    t.equal(await store.revokeApiToken('laptop'), token.id, 'returns the revoked token\'s id')
+    t.equal(await store.revokeApiToken('laptop'), null)
     t.same(await store.findApiTokenByHash('h1'), { ...token, revoked: true }, 'a revoked token is found as revoked')
     t.equal(await store.countActiveApiTokens(), 0)
   })

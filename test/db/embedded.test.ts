@@ -98,3 +98,20 @@ test('a new data folder starts from the template; an existing one ignores it', a
   t.teardown(async () => { await again.end(); await second.close() })
   t.same(await again`select jti from revoked_jtis`, [{ jti: 'mine' }], 'the template did not overwrite existing data')
 })
+
+test('regression: a statement on one connection while others run transactions got `portal "" does not exist` (the socket server interleaved its Bind and Execute)', async (t) => {
+  const embedded = await startEmbeddedPostgres()
+  t.teardown(() => embedded.close())
+  const sql = sqlFor(embedded, 8)
+  t.teardown(() => sql.end())
+  for (let round = 0; round < 10; round++) {
+    const answers = await Promise.all(Array.from({ length: 8 }, async (_, i) => {
+      const n = round * 100 + i
+      const rows = i % 2 === 0
+        ? await sql.begin(async (tx) => { await tx`select 1`; return await tx`select ${n}::int as n` })
+        : await sql`select ${n}::int as n`
+      return rows[0]?.n === n
+    }))
+    t.same(answers, Array(8).fill(true), `round ${round}: every statement answered, each with its own result`)
+  }
+})
