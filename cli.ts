@@ -146,7 +146,7 @@ async function tokenCommand (args: string[]): Promise<void> {
         const ids = id !== null ? [id] : (await store.listApiTokens()).filter((token) => token.name === name && token.revokedAt !== null).map((token) => token.id)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          const revoker = cliGrantRevoker(createOAuthStore(sql), publisher.publish)
+          const revoker = cliGrantRevoker(createOAuthStore(sql), store.revokeJti, publisher.publish)
           let grants = 0
           for (const tokenId of ids) grants += await revoker.revokeGrantsOfApiToken(tokenId)
           if (id === null && grants === 0) fail(`No active token named "${name}".`)
@@ -355,7 +355,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          if (!await revokeGrant(store, cliGrantRevoker(store, publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
+          if (!await revokeGrant(store, cliGrantRevoker(store, createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti, publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
           process.stdout.write(`Revoked grant ${grantId}: its refresh tokens are deleted, and ${refusedWhen(publisher, config, 'its access tokens are refused')} The client must be connected again.\n`)
         } finally {
           publisher.close()
@@ -370,7 +370,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          const revoked = await revokeClient(cliGrantRevoker(store, publisher.publish), clientId)
+          const revoked = await revokeClient(cliGrantRevoker(store, createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti, publisher.publish), clientId)
           if (revoked === null) fail(`No client with id "${clientId}" (node dist/cli.js oauth clients lists them).`)
           const grants = revoked.grants === 0 ? 'It had no grants.' : `Ended ${plural(revoked.grants, 'grant')}: ${refusedWhen(publisher, config, 'their access tokens are refused')}`
           const forgotten = revoked.forgotten
