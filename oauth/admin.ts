@@ -1,6 +1,6 @@
 import type { OAuthStore } from '../db/oauth-store.js'
 import { ConfigSchema } from '../schema/config.js'
-import { createGrantRevoker, type GrantRevoker } from './grants.js'
+import { createGrantRevoker, type GrantRevoker, type GrantRevokerOptions } from './grants.js'
 import { hashOwnerPassword, ownerPasswordProblem } from './owner-password.js'
 
 /**
@@ -16,8 +16,8 @@ import { hashOwnerPassword, ownerPasswordProblem } from './owner-password.js'
  */
 export const CLI_REVOCATION_SECONDS: number = ConfigSchema.properties.OAUTH_ACCESS_TOKEN_SECONDS.maximum ?? 86_400
 
-export function cliGrantRevoker (store: OAuthStore, publish?: (revocationId: string, until: Date) => Promise<void>): GrantRevoker {
-  return createGrantRevoker({ store, accessTokenSeconds: CLI_REVOCATION_SECONDS, ...(publish !== undefined && { publish }) })
+export function cliGrantRevoker (store: OAuthStore, revokeJti: GrantRevokerOptions['revokeJti'], publish?: GrantRevokerOptions['publish']): GrantRevoker {
+  return createGrantRevoker({ store, revokeJti, accessTokenSeconds: CLI_REVOCATION_SECONDS, ...(publish !== undefined && { publish }) })
 }
 
 /** A client as `oauth clients` lists it. */
