@@ -37,7 +37,12 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     // PGlite socket server from overwriting each other's unnamed statement (see embedded.ts).
     prepare: true,
     onnotice: options.onnotice ?? (() => {}),
-    connection: { application_name: 'shared-context-mcp' },
+    // JIT compilation costs 50-100 ms for a statement whose estimate passes jit_above_cost (the
+    // search statement's does on a large store), and no statement here runs long enough to gain.
+    // Generic plans: a custom plan for every execution of a prepared statement cost the search
+    // statement 1 ms of planning each time, and the statements here gain nothing from seeing their
+    // parameters (the export asks for custom plans itself).
+    connection: { application_name: 'shared-context-mcp', jit: 'off', plan_cache_mode: 'force_generic_plan' },
     types: { int8AsNumber }
   })
   // The custom type only changes how int8 is parsed; callers need no typed helper for it.

@@ -57,6 +57,42 @@ export interface ListItem {
 
 export interface ListPage { items: ListItem[], nextAfterKey: string | null }
 
+export interface SearchOptions {
+  /** Plain words; websearch syntax ("quoted phrase", or, -word) works too. */
+  query: string
+  prefix?: string
+  tag?: string
+  updatedAfter?: Date
+  limit: number
+  /** Where the previous page ended (from its `next`). */
+  after?: SearchPosition
+}
+
+/**
+ * A place in a ranked result list: the last item's score and key, and the time the first page
+ * ran. Later pages leave out entries written after `asOf`, so that an entry whose new content
+ * would move it across the page boundary is not shown twice.
+ */
+export interface SearchPosition { asOf: string, score: number, key: string }
+
+export interface SearchItem {
+  key: string
+  version: number
+  /** Relevance, 0 to 1, comparable within one search (see search). */
+  score: number
+  /** Where the query matched, the matching words between ** and **; at most SNIPPET_MAX_CHARS. */
+  snippet: string
+  tags: string[]
+  updatedAt: string
+  updatedBy: string
+}
+
+export type SearchPage =
+  /** partial: more than MAX_RANKED entries matched; the items are the best of the MAX_RANKED most recently written. */
+  | { status: 'ok', items: SearchItem[], next: SearchPosition | null, partial: boolean }
+  /** The query holds nothing to search for: only operators, punctuation, stop words, or only excluded words. */
+  | { status: 'no_words' }
+
 export type DeleteResult =
   | { status: 'deleted', deletedVersion: number }
   | { status: 'not_found' }
@@ -105,6 +141,52 @@ const PREVIEW_CHARS = 160
 // Whitespace is collapsed only in this many leading characters, so a preview of a 100 KiB entry
 // does not run a regex over all of it.
 const PREVIEW_SOURCE_CHARS = 4096
+// Search (see search()). Weights of the key (A), tags (B) and content (C), and D (unused), in
+// ts_rank_cd's order {D, C, B, A}.
+const SEARCH_WEIGHTS = '{0.1, 0.2, 0.4, 1.0}'
+// ts_rank_cd normalization: 1 divides by 1 + log(document length), 32 maps the rank into [0, 1).
+const SEARCH_NORMALIZATION = 1 | 32
+/** Scores are compared as integers (score × this), so that a cursor holds them exactly. */
+const SCORE_SCALE = 1e9
+/** At most this many words of a query (longest first) are looked up in the vocabulary. */
+const FUZZY_WORDS = 6
+const VARIANTS_PER_WORD = 3
+/** Variants a rewritten word can have: as typed, VARIANTS_PER_WORD longer words, VARIANTS_PER_WORD similar words. */
+const VARIANT_SLOTS = 1 + 2 * VARIANTS_PER_WORD
+/** pg_trgm similarity a vocabulary word needs to stand in for a query word (postgress/postgres 0.73, migraton/migrations 0.43). */
+const MIN_SIMILARITY = 0.4
+/**
+ * A similar word may be this many characters longer or shorter than the query's word: a typo
+ * drops, adds or swaps a letter or two ("changeelog" is changelog, not "change", which half the
+ * entries hold).
+ */
+const MAX_LENGTH_DIFFERENCE = 2
+/** Shorter query words get no similar words: one changed letter in three is another word. */
+const MIN_FUZZY_WORD_CHARS = 4
+/** A query word this long also matches the vocabulary's longer words that start with it (shortest first). */
+const MIN_PREFIX_WORD_CHARS = 5
+/**
+ * A search ranks at most this many of its matches, the most recently written (a query matching
+ * 10,000 entries would cost 20 ms of ranking alone); the result says when there were more.
+ */
+export const MAX_RANKED = 1000
+/** The snippet is cut from this many characters around the first match. */
+const SNIPPET_WINDOW_CHARS = 2000
+const SNIPPET_LEAD_CHARS = 200
+export const SNIPPET_MAX_CHARS = 300
+const HEADLINE_OPTIONS = 'MaxWords=30, MinWords=12, ShortWord=2, StartSel="**", StopSel="**"'
+/**
+ * An entry's similarity to a rewritten query: for each rewritten word (VARIANT_SLOTS columns
+ * q<n>/s<n> of the "slots" row each, best first), the similarity of the first of its variants the
+ * entry contains (1 for a word it lacks altogether: an "or" branch); the least of these. Spelt out
+ * over scalar columns, as a subquery or array subscripts per candidate entry cost 5-10 µs each.
+ * Constant SQL text, made once.
+ */
+const slotNumbers = (word: number): number[] => Array.from({ length: VARIANT_SLOTS }, (_, slot) => word * VARIANT_SLOTS + slot + 1)
+const FUZZY_WORD_INDEXES = Array.from({ length: FUZZY_WORDS }, (_, word) => word)
+const SLOT_COLUMNS_SQL = FUZZY_WORD_INDEXES.flatMap(slotNumbers).map((n) => `a.queries[${n}] as q${n}, a.similarities[${n}] as s${n}`).join(', ')
+const ENTRY_SIMILARITY_SQL = `least(${FUZZY_WORD_INDEXES.map((word) =>
+  `case when g.words <= ${word} then 1 ${slotNumbers(word).map((n) => `when s.search_vector @@ g.q${n} then g.s${n}`).join(' ')} else 1 end`).join(', ')})`
 // Only tokens unused for this long get last_used_at written, so authentication stays a read.
 const TOKEN_TOUCH_INTERVAL = '1 minute'
 // Should entry rows ever be purged, two writers recreating that key could both pick
@@ -136,6 +218,7 @@ interface AppendedRow {
   had_previous: boolean
 }
 interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
+interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string, as_of: string, partial: boolean }
 interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
 interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
@@ -342,6 +425,162 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     return { items, nextAfterKey: rows.length > limit && last !== undefined ? last.key : null }
   }
 
+  /**
+   * One page of a ranked search. How an entry's score is made (README "Search"):
+   *
+   * 1. The query goes through websearch_to_tsquery (words are ANDed; "a phrase", or, -word work).
+   * 2. A word of 4-64 characters that no entry of the namespace contains (a typo, or part of an
+   *    identifier, most likely; at most FUZZY_WORDS such words, longest first) also matches
+   *    - up to VARIANTS_PER_WORD words of the namespace's vocabulary (search_terms) that start with
+   *      it, shortest first, if it has MIN_PREFIX_WORD_CHARS or more ("createContext" finds
+   *      "createContextStore");
+   *    - up to VARIANTS_PER_WORD vocabulary words whose pg_trgm similarity to it is at least
+   *      MIN_SIMILARITY and whose length is within MAX_LENGTH_DIFFERENCE of its, most similar
+   *      first ("postgress" finds "postgres", 0.73).
+   *    ts_rewrite puts "word or its variants" in the word's place, keeping the query's structure.
+   *    A word some entry contains matches as typed only ("postgres" does not find "PostgreSQL").
+   * 3. score = ts_rank_cd of that query (weights: key 1.0, tags 0.4, content 0.2; normalised by
+   *    1 + log(length) and into [0, 1)) × the entry's similarity: for each rewritten word, the
+   *    pg_trgm similarity of the best of its variants the entry contains (1 for the word as
+   *    typed), the least of these; 1 when no word was rewritten.
+   *
+   * Ties go by key. Expired and deleted entries never match (deleted ones have no search row).
+   */
+  async function search (namespace: string, options: SearchOptions): Promise<SearchPage> {
+    const { limit, after } = options
+    const prefixFilter = options.prefix === undefined || options.prefix === '' ? sql`` : sql`and starts_with(s.key, ${options.prefix})`
+    const tagFilter = options.tag === undefined ? sql`` : sql`and s.tags @> array[${options.tag}::text]`
+    // Times leave the store with milliseconds (toISOString): an updated_at passed back excludes its own entry.
+    const updatedFilter = options.updatedAfter === undefined ? sql`` : sql`and date_trunc('milliseconds', s.updated_at) > ${options.updatedAfter}`
+    const asOfFilter = after === undefined ? sql`` : sql`and s.updated_at <= ${after.asOf}::timestamptz`
+    const pageFilter = after === undefined ? sql`` : sql`where score < ${after.score} or (score = ${after.score} and key > ${after.key})`
+    const rows = await sql<SearchRow[]>`
+      with recursive input as materialized (
+        select language, translate(${options.query}::text, '/', ' ') as text from search_settings
+      ), exact as materialized (
+        select language, websearch_to_tsquery(language, text) as query, text from input
+      ), words as materialized (
+        select distinct w.word, (array_to_tsvector(array[w.word])::text)::tsquery as single
+        from exact x cross join lateral unnest(tsvector_to_array(to_tsvector(x.language, x.text))) as w(word)
+        where x.query @> (array_to_tsvector(array[w.word])::text)::tsquery
+      ), unknown as materialized (
+        select word from words
+        where char_length(word) between ${MIN_FUZZY_WORD_CHARS} and 64 and word ~ '[[:alpha:]]'
+          and not exists (select from search_terms t where t.namespace = ${namespace} and t.term = words.word)
+        order by char_length(word) desc, word
+        limit ${FUZZY_WORDS}
+      ), variants as materialized (
+        select distinct on (word, term) word, term, single, similarity
+        from (
+          select word, word as term, single, 1::float8 as similarity from words
+          union all
+          select w.word, v.term, (array_to_tsvector(array[v.term])::text)::tsquery, similarity(v.term, w.word)::float8
+          from unknown w
+          cross join lateral (
+            select t.term from search_terms t
+            where t.namespace = ${namespace} and t.term > w.word and t.term < w.word || chr(1114111) and starts_with(t.term, w.word)
+            group by t.term
+            order by char_length(t.term), t.term
+            limit ${VARIANTS_PER_WORD}
+          ) v
+          where char_length(w.word) >= ${MIN_PREFIX_WORD_CHARS}
+          union all
+          select w.word, v.term, (array_to_tsvector(array[v.term])::text)::tsquery, v.similarity
+          from unknown w
+          cross join lateral (
+            select t.term, similarity(t.term, w.word)::float8 as similarity
+            from search_terms t
+            where t.namespace = ${namespace} and t.term % w.word
+              and abs(char_length(t.term) - char_length(w.word)) <= ${MAX_LENGTH_DIFFERENCE}
+            group by t.term
+            having similarity(t.term, w.word) >= ${MIN_SIMILARITY}
+            order by 2 desc, t.term
+            limit ${VARIANTS_PER_WORD}
+          ) v
+        ) found
+        order by word, term, similarity desc
+      ), rewrites as materialized (
+        select row_number() over (order by word) as step, word,
+               min(single::text) filter (where similarity = 1)::tsquery as target,
+               string_agg(single::text, ' | ' order by similarity desc, single::text)::tsquery as substitute
+        from variants
+        group by word
+        having count(*) > 1
+      ), fold (step, query) as (
+        select 0::bigint, query from exact where numnode(query) > 0 and querytree(query) <> 'T'
+        union all
+        select f.step + 1, ts_rewrite(f.query, r.target, r.substitute) from fold f join rewrites r on r.step = f.step + 1
+      ), fuzzy as materialized (
+        select query, step > 0 as rewritten from fold order by step desc limit 1
+      ), slots as materialized (
+        -- The variants of each rewritten word in VARIANT_SLOTS columns, best first (see ENTRY_SIMILARITY_SQL).
+        select (select count(*) from rewrites) as words, ${sql.unsafe(SLOT_COLUMNS_SQL)}
+        from (
+          select array_agg(v.single order by r.step, slot.n) as queries, array_agg(v.similarity order by r.step, slot.n) as similarities
+          from rewrites r
+          cross join generate_series(1, ${VARIANT_SLOTS}) as slot(n)
+          left join lateral (
+            select single, similarity from variants where variants.word = r.word
+            order by similarity desc, single::text offset slot.n - 1 limit 1
+          ) v on true
+        ) a
+      ), candidates as materialized (
+        -- At most MAX_RANKED + 1 matches, the most recently written (the extra one says there were
+        -- more), as narrow rows: sorting them with their vectors cost 8 µs a match.
+        select s.ctid as row_id, s.updated_at, s.key
+        from fuzzy f
+        join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.query
+        where (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
+        order by s.updated_at desc, s.key
+        limit ${MAX_RANKED + 1}
+      ), matches as (
+        select s.key, s.version, s.tags, s.updated_at,
+               floor(ts_rank_cd(${SEARCH_WEIGHTS}::float4[], s.search_vector, f.query, ${SEARCH_NORMALIZATION})::float8
+                     * case when f.rewritten then ${sql.unsafe(ENTRY_SIMILARITY_SQL)} else 1 end * ${SCORE_SCALE})::bigint as score
+        from (select row_id from candidates order by updated_at desc, key limit ${MAX_RANKED}) c
+        join context_search s on s.ctid = c.row_id
+        cross join fuzzy f
+        cross join slots g
+      ), page as (
+        select * from matches ${pageFilter}
+        order by score desc, key
+        limit ${limit + 1}
+      )
+      select p.key, p.version, p.tags, p.updated_at, e.updated_by, p.score,
+             to_char(now() at time zone 'UTC', ${ISO_UTC}) as as_of,
+             (select count(*) from candidates) > ${MAX_RANKED} as partial,
+             ts_headline(x.language, regexp_replace(substr(e.content, greatest(1, coalesce((
+               select min(nullif(strpos(l.lowered, v.term), 0)) from variants v
+             ), 1) - ${SNIPPET_LEAD_CHARS}), ${SNIPPET_WINDOW_CHARS}), '[[:space:]]+', ' ', 'g'), f.query, ${HEADLINE_OPTIONS}) as snippet
+      from page p
+      join context_entries e on e.namespace = ${namespace} and e.key = p.key
+      cross join lateral (select lower(left(e.content, 100000)) as lowered) l
+      cross join exact x
+      cross join fuzzy f
+      order by p.score desc, p.key`
+    if (rows.length === 0 && await hasNoWords(options.query)) return { status: 'no_words' }
+    const items = rows.slice(0, limit).map((row) => ({
+      key: row.key,
+      version: row.version,
+      score: Math.round(row.score / SCORE_SCALE * 1e4) / 1e4,
+      snippet: boundSnippet(row.snippet),
+      tags: row.tags,
+      updatedAt: row.updated_at.toISOString(),
+      updatedBy: row.updated_by
+    }))
+    const last = rows[limit - 1]
+    const next = rows.length > limit && last !== undefined ? { asOf: after?.asOf ?? last.as_of, score: last.score, key: last.key } : null
+    return { status: 'ok', items, next, partial: rows[0]?.partial ?? false }
+  }
+
+  /** Whether a query holds nothing to search for (only operators, punctuation or stop words, or only excluded words). */
+  async function hasNoWords (query: string): Promise<boolean> {
+    const [row] = await sql<[{ empty: boolean }]>`
+      select numnode(q) = 0 or querytree(q) = 'T' as empty
+      from (select websearch_to_tsquery(language, translate(${query}::text, '/', ' ')) as q from search_settings) x`
+    return row?.empty ?? true
+  }
+
   async function deleteEntry (namespace: string, key: string, expectedVersion: number | undefined, actor: Actor): Promise<DeleteResult> {
     const versionFilter = expectedVersion === undefined ? sql`` : sql`and version = ${expectedVersion}`
     const rows = await settle(() => sql<DeletedRow[]>`
@@ -494,6 +733,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     write,
     append,
     list,
+    search,
     delete: deleteEntry,
     history,
     restore,
@@ -532,6 +772,13 @@ function firstRow<T> (rows: readonly T[]): T {
   const row = rows[0]
   if (row === undefined) throw new Error('expected the statement to return a row')
   return row
+}
+
+/** A snippet of at most SNIPPET_MAX_CHARS characters, cut between code points. */
+function boundSnippet (snippet: string): string {
+  if (snippet.length <= SNIPPET_MAX_CHARS) return snippet
+  const codePoints = [...snippet]
+  return codePoints.length <= SNIPPET_MAX_CHARS ? snippet : codePoints.slice(0, SNIPPET_MAX_CHARS - 1).join('') + '…'
 }
 
 /** LIKE pattern that matches `text` literally. */
@@ -634,6 +881,11 @@ export interface ImportBatchResult { insertedKeys: number, insertedVersions: num
 interface ImportBatchRow { inserted_keys: number, inserted_versions: number, existing: ExistingKey[] | null }
 
 export type MaintenanceStore = ReturnType<typeof createMaintenanceStore>
+
+/** SEARCH_LANGUAGE names no text search configuration of the database. */
+export class SearchLanguageError extends Error {
+  override readonly name = 'SearchLanguageError'
+}
 
 export interface SweepOptions {
   /** At most this many statements; default: until a batch comes back short. */
@@ -905,7 +1157,43 @@ export function createMaintenanceStore (sql: postgres.Sql) {
     return { insertedKeys: row.inserted_keys, insertedVersions: row.inserted_versions, existing: row.existing ?? [] }
   }
 
-  return { sweepExpired, sweepExpiredBatch, exportRows, importBatch }
+  /**
+   * Makes `language` (SEARCH_LANGUAGE) the text search configuration of every search vector and
+   * query; null if it already was. A change re-indexes every entry and rebuilds the vocabulary
+   * in one transaction: writes of entries wait until it commits, reads and searches (in the
+   * previous language until then) do not. Instances starting at once: the first changes it, the
+   * others then find it changed.
+   */
+  async function applySearchLanguage (language: string): Promise<{ previous: string, entries: number } | null> {
+    const configurations = await sql<Array<{ name: string }>>`
+      select cfgname as name from pg_ts_config where pg_ts_config_is_visible(oid) order by cfgname`
+    if (!configurations.some((configuration) => configuration.name === language)) {
+      throw new SearchLanguageError(`SEARCH_LANGUAGE "${language}" is not a text search configuration of this database; it has ${configurations.map((c) => c.name).join(', ')}.`)
+    }
+    return await sql.begin(async (tx) => {
+      const q = tx as unknown as postgres.Sql
+      const [current] = await q<[{ language: string }]>`select language::text as language from search_settings for update`
+      if (current === undefined) throw new Error('search_settings has no row: migration 005 did not run')
+      if (current.language === language) return null
+      await q`lock table context_entries in share mode`
+      await q`update search_settings set language = ${language}::regconfig`
+      const [{ entries }] = await q<[{ entries: number }]>`
+        with changed as (
+          update context_search s set search_vector = context_search_vector(${language}::regconfig, e.key, e.tags, e.content)
+          from context_entries e
+          where e.namespace = s.namespace and e.key = s.key
+          returning 1
+        )
+        select count(*) as entries from changed`
+      await q`delete from search_terms`
+      await q`
+        insert into search_terms (namespace, term)
+        select distinct s.namespace, t.term from context_search s cross join lateral search_terms_of(s.search_vector) as t(term)`
+      return { previous: current.language, entries }
+    })
+  }
+
+  return { sweepExpired, sweepExpiredBatch, exportRows, importBatch, applySearchLanguage }
 }
 
 function exportRowOf (row: ExportPageRow): ExportRow {

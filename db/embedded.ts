@@ -3,6 +3,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { PGlite } from '@electric-sql/pglite'
+import { pg_trgm as pgTrgm } from '@electric-sql/pglite/contrib/pg_trgm'
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket'
 import { PRIVATE_SOCKET_FOLDER_PREFIX, SOCKET_FILE, lockDataDir, type DataDirLock } from './embedded-lock.js'
 
@@ -34,6 +35,9 @@ export interface EmbeddedPostgres {
 }
 
 const DEFAULT_MAX_CONNECTIONS = 32
+// Extensions a migration creates (005_search: pg_trgm). PGlite must load their code every time it
+// opens a database, or the objects they made stop working.
+const EXTENSIONS = { pg_trgm: pgTrgm }
 // sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
 const MAX_SOCKET_PATH_BYTES = 103
 
@@ -113,6 +117,7 @@ export async function startEmbeddedPostgres (options: EmbeddedPostgresOptions = 
   try {
     const isNew = dataDir === undefined || !existsSync(join(dataDir, 'PG_VERSION'))
     db = await PGlite.create({
+      extensions: EXTENSIONS,
       ...(dataDir !== undefined && { dataDir }),
       ...(isNew && options.loadDataDir !== undefined && { loadDataDir: options.loadDataDir })
     })

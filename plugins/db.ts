@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type postgres from 'postgres'
-import { createContextStore, type ContextStore } from '../db/context-store.js'
+import { createContextStore, createMaintenanceStore, type ContextStore } from '../db/context-store.js'
 import { openDatabase } from '../db/open.js'
 
 declare module 'fastify' {
@@ -16,6 +16,16 @@ declare module 'fastify' {
 export default fp(async (fastify) => {
   const { config } = fastify
   const database = await openDatabase(config, (message) => fastify.log.info(message), (message) => fastify.log.warn(message))
+  try {
+    const started = performance.now()
+    const changed = await createMaintenanceStore(database.sql).applySearchLanguage(config.SEARCH_LANGUAGE)
+    if (changed !== null) {
+      fastify.log.info(`search language changed from ${changed.previous} to ${config.SEARCH_LANGUAGE}: ${changed.entries} entries re-indexed in ${Math.round(performance.now() - started)} ms`)
+    }
+  } catch (error) {
+    await database.close()
+    throw error
+  }
   fastify.decorate('db', {
     sql: database.sql,
     store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES })

@@ -48,6 +48,7 @@ export const INSTRUCTIONS = [
   'A shared, versioned context store: what you write here other conversations, agents and devices can read later.',
   'Keys are paths such as "project/decisions/database" (A-Z a-z 0-9 _ . - / :); group related entries under a common prefix.',
   'Start with list_context (optionally with a prefix) to see what exists, then read_context what you need.',
+  'Looking for something without knowing its key? search_context finds entries by the words in their key, tags and content (typos tolerated); read_context the results you use.',
   'Every write creates a new version and records who wrote it. To update an entry others may also change, read it, then',
   'write_context with expected_version set to the version you read; on CTX_2002 re-read, merge, and retry.',
   'Use append_context to add to logs or lists without reading first. delete_context keeps history; restore_context brings a version back.',

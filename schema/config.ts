@@ -42,6 +42,7 @@ export const ConfigSchema = Type.Object({
   AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),
   MAX_CONTENT_BYTES: Type.Integer({ minimum: 1024, maximum: 16 * 1024 * 1024, default: 100 * 1024 }),
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
+  SEARCH_LANGUAGE: Type.String({ pattern: '^[a-z][a-z0-9_]{0,62}$', default: 'simple', description: 'PostgreSQL text search configuration for search_context: simple (no stemming, any language, code), or english, german, french, ... (stemming and stop words of that language); changing it re-indexes every entry at the next start' }),
   EXPIRY_SWEEP_SECONDS: Type.Integer({ minimum: 0, maximum: 86400, default: 60, description: 'How often each instance deletes entries whose TTL has passed (their history stays); 0 turns the sweep off' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 }, { additionalProperties: false })

@@ -1,3 +1,4 @@
+import { readdir } from 'node:fs/promises'
 import { test } from 'tap'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../schema/config.js'
@@ -14,7 +15,8 @@ test('four app instances started at once on one empty database: schema applied o
   }))
   t.teardown(() => Promise.all(apps.map((app) => app.close())))
 
-  t.same(await sql`select version from schema_migrations order by version`, [{ version: 1 }, { version: 2 }, { version: 3 }], 'each migration recorded once')
+  const shipped = (await readdir(new URL('../db/migrations/', import.meta.url))).filter((file) => /^\d+_.+\.sql$/.test(file)).sort()
+  t.same(await sql`select version from schema_migrations order by version`, shipped.map((file) => ({ version: Number(file.split('_')[0]) })), 'each migration recorded once')
   const [first, second, third] = apps
   if (first === undefined || second === undefined || third === undefined) throw new Error('instances missing')
   t.equal((await callTool(first, 'write_context', { key: 'shared', content: 'from one' })).structuredContent.version, 1)

@@ -4,6 +4,7 @@ import { deleteContext } from './delete-context.js'
 import { listContext } from './list-context.js'
 import { readContext } from './read-context.js'
 import { restoreContext } from './restore-context.js'
+import { searchContext } from './search-context.js'
 import type { ToolDefinition } from './registry.js'
 import { writeContext } from './write-context.js'
 
@@ -13,6 +14,7 @@ export const allTools = [
   writeContext,
   appendContext,
   listContext,
+  searchContext,
   deleteContext,
   contextHistory,
   restoreContext

@@ -9,8 +9,8 @@ export function assertContentFits (content: string, maxContentBytes: number, wha
 }
 
 /** A lone UTF-16 surrogate would be stored as U+FFFD: refuse it rather than store other text than was sent. */
-export function assertWellFormed (value: string, field: string): void {
+export function assertWellFormed (value: string, field: string, consequence = 'Nothing was written.'): void {
   if (!value.isWellFormed()) {
-    throw new AppError('REQ_1101', `Invalid arguments: ${field}: not valid Unicode text (it holds a lone UTF-16 surrogate). Nothing was written.`)
+    throw new AppError('REQ_1101', `Invalid arguments: ${field}: not valid Unicode text (it holds a lone UTF-16 surrogate). ${consequence}`)
   }
 }

@@ -107,6 +107,18 @@ const cases: Case[] = [
   },
   { tool: 'list_context', args: () => ({ cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
   { tool: 'list_context', args: () => ({ limit: 1000 }), expect: 'REQ_1101' },
+  {
+    tool: 'search_context',
+    args: (p) => ({ query: 'two', prefix: p }),
+    expect: 'ok',
+    check: (t, out) => {
+      t.match(out.items, [{ version: 2, snippet: '**two**', tags: ['m'] }], 'finds the entry, the match highlighted')
+      t.equal(out.next_cursor, null)
+    }
+  },
+  { tool: 'search_context', args: (p) => ({ query: 'twoo', prefix: p }), expect: 'ok', check: (t, out) => t.match(out.items, [{ key: /doc$/, version: 2 }], 'a misspelt word finds it too') },
+  { tool: 'search_context', args: () => ({ query: '"" or -' }), expect: 'REQ_1101', check: (t, error) => t.match(error.message, /nothing to search for/) },
+  { tool: 'search_context', args: () => ({ query: 'two', cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
   { tool: 'context_history', args: (p) => ({ key: `${p}doc` }), expect: 'ok', check: (t, out) => t.match(out.versions, [{ version: 2, action: 'update' }, { version: 1, action: 'create' }]) },
   { tool: 'context_history', args: (p) => ({ key: `${p}absent` }), expect: 'CTX_2001' },
   { tool: 'context_history', args: (p) => ({ key: `${p}doc`, cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
@@ -147,7 +159,7 @@ test('every tool, its successes and its catalogue errors, for SDK v1 and SDK v2 
       const listed = await sessions.main.listTools()
       t.strictSame(listed.map((tool) => tool.name), allTools.map((tool) => tool.name))
       t.ok(listed.every((tool) => tool.outputSchema !== undefined), 'every tool advertises an outputSchema')
-      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'context_history'])
+      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'search_context', 'context_history'])
 
       const prefix = `${label.replace(/ /g, '-')}/`
       const seen = new Set<string>()

@@ -1,0 +1,161 @@
+import { cp, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import postgres from 'postgres'
+import { createSql } from '../../db/connect.js'
+import { createContextStore, createMaintenanceStore, type ImportedKey } from '../../db/context-store.js'
+import { migrate } from '../../db/migrate.js'
+import { generateNotes, type Note } from '../../test/fixtures/notes.js'
+
+// The search benchmark's database: `entries` generated notes (test/fixtures/notes.ts) in the
+// schema of the release before search, then the search migration applied while a reader and a
+// writer keep working on the table, timed: what README "Search" reports as the migration's locks.
+
+export const SEARCH_BENCH_DATABASE = 'scm_bench_search'
+export const NAMESPACE = 'default'
+const SEARCH_MIGRATION = 5
+const IMPORT_BATCH = 500
+const MIGRATIONS_DIR = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
+
+export interface ProbeStats {
+  count: number
+  maxMs: number
+  p99Ms: number
+}
+
+export interface MigrationReport {
+  entries: number
+  seedSeconds: number
+  migrationMs: number
+  /** Reads (read_context's statement) and writes (write_context's) that ran while the migration did. */
+  reads: ProbeStats
+  writes: ProbeStats
+  /** The longest time no write completed while the migration ran: how long writes were held. */
+  longestWriteGapMs: number
+}
+
+function stats (durations: number[]): ProbeStats {
+  const sorted = [...durations].sort((a, b) => a - b)
+  return {
+    count: sorted.length,
+    maxMs: sorted.at(-1) ?? 0,
+    p99Ms: sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? 0
+  }
+}
+
+function importedKey (note: Note, at: string): ImportedKey {
+  return {
+    namespace: NAMESPACE,
+    key: note.key,
+    current: { version: 1, content: note.content, tags: note.tags, created_at: at, updated_at: at, updated_by: 'bench-seed', client: null, expires_at: null },
+    history: [{ version: 1, action: 'create', content: note.content, tags: note.tags, actor: 'bench-seed', client: null, at }]
+  }
+}
+
+/** The bench database's URL on the server of `adminUrl`. */
+export function searchBenchUrl (adminUrl: string): string {
+  const url = new URL(adminUrl)
+  url.pathname = `/${SEARCH_BENCH_DATABASE}`
+  return url.toString()
+}
+
+/**
+ * Drops and recreates the bench database with `entries` notes, then applies the search migration
+ * (and any later one) under a reader and a writer, and reports what they saw.
+ */
+export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, notes: Note[], migration: MigrationReport }> {
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
+  try {
+    await admin.unsafe(`drop database if exists ${SEARCH_BENCH_DATABASE} with (force)`)
+    await admin.unsafe(`create database ${SEARCH_BENCH_DATABASE}`)
+  } finally {
+    await admin.end({ timeout: 5 })
+  }
+  const url = searchBenchUrl(adminUrl)
+  const sql = createSql(url, { max: 4, connectTimeoutMs: 10_000 })
+  const before = await mkdtemp(join(tmpdir(), 'scm-bench-migrations-'))
+  try {
+    for (const file of await readdir(MIGRATIONS_DIR)) {
+      if (Number(file.split('_')[0]) < SEARCH_MIGRATION) await cp(join(MIGRATIONS_DIR, file), join(before, file))
+    }
+    await migrate(sql, { dir: before })
+
+    const seedStarted = performance.now()
+    const notes = generateNotes(entries)
+    const maintenance = createMaintenanceStore(sql)
+    const at = new Date().toISOString()
+    for (let start = 0; start < notes.length; start += IMPORT_BATCH) {
+      await maintenance.importBatch(notes.slice(start, start + IMPORT_BATCH).map((note) => importedKey(note, at)))
+    }
+    await sql`analyze`
+    const seedSeconds = (performance.now() - seedStarted) / 1000
+    log(`  seeded ${entries} entries in ${seedSeconds.toFixed(1)} s; applying the search migration under load`)
+
+    const migration = await migrateUnderLoad(url, notes)
+    return { url, notes, migration: { ...migration, entries, seedSeconds } }
+  } finally {
+    await rm(before, { recursive: true, force: true })
+    await sql.end({ timeout: 5 })
+  }
+}
+
+/** Runs the pending migrations while one connection reads and another writes entries back to back. */
+async function migrateUnderLoad (url: string, notes: Note[]): Promise<Omit<MigrationReport, 'entries' | 'seedSeconds'>> {
+  const probe = createSql(url, { max: 2, connectTimeoutMs: 10_000 })
+  const migrator = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
+  const store = createContextStore(probe, { maxContentBytes: 102400 })
+  const actor = { principal: 'bench-probe', client: null }
+  const reads: number[] = []
+  const writes: number[] = []
+  const writeEnds: number[] = []
+  const probing = { running: true }
+  let n = 0
+  const note = (): Note => notes[(n++ * 7919) % notes.length] as Note
+  const reader = (async () => {
+    while (probing.running) {
+      const started = performance.now()
+      await store.read(NAMESPACE, note().key)
+      reads.push(performance.now() - started)
+    }
+  })()
+  const writer = (async () => {
+    while (probing.running) {
+      const target = note()
+      const started = performance.now()
+      await store.write(NAMESPACE, target.key, `${target.content}\nEdited while migrating.`, {}, actor)
+      const ended = performance.now()
+      writes.push(ended - started)
+      writeEnds.push(ended)
+    }
+  })()
+  try {
+    // Let both probes get going first, so that the migration meets a busy table.
+    while (reads.length < 50 || writes.length < 50) await new Promise((resolve) => setImmediate(resolve))
+    const readsBefore = reads.length
+    const writesBefore = writes.length
+    const started = performance.now()
+    await migrate(migrator)
+    const ended = performance.now()
+    probing.running = false
+    await Promise.all([reader, writer])
+    const during = writeEnds.filter((end) => end >= started)
+    let gap = 0
+    let previous = started
+    for (const end of during) {
+      gap = Math.max(gap, end - previous)
+      previous = end
+    }
+    return {
+      migrationMs: ended - started,
+      reads: stats(reads.slice(readsBefore)),
+      writes: stats(writes.slice(writesBefore)),
+      longestWriteGapMs: gap
+    }
+  } finally {
+    probing.running = false
+    await Promise.allSettled([reader, writer])
+    await probe.end({ timeout: 5 })
+    await migrator.end({ timeout: 5 })
+  }
+}

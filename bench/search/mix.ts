@@ -1,0 +1,148 @@
+import autocannon, { type Context, type Instance, type RequestParams } from 'autocannon'
+import { generateNotes, generateQuery, seededRandom, withTypo, type Note } from '../../test/fixtures/notes.js'
+
+// The search mix: 70% search_context (generated queries, 15% with a typo, some with a prefix or
+// tag filter), 20% list_context (a project/kind prefix or a tag), 10% write_context (a new note's
+// text over an existing key, so that the search index changes under the readers). Every answer is
+// checked; latencies are timed by the checker, from building the request to its answer.
+
+export type MixTool = 'search_context' | 'list_context' | 'write_context'
+export const MIX_TOOLS: MixTool[] = ['search_context', 'list_context', 'write_context']
+
+const SHARES: Array<[MixTool, number]> = [['search_context', 0.7], ['list_context', 0.2], ['write_context', 0.1]]
+const TYPO_SHARE = 0.15
+const PROJECTS = ['atlas', 'beacon', 'cobalt', 'delta', 'ember', 'fjord', 'garnet', 'harbor', 'iris', 'juniper']
+const KINDS = ['decisions', 'meetings', 'debugging', 'runbooks', 'todo', 'snippets']
+const TAGS = ['db', 'deploy', 'auth', 'ui', 'tests', 'product', 'security', 'ops']
+const MAX_SAMPLES = 5
+
+export const MCP_HEADERS = {
+  'content-type': 'application/json',
+  accept: 'application/json, text/event-stream',
+  'mcp-protocol-version': '2025-11-25'
+}
+
+export interface Target { url: string, headers: Record<string, string> }
+
+interface Call {
+  id: number
+  tool: MixTool
+  body: string
+}
+
+export interface ToolStats { count: number, p50Ms: number, p99Ms: number, errors: number }
+
+export interface MixResult {
+  requestsPerSecond: number
+  responses: number
+  byTool: Record<MixTool, ToolStats>
+  /** Timeouts and connection errors autocannon saw. */
+  transportErrors: number
+  samples: string[]
+}
+
+export interface MixOptions { durationSeconds: number, connections: number, seed: number }
+
+function percentile (sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
+}
+
+/** Makes the calls of one run, deterministically from `seed`. */
+function callMaker (notes: Note[], seed: number): () => Call {
+  const random = seededRandom(seed)
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T
+  let nextId = 1
+  let written = 0
+  return () => {
+    const roll = random()
+    let tool: MixTool = 'write_context'
+    let sum = 0
+    for (const [name, share] of SHARES) {
+      sum += share
+      if (roll < sum) { tool = name; break }
+    }
+    let args: Record<string, unknown>
+    if (tool === 'search_context') {
+      const query = generateQuery(random)
+      args = { query: random() < TYPO_SHARE ? withTypo(query, random) : query, limit: 10 }
+      const filter = random()
+      if (filter < 0.15) args.prefix = `${pick(PROJECTS)}/`
+      else if (filter < 0.25) args.tag = pick(TAGS)
+    } else if (tool === 'list_context') {
+      args = random() < 0.7 ? { prefix: `${pick(PROJECTS)}/${pick(KINDS)}/`, limit: 20 } : { tag: pick(TAGS), limit: 20 }
+    } else {
+      const [note] = generateNotes(1, seed * 1_000_003 + written++)
+      args = { key: pick(notes).key, content: note?.content ?? 'note', tags: note?.tags ?? [] }
+    }
+    const id = nextId++
+    return { id, tool, body: JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: tool, arguments: args } }) }
+  }
+}
+
+/** What is wrong with an answer, if anything. */
+function problemOf (status: number, body: string, call: Call): string | undefined {
+  if (status !== 200) return `HTTP ${status}`
+  let message: { id?: unknown, result?: { isError?: boolean, structuredContent?: Record<string, unknown> } }
+  try {
+    message = JSON.parse(body) as typeof message
+  } catch {
+    return 'not JSON'
+  }
+  if (message.id !== call.id) return 'wrong id'
+  const result = message.result
+  if (result === undefined) return 'no result'
+  if (result.isError === true) return 'tool error'
+  const output = result.structuredContent
+  if (call.tool === 'write_context') return typeof output?.version === 'number' ? undefined : 'write without version'
+  return Array.isArray(output?.items) ? undefined : `${call.tool} without items`
+}
+
+let current: Instance | undefined
+
+export function stopMix (): void {
+  current?.stop()
+}
+
+export async function runMix (target: Target, notes: Note[], options: MixOptions): Promise<MixResult> {
+  const makeCall = callMaker(notes, options.seed)
+  const durations: Record<MixTool, number[]> = { search_context: [], list_context: [], write_context: [] }
+  const errors: Record<MixTool, number> = { search_context: 0, list_context: 0, write_context: 0 }
+  const samples: string[] = []
+  // One request per connection at a time, so a connection's context holds the call answered next.
+  const setupRequest = (request: RequestParams, context: Context): RequestParams => {
+    const call = makeCall()
+    context.call = call
+    context.sentAt = performance.now()
+    return { ...request, body: call.body }
+  }
+  const onResponse = (status: number, body: string, context: Context): void => {
+    const call = context.call as Call
+    durations[call.tool].push(performance.now() - (context.sentAt as number))
+    const problem = problemOf(status, body, call)
+    if (problem === undefined) return
+    errors[call.tool]++
+    if (samples.length < MAX_SAMPLES) samples.push(`${call.tool}: ${problem}: ${body.slice(0, 200)}`)
+  }
+  current = autocannon({
+    url: target.url,
+    connections: options.connections,
+    duration: options.durationSeconds,
+    timeout: 10,
+    method: 'POST',
+    headers: { ...MCP_HEADERS, ...target.headers },
+    requests: [{ method: 'POST', setupRequest, onResponse }]
+  })
+  const result = await current
+  current = undefined
+  const byTool = Object.fromEntries(MIX_TOOLS.map((tool) => {
+    const sorted = durations[tool].sort((a, b) => a - b)
+    return [tool, { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), errors: errors[tool] }]
+  })) as Record<MixTool, ToolStats>
+  return {
+    requestsPerSecond: result.requests.average,
+    responses: MIX_TOOLS.reduce((sum, tool) => sum + byTool[tool].count, 0),
+    byTool,
+    transportErrors: result.errors,
+    samples
+  }
+}

@@ -1,0 +1,170 @@
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { cpus, loadavg } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { killAllChildrenNow, stopAllChildren, freePort, startChild } from '../children.js'
+import { prepareSearchDatabase, type MigrationReport } from './database.js'
+import { MCP_HEADERS, MIX_TOOLS, runMix, stopMix, type MixResult, type MixTool } from './mix.js'
+
+// The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
+// (100k) generated notes, the search migration applied to them under load (its locks, timed),
+// then the production configuration of the server under BENCH_SEARCH_CONNECTIONS (8) connections
+// of search_context, list_context and write_context (see mix.ts). Targets: search p99 < 20 ms,
+// list_context p99 < 10 ms. Exit code 0 whatever the verdict; 1 only when the benchmark broke.
+
+const TARGET_P99_MS: Partial<Record<MixTool, number>> = { search_context: 20, list_context: 10 }
+const READY_TIMEOUT_MS = 60_000
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+const RESULTS_DIR = join(ROOT, 'bench/results')
+
+function positiveInteger (name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
+  return value
+}
+
+const settings = {
+  adminDatabaseUrl: process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+  entries: positiveInteger('BENCH_SEARCH_ENTRIES', 100_000),
+  connections: positiveInteger('BENCH_SEARCH_CONNECTIONS', 8),
+  durationSeconds: positiveInteger('BENCH_SEARCH_DURATION', 15),
+  warmupSeconds: positiveInteger('BENCH_SEARCH_WARMUP', 5),
+  rounds: positiveInteger('BENCH_SEARCH_ROUNDS', 2),
+  dbPoolMax: positiveInteger('BENCH_DB_POOL_MAX', 10)
+}
+
+function migrationLines (m: MigrationReport): string[] {
+  return [
+    `Search migration on ${m.entries} entries: ${(m.migrationMs / 1000).toFixed(1)} s, while one connection read and one wrote back to back:`,
+    `  reads:  ${m.reads.count} during it, p99 ${m.reads.p99Ms.toFixed(1)} ms, longest ${m.reads.maxMs.toFixed(0)} ms (never blocked)`,
+    `  writes: ${m.writes.count} during it, p99 ${m.writes.p99Ms.toFixed(1)} ms, longest ${m.writes.maxMs.toFixed(0)} ms; ` +
+      `longest time without a completed write ${m.longestWriteGapMs.toFixed(0)} ms (held from the trigger's creation to the commit)`
+  ]
+}
+
+function roundLine (round: string, result: MixResult): string {
+  const tools = MIX_TOOLS.map((tool) => {
+    const s = result.byTool[tool]
+    return `${tool} ${s.count} p50 ${s.p50Ms.toFixed(2)} p99 ${s.p99Ms.toFixed(2)} ms${s.errors > 0 ? ` (${s.errors} errors)` : ''}`
+  })
+  return `  ${round}: ${result.requestsPerSecond.toFixed(0)} req/s; ${tools.join('; ')}`
+}
+
+async function waitUntilServing (url: string, headers: Record<string, string>, exited: () => string | undefined): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS
+  let problem = 'no answer yet'
+  while (Date.now() < deadline) {
+    const exit = exited()
+    if (exit !== undefined) throw new Error(`the server exited (${exit}) before serving`)
+    try {
+      const response = await fetch(url, {
+        method: 'POST',
+        headers: { ...MCP_HEADERS, ...headers },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'search_context', arguments: { query: 'rollout' } } })
+      })
+      const body = await response.json() as { result?: { isError?: boolean } }
+      if (response.status === 200 && body.result !== undefined && body.result.isError !== true) return
+      problem = `HTTP ${response.status}`
+    } catch (error) {
+      problem = (error as Error).message
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+  throw new Error(`the server did not answer search_context within ${READY_TIMEOUT_MS} ms: ${problem}`)
+}
+
+async function main (): Promise<void> {
+  if (!existsSync(join(ROOT, 'dist/server.js'))) throw new Error('dist/server.js is missing: run `npm run bench:search` (it builds first)')
+  await mkdir(RESULTS_DIR, { recursive: true })
+  const loadBefore = loadavg()[0] ?? 0
+  console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
+  const { url, notes, migration } = await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
+  for (const line of migrationLines(migration)) console.log(line)
+
+  const token = `bench_${randomBytes(24).toString('base64url')}`
+  const port = await freePort()
+  const logFile = join(RESULTS_DIR, 'server-search.log')
+  const child = startChild({
+    name: 'search mix server',
+    cwd: ROOT,
+    args: [join(ROOT, 'dist/server.js')],
+    env: {
+      DATABASE_URL: url,
+      DB_POOL_MAX: String(settings.dbPoolMax),
+      HOST: '127.0.0.1',
+      PORT: String(port),
+      LOG_LEVEL: 'info',
+      AUTH_TOKEN: token,
+      RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m'
+    },
+    logFile
+  })
+  const target = { url: `http://127.0.0.1:${port}/mcp`, headers: { authorization: `Bearer ${token}` } }
+  await waitUntilServing(target.url, target.headers, () => child.exit)
+
+  console.log(`${settings.connections} connections, ${settings.durationSeconds} s per round, ${settings.rounds} rounds (70% search, 20% list, 10% write)`)
+  const warmup = await runMix(target, notes, { durationSeconds: settings.warmupSeconds, connections: settings.connections, seed: 1 })
+  console.log(roundLine('warm-up', warmup))
+  const rounds: MixResult[] = []
+  for (let round = 1; round <= settings.rounds; round++) {
+    const result = await runMix(target, notes, { durationSeconds: settings.durationSeconds, connections: settings.connections, seed: round + 1 })
+    if (child.exit !== undefined) throw new Error(`the server exited (${child.exit}) during the run:\n${(await readFile(logFile, 'utf8')).slice(-2000)}`)
+    rounds.push(result)
+    console.log(roundLine(`round ${round}`, result))
+    for (const sample of result.samples) console.log(`      ${sample}`)
+  }
+
+  const mean = (values: number[]) => values.reduce((sum, v) => sum + v, 0) / Math.max(1, values.length)
+  const summary = Object.fromEntries(MIX_TOOLS.map((tool) => [tool, {
+    count: rounds.reduce((sum, r) => sum + r.byTool[tool].count, 0),
+    p50Ms: mean(rounds.map((r) => r.byTool[tool].p50Ms)),
+    p99Ms: mean(rounds.map((r) => r.byTool[tool].p99Ms)),
+    errors: rounds.reduce((sum, r) => sum + r.byTool[tool].errors + r.transportErrors, 0)
+  }])) as Record<MixTool, MixResult['byTool'][MixTool]>
+  const checks = Object.entries(TARGET_P99_MS).map(([tool, target]) => {
+    const p99 = summary[tool as MixTool].p99Ms
+    return { name: `${tool} p99 ${p99.toFixed(2)} ms < ${target} ms`, pass: p99 < (target ?? 0) }
+  })
+  const loadAfter = loadavg()[0] ?? 0
+  console.log(`\n| tool | calls | p50 ms | p99 ms | errors |\n|---|---|---|---|---|\n${MIX_TOOLS.map((tool) =>
+    `| ${tool} | ${summary[tool].count} | ${summary[tool].p50Ms.toFixed(2)} | ${summary[tool].p99Ms.toFixed(2)} | ${summary[tool].errors} |`).join('\n')}`)
+  console.log(`req/s ${mean(rounds.map((r) => r.requestsPerSecond)).toFixed(0)}; load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`)
+  for (const check of checks) console.log(`${check.pass ? 'PASS' : 'FAIL'} ${check.name}`)
+
+  await writeFile(join(RESULTS_DIR, 'search.json'), JSON.stringify({
+    finishedAt: new Date().toISOString(),
+    machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, loadAverageBefore: loadBefore, loadAverageAfter: loadAfter },
+    settings: { ...settings, adminDatabaseUrl: undefined },
+    migration,
+    summary,
+    rounds,
+    checks
+  }, null, 2) + '\n')
+  console.log('Results written to bench/results/search.json; server log in bench/results/server-search.log')
+}
+
+let stopping = false
+async function shutdown (code: number): Promise<never> {
+  if (!stopping) {
+    stopping = true
+    stopMix()
+    await stopAllChildren()
+  }
+  process.exit(code)
+}
+
+process.on('exit', killAllChildrenNow)
+process.once('SIGINT', () => { console.error('\ninterrupted'); shutdown(130).catch(() => process.exit(130)) })
+process.once('SIGTERM', () => { shutdown(143).catch(() => process.exit(143)) })
+
+try {
+  await main()
+  await shutdown(0)
+} catch (error) {
+  console.error(`search bench failed: ${error instanceof Error ? error.message : String(error)}`)
+  await shutdown(1)
+}

@@ -1,0 +1,145 @@
+import { cp, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type postgres from 'postgres'
+import { test, type Test } from 'tap'
+import { buildApp } from '../../app.js'
+import { createSql } from '../../db/connect.js'
+import { createContextStore, type Actor } from '../../db/context-store.js'
+import { migrate } from '../../db/migrate.js'
+import { loadConfig } from '../../schema/config.js'
+import { ON_PGLITE, testDatabaseUrlForEmptyDb } from '../db-helper.js'
+import { callTool, TEST_TOKEN, toolErrorOf } from '../helper.js'
+
+const alice: Actor = { principal: 'user:alice', client: null }
+const MIGRATIONS = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
+
+/** The schema of the release before search: every migration before 005. */
+async function migrateBeforeSearch (t: Test, sql: postgres.Sql): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'scm-before-search-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  for (const file of await readdir(MIGRATIONS)) {
+    if (Number(file.split('_')[0]) < 5) await cp(join(MIGRATIONS, file), join(dir, file))
+  }
+  await migrate(sql, { dir })
+}
+
+/** Live entries whose search row is missing, stale or wrong, and search rows of no live entry. */
+async function searchRowProblems (sql: postgres.Sql): Promise<string[]> {
+  const rows = await sql<Array<{ problem: string }>>`
+    select 'missing or stale: ' || e.namespace || '/' || e.key as problem
+    from context_entries e
+    where e.expires_at is distinct from '-infinity' and not exists (
+      select from context_search s
+      where s.namespace = e.namespace and s.key = e.key and s.version = e.version and s.tags = e.tags
+        and s.updated_at = e.updated_at and s.expires_at is not distinct from e.expires_at
+        and s.search_vector = context_search_vector((select language from search_settings), e.key, e.tags, e.content))
+    union all
+    select 'no live entry: ' || s.namespace || '/' || s.key
+    from context_search s
+    where not exists (
+      select from context_entries e
+      where e.namespace = s.namespace and e.key = s.key and e.expires_at is distinct from '-infinity')
+    order by 1`
+  return rows.map((row) => row.problem)
+}
+
+test('the search migration indexes what the store held, and instances starting together apply it once', async (t) => {
+  const { url, sql } = await testDatabaseUrlForEmptyDb(t)
+  await migrateBeforeSearch(t, sql)
+  const store = createContextStore(sql, { maxContentBytes: 10_000 })
+  await store.write('team', 'notes/kubernetes', 'We upgrade kubernetes every quarter.', { tags: ['ops'] }, alice)
+  await store.write('team', 'notes/gone', 'A kubernetes note that was deleted.', {}, alice)
+  await store.delete('team', 'notes/gone', undefined, alice)
+  await store.write('team', 'notes/expired', 'A kubernetes note past its time.', { ttlSeconds: 3600 }, alice)
+  await sql`update context_entries set expires_at = now() - interval '1 second' where key = 'notes/expired'`
+  await store.write('other', 'notes/kubernetes', 'Another team on kubernetes.', {}, alice)
+
+  const instances = Array.from({ length: 3 }, () => createSql(url, { max: 1, connectTimeoutMs: 10_000 }))
+  t.teardown(() => Promise.all(instances.map((instance) => instance.end({ timeout: 5 }))))
+  const results = await Promise.all(instances.map((instance) => migrate(instance)))
+  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql'], 'applied by one instance only')
+  t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
+
+  const found = await store.search('team', { query: 'kubernets', limit: 10 })
+  t.match(found, { status: 'ok', items: [{ key: 'notes/kubernetes', tags: ['ops'], snippet: 'We upgrade **kubernetes** every quarter.' }] }, 'an entry written before the migration is found, misspelt')
+  t.equal(found.status === 'ok' && found.items.length, 1, 'not the deleted, expired or other namespace\'s entry')
+
+  await store.write('team', 'notes/kubernetes', 'We upgrade the cluster every month now.', {}, alice)
+  t.match(await store.search('team', { query: 'month', limit: 10 }), { status: 'ok', items: [{ key: 'notes/kubernetes', version: 2 }] }, 'the trigger keeps it current')
+  t.match(await store.search('team', { query: 'quarter', limit: 10 }), { status: 'ok', items: [] })
+  t.strictSame(await searchRowProblems(sql), [])
+})
+
+// PGlite runs one statement at a time and lets a transaction's connection alone through, so writes
+// cannot interleave with the migration there; its socket server also mixes up the unnamed portals
+// of connections whose messages interleave around a transaction's end.
+test('writes while the search migration runs are caught up', { skip: ON_PGLITE ? 'PGlite has one backend: nothing runs alongside a migration' : false }, async (t) => {
+  const { sql } = await testDatabaseUrlForEmptyDb(t)
+  await migrateBeforeSearch(t, sql)
+  const store = createContextStore(sql, { maxContentBytes: 10_000 })
+  for (let i = 0; i < 2000; i += 100) {
+    await Promise.all(Array.from({ length: 100 }, (_, j) => store.write('busy', `k/${i + j}`, `entry ${i + j} about ordinary things`, {}, alice)))
+  }
+  const writes = { running: true, done: 0 }
+  const writer = (async () => {
+    while (writes.running) {
+      const n = writes.done++
+      await store.write('busy', `k/${(n * 37) % 2000}`, `entry rewritten while migrating, round ${n}`, {}, alice)
+      if (n % 7 === 0) await store.delete('busy', `k/${(n * 11) % 2000}`, undefined, alice)
+      if (n % 5 === 0) await store.write('busy', `new/${n}`, `a new entry, round ${n}`, {}, alice)
+    }
+  })()
+  try {
+    // The writer goes first and keeps going, so that writes land before, during and after the migration.
+    while (writes.done < 5) await new Promise((resolve) => setImmediate(resolve))
+    await migrate(sql)
+    const doneAtEnd = writes.done
+    while (writes.done < doneAtEnd + 5) await new Promise((resolve) => setImmediate(resolve))
+  } finally {
+    writes.running = false
+    await writer
+  }
+  t.ok(writes.done > 10, `${writes.done} rounds of writes ran alongside`)
+  t.strictSame(await searchRowProblems(sql), [], 'every entry\'s search row matches its current version, no deleted entry has one')
+  const rewritten = await store.search('busy', { query: 'rewritten migrating', limit: 50 })
+  t.ok(rewritten.status === 'ok' && rewritten.items.length > 0, 'entries rewritten meanwhile are found by their new words')
+})
+
+test('SEARCH_LANGUAGE: a change re-indexes at the next start; an unknown one stops it', async (t) => {
+  const { url } = await testDatabaseUrlForEmptyDb(t)
+  const start = async (language?: string) => {
+    const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, LOG_LEVEL: 'silent', ...(language !== undefined && { SEARCH_LANGUAGE: language }) }))
+    await app.ready()
+    return app
+  }
+  const keys = async (app: Awaited<ReturnType<typeof start>>, query: string) => {
+    const result = await callTool(app, 'search_context', { query })
+    return toolErrorOf(result)?.code ?? (result.structuredContent.items as Array<{ key: string }>).map((item) => item.key)
+  }
+
+  const simple = await start()
+  await callTool(simple, 'write_context', { key: 'notes/runners', content: 'The runners were running the migrations.' })
+  t.strictSame(await keys(simple, 'run'), [], 'simple: words as written')
+  t.strictSame(await keys(simple, 'the'), ['notes/runners'], 'simple: no stop words')
+  await simple.close()
+
+  const english = await start('english')
+  t.strictSame(await keys(english, 'run'), ['notes/runners'], 'english: "run" finds "running", an entry written before the change')
+  t.strictSame(await keys(english, 'migration'), ['notes/runners'])
+  t.equal(await keys(english, 'the'), 'REQ_1101', 'english: a stop word alone is nothing to search for')
+  await callTool(english, 'write_context', { key: 'notes/jumping', content: 'Jumping jacks.' })
+  t.strictSame(await keys(english, 'jumped'), ['notes/jumping'], 'a new entry is indexed in the new language')
+  t.strictSame(await keys(english, 'jummping'), ['notes/jumping'], 'the vocabulary is the new language\'s')
+  await english.close()
+
+  const again = await start('simple')
+  t.strictSame(await keys(again, 'run'), [], 'back to simple')
+  t.strictSame(await keys(again, 'jumping'), ['notes/jumping'])
+  await again.close()
+
+  const error = await start('klingon').then(() => null, (err: unknown) => err)
+  t.match(error, { name: 'SearchLanguageError', message: /SEARCH_LANGUAGE "klingon" is not a text search configuration of this database; it has .*english.*simple/ })
+  t.throws(() => loadConfig({ SEARCH_LANGUAGE: 'English; drop' }), { name: 'ConfigError', message: /SEARCH_LANGUAGE/ })
+})
