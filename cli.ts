@@ -294,6 +294,10 @@ function noteIfServerOff (config: Config): void {
   process.stderr.write('Note: OAUTH_SERVER is not on in this environment. The command works on the built-in authorization server\'s tables all the same; servers use them when they run with OAUTH_SERVER=on.\n')
 }
 
+function revokeJtiIn (sql: Parameters<typeof createContextStore>[0], config: Config): (jti: string, until: Date) => Promise<void> {
+  return createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti
+}
+
 function idOption (value: string | undefined, command: string): string {
   if (value === undefined) fail(`oauth ${command} needs --id ID (see node dist/cli.js oauth ${command === 'revoke-grant' ? 'grants' : 'clients'})`, 2)
   if (value.length === 0 || value.length > 2048) fail('--id must be 1-2048 characters', 2)
@@ -355,7 +359,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          if (!await revokeGrant(store, cliGrantRevoker(store, createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti, publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
+          if (!await revokeGrant(store, cliGrantRevoker(store, revokeJtiIn(sql, config), publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
           process.stdout.write(`Revoked grant ${grantId}: its refresh tokens are deleted, and ${refusedWhen(publisher, config, 'its access tokens are refused')} The client must be connected again.\n`)
         } finally {
           publisher.close()
@@ -370,7 +374,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          const revoked = await revokeClient(cliGrantRevoker(store, createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti, publisher.publish), clientId)
+          const revoked = await revokeClient(cliGrantRevoker(store, revokeJtiIn(sql, config), publisher.publish), clientId)
           if (revoked === null) fail(`No client with id "${clientId}" (node dist/cli.js oauth clients lists them).`)
           const grants = revoked.grants === 0 ? 'It had no grants.' : `Ended ${plural(revoked.grants, 'grant')}: ${refusedWhen(publisher, config, 'their access tokens are refused')}`
           const forgotten = revoked.forgotten

@@ -16,7 +16,7 @@ import { hashOwnerPassword, ownerPasswordProblem } from './owner-password.js'
  */
 export const CLI_REVOCATION_SECONDS: number = ConfigSchema.properties.OAUTH_ACCESS_TOKEN_SECONDS.maximum ?? 86_400
 
-export function cliGrantRevoker (store: OAuthStore, revokeJti: GrantRevokerOptions['revokeJti'], publish?: (revocationId: string, until: Date) => Promise<void>): GrantRevoker {
+export function cliGrantRevoker (store: OAuthStore, revokeJti: GrantRevokerOptions['revokeJti'], publish?: GrantRevokerOptions['publish']): GrantRevoker {
   return createGrantRevoker({ store, revokeJti, accessTokenSeconds: CLI_REVOCATION_SECONDS, ...(publish !== undefined && { publish }) })
 }
 

@@ -48,11 +48,11 @@ test('oauth clients, grants, revoke-grant, revoke-client: what they list, what t
   t.equal((await callWith(server, claude.tokens.access_token)).status, 401, 'its access token is refused')
   t.equal((await refresh(server, claude.clientId, claude.tokens.refresh_token)).status, 400, 'its refresh token is gone')
   t.equal((await callWith(server, work.tokens.access_token)).status, 200, 'other grants are untouched')
-  const again = await runCli(env, 'oauth', 'revoke-grant', '--id', claudeGrant)
+  const [before] = await server.app.db.sql`select count(*)::int as n from revoked_jtis`
+  const [again, unknownGrant] = await Promise.all([runCli(env, 'oauth', 'revoke-grant', '--id', claudeGrant), runCli(env, 'oauth', 'revoke-grant', '--id', 'no-such-grant')])
   t.equal(again.code, 1, 'a grant that is gone is an unknown id')
   t.equal(again.stderr.trim().split('\n').at(-1), `No grant with id "${claudeGrant}" (node dist/cli.js oauth grants lists them).`)
-  const [before] = await server.app.db.sql`select count(*)::int as n from revoked_jtis`
-  t.equal((await runCli(env, 'oauth', 'revoke-grant', '--id', 'no-such-grant')).code, 1)
+  t.equal(unknownGrant.code, 1)
   const [after] = await server.app.db.sql`select count(*)::int as n from revoked_jtis`
   t.equal(after?.n, before?.n, 'an unknown id writes nothing')
 
@@ -75,10 +75,9 @@ test('oauth clients, grants, revoke-grant, revoke-client: what they list, what t
   t.equal(finalClients.stdout, `${lineOf(clients.stdout, claude.clientId)?.replace('1 grant', '0 grants')}\n`, 'only the client whose grant alone was revoked is left')
   t.equal(finalGrants.stdout, 'No grants.\n')
 
-  for (const args of [['revoke-grant'], ['revoke-client'], ['revoke-grant', '--id', ''], ['revoke-grant', '--id', 'x', '--extra'], ['frobnicate']]) {
-    const usage = await runCli(env, 'oauth', ...args)
-    t.equal(usage.code, 2, `oauth ${args.join(' ')} is a usage error`)
-  }
+  const usageErrors = [['revoke-grant'], ['revoke-client'], ['revoke-grant', '--id', ''], ['revoke-grant', '--id', 'x', '--extra'], ['frobnicate']]
+  const usages = await Promise.all(usageErrors.map((args) => runCli(env, 'oauth', ...args)))
+  usages.forEach((usage, index) => t.equal(usage.code, 2, `oauth ${usageErrors[index]?.join(' ')} is a usage error`))
 })
 
 test('oauth revoke-grant with REDIS_URL: every instance hears of it at once', { skip: process.env.REDIS_URL ? false : 'needs REDIS_URL (CI sets it)' }, async (t) => {
