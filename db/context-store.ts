@@ -774,11 +774,18 @@ function firstRow<T> (rows: readonly T[]): T {
   return row
 }
 
-/** A snippet of at most SNIPPET_MAX_CHARS characters, cut between code points. */
+/**
+ * A snippet of at most SNIPPET_MAX_CHARS UTF-16 code units (so at most that many characters
+ * however they are counted), cut between code points, with … where it was cut.
+ */
 function boundSnippet (snippet: string): string {
   if (snippet.length <= SNIPPET_MAX_CHARS) return snippet
-  const codePoints = [...snippet]
-  return codePoints.length <= SNIPPET_MAX_CHARS ? snippet : codePoints.slice(0, SNIPPET_MAX_CHARS - 1).join('') + '…'
+  let cut = ''
+  for (const codePoint of snippet) {
+    if (cut.length + codePoint.length > SNIPPET_MAX_CHARS - 1) break
+    cut += codePoint
+  }
+  return `${cut}…`
 }
 
 /** LIKE pattern that matches `text` literally. */

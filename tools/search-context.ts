@@ -46,8 +46,9 @@ export const searchContext = defineTool({
   description: 'Find entries of the shared context by what they say, when you do not know their keys: the words you give ' +
     'are looked up in every entry\'s key, tags and content, best match first, each with a snippet of the matching text ' +
     '(matches between ** and **). Misspelt words and parts of identifiers still find entries (postgress, createContext). ' +
-    'Give a few distinctive words ("postgres connection pool"), not a sentence: all words must match; "quoted phrase", ' +
-    'or and -word work as in web search. Snippets are excerpts: read_context the keys you need before relying on ' +
+    'Give a few distinctive words ("postgres connection pool"), not a sentence: all words must match, as whole words ' +
+    '(postgres does not find PostgreSQL: ask "postgres or postgresql"); "quoted phrase", or and -word work as in web ' +
+    'search. Snippets are excerpts: read_context the keys you need before relying on ' +
     'them or changing them. If you know the key, call read_context directly; to see everything under a prefix, ' +
     'list_context. Narrow with prefix, tag or updated_after; more results: pass next_cursor back as cursor.',
   scope: 'context:read',

@@ -101,12 +101,15 @@ test('search_context over a fixed corpus', async (t) => {
     t.match(log?.snippet, /\*\*postgres\*\* \*\*primary\*\* ran out of \*\*disk\*\*/, 'the match 7,000 characters in')
     for (const query of ['postgres', 'rollout', 'a', 'the team']) {
       const { items } = await search(t, app, { query, limit: 50 })
-      t.ok(items.every((item) => [...item.snippet].length <= SNIPPET_MAX_CHARS && !item.snippet.includes('\n')), `${query}: snippets of at most ${SNIPPET_MAX_CHARS} characters on one line`)
+      t.ok(items.every((item) => item.snippet.length <= SNIPPET_MAX_CHARS && !item.snippet.includes('\n')), `${query}: snippets of at most ${SNIPPET_MAX_CHARS} characters on one line`)
     }
     const big = `${'word '.repeat(60)}zebrafish ${'x'.repeat(5000)} and more`
     await ok(t, app, 'write_context', { key: 'snippet/huge-token', content: big })
-    const huge = (await search(t, app, { query: 'zebrafish', prefix: 'snippet/' })).items[0]
-    t.ok(huge !== undefined && [...huge.snippet].length <= SNIPPET_MAX_CHARS, `a 5,000-character word is cut to ${SNIPPET_MAX_CHARS}`)
+    const huge = (await search(t, app, { query: 'zebrafish', prefix: 'snippet/huge' })).items[0]
+    t.ok(huge !== undefined && huge.snippet.length <= SNIPPET_MAX_CHARS && huge.snippet.endsWith('…'), `a 5,000-character word is cut to ${SNIPPET_MAX_CHARS}, with …`)
+    await ok(t, app, 'write_context', { key: 'snippet/astral', content: `zebrafish ${'😀'.repeat(400)}` })
+    const astral = (await search(t, app, { query: 'zebrafish', prefix: 'snippet/astral' })).items[0]?.snippet ?? ''
+    t.ok(astral.length <= SNIPPET_MAX_CHARS && astral.endsWith('…') && astral.isWellFormed(), 'emoji are cut whole, never half a surrogate pair')
   })
 
   t.test('filters: prefix, tag, updated_after', async (t) => {
