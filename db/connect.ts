@@ -12,6 +12,11 @@ export interface SqlOptions {
   onnotice?: (notice: postgres.Notice) => void
   /** DB_SSL_CA / DB_SSL_VERIFY; default: no extra CA, verification on. */
   tls?: TlsSettings
+  /**
+   * A listening connection (db/change-listener.ts): never closed for idleness or age, told each
+   * notification and each time a connection closes.
+   */
+  listener?: { onnotify: (channel: string, payload: string) => void, onclose: () => void }
 }
 
 const INT8_OID = 20
@@ -32,7 +37,8 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     ...(options.path !== undefined && { path: options.path }),
     max: options.max,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
-    idle_timeout: 60,
+    idle_timeout: options.listener === undefined ? 60 : 0, // 0: never
+    ...(options.listener !== undefined && { max_lifetime: null, onnotify: options.listener.onnotify, onclose: options.listener.onclose }),
     // Named prepared statements are also what keeps concurrent connections to the embedded
     // PGlite socket server from overwriting each other's unnamed statement (see embedded.ts).
     prepare: true,

@@ -1,0 +1,29 @@
+import { test } from 'tap'
+import { eventually } from '../eventually.js'
+import { callTool } from '../helper.js'
+import { instances, streamsOpen, uriOf, v1Client } from './live-helper.js'
+
+test('SDK v1 client subscribed on instance B is notified of a write on instance A', async (t) => {
+  const { instances: [a, b] } = await instances(t, 2)
+  if (a === undefined || b === undefined) throw new Error('instances missing')
+  const { client, notified } = await v1Client(t, b.url)
+  await client.subscribeResource({ uri: uriOf('shared/plan') })
+  await streamsOpen(b.app, 1)
+
+  await callTool(a.app, 'write_context', { key: 'shared/plan', content: 'step one' })
+  await callTool(a.app, 'write_context', { key: 'shared/other', content: 'not subscribed' })
+  await callTool(a.app, 'append_context', { key: 'shared/plan', content: 'step two' })
+  await eventually(() => notified.filter((n) => n.method === 'notifications/resources/updated').length >= 2, { what: 'two resources/updated' })
+  const updated = notified.filter((n) => n.method === 'notifications/resources/updated')
+  t.same(updated, [
+    { method: 'notifications/resources/updated', uri: uriOf('shared/plan'), version: 1 },
+    { method: 'notifications/resources/updated', uri: uriOf('shared/plan'), version: 2 }
+  ], 'only the subscribed key, once per version, in order')
+  t.ok(notified.some((n) => n.method === 'notifications/resources/list_changed'), 'creating keys changes the resource list')
+
+  await client.unsubscribeResource({ uri: uriOf('shared/plan') })
+  await callTool(a.app, 'delete_context', { key: 'shared/plan' })
+  await callTool(a.app, 'write_context', { key: 'shared/plan', content: 'again' })
+  await eventually(() => notified.filter((n) => n.method === 'notifications/resources/list_changed').length >= 2, { what: 'list_changed after the delete' })
+  t.equal(notified.filter((n) => n.method === 'notifications/resources/updated').length, 2, 'no update after unsubscribing')
+})

@@ -1,0 +1,57 @@
+import { Client as V1Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport as V1Transport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { ResourceListChangedNotificationSchema, ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../../app.js'
+import { loadConfig } from '../../schema/config.js'
+import { testDatabase, type TestDatabase } from '../db-helper.js'
+import { eventually } from '../eventually.js'
+import { TEST_TOKEN } from '../helper.js'
+
+type Tap = Parameters<typeof testDatabase>[0]
+
+export interface Instance { app: FastifyInstance, url: string }
+
+/** `count` app instances on one database, each listening on its own port; closed at teardown. */
+export async function instances (t: Tap, count: number, env: Record<string, string> = {}, database?: TestDatabase): Promise<{ database: TestDatabase, instances: Instance[] }> {
+  const db = database ?? await testDatabase(t)
+  const list: Instance[] = []
+  t.teardown(() => Promise.all(list.map(({ app }) => app.close())))
+  for (let index = 0; index < count; index++) list.push(await instance(db.url, env))
+  return { database: db, instances: list }
+}
+
+export async function instance (databaseUrl: string, env: Record<string, string> = {}): Promise<Instance> {
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env }))
+  const address = await app.listen({ port: 0, host: '127.0.0.1' })
+  await eventually(() => app.live.listener.listening, { what: 'the instance to LISTEN' })
+  return { app, url: `${address}/mcp` }
+}
+
+export interface Notified { method: string, uri?: string, version?: unknown }
+
+/** An SDK v1 (2025 line) client that records the resource notifications it receives. */
+export async function v1Client (t: Tap, url: string, token = TEST_TOKEN): Promise<{ client: V1Client, transport: V1Transport, notified: Notified[] }> {
+  const client = new V1Client({ name: 'live-v1', version: '1.0.0' })
+  const notified: Notified[] = []
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (notification) => {
+    notified.push({ method: notification.method, uri: notification.params.uri, version: notification.params._meta?.['shared-context-mcp/version'] })
+  })
+  client.setNotificationHandler(ResourceListChangedNotificationSchema, (notification) => { notified.push({ method: notification.method }) })
+  const transport = new V1Transport(new URL(url), {
+    requestInit: { headers: { authorization: `Bearer ${token}` } },
+    reconnectionOptions: { initialReconnectionDelay: 100, maxReconnectionDelay: 1000, reconnectionDelayGrowFactor: 1.5, maxRetries: 50 }
+  })
+  await client.connect(transport)
+  t.teardown(() => client.close().catch(() => {}))
+  return { client, transport, notified }
+}
+
+/** Waits until the instance has this many open 2025-era streams. */
+export async function streamsOpen (app: FastifyInstance, count: number): Promise<void> {
+  await eventually(() => app.live.counts().streams === count, { what: `${count} open streams (now ${app.live.counts().streams})` })
+}
+
+export function uriOf (key: string, namespace = 'default'): string {
+  return `context://${namespace}/${key}`
+}
