@@ -182,7 +182,7 @@ export default fp(async (fastify) => {
   async function serveStream (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const id = request.headers[SESSION_HEADER]
     if (id === undefined) {
-      return reply.code(405).header('allow', 'POST, GET, DELETE').send(rpcError(null, -32000, 'GET /mcp opens the live-update stream of a session: send initialize first and pass its Mcp-Session-Id. 2026-07-28 clients use subscriptions/listen.'))
+      return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'GET /mcp opens the live-update stream of a session: send initialize first and pass its Mcp-Session-Id. 2026-07-28 clients use subscriptions/listen.'))
     }
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     const principal = request.principal!
@@ -243,7 +243,7 @@ export default fp(async (fastify) => {
 
   async function endSession (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const id = request.headers[SESSION_HEADER]
-    if (id === undefined) return reply.code(405).header('allow', 'POST, GET').send(rpcError(null, -32000, 'DELETE /mcp ends a session: pass its Mcp-Session-Id.'))
+    if (id === undefined) return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'DELETE /mcp ends a session: pass its Mcp-Session-Id.'))
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     if (session === undefined || session.principal.id !== request.principal!.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION))
     endSessionNow(session, 'session-ended', 'The client ended the session.')

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
 import { callTool } from '../helper.js'
-import { instances, streamsOpen, uriOf, v1Client } from './live-helper.js'
+import { instances, streamsOpen, uriOf, v1Client, v2Client } from './live-helper.js'
 
 test('SDK v1 client subscribed on instance B is notified of a write on instance A', async (t) => {
   const { instances: [a, b] } = await instances(t, 2)
@@ -26,4 +26,27 @@ test('SDK v1 client subscribed on instance B is notified of a write on instance 
   await callTool(a.app, 'write_context', { key: 'shared/plan', content: 'again' })
   await eventually(() => notified.filter((n) => n.method === 'notifications/resources/list_changed').length >= 2, { what: 'list_changed after the delete' })
   t.equal(notified.filter((n) => n.method === 'notifications/resources/updated').length, 2, 'no update after unsubscribing')
+})
+
+test('SDK v2 client on 2026-07-28: subscriptions/listen on instance B is notified of a write on instance A', async (t) => {
+  const { instances: [a, b] } = await instances(t, 2)
+  if (a === undefined || b === undefined) throw new Error('instances missing')
+  const { client, notified } = await v2Client(t, b.url)
+  t.equal(client.getNegotiatedProtocolVersion(), '2026-07-28', 'the client speaks 2026-07-28')
+  const subscription = await client.listen({ resourceSubscriptions: [uriOf('modern/plan')], resourcesListChanged: true })
+  t.same(subscription.honoredFilter, { resourceSubscriptions: [uriOf('modern/plan')], resourcesListChanged: true }, 'the filter is acknowledged')
+  await eventually(() => b.app.live.counts().sinks === 1, { what: 'the listen stream to follow its namespace' })
+
+  await callTool(a.app, 'write_context', { key: 'modern/plan', content: 'v1' })
+  await callTool(a.app, 'write_context', { key: 'modern/plan', content: 'v2' })
+  await eventually(() => notified.filter((n) => n.method === 'notifications/resources/updated').length >= 2, { what: 'two resources/updated' })
+  t.same(notified.filter((n) => n.method === 'notifications/resources/updated'), [
+    { method: 'notifications/resources/updated', uri: uriOf('modern/plan'), version: 1 },
+    { method: 'notifications/resources/updated', uri: uriOf('modern/plan'), version: 2 }
+  ], 'only the subscribed key, once per version, in order')
+  t.ok(notified.some((n) => n.method === 'notifications/resources/list_changed'), 'list_changed for the new key')
+
+  await subscription.close()
+  t.equal(await subscription.closed, 'local', 'closed by the client')
+  await eventually(() => b.app.live.counts().listenStreams === 0 && b.app.live.counts().sinks === 0, { what: 'the closed listen stream to be released' })
 })

@@ -1,3 +1,4 @@
+import { Client as V2Client, StreamableHTTPClientTransport as V2Transport } from '@modelcontextprotocol/client'
 import { Client as V1Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport as V1Transport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { ResourceListChangedNotificationSchema, ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
@@ -54,4 +55,17 @@ export async function streamsOpen (app: FastifyInstance, count: number): Promise
 
 export function uriOf (key: string, namespace = 'default'): string {
   return `context://${namespace}/${key}`
+}
+
+/** An SDK v2 client negotiated to 2026-07-28, recording the resource notifications it receives. */
+export async function v2Client (t: Tap, url: string, token = TEST_TOKEN): Promise<{ client: V2Client, notified: Notified[] }> {
+  const client = new V2Client({ name: 'live-v2', version: '1.0.0' }, { versionNegotiation: { mode: 'auto' } })
+  const notified: Notified[] = []
+  client.setNotificationHandler('notifications/resources/updated', (notification) => {
+    notified.push({ method: notification.method, uri: notification.params.uri, version: notification.params._meta?.['shared-context-mcp/version'] })
+  })
+  client.setNotificationHandler('notifications/resources/list_changed', (notification) => { notified.push({ method: notification.method }) })
+  await client.connect(new V2Transport(new URL(url), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
+  t.teardown(() => client.close().catch(() => {}))
+  return { client, notified }
 }
