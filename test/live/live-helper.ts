@@ -1,3 +1,4 @@
+import { get as httpGet } from 'node:http'
 import { Client as V2Client, StreamableHTTPClientTransport as V2Transport } from '@modelcontextprotocol/client'
 import { Client as V1Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport as V1Transport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
@@ -68,4 +69,60 @@ export async function v2Client (t: Tap, url: string, token = TEST_TOKEN): Promis
   await client.connect(new V2Transport(new URL(url), { requestInit: { headers: { authorization: `Bearer ${token}` } } }))
   t.teardown(() => client.close().catch(() => {}))
   return { client, notified }
+}
+
+/** initialize over plain HTTP; the session id it answers with. */
+export async function initializeSession (url: string, token = TEST_TOKEN): Promise<string | null> {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-11-25', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } })
+  })
+  await response.body?.cancel()
+  return response.headers.get('mcp-session-id')
+}
+
+/** A JSON-RPC request in a session over plain HTTP. */
+export async function sessionRpc (url: string, sessionId: string, method: string, params: Record<string, unknown>, token = TEST_TOKEN): Promise<{ status: number, body: any }> {
+  const response = await fetch(url, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': sessionId },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 2, method, params })
+  })
+  const text = await response.text()
+  return { status: response.status, body: text === '' ? undefined : JSON.parse(text) }
+}
+
+export interface RawStream {
+  status: number
+  /** Everything received so far. */
+  text: () => string
+  /** Resolves when the server ended the stream or the connection closed. */
+  ended: Promise<void>
+  abort: () => void
+}
+
+/** GET /mcp with a session id, read as text: the raw SSE stream. */
+export function openRawStream (url: string, sessionId: string, options: { token?: string, lastEventId?: string } = {}): Promise<RawStream> {
+  return new Promise((resolve, reject) => {
+    const request = httpGet(url, {
+      headers: {
+        authorization: `Bearer ${options.token ?? TEST_TOKEN}`,
+        accept: 'text/event-stream',
+        'mcp-session-id': sessionId,
+        ...(options.lastEventId !== undefined && { 'last-event-id': options.lastEventId })
+      }
+    }, (response) => {
+      let text = ''
+      response.setEncoding('utf8')
+      response.on('data', (chunk: string) => { text += chunk })
+      const ended = new Promise<void>((resolveEnd) => {
+        response.once('end', () => resolveEnd())
+        response.once('close', () => resolveEnd())
+        response.once('error', () => resolveEnd())
+      })
+      resolve({ status: response.statusCode ?? 0, text: () => text, ended, abort: () => request.destroy() })
+    })
+    request.once('error', reject)
+  })
 }
