@@ -65,7 +65,7 @@ let template: Promise<Blob> | undefined
  * A freshly initialised PGlite data folder as a tarball, made once per PGlite version and kept in
  * the OS temp folder: loading it takes a fraction of the seconds initdb needs for every database.
  */
-async function pgliteTemplate (): Promise<Blob> {
+export async function pgliteTemplate (): Promise<Blob> {
   template ??= (async () => {
     const require = createRequire(import.meta.url)
     const packageJson = join(dirname(require.resolve('@electric-sql/pglite')), '..', 'package.json')
