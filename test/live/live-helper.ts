@@ -116,10 +116,10 @@ export function openRawStream (url: string, sessionId: string, options: { token?
       let text = ''
       response.setEncoding('utf8')
       response.on('data', (chunk: string) => { text += chunk })
-      const ended = new Promise<void>((resolveEnd) => {
-        response.once('end', () => resolveEnd())
-        response.once('close', () => resolveEnd())
-        response.once('error', () => resolveEnd())
+      const ended = new Promise<void>((resolve) => {
+        response.once('end', () => resolve())
+        response.once('close', () => resolve())
+        response.once('error', () => resolve())
       })
       resolve({ status: response.statusCode ?? 0, text: () => text, ended, abort: () => request.destroy() })
     })

@@ -7,7 +7,11 @@ import { callTool, TEST_TOKEN } from '../helper.js'
 import { initializeSession, instances, openRawStream, sessionRpc, uriOf, type Instance } from './live-helper.js'
 
 test('sessions are bounded: per principal (the longest idle is replaced), in total (then none is given), and by idle time', async (t) => {
-  const { app, url } = await one(t, { MCP_SESSIONS_PER_PRINCIPAL: '2', MCP_SESSIONS_MAX: '3' })
+  const { app, url } = await one(t, {
+    MCP_SESSIONS_PER_PRINCIPAL: '2',
+    MCP_SESSIONS_MAX: '3',
+    RATE_LIMITS: 'admin=20000/h 1200/m; writer=10000/h 600/m; reader=1000/h 3/m; default=1000/h 60/m; ip=300/m'
+  })
   const first = await initializeSession(url)
   const second = await initializeSession(url)
   t.ok(first !== null && second !== null && first !== second, 'initialize answers with a new Mcp-Session-Id')
@@ -38,6 +42,19 @@ test('sessions are bounded: per principal (the longest idle is replaced), in tot
   const deleted = await app.inject({ method: 'DELETE', url: '/mcp', headers: { authorization: `Bearer ${TEST_TOKEN}`, 'mcp-session-id': second ?? '' } })
   t.equal(deleted.statusCode, 204, 'DELETE ends a session')
   t.equal((await sessionRpc(url, second ?? '', 'ping', {})).status, 404, 'and it is gone')
+
+  // Streams and subscriptions are requests of their principal: they count against its rate limits.
+  const reader = generateToken()
+  await app.db.store.insertApiToken({ name: 'reader', hash: hashToken(reader).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+  const readerSession = await initializeSession(url, reader)
+  if (readerSession === null) throw new Error('no session for the reader')
+  t.same((await sessionRpc(url, readerSession, 'resources/subscribe', { uri: uriOf('x') }, reader)).body.result, {}, 'subscribed')
+  const allowed = await openRawStream(url, readerSession, { token: reader })
+  t.equal(allowed.status, 200, 'the third request of the minute: a stream')
+  const limited = await openRawStream(url, readerSession, { token: reader })
+  t.equal(limited.status, 429, 'the fourth: rate limited')
+  allowed.abort()
+  await Promise.all([allowed.ended, limited.ended])
 
   const noSession = await app.inject({ method: 'GET', url: '/mcp', headers: { authorization: `Bearer ${TEST_TOKEN}` } })
   t.equal(noSession.statusCode, 405, 'GET without a session: 405, as for a stateless server')
