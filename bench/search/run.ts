@@ -5,7 +5,7 @@ import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { killAllChildrenNow, stopAllChildren, freePort, startChild } from '../children.js'
-import { prepareSearchDatabase, type MigrationReport } from './database.js'
+import { prepareSearchDatabase, reusableSearchDatabase, type MigrationReport } from './database.js'
 import { MCP_HEADERS, MIX_TOOLS, runMix, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
@@ -13,6 +13,7 @@ import { MCP_HEADERS, MIX_TOOLS, runMix, stopMix, type MixResult, type MixTool }
 // then the production configuration of the server under BENCH_SEARCH_CONNECTIONS (8) connections
 // of search_context, list_context and write_context (see mix.ts). Targets: search p99 < 20 ms,
 // list_context p99 < 10 ms. Exit code 0 whatever the verdict; 1 only when the benchmark broke.
+// BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
 
 const TARGET_P99_MS: Partial<Record<MixTool, number>> = { search_context: 20, list_context: 10 }
 const READY_TIMEOUT_MS = 60_000
@@ -34,7 +35,8 @@ const settings = {
   durationSeconds: positiveInteger('BENCH_SEARCH_DURATION', 15),
   warmupSeconds: positiveInteger('BENCH_SEARCH_WARMUP', 5),
   rounds: positiveInteger('BENCH_SEARCH_ROUNDS', 2),
-  dbPoolMax: positiveInteger('BENCH_DB_POOL_MAX', 10)
+  dbPoolMax: positiveInteger('BENCH_DB_POOL_MAX', 10),
+  reuse: process.env.BENCH_SEARCH_REUSE === '1'
 }
 
 function migrationLines (m: MigrationReport): string[] {
@@ -82,8 +84,12 @@ async function main (): Promise<void> {
   await mkdir(RESULTS_DIR, { recursive: true })
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
-  const { url, notes, migration } = await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
-  for (const line of migrationLines(migration)) console.log(line)
+  const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
+  const { url, notes, migration } = reused === null
+    ? await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
+    : { ...reused, migration: null }
+  if (migration === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
+  else for (const line of migrationLines(migration)) console.log(line)
 
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const port = await freePort()
