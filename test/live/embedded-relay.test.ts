@@ -7,7 +7,7 @@ import { createSql } from '../../db/connect.js'
 import { createContextStore, type ChangeNotice } from '../../db/context-store.js'
 import { SOCKET_URL, startEmbeddedPostgres } from '../../db/embedded.js'
 import { migrate } from '../../db/migrate.js'
-import { pgliteTemplate } from '../db-helper.js'
+import { pgliteTemplate } from '../pglite-template.js'
 import { eventually } from '../eventually.js'
 
 test('the embedded database in a data folder: a LISTEN connection beside the one pooled connection gets every committed change', async (t) => {

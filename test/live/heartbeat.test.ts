@@ -1,9 +1,21 @@
 import { createServer, connect, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
+import { ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
+import { buildApp } from '../../app.js'
+import { createSql } from '../../db/connect.js'
+import { startEmbeddedPostgres } from '../../db/embedded.js'
+import { migrate } from '../../db/migrate.js'
+import { loadConfig } from '../../schema/config.js'
 import { eventually } from '../eventually.js'
-import { callTool } from '../helper.js'
-import { instances, streamsOpen, uriOf, v1Client } from './live-helper.js'
+import { pgliteTemplate } from '../pglite-template.js'
+
+// Nothing here depends on the database server, so this file runs in the embedded pass only
+// (it imports no helper that follows the test backend's settings: scripts/backend-tests.ts).
+const TOKEN = 'heartbeat-token-0123456789abcdef0123456789'
+const URI = 'context://default/long/lived'
 
 const PROXY_IDLE_MS = 5000
 
@@ -46,24 +58,40 @@ async function idleTimeoutProxy (targetPort: number): Promise<{ port: number, id
 }
 
 test('a 2 s heartbeat keeps a stream open 20 s through a proxy that drops connections idle for 5 s', async (t) => {
-  const { instances: [app] } = await instances(t, 1, { SSE_HEARTBEAT_MS: '2000' })
-  if (app === undefined) throw new Error('instance missing')
-  const proxy = await idleTimeoutProxy(Number(new URL(app.url).port))
+  const database = await startEmbeddedPostgres({ loadDataDir: await pgliteTemplate() })
+  t.teardown(() => database.close())
+  const sql = createSql(database.url, { max: 1, connectTimeoutMs: 10_000 })
+  await migrate(sql)
+  await sql.end()
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TOKEN, DATABASE_URL: database.url, LOG_LEVEL: 'silent', SSE_HEARTBEAT_MS: '2000' }))
+  t.teardown(() => app.close())
+  const address = await app.listen({ port: 0, host: '127.0.0.1' })
+  const proxy = await idleTimeoutProxy(Number(new URL(address).port))
   t.teardown(() => proxy.close())
 
   // The proxy does drop idle connections: one that sends nothing is gone after its timeout.
   const idle = connect(proxy.port, '127.0.0.1')
   const idleClosed = new Promise((resolve) => idle.once('close', resolve))
 
-  const { client, notified } = await v1Client(t, `http://127.0.0.1:${proxy.port}/mcp`)
-  await client.subscribeResource({ uri: uriOf('long/lived') })
-  await streamsOpen(app.app, 1)
+  const client = new Client({ name: 'heartbeat', version: '1.0.0' })
+  const updated: string[] = []
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (notification) => { updated.push(notification.params.uri) })
+  await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${proxy.port}/mcp`), { requestInit: { headers: { authorization: `Bearer ${TOKEN}` } } }))
+  t.teardown(() => client.close())
+  await client.subscribeResource({ uri: URI })
+  await eventually(() => app.live.counts().streams === 1, { what: 'the stream to open' })
   await sleep(20_000) // the scenario itself: four proxy timeouts long, with nothing to notify
   await idleClosed
   t.ok(proxy.idleDrops() >= 1, 'a silent connection was dropped by the proxy')
   // (The client's idle keep-alive connections for its POSTs may well be dropped meanwhile.)
   t.equal(proxy.streamDrops(), 0, 'the stream was never idle for 5 s')
-  await callTool(app.app, 'write_context', { key: 'long/lived', content: 'after 20 s' })
-  await eventually(() => notified.some((n) => n.uri === uriOf('long/lived')), { what: 'the notification after 20 s' })
-  t.equal(app.app.live.counts().streams, 1, 'still the one stream')
+  const written = await app.inject({
+    method: 'POST',
+    url: '/mcp',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    payload: { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'write_context', arguments: { key: 'long/lived', content: 'after 20 s' } } }
+  })
+  t.equal(written.statusCode, 200)
+  await eventually(() => updated.includes(URI), { what: 'the notification after 20 s' })
+  t.equal(app.live.counts().streams, 1, 'still the one stream')
 })
