@@ -4,7 +4,7 @@ import { createSessions } from '../../live/sessions.js'
 import { singleNamespacePrincipal } from '../../schema/principal.js'
 import { eventually } from '../eventually.js'
 import { callTool, TEST_TOKEN } from '../helper.js'
-import { initializeSession, instances, openRawStream, sessionRpc, uriOf, type Instance } from './live-helper.js'
+import { initializeSession, instances, openRawStream, sessionRpc, uriOf, v2Client, type Instance } from './live-helper.js'
 
 test('sessions are bounded: per principal (the longest idle is replaced), in total (then none is given), and by idle time', async (t) => {
   const { app, url } = await one(t, {
@@ -111,8 +111,14 @@ test('a subscription sees only what its principal may read; a revoked token\'s s
   t.notMatch(stream.text(), /secret/, "nothing of the other namespace's keys reaches the stream")
   t.match(stream.text(), /\nid: \S+\nevent: message\ndata: \{"jsonrpc":"2.0"/, 'events carry ids')
 
+  const { client } = await v2Client(t, url, token)
+  const subscription = await client.listen({ resourceSubscriptions: [uriOf('plan', 'team-b')] })
+  await eventually(() => app.live.counts().listenStreams === 1, { what: 'the subscriptions/listen stream' })
+
   await app.db.store.revokeApiToken('team-b')
   await stream.ended
+  t.equal(await subscription.closed, 'remote', 'the subscriptions/listen stream of the revoked token is cut too')
+  await eventually(() => app.live.counts().listenStreams === 0, { what: 'the cut listen stream to be released' })
   t.match(stream.text(), /event: unauthorized\ndata: .*AUTH_1003/, 'the stream ends with an unauthorized event')
   t.equal(app.live.counts().sessions, 0, 'and its session is gone')
 })
