@@ -20,6 +20,9 @@ test('SDK v1 client subscribed on instance B is notified of a write on instance 
     { method: 'notifications/resources/updated', uri: uriOf('shared/plan'), version: 2 }
   ], 'only the subscribed key, once per version, in order')
   t.ok(notified.some((n) => n.method === 'notifications/resources/list_changed'), 'creating keys changes the resource list')
+  const metrics = (await b.app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /^scm_live_open_streams 1$/m, 'B counts its open stream')
+  t.ok(Number(/^scm_live_notifications_sent_total (\d+)$/m.exec(metrics)?.[1]) >= 3, 'and the notifications it sent')
 
   await client.unsubscribeResource({ uri: uriOf('shared/plan') })
   await callTool(a.app, 'delete_context', { key: 'shared/plan' })
