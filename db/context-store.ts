@@ -1,4 +1,5 @@
 import type postgres from 'postgres'
+import { changesSince, feedHead, type FeedOptions, type FeedPage, type FeedPosition } from './change-feed.js'
 
 // All data SQL of the application. Each change and its history row are written by ONE statement
 // (data-modifying CTEs): one round trip, implicitly one transaction, never one without the other.
@@ -731,6 +732,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
   return {
     read,
     write,
+    /** The change feed (db/change-feed.ts). */
+    changesSince: (feedOptions: FeedOptions): Promise<FeedPage> => changesSince(sql, feedOptions),
+    feedHead: (): Promise<FeedPosition> => feedHead(sql),
     append,
     list,
     search,

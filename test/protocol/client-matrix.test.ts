@@ -122,6 +122,16 @@ const cases: Case[] = [
   { tool: 'context_history', args: (p) => ({ key: `${p}doc` }), expect: 'ok', check: (t, out) => t.match(out.versions, [{ version: 2, action: 'update' }, { version: 1, action: 'create' }]) },
   { tool: 'context_history', args: (p) => ({ key: `${p}absent` }), expect: 'CTX_2001' },
   { tool: 'context_history', args: (p) => ({ key: `${p}doc`, cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
+  {
+    tool: 'changes_since',
+    args: (p) => ({ prefix: p, limit: 2 }),
+    expect: 'ok',
+    check: (t, out) => {
+      t.match(out.changes, [{ key: /doc$/, version: 1, action: 'create' }, { key: /doc$/, version: 2, action: 'update' }], 'the oldest changes first')
+      t.equal(out.more, true, 'more are waiting')
+    }
+  },
+  { tool: 'changes_since', args: () => ({ cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
   { tool: 'delete_context', args: (p) => ({ key: `${p}doc`, expected_version: 1 }), expect: 'CTX_2002', check: (t, error) => t.equal(error.current_version, 2) },
   { tool: 'delete_context', args: (p) => ({ key: `${p}doc`, expected_version: 2 }), expect: 'ok', check: (t, out) => t.match(out, { deleted_version: 2 }) },
   { tool: 'read_context', args: (p) => ({ key: `${p}doc` }), expect: 'CTX_2001' },
@@ -159,7 +169,7 @@ test('every tool, its successes and its catalogue errors, for SDK v1 and SDK v2 
       const listed = await sessions.main.listTools()
       t.strictSame(listed.map((tool) => tool.name), allTools.map((tool) => tool.name))
       t.ok(listed.every((tool) => tool.outputSchema !== undefined), 'every tool advertises an outputSchema')
-      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'search_context', 'context_history'])
+      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'search_context', 'context_history', 'changes_since'])
 
       const prefix = `${label.replace(/ /g, '-')}/`
       const seen = new Set<string>()

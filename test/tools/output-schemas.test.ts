@@ -32,12 +32,14 @@ test('every tool result is a CallToolResult whose structuredContent matches the 
     ['context_history', { key: 'o/a', limit: 2 }],
     ['delete_context', { key: 'o/b' }],
     ['restore_context', { key: 'o/b', version: 1 }],
+    ['changes_since', { prefix: 'o/', limit: 2 }],
     // failures
     ['read_context', { key: 'o/missing' }],
     ['write_context', { key: 'o/a', content: 'stale', expected_version: 1 }],
     ['delete_context', { key: 'o/missing' }],
     ['list_context', { limit: 1000 }],
-    ['search_context', { query: '-three' }]
+    ['search_context', { query: '-three' }],
+    ['changes_since', { cursor: 'garbled' }]
   ]
   const schemas = new Map(allTools.map((tool) => [tool.name, tool.outputSchema]))
   let successes = 0
@@ -63,9 +65,9 @@ test('every tool result is a CallToolResult whose structuredContent matches the 
       }
     }
   }
-  t.equal(successes, 12)
-  t.equal(failures, 5)
-  t.ok(leaksCaught.has('list_context items[0]') && leaksCaught.has('context_history versions[0]') && leaksCaught.has('search_context items[0]'), 'nested items were checked too')
+  t.equal(successes, 13)
+  t.equal(failures, 6)
+  t.ok(leaksCaught.has('list_context items[0]') && leaksCaught.has('context_history versions[0]') && leaksCaught.has('search_context items[0]') && leaksCaught.has('changes_since changes[0]'), 'nested items were checked too')
   for (const tool of allTools) t.ok(leaksCaught.has(`${tool.name} top level`), `${tool.name} success was checked for leaks`)
 })
 
