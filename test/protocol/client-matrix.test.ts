@@ -5,7 +5,7 @@ import { Value } from '@sinclair/typebox/value'
 import { test, type Test } from 'tap'
 import { allTools } from '../../tools/index.js'
 import { build, TEST_TOKEN, toolErrorOf } from '../helper.js'
-import { addToken } from '../tools/helpers.js'
+import { addToken, feedSettled } from '../tools/helpers.js'
 
 // Every tool, its success path and every catalogue error it can return, through the listening
 // server, for the clients people use: SDK v1 (what the Inspector and most hosts ship), and SDK v2
@@ -67,6 +67,8 @@ interface Case {
   as?: 'reader'
   /** Further assertions on the success output or on the _meta error. */
   check?: (t: Test, value: Record<string, unknown>) => void
+  /** Wait until the change feed serves every change written so far. */
+  feed?: true
 }
 
 const big = 'x'.repeat(MAX_CONTENT_BYTES + 1)
@@ -126,6 +128,7 @@ const cases: Case[] = [
     tool: 'changes_since',
     args: (p) => ({ prefix: p, limit: 2 }),
     expect: 'ok',
+    feed: true,
     check: (t, out) => {
       t.match(out.changes, [{ key: /doc$/, version: 1, action: 'create' }, { key: /doc$/, version: 2, action: 'update' }], 'the oldest changes first')
       t.equal(out.more, true, 'more are waiting')
@@ -173,7 +176,8 @@ test('every tool, its successes and its catalogue errors, for SDK v1 and SDK v2 
 
       const prefix = `${label.replace(/ /g, '-')}/`
       const seen = new Set<string>()
-      for (const { tool, args, expect, as, check } of cases) {
+      for (const { tool, args, expect, as, check, feed } of cases) {
+        if (feed === true) await feedSettled(app)
         const what = `${as ?? 'main'} ${tool} ${JSON.stringify(args(prefix)).slice(0, 80)}`
         const result = await sessions[as ?? 'main'].callTool(tool, args(prefix)).catch((error: Error) => error)
         if (result instanceof Error) {

@@ -4,7 +4,7 @@ import { decodePosition, encodePosition } from '../../db/change-feed.js'
 import { encodeCursor } from '../../schema/cursor.js'
 import { eventually } from '../eventually.js'
 import { build, callTool, type RpcOptions } from '../helper.js'
-import { addToken, fails, isIsoTimestamp, ok, okResult } from './helpers.js'
+import { addToken, fails, feedSettled, isIsoTimestamp, ok, okResult } from './helpers.js'
 
 interface Change { key: string, version: number, action: string, actor: string, client: string | null, at: string, bytes: number | null }
 interface FeedOutput { changes: Change[], next_cursor: string, more: boolean }
@@ -32,19 +32,6 @@ async function drain (t: Test, app: FastifyInstance, args: Record<string, unknow
   return { changes, cursor: cursor as string }
 }
 
-/**
- * Waits until every history row is below the feed's horizon. Rows get there once every older
- * transaction on the database server has ended: at once on the embedded database, after the
- * longest running transaction of anyone on a shared server.
- */
-async function settle (app: FastifyInstance): Promise<void> {
-  await eventually(async () => {
-    const [row] = await app.db.sql<[{ pending: number }]>`
-      select count(*)::int as pending from context_history where txid >= pg_snapshot_xmin(pg_current_snapshot())`
-    return row.pending === 0
-  }, { what: 'every history row to pass the feed horizon' })
-}
-
 test('changes_since', async (t) => {
   const app = await build(t)
   const agent = { headers: { 'user-agent': 'feed-agent/1' } }
@@ -54,7 +41,7 @@ test('changes_since', async (t) => {
   await ok(t, app, 'delete_context', { key: 'f/a' }, agent)
   await ok(t, app, 'restore_context', { key: 'f/a', version: 2 }, agent)
   await ok(t, app, 'write_context', { key: 'g/c', content: 'elsewhere', tags: ['blue'], ttl_seconds: 3600 }, agent)
-  await settle(app)
+  await feedSettled(app)
   const all = ['f/a@1:create', 'f/a@2:update', 'f/b@1:create', 'f/a@3:delete', 'f/a@4:restore', 'g/c@1:create']
 
   let caughtUp = ''
@@ -100,7 +87,7 @@ test('changes_since', async (t) => {
     t.strictSame(brief((await ok<FeedOutput>(t, app, 'changes_since', { tag: 'blue', prefix: 'g/' })).changes), ['g/c@1:create'])
     const filtered = await ok<FeedOutput>(t, app, 'changes_since', { prefix: 'g/' })
     await ok(t, app, 'write_context', { key: 'f/new', content: 'x' })
-    await settle(app)
+    await feedSettled(app)
     const { changes } = await drain(t, app, { cursor: filtered.next_cursor, prefix: 'g/' }, () => true)
     t.strictSame(changes, [], 'a filtered cursor skips changes outside the filter')
   })
@@ -153,7 +140,7 @@ test('changes_since', async (t) => {
     const [{ missing }] = await app.db.sql<[{ missing: number }]>`select count(*)::int as missing from context_history where txid is null`
     t.equal(missing, 0, 'every row written since has a transaction id')
     await app.db.sql`update context_history set txid = null where namespace = 'default' and key = 'f/later'`
-    await settle(app)
+    await feedSettled(app)
     const page = await ok<FeedOutput>(t, app, 'changes_since', { limit: 2 })
     t.strictSame(brief(page.changes), ['f/later@1:create', 'f/a@1:create'], 'the old row first, then the rest in order')
     const rest = await drain(t, app, { cursor: page.next_cursor }, () => true)
