@@ -2,7 +2,7 @@ import { Client as ClientV2, ResourceNotFoundError, StreamableHTTPClientTranspor
 import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport as TransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { test, type Test } from 'tap'
-import { RESOURCE_URI_TEMPLATE } from '../../live/resources.js'
+import { parseResourceUri, resourceUri, RESOURCE_URI_TEMPLATE } from '../../live/resources.js'
 import { build, rpc, TEST_TOKEN } from '../helper.js'
 import { addToken } from '../tools/helpers.js'
 
@@ -163,4 +163,14 @@ test('a 2025-era resources/read with bad params is invalid params; unknown resou
   }
   const missing = await rpc(app, 'resources/read', { uri: 'context://default/nothing' })
   t.match(missing.json(), { error: { code: -32002, message: /Resource not found: context:\/\/default\/nothing/, data: { uri: 'context://default/nothing' } } })
+})
+
+test('resource URIs: namespaces percent-encoded, keys as they are, anything else names no entry', async (t) => {
+  t.equal(resourceUri('team:a/b', 'x/y:z'), 'context://team%3Aa%2Fb/x/y:z')
+  t.strictSame(parseResourceUri('context://team%3Aa%2Fb/x/y:z'), { namespace: 'team:a/b', key: 'x/y:z' })
+  t.strictSame(parseResourceUri('context://default/a%2Fb'), { namespace: 'default', key: 'a/b' }, 'a key filled in by simple expansion')
+  for (const uri of ['context://', 'context:///key', 'context://default', 'context://default/', 'context://default/a b', 'context://de fault/a',
+    'context://default/%E0%A4%A', 'context://default/' + 'k'.repeat(256), 'Context://default/a', 'file://default/a']) {
+    t.equal(parseResourceUri(uri), null, uri.slice(0, 40))
+  }
 })
