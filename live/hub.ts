@@ -1,7 +1,5 @@
-import { Type } from '@sinclair/typebox'
-import { Value } from '@sinclair/typebox/value'
 import type postgres from 'postgres'
-import { changesSince, feedHead, type FeedChange, type FeedPosition } from '../db/change-feed.js'
+import { changesSince, decodePosition, encodePosition, feedHead, type FeedChange, type FeedPosition } from '../db/change-feed.js'
 import type { ChangeNotice } from '../db/context-store.js'
 
 /** A page of one namespace's changes, in feed order; `eventId` is the feed position after its last change. */
@@ -14,37 +12,37 @@ export interface ChangeBatch {
 export type BatchSink = (batch: ChangeBatch) => void
 
 const PAGE = 500
-// A notification whose change a read did not yet see (the feed shows a change only once every
-// transaction before it has ended) is looked for again after this long, this many times.
+// A notified change the feed does not serve yet (it serves a change only once every transaction
+// that began before it has ended) is looked for again after this long, for at most UNSEEN_FOR_MS.
 const UNSEEN_RETRY_MS = 200
-const UNSEEN_RETRIES = 5
+const UNSEEN_FOR_MS = 60_000
+const MAX_UNSEEN = 1000
 const FAILED_READ_RETRY_MS = 1000
 
 interface NamespaceFeed {
   namespace: string
   sinks: Set<BatchSink>
-  position: FeedPosition | null
+  position: FeedPosition
   ready: Promise<void>
   started: boolean
   reading: boolean
   again: boolean
-  unseen: number
+  /** Notified changes (key@version) not served yet, and until when to keep looking for them. */
+  unseen: Set<string>
+  unseenUntil: number
   timer: NodeJS.Timeout | undefined
 }
 
-const EventIdSchema = Type.Object({ id: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })
-
-/** A feed position as an SSE event id (opaque to clients). */
-export function eventIdOf (position: FeedPosition | null): string {
-  return Buffer.from(JSON.stringify(position ?? { id: 0 })).toString('base64url')
+/** A feed position as an SSE event id: the same opaque cursor changes_since hands out. */
+export function eventIdOf (position: FeedPosition): string {
+  return encodePosition(position)
 }
 
 /** The feed position a Last-Event-ID names, or undefined when it is not one of ours. */
 export function positionOfEventId (eventId: string): FeedPosition | undefined {
   if (eventId.length > 200) return undefined
   try {
-    const value: unknown = JSON.parse(Buffer.from(eventId, 'base64url').toString('utf8'))
-    return Value.Check(EventIdSchema, value) ? value : undefined
+    return decodePosition(eventId)
   } catch {
     return undefined
   }
@@ -69,8 +67,8 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
   async function join (namespace: string, sink: BatchSink): Promise<() => void> {
     let feed = feeds.get(namespace)
     if (feed === undefined) {
-      const created: NamespaceFeed = { namespace, sinks: new Set(), position: null, ready: Promise.resolve(), started: false, reading: false, again: false, unseen: 0, timer: undefined }
-      created.ready = feedHead(sql, namespace).then((head) => {
+      const created: NamespaceFeed = { namespace, sinks: new Set(), position: { txid: '0', id: 0 }, ready: Promise.resolve(), started: false, reading: false, again: false, unseen: new Set(), unseenUntil: 0, timer: undefined }
+      created.ready = feedHead(sql).then((head) => {
         created.position = head
         created.started = true
         if (created.again) read(created)
@@ -107,23 +105,22 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
     readPages().catch((error: unknown) => options.onError(error, feed.namespace))
 
     async function readPages (): Promise<void> {
-      let delivered = 0
       try {
         for (;;) {
           const page = await changesSince(sql, { namespace: feed.namespace, after: feed.position, limit: PAGE })
           if (feeds.get(feed.namespace) !== feed) return
           feed.position = page.position
           if (page.changes.length > 0) {
-            delivered += page.changes.length
+            for (const change of page.changes) feed.unseen.delete(`${change.key}@${change.version}`)
             const batch = { namespace: feed.namespace, changes: page.changes, eventId: eventIdOf(page.position) }
             for (const sink of feed.sinks) sink(batch)
           }
-          if (page.changes.length < PAGE && !feed.again) break
+          if (!page.more && !feed.again) break
           feed.again = false
         }
         feed.reading = false
-        if (delivered === 0 && feed.unseen > 0) retryLater(feed, UNSEEN_RETRY_MS)
-        else feed.unseen = 0
+        if (feed.unseen.size > 0 && Date.now() < feed.unseenUntil) retryLater(feed, UNSEEN_RETRY_MS)
+        else feed.unseen.clear()
       } catch (error) {
         feed.reading = false
         options.onError(error, feed.namespace)
@@ -136,7 +133,6 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
     if (feed.timer !== undefined || feeds.get(feed.namespace) !== feed) return
     feed.timer = setTimeout(() => {
       feed.timer = undefined
-      if (feed.unseen > 0) feed.unseen--
       read(feed)
     }, ms)
   }
@@ -147,7 +143,8 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
     changed (notice: ChangeNotice): void {
       const feed = feeds.get(notice.namespace)
       if (feed === undefined) return
-      feed.unseen = UNSEEN_RETRIES
+      if (feed.unseen.size < MAX_UNSEEN) feed.unseen.add(`${notice.key}@${notice.version}`)
+      feed.unseenUntil = Date.now() + UNSEEN_FOR_MS
       read(feed)
     },
     /** After LISTEN was (re-)established: read every followed namespace from where it stood. */
@@ -156,12 +153,12 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
     },
     /** A namespace's changes after `after`, page by page, for a stream resuming from its Last-Event-ID. */
     async replay (namespace: string, after: FeedPosition, sink: BatchSink): Promise<void> {
-      let position: FeedPosition | null = after
+      let position = after
       for (;;) {
         const page = await changesSince(sql, { namespace, after: position, limit: PAGE })
         position = page.position
         if (page.changes.length > 0) sink({ namespace, changes: page.changes, eventId: eventIdOf(position) })
-        if (page.changes.length < PAGE) return
+        if (!page.more) return
       }
     },
     /** For tests and metrics: namespaces followed, sinks, pending timers. */

@@ -11,7 +11,7 @@ import type { FeedChange } from '../db/change-feed.js'
 import { createHub, positionOfEventId, type ChangeBatch } from '../live/hub.js'
 import { createSessions, type Session } from '../live/sessions.js'
 import { SseStream } from '../live/sse.js'
-import { contextUri, parseContextUri } from '../live/uri.js'
+import { parseResourceUri, resourceUri as contextUri } from '../live/resources.js'
 import { AppError } from '../schema/errors.js'
 import { mayUse, type Principal } from '../schema/principal.js'
 import { bearerTokenOf } from './auth.js'
@@ -158,8 +158,8 @@ export default fp(async (fastify) => {
   function namespacesOf (session: Session): Set<string> {
     const namespaces = new Set([session.principal.namespace])
     for (const uri of session.subscriptions) {
-      const parsed = parseContextUri(uri)
-      if (parsed !== undefined) namespaces.add(parsed.namespace)
+      const parsed = parseResourceUri(uri)
+      if (parsed !== null) namespaces.add(parsed.namespace)
     }
     return namespaces
   }
@@ -253,9 +253,9 @@ export default fp(async (fastify) => {
   function answerSubscription (session: Session, body: JsonRpcBody): unknown {
     const id = rpcId(body)
     if (!Value.Check(SubscribeParams, body.params)) return rpcError(id, -32602, 'Invalid params: { uri } is required, a context:// resource URI.', 'REQ_1101')
-    const { uri } = body.params
-    const parsed = parseContextUri(uri)
-    if (parsed === undefined) return rpcError(id, -32602, `Invalid params: ${JSON.stringify(uri.slice(0, 100))} is not a context://{namespace}/{key} URI.`, 'REQ_1101')
+    const parsed = parseResourceUri(body.params.uri)
+    const uri = parsed === null ? body.params.uri : contextUri(parsed.namespace, parsed.key) // either part may come percent-encoded
+    if (parsed === null) return rpcError(id, -32602, `Invalid params: ${JSON.stringify(uri.slice(0, 100))} is not a context://{namespace}/{key} URI.`, 'REQ_1101')
     if (!mayUse(session.principal, parsed.namespace, 'context:read')) return rpcError(id, -32602, 'Resource not found.', 'CTX_2001')
     if (body.method === UNSUBSCRIBE) {
       session.subscriptions.delete(uri)
@@ -315,13 +315,15 @@ export default fp(async (fastify) => {
       const filter = params?.notifications
       if (context === undefined || !Value.Check(ListenFilter, filter)) return () => {}
       const { principal } = context
-      const uris = new Set<string>()
+      // The SDK matches events against the URIs as the client wrote them: each canonical URI, and the spellings asked for.
+      const uris = new Map<string, Set<string>>()
       const namespaces = new Set<string>()
       if (filter.resourcesListChanged === true && mayUse(principal, principal.namespace, 'context:read')) namespaces.add(principal.namespace)
       for (const uri of filter.resourceSubscriptions ?? []) {
-        const parsed = parseContextUri(uri)
-        if (parsed === undefined || !mayUse(principal, parsed.namespace, 'context:read')) continue
-        uris.add(uri)
+        const parsed = parseResourceUri(uri)
+        if (parsed === null || !mayUse(principal, parsed.namespace, 'context:read')) continue
+        const canonical = contextUri(parsed.namespace, parsed.key)
+        uris.set(canonical, (uris.get(canonical) ?? new Set()).add(uri))
         namespaces.add(parsed.namespace)
       }
       const stream: ListenStream = { principal, token: context.token, response: context.response, following: new Map(), closed: false }
@@ -330,8 +332,7 @@ export default fp(async (fastify) => {
         if (stream.closed) return
         let listChanged = false
         for (const change of batch.changes) {
-          const uri = contextUri(batch.namespace, change.key)
-          if (uris.has(uri)) {
+          for (const uri of uris.get(contextUri(batch.namespace, change.key)) ?? []) {
             listener({ kind: 'resource_updated', uri, params: { _meta: metaOf(change) } })
             notificationsSent.inc()
           }
