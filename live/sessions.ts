@@ -20,6 +20,8 @@ export interface SessionLimits {
   maxTotal: number
   maxPerPrincipal: number
   idleMs: number
+  /** The platform's name of this instance (Fly.io's FLY_MACHINE_ID), the prefix of its session ids; else a random one. */
+  instanceId?: string
 }
 
 export type Sessions = ReturnType<typeof createSessions>
@@ -31,7 +33,7 @@ export type Sessions = ReturnType<typeof createSessions>
  * instance, so that an id from another instance can be told from one this instance forgot.
  */
 export function createSessions (limits: SessionLimits) {
-  const instancePrefix = randomBytes(6).toString('base64url')
+  const instancePrefix = limits.instanceId ?? randomBytes(6).toString('base64url')
   const sessions = new Map<string, Session>()
   const byPrincipal = new Map<string, Set<Session>>()
 
@@ -82,6 +84,10 @@ export function createSessions (limits: SessionLimits) {
     /** Whether an id was made by this instance (an unknown one of ours is a session that ended: 404). */
     isOurs (id: string): boolean {
       return id.startsWith(`${instancePrefix}.`)
+    },
+    /** The instance an id names (its prefix), if it has the shape of one of these ids. */
+    instanceOf (id: string): string | null {
+      return /^([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{24}$/.exec(id)?.[1] ?? null
     },
     remove,
     /** Forgets the sessions idle for longer than idleMs without a stream. */

@@ -104,8 +104,22 @@ export default fp(async (fastify) => {
   const sessions = createSessions({
     maxTotal: config.MCP_SESSIONS_MAX,
     maxPerPrincipal: config.MCP_SESSIONS_PER_PRINCIPAL,
-    idleMs: config.MCP_SESSION_IDLE_SECONDS * 1000
+    idleMs: config.MCP_SESSION_IDLE_SECONDS * 1000,
+    ...(config.FLY_MACHINE_ID !== undefined && { instanceId: config.FLY_MACHINE_ID })
   })
+
+  /**
+   * On Fly.io, a request for another machine's session is handed back to Fly's proxy to replay on
+   * that machine (fly-replay; bodies up to 1 MB), so streams and subscriptions work without sticky
+   * routing. True when it was; the proxy discards this answer's status and body.
+   */
+  function replayedToOwner (id: string | string[] | undefined, reply: FastifyReply): boolean {
+    if (config.FLY_MACHINE_ID === undefined || typeof id !== 'string' || sessions.isOurs(id)) return false
+    const owner = sessions.instanceOf(id)
+    if (owner === null || !/^[a-z0-9]{1,64}$/.test(owner)) return false
+    reply.code(409).header('fly-replay', `instance=${owner}`).send(rpcError(null, -32001, `Session ${JSON.stringify(id.slice(0, 100))} lives on machine ${owner}: replaying there.`))
+    return true
+  }
   const listenStreams = new Set<ListenStream>()
   let openStreams = 0
 
@@ -186,6 +200,7 @@ export default fp(async (fastify) => {
     }
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     const principal = request.principal!
+    if (session === undefined && replayedToOwner(id, reply)) return
     if (session === undefined || session.principal.id !== principal.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION))
     if (!mayUse(principal, principal.namespace, 'context:read')) throw new AppError('AUTH_1004', 'Live updates need the context:read scope.')
     session.principal = principal
@@ -245,6 +260,7 @@ export default fp(async (fastify) => {
     const id = request.headers[SESSION_HEADER]
     if (id === undefined) return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'DELETE /mcp ends a session: pass its Mcp-Session-Id.'))
     const session = typeof id === 'string' ? sessions.get(id) : undefined
+    if (session === undefined && replayedToOwner(id, reply)) return
     if (session === undefined || session.principal.id !== request.principal!.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION))
     endSessionNow(session, 'session-ended', 'The client ended the session.')
     return reply.code(204).send()
@@ -297,6 +313,7 @@ export default fp(async (fastify) => {
     if (session === undefined || session.principal.id !== request.principal!.id) {
       // Another instance's session (no sticky routing in front): its tool calls need no session here.
       if (typeof id === 'string' && !sessions.isOurs(id) && method !== SUBSCRIBE && method !== UNSUBSCRIBE) return
+      if (session === undefined && replayedToOwner(id, reply)) return
       return reply.code(404).send(rpcError(rpcId(body), -32001, UNKNOWN_SESSION))
     }
     session.lastActive = Date.now()

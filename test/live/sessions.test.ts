@@ -147,3 +147,28 @@ test('Last-Event-ID: a stream opened again gets what it missed, from the history
   t.same(versions, [2, 3, 4], 'missed versions once, then live ones, none twice')
   resumed.abort()
 })
+
+test("on Fly.io a session's stream and subscriptions that reach another machine are replayed to the machine that holds it", async (t) => {
+  const { database, instances: [a] } = await instances(t, 1, { FLY_MACHINE_ID: '148e272b1c6589' })
+  const { instances: [b] } = await instances(t, 1, { FLY_MACHINE_ID: '3d8d3e9c2e4218' }, database)
+  if (a === undefined || b === undefined) throw new Error('instances missing')
+  const session = await initializeSession(a.url)
+  t.match(session, /^148e272b1c6589\.[A-Za-z0-9_-]{24}$/, 'the session id names its machine')
+  const headers = { authorization: `Bearer ${TEST_TOKEN}`, 'mcp-session-id': session ?? '', 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
+
+  const stream = await b.app.inject({ method: 'GET', url: '/mcp', headers })
+  t.equal(stream.headers['fly-replay'], 'instance=148e272b1c6589', "GET on another machine: Fly's proxy is told to replay it on the session's")
+  const subscribe = await b.app.inject({ method: 'POST', url: '/mcp', headers, payload: { jsonrpc: '2.0', id: 1, method: 'resources/subscribe', params: { uri: uriOf('x') } } })
+  t.equal(subscribe.headers['fly-replay'], 'instance=148e272b1c6589', 'resources/subscribe too')
+  const { 'content-type': _bodyType, ...bodiless } = headers
+  const ended = await b.app.inject({ method: 'DELETE', url: '/mcp', headers: bodiless })
+  t.equal(ended.headers['fly-replay'], 'instance=148e272b1c6589', 'and DELETE')
+  const call = await b.app.inject({ method: 'POST', url: '/mcp', headers, payload: { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'read_context', arguments: { key: 'nothing' } } } })
+  t.equal(call.statusCode, 200, 'a tool call is served where it lands')
+  t.equal(call.headers['fly-replay'], undefined, 'without a replay')
+  t.equal((await sessionRpc(a.url, session ?? '', 'resources/subscribe', { uri: uriOf('x') })).status, 200, 'the session itself is untouched on its machine')
+
+  const forgotten = await b.app.inject({ method: 'GET', url: '/mcp', headers: { ...headers, 'mcp-session-id': '3d8d3e9c2e4218.AAAAAAAAAAAAAAAAAAAAAAAA' } })
+  t.equal(forgotten.statusCode, 404, 'a session of this machine that it does not know: 404, no replay')
+  t.equal(forgotten.headers['fly-replay'], undefined)
+})
