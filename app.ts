@@ -32,6 +32,8 @@ export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
   /** Benchmarks only: see AuthPluginOptions. Not settable from the environment. */
   withoutAuthentication?: boolean
+  /** Benchmarks only: see MetricsPluginOptions. Not settable from the environment. */
+  withoutMetrics?: boolean
   /** Tests only: how the built-in authorization server fetches Client ID Metadata Documents (see OAuthPluginOptions). */
   oauthFetch?: typeof globalThis.fetch
 }
@@ -171,7 +173,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(sensiblePlugin)
     await app.register(dbPlugin)
     // Right after db and before every plugin that adds routes (cors) or captures the store it times.
-    await app.register(metricsPlugin)
+    await app.register(metricsPlugin, { enabled: options.withoutMetrics !== true })
     // Before every other request hook (CORS, rate limits, authentication): a foreign Host or Origin costs nothing more.
     await app.register(hostCheckPlugin)
     await app.register(corsPlugin)

@@ -10,7 +10,7 @@ export interface Settings {
   keys: number
   writeRatio: number
   dbPoolMax: number
-  /** Which of a (production configuration), b (floor: Fastify + postgres.js), c (SDK example), n (auth and rate limits off) to run. */
+  /** Which of a (production configuration), b (floor: Fastify + postgres.js), c (SDK example), n (auth and rate limits off), m (auth, limits and metrics off) to run. */
   servers: string[]
 }
 
@@ -22,7 +22,7 @@ function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number
   return value
 }
 
-const SERVER_IDS: readonly string[] = ['a', 'b', 'c', 'n']
+const SERVER_IDS: readonly string[] = ['a', 'b', 'c', 'n', 'm']
 
 function serverList (raw: string | undefined): string[] {
   if (raw === undefined || raw === '') return [...SERVER_IDS]

@@ -61,13 +61,26 @@ function hooksOf<T> (hooks: T | T[] | undefined): T[] {
   return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]
 }
 
+export interface MetricsPluginOptions {
+  /**
+   * Benchmarks only (bench/, never reachable from configuration): false registers no hook and
+   * leaves the store untimed, so that what metrics cost per request can be measured. /metrics then
+   * serves an empty registry.
+   */
+  enabled?: boolean
+}
+
 /**
  * Prometheus metrics on a registry of this app's own. The request path only increments: every
  * label value comes from a fixed list (route patterns, status codes, tool names, catalogue codes,
  * store operations), and the children for them are made once and kept.
  */
-export default fp(async (fastify) => {
+export default fp<MetricsPluginOptions>(async (fastify, options) => {
   const registry = new Registry()
+  if (options.enabled === false) {
+    fastify.decorate('metrics', { registry, oauth: oauthMetrics(registry, false, fastify.log) })
+    return
+  }
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
 
