@@ -15,11 +15,14 @@ function built (path: string): string {
   return pathToFileURL(join(process.cwd(), 'dist', path)).href
 }
 
-const { buildApp, loggerOptions } = await import(built('app.js')) as AppModule
+const { buildApp, logDestination, loggerOptions } = await import(built('app.js')) as AppModule
 const { loadConfig } = await import(built('schema/config.js')) as ConfigModule
 
 const config = loadConfig({ ...process.env, RATE_LIMITS: 'off' })
-const app = await buildApp(config, { logger: loggerOptions(config.LOG_LEVEL, process.stdout.isTTY), withoutAuthentication: true, withoutMetrics: process.env.BENCH_WITHOUT_METRICS === '1' })
+// Log lines batched as server.ts batches them (and flushed at exit, as it does).
+const destination = logDestination(1)
+process.once('exit', () => destination.flushSync())
+const app = await buildApp(config, { logger: loggerOptions(config.LOG_LEVEL, false, destination), withoutAuthentication: true, withoutMetrics: process.env.BENCH_WITHOUT_METRICS === '1' })
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.once(signal, () => { app.close().then(() => process.exit(0), () => process.exit(1)) })
