@@ -12,7 +12,7 @@
 export const FLOOR_POOL = {
   prepare: true,
   idle_timeout: 60,
-  max_pipeline: 100,
+  max_pipeline: 1,
   connection: { jit: 'off', plan_cache_mode: 'force_generic_plan' }
 }
 
