@@ -160,10 +160,14 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     app.server.once('close', () => clearInterval(reaper))
   })
 
-  app.addHook('onResponse', async (request, reply) => {
+  // Callback style: an async hook costs a promise per request.
+  app.addHook('onResponse', (request, reply, done) => {
     const level = request.url === '/health' || request.url === '/ready' ? 'debug' : 'info'
     // Checked first: building the line (routeOptions makes a new object per access) costs even when it is dropped.
-    if ((LEVEL_VALUES[request.log.level] ?? 0) > (level === 'info' ? 30 : 20)) return
+    if ((LEVEL_VALUES[request.log.level] ?? 0) > (level === 'info' ? 30 : 20)) {
+      done()
+      return
+    }
     request.log[level]({
       method: request.method,
       url: request.routeOptions.url ?? request.url.split('?')[0],
@@ -173,6 +177,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
       outcome: request.callRecord?.outcome ?? (reply.statusCode < 400 ? 'ok' : null),
       ms: Math.round(reply.elapsedTime * 10) / 10
     }, 'request completed')
+    done()
   })
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
