@@ -15,12 +15,16 @@ import { callTool, TEST_TOKEN, toolErrorOf } from '../helper.js'
 const alice: Actor = { principal: 'user:alice', client: null }
 const MIGRATIONS = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
 
-/** The schema of the release before search: every migration before 005. */
+/**
+ * The schema of the release before search: every migration before 005. Plus 006 (the change
+ * feed's columns, independent of search), which this release's store writes to.
+ */
 async function migrateBeforeSearch (t: Test, sql: postgres.Sql): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'scm-before-search-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   for (const file of await readdir(MIGRATIONS)) {
-    if (Number(file.split('_')[0]) < 5) await cp(join(MIGRATIONS, file), join(dir, file))
+    const version = Number(file.split('_')[0])
+    if (version < 5 || version === 6) await cp(join(MIGRATIONS, file), join(dir, file))
   }
   await migrate(sql, { dir })
 }
