@@ -7,8 +7,9 @@
  *
  * 2025-era: server-initialize, ping, tools-list, dns-rebinding-protection; 2026-07-28:
  * server-stateless, http-header-validation, caching (and tools-list, dns-rebinding-protection
- * again at that version). The other server scenarios exercise features this server does not offer
- * (resources, prompts, sessions, SSE streams, sampling, elicitation, or the suite's own test tools).
+ * again at that version). The other server scenarios call the suite's own fixture tools, prompts
+ * and resources by name, or features this server does not offer (prompts, sessions, SSE polling,
+ * sampling, elicitation).
  * The suite sends no Authorization header, so the server runs with authentication off (the build
  * option the benchmark uses) on a free loopback port, with an embedded database in a temporary
  * DATA_DIR; everything else is the production configuration (host checks, metrics, rate limits).
