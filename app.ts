@@ -31,7 +31,7 @@ declare module 'fastify' {
 
 export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
-  /** Benchmarks only: see AuthPluginOptions. Not settable from the environment. */
+  /** Benchmarks and scripts/conformance-server.ts only: see AuthPluginOptions. Not settable from the environment. */
   withoutAuthentication?: boolean
   /** Benchmarks only: see MetricsPluginOptions. Not settable from the environment. */
   withoutMetrics?: boolean
