@@ -2,7 +2,7 @@ import { networkInterfaces } from 'node:os'
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import closeWithGrace from 'close-with-grace'
-import { buildApp, loggerOptions } from './app.js'
+import { buildApp, logDestination, loggerOptions } from './app.js'
 import { ConfigError, loadConfig, type Config } from './schema/config.js'
 
 /**
@@ -97,9 +97,21 @@ export async function serve (): Promise<void> {
     throw error
   }
 
+  // Batched log lines: whatever is still buffered is written when the process exits, however it exits.
+  const pretty = process.stdout.isTTY
+  const destination = pretty ? undefined : logDestination(1)
+  const flushLog = (): void => {
+    try {
+      destination?.flushSync()
+    } catch {
+      // stdout closed: nothing can be written anyway
+    }
+  }
+  process.once('exit', flushLog)
+
   let app
   try {
-    app = await buildApp(config, { logger: loggerOptions(config.LOG_LEVEL, process.stdout.isTTY) })
+    app = await buildApp(config, { logger: loggerOptions(config.LOG_LEVEL, pretty, destination) })
   } catch (error) {
     process.stderr.write(`shared-context-mcp could not start: ${error instanceof Error ? error.message : String(error)}\n`)
     process.exit(1)
@@ -109,6 +121,7 @@ export async function serve (): Promise<void> {
     if (err !== undefined) app.log.error({ err }, 'shutting down after an unexpected error')
     else app.log.info({ signal }, 'shutting down')
     await app.close()
+    flushLog()
   })
 
   let address: string
@@ -120,6 +133,8 @@ export async function serve (): Promise<void> {
     process.exit(1)
   }
   const token = await app.auth.createLocalTokenIfNone()
+  // The start-up lines before the instructions, in the order they happened.
+  flushLog()
   // Fastify reports a wildcard bind as 127.0.0.1, so HOST says whether other machines can connect.
   const wildcard = config.PUBLIC_URL === undefined && ['0.0.0.0', '::', '[::]'].includes(config.HOST)
   const url = mcpUrlOf(config, address)

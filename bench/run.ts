@@ -65,7 +65,7 @@ async function main (): Promise<void> {
     [s.id, summarise(s.label, rounds.get(s.id) ?? [], warmups.get(s.id) as Round)]))
   const verdict = judge(summaries)
   console.log(table(summaries, verdict))
-  for (const server of servers.filter(s => s.id === 'a' || s.id === 'n')) {
+  for (const server of servers.filter(s => s.id !== 'b' && s.id !== 'c')) {
     const log = await readFile(server.logFile, 'utf8')
     const lines = log.split('\n').filter(line => line.includes('"msg":"request completed"')).length
     const served = [warmups.get(server.id), ...(rounds.get(server.id) ?? [])].reduce((sum, r) => sum + (r?.responses ?? 0), 0)

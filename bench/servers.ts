@@ -9,7 +9,7 @@ import type { Settings } from './settings.js'
 
 // The servers of the comparison and how to start them.
 
-export type ServerId = 'a' | 'b' | 'c' | 'n'
+export type ServerId = 'a' | 'b' | 'c' | 'n' | 'm' | 'p'
 
 export interface Server extends Target {
   id: ServerId
@@ -19,7 +19,7 @@ export interface Server extends Target {
 }
 
 /** Each round runs the servers in this order (every other round reversed). */
-const RUN_ORDER: ServerId[] = ['a', 'b', 'n', 'c']
+const RUN_ORDER: ServerId[] = ['a', 'p', 'b', 'n', 'm', 'c']
 const READY_TIMEOUT_MS = 60_000
 const READY_POLL_MS = 200
 
@@ -56,12 +56,29 @@ export async function startServers (databaseUrl: string, settings: Settings, res
     },
     {
       // a's build and settings without authentication and with RATE_LIMITS off (the launcher does
-      // both). Metrics stay on: buildApp has no way to leave them out.
+      // both); metrics on.
       id: 'n',
       label: 'auth+limits off',
       script: join(PEERS_DIR, 'auth-off.js'),
       env: { ...common, ...logging },
       headers: {}
+    },
+    {
+      // n with metrics off as well (no metrics hooks, the store untimed); logging as a.
+      id: 'm',
+      label: 'auth+limits+metrics off',
+      script: join(PEERS_DIR, 'auth-off.js'),
+      env: { ...common, ...logging, BENCH_WITHOUT_METRICS: '1' },
+      headers: {}
+    },
+    {
+      // Before/after in one interleaved run: a's configuration on another build of this server
+      // (BENCH_BASELINE_DIR: a checkout of an earlier commit, built, with its own dist/).
+      id: 'p',
+      label: 'a on BENCH_BASELINE_DIR',
+      script: join(settings.baselineDir ?? ROOT, 'dist/server.js'),
+      env: { ...common, ...logging, AUTH_TOKEN: token, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' },
+      headers: { authorization: `Bearer ${token}` }
     },
     { id: 'b', label: 'floor: Fastify+postgres', script: join(PEERS_DIR, 'bare-fastify.js'), env: common, headers: {} },
     { id: 'c', label: 'SDK stateless example', script: join(PEERS_DIR, 'sdk-example.js'), env: common, headers: {} }

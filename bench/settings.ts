@@ -10,8 +10,10 @@ export interface Settings {
   keys: number
   writeRatio: number
   dbPoolMax: number
-  /** Which of a (production configuration), b (floor: Fastify + postgres.js), c (SDK example), n (auth and rate limits off) to run. */
+  /** Which of a (production configuration), b (floor: Fastify + postgres.js), c (SDK example), n (auth and rate limits off), m (auth, limits and metrics off) to run. */
   servers: string[]
+  /** BENCH_BASELINE_DIR: a built checkout of another commit, run as server p (a's configuration). */
+  baselineDir: string | undefined
 }
 
 function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -22,12 +24,13 @@ function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number
   return value
 }
 
-const SERVER_IDS: readonly string[] = ['a', 'b', 'c', 'n']
+const SERVER_IDS: readonly string[] = ['a', 'b', 'c', 'n', 'm', 'p']
 
-function serverList (raw: string | undefined): string[] {
-  if (raw === undefined || raw === '') return [...SERVER_IDS]
+function serverList (raw: string | undefined, withBaseline: boolean): string[] {
+  if (raw === undefined || raw === '') return SERVER_IDS.filter((id) => id !== 'p' || withBaseline)
   const ids = raw.split(',').map(id => id.trim())
   if (ids.length === 0 || ids.some(id => !SERVER_IDS.includes(id))) throw new Error(`BENCH_SERVERS must list some of ${SERVER_IDS.join(',')} (got ${JSON.stringify(raw)})`)
+  if (ids.includes('p') && !withBaseline) throw new Error('server p needs BENCH_BASELINE_DIR (a built checkout of another commit)')
   return [...new Set(ids)]
 }
 
@@ -42,6 +45,7 @@ export function readSettings (env: NodeJS.ProcessEnv): Settings {
     writeRatio: 0.1,
     // The server's own default (DB_POOL_MAX); every server gets the same pool.
     dbPoolMax: positiveInteger(env, 'BENCH_DB_POOL_MAX', 10),
-    servers: serverList(env.BENCH_SERVERS)
+    servers: serverList(env.BENCH_SERVERS, env.BENCH_BASELINE_DIR !== undefined),
+    baselineDir: env.BENCH_BASELINE_DIR
   }
 }

@@ -1,8 +1,9 @@
 import postgres from 'postgres'
+import { createSql } from '../db/connect.js'
 import { createContextStore } from '../db/context-store.js'
 import { keyName, randomContent } from './calls.js'
 import { NAMESPACE } from './database.js'
-import { READ_SQL, WRITE_SQL, normalizeSql, readParams, writeParams } from './peers/floor-sql.js'
+import { FLOOR_POOL, READ_SQL, WRITE_SQL, normalizeSql, readParams, writeParams } from './peers/floor-sql.js'
 
 // The floor's guard: runs one read and one write through the project's store on the bench
 // database, records the statements postgres.js sends (its debug hook), and compares their text and
@@ -23,7 +24,25 @@ function compare (what: string, sent: Sent | undefined, text: string, parameters
   return problems
 }
 
+/** The floor's pool settings against the server's (createSql's parsed options; nothing connects). */
+function poolProblems (databaseUrl: string): string[] {
+  const server = createSql(databaseUrl, { max: 1, connectTimeoutMs: 10_000 })
+  const options = server.options as unknown as Record<string, unknown>
+  const problems: string[] = []
+  for (const [name, value] of Object.entries(FLOOR_POOL)) {
+    const theirs = name === 'connection'
+      ? Object.fromEntries(Object.keys(value).map((setting) => [setting, (options.connection as Record<string, unknown>)[setting]]))
+      : options[name]
+    if (JSON.stringify(theirs) !== JSON.stringify(value)) {
+      problems.push(`pool setting ${name}: the server's createSql has ${JSON.stringify(theirs)}, bench/peers/floor-sql.ts ${JSON.stringify(value)}`)
+    }
+  }
+  return problems
+}
+
 export async function checkFloorSql (databaseUrl: string): Promise<void> {
+  const poolDiffers = poolProblems(databaseUrl)
+  if (poolDiffers.length > 0) throw new Error(poolDiffers.join('\n'))
   const sent: Sent[] = []
   const sql = postgres(databaseUrl, {
     max: 1,

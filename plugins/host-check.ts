@@ -14,6 +14,8 @@ declare module 'fastify' {
   }
 }
 
+const HOST_VERDICTS_MAX = 1000
+
 function hostnameOf (url: string): string | undefined {
   try {
     return new URL(url).hostname
@@ -87,15 +89,33 @@ export default fp(async (fastify) => {
     return hostnames !== undefined && normalized === originOf(`${request.protocol}://${request.headers.host ?? ''}`)
   }
 
-  fastify.addHook('onRequest', async (request) => {
+  // Verdicts per Host value: clients send the same one or two values on every request, and
+  // validateHostHeader parses a URL each time. Bounded, so that junk Host values cannot grow it.
+  const hostVerdicts = new Map<string, boolean>()
+  function hostAllowed (host: string | undefined): boolean {
+    if (hostnames === undefined) return true
+    if (host === undefined) return false
+    let allowed = hostVerdicts.get(host)
+    if (allowed === undefined) {
+      allowed = validateHostHeader(host, hostnames).ok || isIpLiteralHost(host)
+      if (hostVerdicts.size >= HOST_VERDICTS_MAX) hostVerdicts.clear()
+      hostVerdicts.set(host, allowed)
+    }
+    return allowed
+  }
+
+  // Callback style: an async hook costs a promise per request on every route.
+  fastify.addHook('onRequest', (request, _reply, done) => {
     // The route's exemptions are looked up only for a refused request: routeOptions allocates.
-    const host = request.headers.host
-    if (hostnames !== undefined && !validateHostHeader(host, hostnames).ok && !isIpLiteralHost(host) && request.routeOptions.config.checkHost !== false) {
-      throw new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).')
+    if (!hostAllowed(request.headers.host) && request.routeOptions.config.checkHost !== false) {
+      done(new AppError('AUTH_1005', 'Host header not allowed. Add the host name to ALLOWED_HOSTS (or set PUBLIC_URL).'))
+      return
     }
     const origin = request.headers.origin
     if (origin !== undefined && !originAllowed(request, origin) && request.routeOptions.config.checkOrigin !== false) {
-      throw new AppError('AUTH_1005', 'Origin not allowed: it must match one of CORS_ORIGINS (or PUBLIC_URL) exactly, scheme, host and port. Add it to CORS_ORIGINS to let a browser app call this server.')
+      done(new AppError('AUTH_1005', 'Origin not allowed: it must match one of CORS_ORIGINS (or PUBLIC_URL) exactly, scheme, host and port. Add it to CORS_ORIGINS to let a browser app call this server.'))
+      return
     }
+    done()
   })
 }, { name: 'host-check', dependencies: ['config'] })

@@ -48,6 +48,36 @@ declare module 'fastify' {
 type CounterChild = ReturnType<Counter['labels']>
 type HistogramChild = ReturnType<Histogram['labels']>
 
+/** What a prom-client 15.1 histogram keeps per label set (its `hashMap` values), as far as observe touches it. */
+interface HistogramEntry { labels: Record<string, string | number>, sum: number, count: number, bucketValues: Record<number, number> }
+
+/**
+ * observe() for one label set of a one-label histogram, counted straight into the entry that
+ * histogram.zero() made. prom-client's own child converts, validates and hashes its labels on
+ * every call. Relies on prom-client's internals (hashMap, upperBounds; the version is pinned in
+ * package.json); when they are not as expected it falls back to the library's observe.
+ * test/metrics.test.ts checks the exposed buckets, sum and count.
+ */
+function directObserver<T extends string> (histogram: Histogram<T>, label: T, value: string): (seconds: number) => void {
+  const internals = histogram as unknown as { hashMap?: Record<string, HistogramEntry>, upperBounds?: number[] }
+  const bounds = internals.upperBounds
+  const entry = Object.values(internals.hashMap ?? {}).find((candidate) => candidate.labels[label] === value && Object.keys(candidate.labels).length === 1)
+  if (bounds === undefined || entry === undefined || bounds.some((bound) => typeof entry.bucketValues[bound] !== 'number')) return histogram.labels(value).observe
+  return (seconds) => {
+    if (!Number.isFinite(seconds)) return
+    entry.sum += seconds
+    entry.count += 1
+    // Buckets hold the count of their own range; the exposition sums them (a value above the
+    // last bound is in count, the +Inf bucket, only).
+    for (const bound of bounds) {
+      if (seconds <= bound) {
+        (entry.bucketValues[bound] as number) += 1
+        break
+      }
+    }
+  }
+}
+
 const MCP_ROUTE = '/mcp'
 const UNMATCHED_ROUTE = 'unmatched'
 const UNKNOWN_TOOL = 'unknown'
@@ -61,13 +91,26 @@ function hooksOf<T> (hooks: T | T[] | undefined): T[] {
   return hooks === undefined ? [] : Array.isArray(hooks) ? hooks : [hooks]
 }
 
+export interface MetricsPluginOptions {
+  /**
+   * Benchmarks only (bench/, never reachable from configuration): false registers no hook and
+   * leaves the store untimed, so that what metrics cost per request can be measured. /metrics then
+   * serves an empty registry.
+   */
+  enabled?: boolean
+}
+
 /**
  * Prometheus metrics on a registry of this app's own. The request path only increments: every
  * label value comes from a fixed list (route patterns, status codes, tool names, catalogue codes,
  * store operations), and the children for them are made once and kept.
  */
-export default fp(async (fastify) => {
+export default fp<MetricsPluginOptions>(async (fastify, options) => {
   const registry = new Registry()
+  if (options.enabled === false) {
+    fastify.decorate('metrics', { registry, oauth: oauthMetrics(registry, false, fastify.log) })
+    return
+  }
   collectDefaultMetrics({ register: registry })
   const registers = [registry]
 
@@ -140,7 +183,7 @@ export default fp(async (fastify) => {
   }
   function histogramChild<T extends string> (histogram: Histogram<T>, label: T, value: string): HistogramChild {
     histogram.zero({ [label]: value } as Partial<Record<T, string>>)
-    return histogram.labels(value)
+    return { ...histogram.labels(value), observe: directObserver(histogram, label, value) }
   }
 
   interface ToolMetrics { duration: HistogramChild, outcomes: Map<string, CounterChild> }
@@ -221,15 +264,22 @@ export default fp(async (fastify) => {
   for (const [operation, method] of Object.entries(store)) {
     const run = method as (...args: unknown[]) => Promise<unknown>
     const duration = histogramChild(storeDuration, 'operation', operation)
-    timed[operation] = async (...args) => {
+    // Not an async function: one promise (then) per call rather than an async frame and its await.
+    timed[operation] = (...args) => {
       const start = performance.now()
       storeCallsInFlight++
-      try {
-        return await run(...args)
-      } finally {
+      const ended = (): void => {
         storeCallsInFlight--
         duration.observe((performance.now() - start) / 1000)
       }
+      let pending: Promise<unknown>
+      try {
+        pending = run(...args)
+      } catch (error) {
+        ended()
+        return Promise.reject(error)
+      }
+      return pending.then((result) => { ended(); return result }, (error: unknown) => { ended(); throw error })
     }
   }
   fastify.db.store = timed as unknown as ContextStore

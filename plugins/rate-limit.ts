@@ -8,6 +8,8 @@ import { tierOf, type RateLimitTier } from '../schema/principal.js'
 import { parseRateLimits, type RateLimits, type WindowLimits } from '../schema/rate-limits.js'
 
 export type RequestHook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+/** A callback-style hook: `done()` to go on, `done(error)` to answer with the error. */
+export type CallbackHook = (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void) => void
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -19,7 +21,7 @@ declare module 'fastify' {
        * principal's per-minute and per-hour limits (by tier) and answers 429 REQ_1103 beyond either.
        * Sets RateLimit-Limit / -Remaining / -Reset for the tighter window.
        */
-      limitPrincipal: RequestHook
+      limitPrincipal: CallbackHook
       /**
        * The failed-authentication budget of the client address. `check` answers 429 REQ_1103 when
        * it is spent — call it before work a wrong token can make costly (a database lookup, a JWT
@@ -167,7 +169,7 @@ export default fp(async (fastify) => {
   if (limits === 'off') {
     fastify.decorate('rateLimits', {
       limits,
-      limitPrincipal: async () => {},
+      limitPrincipal: (_request: FastifyRequest, _reply: FastifyReply, done: (error?: Error) => void) => { done() },
       addressBudget: { check: async () => {}, countFailure: async () => {} },
       guardAuthentication: (authenticate: RequestHook) => authenticate
     })
@@ -190,33 +192,54 @@ export default fp(async (fastify) => {
     return max === undefined ? [] : [{ window, max, store: new Store({}) }]
   })]))
 
-  function count ({ window, max, store }: Counter, id: string): Promise<Outcome> {
-    return new Promise((resolve, reject) => {
-      store.incr(`${window.name}:${id}`, (error, result) => {
-        if (error !== null || result === undefined) {
-          reject(error ?? new Error('rate-limit store returned nothing'))
-          return
-        }
-        const { current, ttl } = result
-        resolve({ window, max, remaining: Math.max(0, max - current), exceeded: current > max, ttl, retryAfter: Math.max(1, Math.ceil(ttl / 1000)) })
-      }, window.ms, max)
-    })
+  /** Counts one request in one window; `answer` gets the outcome (the in-memory store answers at once, Redis later). */
+  function count ({ window, max, store }: Counter, id: string, answer: (error: Error | null, outcome?: Outcome) => void): void {
+    store.incr(`${window.name}:${id}`, (error, result) => {
+      if (error !== null || result === undefined) {
+        answer(error ?? new Error('rate-limit store returned nothing'))
+        return
+      }
+      const { current, ttl } = result
+      answer(null, { window, max, remaining: Math.max(0, max - current), exceeded: current > max, ttl, retryAfter: Math.max(1, Math.ceil(ttl / 1000)) })
+    }, window.ms, max)
   }
   const failureLimiters = limitersFor(limits.ip, (request) => `auth-failures:${addressOf(request)}`)
 
-  async function limitPrincipal (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  // Callback style, without a promise per window: on the in-memory store the whole check runs
+  // synchronously on every /mcp request.
+  function limitPrincipal (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
     const tier = request.principal === null ? 'default' : tierOf(request.principal)
     const counters = principalCounters.get(tier)!
-    if (counters.length === 0) return
-    const id = request.principal?.id ?? `address:${addressOf(request)}`
-    const list = await Promise.all(counters.map((counter) => count(counter, id)))
-    const refusal = longestRefusal(list, (outcome) => outcome.exceeded)
-    if (refusal !== undefined) {
-      setHeaders(reply, refusal, true)
-      throw new AppError('REQ_1103', `Rate limit reached: ${refusal.max} requests per ${refusal.window.name} for ${tier} principals. Retry in ${refusal.retryAfter} s.`)
+    if (counters.length === 0) {
+      done()
+      return
     }
-    const tightest = list.reduce<Outcome | undefined>((best, outcome) => best === undefined || outcome.remaining < best.remaining ? outcome : best, undefined)
-    if (tightest !== undefined) setHeaders(reply, tightest, false)
+    const id = request.principal?.id ?? `address:${addressOf(request)}`
+    // In the counters' order whatever order the answers come in (ties go to the shorter window).
+    const list: Outcome[] = new Array<Outcome>(counters.length)
+    let waiting = counters.length
+    let failed = false
+    const settle = (index: number, error: Error | null, outcome?: Outcome): void => {
+      if (failed) return
+      if (error !== null || outcome === undefined) {
+        failed = true
+        done(error ?? new Error('rate-limit store returned nothing'))
+        return
+      }
+      list[index] = outcome
+      if (--waiting > 0) return
+      const refusal = longestRefusal(list, (candidate) => candidate.exceeded)
+      if (refusal !== undefined) {
+        setHeaders(reply, refusal, true)
+        done(new AppError('REQ_1103', `Rate limit reached: ${refusal.max} requests per ${refusal.window.name} for ${tier} principals. Retry in ${refusal.retryAfter} s.`))
+        return
+      }
+      let tightest = list[0]!
+      for (const candidate of list) if (candidate.remaining < tightest.remaining) tightest = candidate
+      setHeaders(reply, tightest, false)
+      done()
+    }
+    counters.forEach((counter, index) => { count(counter, id, (error, outcome) => { settle(index, error, outcome) }) })
   }
 
   async function checkAddress (request: FastifyRequest, reply: FastifyReply): Promise<void> {

@@ -70,11 +70,14 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
   const { config, mcp } = fastify
 
   // Host and Origin were checked for every route before this (plugins/host-check.ts).
-  fastify.addHook('onRequest', async (_request, reply) => {
+  // Callback style: an async hook costs a promise per request.
+  fastify.addHook('onRequest', (_request, reply, done) => {
     if (fastify.lifecycle.closing) {
       reply.header('retry-after', '5')
-      throw new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.')
+      done(new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.'))
+      return
     }
+    done()
   })
   // An address that keeps failing authentication is refused before its token is looked up.
   fastify.addHook('onRequest', fastify.auth.authenticate)

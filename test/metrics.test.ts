@@ -107,6 +107,9 @@ test('GET /metrics after tool calls, refused tokens and a rate-limited call', as
   t.equal(countOf(scraped, duration, { tool: 'delete_context' }), 0, 'every offered tool has a series from the start')
   t.ok(valueOf(scraped, `${duration}_sum`, { tool: 'read_context' })! > 0, 'durations are recorded')
   t.equal(valueOf(scraped, `${duration}_bucket`, { tool: 'read_context', le: '+Inf' }), 2)
+  t.equal(valueOf(scraped, `${duration}_bucket`, { tool: 'read_context', le: '10' }), 2, 'both calls in the 10 s bucket')
+  const buckets = (scraped.series.get(`${duration}_bucket`) ?? []).filter((sample) => sample.labels?.tool === 'read_context').map((sample) => Number(sample.value))
+  t.ok(buckets.length > 2 && buckets.every((count, index) => index === 0 || count >= (buckets[index - 1] as number)), 'buckets are cumulative')
 
   const requests = 'scm_http_requests_total'
   t.equal(valueOf(scraped, requests, { route: '/mcp', status: '200' }), 5)
@@ -123,6 +126,8 @@ test('GET /metrics after tool calls, refused tokens and a rate-limited call', as
   const operations = 'scm_db_operation_duration_seconds'
   t.equal(countOf(scraped, operations, { operation: 'write' }), 1, 'the invalid write never reached the store')
   t.equal(countOf(scraped, operations, { operation: 'read' }), 2)
+  t.equal(valueOf(scraped, `${operations}_bucket`, { operation: 'read', le: '+Inf' }), 2)
+  t.ok(valueOf(scraped, `${operations}_sum`, { operation: 'read' })! > 0, 'store durations are recorded')
   t.equal(countOf(scraped, operations, { operation: 'findApiTokenByHash' }), 1, 'the unknown token was looked up once')
   t.equal(valueOf(scraped, 'scm_db_pool_max'), 10)
   t.equal(valueOf(scraped, 'scm_db_operations_in_flight'), 0)

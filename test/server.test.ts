@@ -36,3 +36,26 @@ test('logs of a running server (stdout not a terminal): JSON lines at LOG_LEVEL,
   const warn = await run('warn')
   t.notOk(warn.entries.some((entry) => entry.msg === 'request completed'), 'LOG_LEVEL=warn: no request lines')
 })
+
+test('batched log lines: a request line reaches stdout while the server keeps running, and none is lost at SIGTERM', async (t) => {
+  const { url } = await testDatabase(t)
+  const server = startServer({ DATABASE_URL: url, PORT: '0', AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'info' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  await waitFor(server, (output) => output.includes('serving MCP at'))
+  const endpoint = servingUrl(server)
+  const completed = (): Array<Record<string, unknown>> => server.stdout().split('\n').filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>).filter((entry) => entry.msg === 'request completed')
+
+  t.equal((await callToolOverHttp(endpoint, TEST_TOKEN, 'write_context', { key: 'log/first', content: 'one' })).status, 200)
+  // Far less than a batch: written by the periodic flush, with no further request and no exit.
+  await waitFor(server, () => completed().some((entry) => entry.tool === 'write_context'))
+  t.equal(server.child.exitCode, null, 'the line arrived while the server runs')
+
+  const calls = 60
+  const statuses = await Promise.all(Array.from({ length: calls }, async () =>
+    (await callToolOverHttp(endpoint, TEST_TOKEN, 'read_context', { key: 'log/first' })).status))
+  t.same(new Set(statuses), new Set([200]))
+  server.child.kill('SIGTERM')
+  t.equal(await server.exited, 0)
+  t.equal(completed().filter((entry) => entry.tool === 'read_context').length, calls, 'one line per request, all written by exit')
+})

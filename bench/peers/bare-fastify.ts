@@ -1,6 +1,6 @@
 import Fastify from 'fastify'
 import postgres from 'postgres'
-import { READ_SQL, WRITE_SQL, readParams, writeParams } from './floor-sql.js'
+import { FLOOR_POOL, READ_SQL, WRITE_SQL, readParams, writeParams } from './floor-sql.js'
 
 // The floor (b): Fastify, JSON.parse and postgres.js running the same SQL text as the store
 // (floor-sql.ts), and nothing of the project's code: no store, no tool handlers, no plugins. A cost
@@ -33,11 +33,11 @@ interface WrittenRow { version: number | null, updated_at: Date | null, created:
 
 const url = process.env.DATABASE_URL
 if (url === undefined) throw new Error('DATABASE_URL is required')
-// The pool settings that change the work per query, as the server's: named prepared statements,
-// and int8 (version) parsed as a number.
+// The pool settings that change the work per query, as the server's (FLOOR_POOL), and int8
+// (version) parsed as a number.
 const sql = postgres(url, {
+  ...FLOOR_POOL,
   max: Number(process.env.DB_POOL_MAX ?? 10),
-  prepare: true,
   onnotice: () => {},
   types: { int8AsNumber: { to: 20, from: [20], serialize: (value: number) => String(value), parse: (value: string) => Number(value) } }
 })

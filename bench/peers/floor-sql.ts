@@ -4,6 +4,18 @@
 // project, so this is a copy; bench/sql-check.ts compares it with what the store really sends
 // before every run, and the run stops if they differ.
 
+/**
+ * The pool settings of db/connect.ts's createSql that change the work per query, copied: named
+ * prepared statements, the session settings (JIT off, generic plans) and one query in flight per
+ * connection (max_pipeline). bench/sql-check.ts compares them with createSql's before every run.
+ */
+export const FLOOR_POOL = {
+  prepare: true,
+  idle_timeout: 60,
+  max_pipeline: 1,
+  connection: { jit: 'off', plan_cache_mode: 'force_generic_plan' }
+}
+
 export const READ_SQL = `
   select key, content, version, tags, created_at, updated_at, updated_by, client, expires_at
   from context_entries

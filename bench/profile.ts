@@ -1,0 +1,140 @@
+import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { killAllChildrenNow, startChild, stopChild, freePort } from './children.js'
+import { cpuMicros } from './cpu.js'
+import { prepareDatabase } from './database.js'
+import { runLoad } from './load.js'
+import { ROOT, logTail, waitUntilServing, type Server } from './servers.js'
+import { readSettings } from './settings.js'
+
+// `npm run bench:profile`: the production configuration (server a of `npm run bench`: token, rate
+// limits on but never reached, metrics, info logging to a file) under the benchmark's load with
+// node --cpu-prof, for BENCH_DURATION seconds after a BENCH_WARMUP warm-up. Writes the profile to
+// bench/results/profile/ (open it in Chrome DevTools or speedscope for a flame graph) and prints
+// the functions and packages with the most self time, and the functions with the most total time.
+// BENCH_PROFILE_SERVER=m profiles the server with auth, limits and metrics off instead.
+
+const RESULTS_DIR = join(ROOT, 'bench/results')
+const PROFILE_DIR = join(RESULTS_DIR, 'profile')
+const TOP = Number(process.env.BENCH_PROFILE_TOP ?? 30)
+
+interface CallFrame { functionName: string, url: string, lineNumber: number, columnNumber: number }
+interface ProfileNode { id: number, callFrame: CallFrame, hitCount?: number, children?: number[] }
+interface CpuProfile { nodes: ProfileNode[], startTime: number, endTime: number, samples: number[], timeDeltas: number[] }
+
+function shortUrl (url: string): string {
+  if (url === '') return ''
+  const path = url.replace(/^file:\/\//, '')
+  const modules = path.lastIndexOf('/node_modules/')
+  if (modules !== -1) return path.slice(modules + '/node_modules/'.length)
+  return path.startsWith(ROOT) ? path.slice(ROOT.length) : path
+}
+
+/** The package (or project file) a frame belongs to: `fastify`, `@modelcontextprotocol/server`, `dist/plugins/mcp.js`, `(node)`. */
+function moduleOf (frame: CallFrame): string {
+  const short = shortUrl(frame.url)
+  if (short === '') return `(${frame.functionName === '' ? 'native' : frame.functionName})`
+  if (short.startsWith('node:')) return '(node core)'
+  if (frame.url.includes('/node_modules/')) {
+    const parts = short.split('/')
+    return parts[0]?.startsWith('@') === true ? `${parts[0]}/${parts[1] ?? ''}` : parts[0] ?? short
+  }
+  return short
+}
+
+function frameName (frame: CallFrame): string {
+  const where = shortUrl(frame.url)
+  return `${frame.functionName === '' ? '(anonymous)' : frame.functionName}${where === '' ? '' : ` ${where}:${frame.lineNumber + 1}`}`
+}
+
+function rows (totals: Map<string, number>, all: number, top: number): string[] {
+  return [...totals.entries()].sort((x, y) => y[1] - x[1]).slice(0, top)
+    .map(([name, us]) => `${(100 * us / all).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${name}`)
+}
+
+/** Self time by function and by package, total time by function (each function counted once per sample however deep it recurses). */
+export function summariseProfile (profile: CpuProfile, top = TOP): string {
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]))
+  const parent = new Map<number, number>()
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id)
+  const self = new Map<string, number>()
+  const byModule = new Map<string, number>()
+  const total = new Map<string, number>()
+  let all = 0
+  profile.samples.forEach((id, index) => {
+    const us = profile.timeDeltas[index + 1] ?? profile.timeDeltas[index] ?? 0
+    const node = byId.get(id)
+    if (node === undefined) return
+    all += us
+    const name = frameName(node.callFrame)
+    self.set(name, (self.get(name) ?? 0) + us)
+    const module = moduleOf(node.callFrame)
+    byModule.set(module, (byModule.get(module) ?? 0) + us)
+    const seen = new Set<string>()
+    for (let at: number | undefined = id; at !== undefined; at = parent.get(at)) {
+      const frame = byId.get(at)?.callFrame
+      if (frame === undefined) break
+      const key = frameName(frame)
+      if (seen.has(key)) continue
+      seen.add(key)
+      total.set(key, (total.get(key) ?? 0) + us)
+    }
+  })
+  return [
+    `${(all / 1000).toFixed(0)} ms sampled`,
+    '', `Self time by function (top ${top}):`, ...rows(self, all, top),
+    '', 'Self time by package or project file:', ...rows(byModule, all, top),
+    '', `Total time by function (top ${top}, idle and the program root included):`, ...rows(total, all, top),
+    ''
+  ].join('\n')
+}
+
+async function main (): Promise<void> {
+  const settings = readSettings(process.env)
+  const which = process.env.BENCH_PROFILE_SERVER ?? 'a'
+  if (which !== 'a' && which !== 'm') throw new Error('BENCH_PROFILE_SERVER is a (production configuration) or m (auth, limits and metrics off)')
+  await rm(PROFILE_DIR, { recursive: true, force: true })
+  await mkdir(PROFILE_DIR, { recursive: true })
+  console.log(`Preparing database scm_bench with ${settings.keys} keys...`)
+  const databaseUrl = await prepareDatabase(settings.adminDatabaseUrl, settings.keys)
+
+  const token = `bench_${randomBytes(24).toString('base64url')}`
+  const port = await freePort()
+  const common = { DATABASE_URL: databaseUrl, DB_POOL_MAX: String(settings.dbPoolMax), LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port) }
+  const spec: { script: string, env: Record<string, string>, headers: Record<string, string> } = which === 'a'
+    ? { script: join(ROOT, 'dist/server.js'), env: { ...common, AUTH_TOKEN: token, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' }, headers: { authorization: `Bearer ${token}` } }
+    : { script: join(ROOT, 'node_modules/.cache/scm-bench/bench/peers/auth-off.js'), env: { ...common, BENCH_WITHOUT_METRICS: '1' }, headers: {} }
+  const logFile = join(RESULTS_DIR, 'server-profile.log')
+  const child = startChild({ name: `profiled ${which}`, cwd: ROOT, args: ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR, spec.script], env: spec.env, logFile })
+  const server: Server = { id: which, label: `profiled ${which}`, child, logFile, url: `http://127.0.0.1:${port}/mcp`, headers: spec.headers }
+  try {
+    await waitUntilServing(server, settings.keys)
+    const load = { connections: settings.connections, keys: settings.keys, writeRatio: settings.writeRatio }
+    console.log(`warm-up ${settings.warmupSeconds} s, then ${settings.durationSeconds} s profiled at ${settings.connections} connections`)
+    await runLoad(server, { ...load, durationSeconds: settings.warmupSeconds })
+    const pid = child.process.pid as number
+    const before = cpuMicros(pid)
+    const result = await runLoad(server, { ...load, durationSeconds: settings.durationSeconds })
+    const cpu = (cpuMicros(pid) - before) / Math.max(1, result.responses)
+    console.log(`${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, ` +
+      `${cpu.toFixed(0)} µs CPU/request (profiler included), errors ${result.totalErrors}`)
+    if (child.exit !== undefined) throw new Error(`the server exited during the run:\n${await logTail(server)}`)
+  } finally {
+    await stopChild(child)
+  }
+  const file = (await readdir(PROFILE_DIR)).find((name) => name.endsWith('.cpuprofile'))
+  if (file === undefined) throw new Error(`no .cpuprofile in ${PROFILE_DIR}: the server did not exit normally (see ${logFile})`)
+  // The warm-up is in the profile too; it is short against the measured run.
+  const summary = summariseProfile(JSON.parse(await readFile(join(PROFILE_DIR, file), 'utf8')) as CpuProfile)
+  await writeFile(join(PROFILE_DIR, 'summary.txt'), summary)
+  console.log(`\n${summary}\nProfile: bench/results/profile/${file} (Chrome DevTools > Performance, or speedscope); summary in bench/results/profile/summary.txt`)
+}
+
+process.on('exit', killAllChildrenNow)
+try {
+  await main()
+} catch (error) {
+  console.error(`bench:profile failed: ${error instanceof Error ? error.message : String(error)}`)
+  process.exitCode = 1
+}
