@@ -4,7 +4,8 @@ import { AppError } from '../schema/errors.js'
 const CONNECTION_ERROR_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE', 'EAI_AGAIN',
   'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED',
-  '57P01', '57P02', '57P03', '53300', '08000', '08001', '08003', '08004', '08006'
+  // 57014: canceled by statement_timeout (DB_STATEMENT_TIMEOUT_MS).
+  '57014', '57P01', '57P02', '57P03', '53300', '08000', '08001', '08003', '08004', '08006'
 ])
 
 export function isDatabaseUnavailable (error: unknown): boolean {

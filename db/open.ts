@@ -72,6 +72,7 @@ export async function openDatabase (config: Config, log: (message: string) => vo
   const sql = createSql(local ? SOCKET_URL : config.DATABASE_URL as string, {
     max: local ? EMBEDDED_POOL_MAX : config.DB_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     ...(local && { path: running ?? embedded?.socketPath }),
     tls
   })
