@@ -32,7 +32,7 @@ function roundCounter (client: Redis) {
     commands++
     if (pending === 0) rounds++
     pending++
-    const result = send(command, stream)
+    const result = send(command, stream) as Promise<unknown>
     const settled = () => { pending-- }
     result.then(settled, settled)
     return result
