@@ -106,6 +106,6 @@ test(`linearizable under database faults: ${INSTANCES} instance(s), 16 clients, 
   t.same(report.anomalies.map((anomaly) => anomaly.key), [], 'no anomalies')
   t.same(report.inconclusive, [], 'every key decided')
   t.ok(faults.cuts + faults.stalls > 0, 'faults were injected')
-  t.ok(succeeded > 100 && unknown > 0, 'both successes and unknown outcomes occurred')
+  t.ok(succeeded > 30 && unknown > 0, 'both successes and unknown outcomes occurred')
   t.equal(rows.filter((row) => row.client?.startsWith('lin-op-') !== true).length, 0, 'every version in the history was written by a recorded operation')
 })
