@@ -28,8 +28,14 @@ const BAD_INPUT_RPC_CODES = new Set([-32700, -32600, -32601, -32602])
 /** An SDK error answer without a catalogue code gets REQ_1101 when its JSON-RPC code means bad input. */
 function withCatalogueCode (answer: JsonRpcResponse): JsonRpcResponse {
   if (!('error' in answer)) return answer
-  const error = answer.error as { code: number, data?: unknown }
-  if (error.data !== undefined || !BAD_INPUT_RPC_CODES.has(error.code)) return answer
+  const error = answer.error as { code: number, message: string, data?: unknown }
+  if (error.data !== undefined) return answer
+  // The SDK answers params its own schemas refuse (initialize without protocolVersion, say) as an
+  // internal error whose message is the list of issues: bad input, not a server fault.
+  if (error.code === -32603 && error.message.trimStart().startsWith('[')) {
+    return { ...answer, error: { code: -32602, message: `Invalid params: ${error.message}`, data: { code: 'REQ_1101' } } } as JsonRpcResponse
+  }
+  if (!BAD_INPUT_RPC_CODES.has(error.code)) return answer
   return { ...answer, error: { ...answer.error, data: { code: 'REQ_1101' } } } as JsonRpcResponse
 }
 
@@ -92,7 +98,7 @@ function isPlainLegacyRequest (body: unknown, versionHeader: string | string[] |
 function isJsonRpcMessage (body: unknown): boolean {
   if (!isPlainObject(body) || body.jsonrpc !== '2.0') return false
   const id = body.id
-  const validId = typeof id === 'string' || (typeof id === 'number' && Number.isInteger(id))
+  const validId = typeof id === 'string' || Number.isSafeInteger(id)
   if (typeof body.method === 'string') return (id === undefined || validId) && (body.params === undefined || isPlainObject(body.params))
   return ('result' in body || 'error' in body) && (validId || id === null)
 }

@@ -37,10 +37,15 @@ test('refusals the fuzzing found without a catalogue code, or as a 500', async (
   })
 
   t.test('a body that is not one JSON-RPC message, and an unknown method, carry REQ_1101', async (t) => {
-    for (const payload of ['[]', '[{"jsonrpc":"2.0","id":1,"method":"ping"}, 5]', '5', 'null', '{"jsonrpc":"2.0","id":{},"method":"ping"}', '{"jsonrpc":"2.0","id":1.5,"method":"ping"}', '{"jsonrpc":"2.0","id":1,"method":"ping","params":7}']) {
+    for (const payload of ['[]', '[{"jsonrpc":"2.0","id":1,"method":"ping"}, 5]', '5', 'null', '{"jsonrpc":"2.0","id":{},"method":"ping"}', '{"jsonrpc":"2.0","id":1.5,"method":"ping"}', '{"jsonrpc":"2.0","id":1e308,"method":"ping"}', '{"jsonrpc":"2.0","id":1,"method":"ping","params":7}']) {
       const response = await post(app, payload)
       t.equal(response.statusCode, 400, payload)
       t.equal(response.json().error?.data?.code, 'REQ_1101', `${payload}: REQ_1101`)
+    }
+    for (const params of [undefined, {}, { protocolVersion: 5 }]) {
+      const response = await post(app, JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', ...(params !== undefined && { params }) }))
+      t.equal(response.json().error?.code, -32602, `initialize with params ${JSON.stringify(params)}: invalid params, not an internal error`)
+      t.equal(response.json().error?.data?.code, 'REQ_1101')
     }
     const unknown = (await rpc(app, 'resources/nope', {})).json()
     t.equal(unknown.error?.code, -32601)
