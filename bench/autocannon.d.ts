@@ -24,6 +24,8 @@ declare module 'autocannon' {
     duration?: number
     /** Seconds without a response before a request counts as a timeout. */
     timeout?: number
+    /** Requests per second across all connections (none: as fast as answers come). */
+    overallRate?: number
     method?: string
     headers?: Record<string, string>
     requests?: Request[]

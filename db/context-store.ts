@@ -1,4 +1,5 @@
 import type postgres from 'postgres'
+import { changesSince, feedHead, type FeedOptions, type FeedPage, type FeedPosition } from './change-feed.js'
 
 // All data SQL of the application. Each change and its history row are written by ONE statement
 // (data-modifying CTEs): one round trip, implicitly one transaction, never one without the other.
@@ -254,6 +255,15 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
   const onlyThePreviousRow = sql`e.version = (select version from previous)`
 
   /**
+   * The change feed's position of a change to an existing row (db/change-feed.ts, migration 006):
+   * this transaction's id, or the row's previous one if that is larger. A transaction that took its
+   * id before an earlier writer of the key committed then still sorts after that writer, so each
+   * key's versions reach the feed in order; and the value stays at least the writer's own id, which
+   * is what the feed's horizon needs.
+   */
+  const nextFeedTxid = sql`greatest(pg_current_xact_id(), e.feed_txid)`
+
+  /**
    * Version for the INSERT branch of an upsert (used only when the key has no row). Referencing
    * "previous" here makes it run before the insert.
    */
@@ -274,9 +284,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         select c.*, c.inserted or coalesce(p.expired, false) as created
         from changed c left join previous p on true
       ), logged as (
-        insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
+        insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
         select namespace, key, version, case when created then 'create' else ${action}::text end, content, tags,
-               ${actor.principal}, ${actor.client}, updated_at
+               ${actor.principal}, ${actor.client}, updated_at, feed_txid
         from outcome
       )`
   }
@@ -324,24 +334,25 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ? sql`
           update context_entries e set
             content = ${content}, version = e.version + 1, tags = coalesce(${tags}::text[], e.tags),
-            updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client}, expires_at = ${expiresAt}
+            updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client}, expires_at = ${expiresAt},
+            feed_txid = ${nextFeedTxid}
           where e.namespace = ${namespace} and e.key = ${key} and e.version = ${expectedVersion}
             and (e.expires_at is null or e.expires_at > now())
-          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, false as inserted`
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, false as inserted`
       : sql`
           insert into context_entries as e
-            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at, feed_txid)
           values (${namespace}, ${key}, ${content}, ${firstVersion(namespace, key)},
-                  coalesce(${tags}::text[], '{}'), now(), now(), ${actor.principal}, ${actor.client}, ${expiresAt})
+                  coalesce(${tags}::text[], '{}'), now(), now(), ${actor.principal}, ${actor.client}, ${expiresAt}, pg_current_xact_id())
           on conflict (namespace, key) do update set
             content = excluded.content,
             version = e.version + 1,
             tags = coalesce(${tags}::text[], case when e.expires_at <= now() then '{}' else e.tags end),
             created_at = case when e.expires_at <= now() then now() else e.created_at end,
             updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
-            expires_at = excluded.expires_at
+            expires_at = excluded.expires_at, feed_txid = ${nextFeedTxid}
           where ${onlyThePreviousRow} ${expectedVersion === 0 ? sql`and e.expires_at <= now()` : sql``}
-          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, (e.xmax = 0) as inserted`
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, (e.xmax = 0) as inserted`
 
     return await settle(async () => {
       const [row] = await sql<WrittenRow[]>`
@@ -365,9 +376,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       const [row] = await sql<AppendedRow[]>`
         with ${lockedPrevious(namespace, key)}, changed as (
           insert into context_entries as e
-            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at, feed_txid)
           select ${namespace}, ${key}, ${content}, ${firstVersion(namespace, key)},
-                 '{}', now(), now(), ${actor.principal}, ${actor.client}, null
+                 '{}', now(), now(), ${actor.principal}, ${actor.client}, null, pg_current_xact_id()
           where ${contentBytes}::int <= ${maxContentBytes}::int
           on conflict (namespace, key) do update set
             content = case when e.expires_at <= now() then excluded.content else e.content || ${separator}::text || excluded.content end,
@@ -375,10 +386,11 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
             tags = case when e.expires_at <= now() then '{}' else e.tags end,
             created_at = case when e.expires_at <= now() then now() else e.created_at end,
             updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
-            expires_at = case when e.expires_at <= now() then null else e.expires_at end
+            expires_at = case when e.expires_at <= now() then null else e.expires_at end,
+            feed_txid = ${nextFeedTxid}
           where ${onlyThePreviousRow} and (e.expires_at <= now()
              or octet_length(e.content) + ${separatorBytes}::int + ${contentBytes}::int <= ${maxContentBytes}::int)
-          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, (e.xmax = 0) as inserted
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, (e.xmax = 0) as inserted
         ), ${outcomeAndHistory('append', actor)}
         select o.version, o.created, octet_length(o.content) as bytes,
                p.bytes as previous_bytes, p.expired as previous_expired, p.version is not null as had_previous
@@ -587,12 +599,13 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       with deleted as (
         update context_entries set
           content = '', version = version + 1, tags = '{}', expires_at = '-infinity',
-          updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client}
+          updated_at = now(), updated_by = ${actor.principal}, client = ${actor.client},
+          feed_txid = greatest(pg_current_xact_id(), feed_txid)
         where namespace = ${namespace} and key = ${key} and ${notExpired} ${versionFilter}
-        returning namespace, key, version, updated_at
+        returning namespace, key, version, updated_at, feed_txid
       ), logged as (
-        insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
-        select namespace, key, version, 'delete', null, '{}', ${actor.principal}, ${actor.client}, updated_at
+        insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
+        select namespace, key, version, 'delete', null, '{}', ${actor.principal}, ${actor.client}, updated_at, feed_txid
         from deleted
       )
       select version - 1 as deleted_version from deleted`)
@@ -632,9 +645,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           where namespace = ${namespace} and key = ${key} and version = ${version} and action <> 'delete'
         ), changed as (
           insert into context_entries as e
-            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at)
+            (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at, feed_txid)
           select ${namespace}, ${key}, s.content, ${firstVersion(namespace, key)},
-                 s.tags, now(), now(), ${actor.principal}, ${actor.client}, null
+                 s.tags, now(), now(), ${actor.principal}, ${actor.client}, null, pg_current_xact_id()
           from source s
           on conflict (namespace, key) do update set
             content = excluded.content,
@@ -642,12 +655,12 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
             tags = excluded.tags,
             created_at = case when e.expires_at <= now() then now() else e.created_at end,
             updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
-            expires_at = null
+            expires_at = null, feed_txid = ${nextFeedTxid}
           where ${onlyThePreviousRow}
-          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at
+          returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid
         ), logged as (
-          insert into context_history (namespace, key, version, action, content, tags, actor, client, at)
-          select namespace, key, version, 'restore', content, tags, ${actor.principal}, ${actor.client}, updated_at
+          insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
+          select namespace, key, version, 'restore', content, tags, ${actor.principal}, ${actor.client}, updated_at, feed_txid
           from changed
         )
         select (select version from changed) as version,
@@ -731,6 +744,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
   return {
     read,
     write,
+    /** The change feed (db/change-feed.ts). */
+    changesSince: (feedOptions: FeedOptions): Promise<FeedPage> => changesSince(sql, feedOptions),
+    feedHead: (): Promise<FeedPosition> => feedHead(sql),
     append,
     list,
     search,

@@ -16,6 +16,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { toAppError } from '../db/errors.js'
+import { RESOURCE_CACHE_HINTS, RESOURCE_CAPABILITIES, answerLegacyRead, registerResources, type ResourceDependencies } from '../live/resources.js'
 import type { Principal } from '../schema/principal.js'
 import { allTools } from '../tools/index.js'
 import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
@@ -28,6 +29,8 @@ declare module 'fastify' {
       legacy: MultiplexTransport
       /** Answers a 2025-era tools/call (the hot path); see answerToolCall below. */
       answerToolCall: (request: JSONRPCRequest, caller: CallerInfo) => Promise<JsonRpcResponse>
+      /** Answers a 2025-era resources/read (its not-found code differs from the 2026-07-28 one the SDK sends). */
+      answerResourceRead: (request: JSONRPCRequest, caller: CallerInfo) => Promise<JsonRpcResponse>
       /** Serves 2026-07-28 traffic (and its validation-ladder rejections) through the SDK's own handler. */
       serveModern: NodeMcpRequestHandler
     }
@@ -52,7 +55,9 @@ export const INSTRUCTIONS = [
   'Every write creates a new version and records who wrote it. To update an entry others may also change, read it, then',
   'write_context with expected_version set to the version you read; on CTX_2002 re-read, merge, and retry.',
   'Use append_context to add to logs or lists without reading first. delete_context keeps history; restore_context brings a version back.',
-  'Lists and histories are paginated: pass next_cursor back as cursor.'
+  'Lists and histories are paginated: pass next_cursor back as cursor.',
+  'Coming back after a while? changes_since lists what others changed since your last call (keep its next_cursor for next time);',
+  'every entry is also a resource context://{namespace}/{key}.'
 ].join(' ')
 
 /** A client's self-reported name, cut to its first run of printable ASCII (it is stored and shown to models). */
@@ -168,11 +173,19 @@ export default fp(async (fastify) => {
     }
   }
 
+  const resourceDependencies: ResourceDependencies = {
+    store,
+    principalOf: (ctx) => callerOf(ctx).principal,
+    logFailure: (error, method) => fastify.log.error({ err: error, method }, 'resource request failed')
+  }
+
   function buildServer (): Server {
     const server = new ContextServer(SERVER_INFO, {
-      capabilities: { tools: { listChanged: false } },
-      instructions: INSTRUCTIONS
+      capabilities: { tools: { listChanged: false }, resources: RESOURCE_CAPABILITIES },
+      instructions: INSTRUCTIONS,
+      cacheHints: RESOURCE_CACHE_HINTS
     })
+    registerResources(server, resourceDependencies)
     server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
     server.setRequestHandler('tools/call', { params: callToolParams }, (params, ctx) => {
       const invalid = invalidCallToolParams(params)
@@ -214,7 +227,9 @@ export default fp(async (fastify) => {
   })
 
   fastify.decorateRequest('callRecord', null)
-  fastify.decorate('mcp', { legacy, answerToolCall, serveModern: toNodeHandler(modern) })
+  const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo) => answerLegacyRead(request, caller.principal, resourceDependencies)
+
+  fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern: toNodeHandler(modern) })
 
   fastify.addHook('onClose', async () => {
     await legacyServer.close()

@@ -172,8 +172,10 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
     const caller = callerOf(request)
-    const answer = body.method === 'tools/call'
-      ? await mcp.answerToolCall(body, caller)
+    // tools/call and resources/read are answered directly (see plugins/mcp.ts); the rest by the SDK's server.
+    const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? mcp.answerResourceRead : undefined
+    const answer = direct !== undefined
+      ? await direct(body, caller)
       : await mcp.legacy.exchange(body, { authInfo: authInfoFor(caller) }, (abort) => {
         reply.raw.once('close', () => { if (!reply.raw.writableFinished) abort() })
       })

@@ -108,9 +108,9 @@ test('OIDC: Keycloak roles become grants; tools/list and namespaces follow them'
   const engReader = await provider.sign({ sub: 'bob', realm_access: { roles: ['eng-read'] } })
   const admin = await provider.sign({ sub: 'carol', realm_access: { roles: ['ctx-admin'] } })
 
-  t.strictSame(toolNames(await rpc(app, 'tools/list', {}, { token: engReader })), ['read_context', 'list_context', 'search_context', 'context_history'])
-  t.strictSame(toolNames(await rpc(app, 'tools/list', {}, { token: hrWriter })), ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context'])
-  t.equal(toolNames(await rpc(app, 'tools/list', {}, { token: admin })).length, 8)
+  t.strictSame(toolNames(await rpc(app, 'tools/list', {}, { token: engReader })), ['read_context', 'list_context', 'search_context', 'context_history', 'changes_since'])
+  t.strictSame(toolNames(await rpc(app, 'tools/list', {}, { token: hrWriter })), ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context', 'changes_since'])
+  t.equal(toolNames(await rpc(app, 'tools/list', {}, { token: admin })).length, 9)
 
   const written = await write(app, hrWriter, { key: 'policy/leave', content: 'twenty days' })
   t.equal(written.json().result.structuredContent.version, 1)

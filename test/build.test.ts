@@ -21,8 +21,12 @@ function modifiedTimes (): Record<string, number> {
 test('a second `npm run build` with nothing changed rewrites nothing (so `npm start` starts at once)', async (t) => {
   await build() // brings dist/ up to date; CI has built already, so this is the no-op too
   const before = modifiedTimes()
+  // A migration renamed or removed in the source must not live on in dist/, where the server would apply it.
+  const stale = join(root, 'dist/db/migrations/998_renamed_since.sql')
+  writeFileSync(stale, 'select 1;\n')
   const output = await build()
   t.strictSame(modifiedTimes(), before, 'the compiled files, the migrations and the PGlite template are left as they were')
+  t.strictSame(readdirSync(join(root, 'dist/db/migrations')), readdirSync(join(root, 'db/migrations')), 'dist/ holds exactly the source\'s migrations')
   t.match(output, /pglite-template\.tar is current \(PGlite \d+\.\d+\.\d+/, 'the template is kept while the PGlite version is the same')
 })
 

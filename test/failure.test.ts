@@ -27,6 +27,12 @@ test('database lost at run time: DEP_3001 while it is away, /ready 503, recovers
   t.equal(failed.headers['retry-after'], '2')
   t.equal(failed.json().error.data.code, 'DEP_3001')
   t.notMatch(failed.body, /ECONNREFUSED|127\.0\.0\.1|stack/, 'no internals in the answer')
+  // Resources: resources/read is answered directly, resources/list by the SDK's server; both the same way.
+  for (const [method, params] of [['resources/read', { uri: 'context://default/k' }], ['resources/list', {}]] as const) {
+    const resource = await rpc(app, method, params)
+    t.equal(resource.statusCode, 503, `${method} answered while the database is away`)
+    t.equal(resource.json().error?.data?.code, 'DEP_3001', `${method}: DEP_3001`)
+  }
   const ready = await app.inject('/ready')
   t.equal(ready.statusCode, 503)
   t.same(ready.json(), { status: 'unavailable', database: 'failed', redis: 'absent', identity_provider: 'absent', authorization_server: 'absent' })

@@ -28,8 +28,12 @@ export function startServer (env: Record<string, string>): RunningServer {
   return { child, stdout: () => out, stderr: () => err, exited }
 }
 
-/** Waits until `predicate` holds for the output, or fails after `timeoutMs`. */
-export async function waitFor (server: RunningServer, predicate: (output: string) => boolean, timeoutMs = 30000): Promise<void> {
+/**
+ * Waits until `predicate` holds for the output, or fails after `timeoutMs`. A bound for a hung
+ * server, not a speed check: on two busy cores a child's start (tsx compiling, the embedded
+ * database loading its data folder) has taken over 30 s.
+ */
+export async function waitFor (server: RunningServer, predicate: (output: string) => boolean, timeoutMs = 90_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!predicate(server.stdout() + server.stderr())) {
     if (server.child.exitCode !== null) throw new Error(`server exited (${server.child.exitCode}) early:\n${server.stdout()}\n${server.stderr()}`)

@@ -1,4 +1,5 @@
 import { appendContext } from './append-context.js'
+import { changesSince } from './changes-since.js'
 import { contextHistory } from './context-history.js'
 import { deleteContext } from './delete-context.js'
 import { listContext } from './list-context.js'
@@ -17,5 +18,6 @@ export const allTools = [
   searchContext,
   deleteContext,
   contextHistory,
-  restoreContext
+  restoreContext,
+  changesSince
 ] as unknown as ToolDefinition[]

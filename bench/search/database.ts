@@ -61,6 +61,25 @@ export function searchBenchUrl (adminUrl: string): string {
 }
 
 /**
+ * The bench database as a previous run left it, if it holds `entries` notes under every migration
+ * of this build (BENCH_SEARCH_REUSE=1: the mix alone, without seeding and migrating again); else null.
+ */
+export async function reusableSearchDatabase (adminUrl: string, entries: number): Promise<{ url: string, notes: Note[] } | null> {
+  const url = searchBenchUrl(adminUrl)
+  const sql = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
+  try {
+    const shipped = (await readdir(MIGRATIONS_DIR)).filter((file) => file.endsWith('.sql')).length
+    const [row] = await sql<[{ migrations: number, entries: number }]>`
+      select (select count(*)::int from schema_migrations) as migrations, (select count(*)::int from context_entries) as entries`
+    return row !== undefined && row.migrations === shipped && row.entries === entries ? { url, notes: generateNotes(entries) } : null
+  } catch {
+    return null // no such database yet, or not this schema
+  } finally {
+    await sql.end({ timeout: 5 })
+  }
+}
+
+/**
  * Drops and recreates the bench database with `entries` notes, then applies the search migration
  * (and any later one) under a reader and a writer, and reports what they saw.
  */

@@ -38,10 +38,16 @@ export interface MixResult {
   byTool: Record<MixTool, ToolStats>
   /** Timeouts and connection errors autocannon saw. */
   transportErrors: number
+  /**
+   * autocannon's p99 over every request: at a fixed rate it counts the requests a slow answer held
+   * back (coordinated omission), which the per-tool figures, timed from send to answer, do not.
+   */
+  correctedP99Ms: number
   samples: string[]
 }
 
-export interface MixOptions { durationSeconds: number, connections: number, seed: number }
+/** Without overallRate each connection sends its next call as soon as the last is answered (saturation). */
+export interface MixOptions { durationSeconds: number, connections: number, seed: number, overallRate?: number }
 
 function percentile (sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
@@ -128,6 +134,7 @@ export async function runMix (target: Target, notes: Note[], options: MixOptions
     connections: options.connections,
     duration: options.durationSeconds,
     timeout: 10,
+    ...(options.overallRate !== undefined && { overallRate: options.overallRate }),
     method: 'POST',
     headers: { ...MCP_HEADERS, ...target.headers },
     requests: [{ method: 'POST', setupRequest, onResponse }]
@@ -143,6 +150,7 @@ export async function runMix (target: Target, notes: Note[], options: MixOptions
     responses: MIX_TOOLS.reduce((sum, tool) => sum + byTool[tool].count, 0),
     byTool,
     transportErrors: result.errors,
+    correctedP99Ms: result.latency.p99,
     samples
   }
 }

@@ -8,7 +8,7 @@ import { startOidcProvider, type OidcProvider } from '../oidc-provider.js'
 
 const PUBLIC_URL = 'https://ctx.example.com'
 const ROLE_MAP = JSON.stringify({ 'team-write': { scopes: ['context:read', 'context:write'], namespace: 'team' } })
-const WRITER_TOOLS = ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context']
+const WRITER_TOOLS = ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context', 'changes_since']
 
 /** One database, one identity provider, and an app for each JWT_ROLE_CLIENT value (undefined: unset). */
 async function setup (t: Test, roleClients: Array<string | undefined>): Promise<{ idp: OidcProvider, apps: FastifyInstance[] }> {

@@ -9,18 +9,22 @@ import { createSql } from '../../db/connect.js'
 import { createContextStore, type Actor } from '../../db/context-store.js'
 import { migrate } from '../../db/migrate.js'
 import { loadConfig } from '../../schema/config.js'
-import { ON_PGLITE, testDatabaseUrlForEmptyDb } from '../db-helper.js'
+import { ON_PGLITE, testDatabase, testDatabaseUrlForEmptyDb } from '../db-helper.js'
 import { callTool, TEST_TOKEN, toolErrorOf } from '../helper.js'
 
 const alice: Actor = { principal: 'user:alice', client: null }
 const MIGRATIONS = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
 
-/** The schema of the release before search: every migration before 005. */
+/**
+ * The schema of the release before search: every migration before 005. Plus 006 (the change
+ * feed's columns, independent of search), which this release's store writes to.
+ */
 async function migrateBeforeSearch (t: Test, sql: postgres.Sql): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'scm-before-search-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   for (const file of await readdir(MIGRATIONS)) {
-    if (Number(file.split('_')[0]) < 5) await cp(join(MIGRATIONS, file), join(dir, file))
+    const version = Number(file.split('_')[0])
+    if (version < 5 || version === 6) await cp(join(MIGRATIONS, file), join(dir, file))
   }
   await migrate(sql, { dir })
 }
@@ -59,7 +63,7 @@ test('the search migration indexes what the store held, and instances starting t
   const instances = Array.from({ length: 3 }, () => createSql(url, { max: 1, connectTimeoutMs: 10_000 }))
   t.teardown(() => Promise.all(instances.map((instance) => instance.end({ timeout: 5 }))))
   const results = await Promise.all(instances.map((instance) => migrate(instance)))
-  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql'], 'applied by one instance only')
+  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql', '007_search_statement_triggers.sql'], 'applied by one instance only')
   t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
 
   const found = await store.search('team', { query: 'kubernets', limit: 10 })
@@ -105,6 +109,51 @@ test('writes while the search migration runs are caught up', { skip: ON_PGLITE ?
   t.strictSame(await searchRowProblems(sql), [], 'every entry\'s search row matches its current version, no deleted entry has one')
   const rewritten = await store.search('busy', { query: 'rewritten migrating', limit: 50 })
   t.ok(rewritten.status === 'ok' && rewritten.items.length > 0, 'entries rewritten meanwhile are found by their new words')
+})
+
+/** Words of live entries' vectors (as the vocabulary keeps them) that the vocabulary lacks. */
+async function vocabularyGaps (sql: postgres.Sql): Promise<string[]> {
+  const rows = await sql<Array<{ gap: string }>>`
+    select distinct s.namespace || ': ' || t.term as gap
+    from context_search s cross join lateral unnest(tsvector_to_array(s.search_vector)) as t(term)
+    where char_length(t.term) between 3 and 64 and t.term ~ '[[:alpha:]]'
+      and not exists (select from search_terms v where v.namespace = s.namespace and v.term = t.term)
+    order by 1`
+  return rows.map((row) => row.gap)
+}
+
+test('search rows and the vocabulary follow statements that change many entries at once', async (t) => {
+  const { sql } = await testDatabase(t)
+  const store = createContextStore(sql, { maxContentBytes: 10_000 })
+  await sql`
+    insert into context_entries (namespace, key, content, version, tags, updated_by)
+    select 'bulk-' || (g % 2), 'k/' || g, 'imported note ' || g || ' about word' || g, 1, array['t' || (g % 3)], 'import'
+    from generate_series(1, 300) g`
+  t.strictSame(await searchRowProblems(sql), [], 'a 300-row insert: every entry indexed')
+  t.strictSame(await vocabularyGaps(sql), [], 'and every word in the vocabulary')
+  t.match(await store.search('bulk-1', { query: 'word17', limit: 5 }), { status: 'ok', items: [{ key: 'k/17' }] })
+
+  await sql`
+    update context_entries set version = version + 1, updated_at = now(),
+      content = case when (substring(key from 3))::int % 4 = 0 then 'rewritten as zebra' || key else content end,
+      expires_at = case when (substring(key from 3))::int % 10 = 1 then '-infinity'::timestamptz end`
+  t.strictSame(await searchRowProblems(sql), [], 'one update of every row: content changed, unchanged, tombstoned')
+  t.strictSame(await vocabularyGaps(sql), [])
+  t.match(await store.search('bulk-0', { query: 'zebrak/8', limit: 5 }), { status: 'ok', items: [{ key: 'k/8', version: 2 }] }, 'a rewritten entry is found by its new words')
+  t.match(await store.search('bulk-0', { query: 'word8', limit: 5 }), { status: 'ok', items: [] }, 'and no longer by its old ones')
+  t.match(await store.search('bulk-1', { query: 'word11', limit: 5 }), { status: 'ok', items: [] }, 'a tombstone leaves the search')
+  t.match(await store.search('bulk-1', { query: 'word13', limit: 5 }), { status: 'ok', items: [{ key: 'k/13', version: 2 }] }, 'an entry whose text stayed is found at its new version')
+
+  await sql`
+    insert into context_entries (namespace, key, content, version, tags, updated_by)
+    select 'bulk-1', 'k/' || g, 'upserted giraffe ' || g, 1, '{}', 'import' from generate_series(295, 305) g
+    on conflict (namespace, key) do update set content = excluded.content, version = context_entries.version + 1, expires_at = null`
+  await sql`delete from context_entries where namespace = 'bulk-0' and (substring(key from 3))::int < 100`
+  t.strictSame(await searchRowProblems(sql), [], 'an upsert that inserts some rows and updates others; a delete of many')
+  t.strictSame(await vocabularyGaps(sql), [])
+  const giraffes = await store.search('bulk-1', { query: 'giraffe', limit: 50 })
+  t.equal(giraffes.status === 'ok' && giraffes.items.length, 11, 'every upserted entry is found: the odd keys updated, the even ones new in that namespace')
+  t.match(await store.search('bulk-0', { query: 'word50', limit: 5 }), { status: 'ok', items: [] }, 'deleted rows are gone from the search')
 })
 
 test('SEARCH_LANGUAGE: a change re-indexes at the next start; an unknown one stops it', async (t) => {

@@ -5,7 +5,7 @@ import { Value } from '@sinclair/typebox/value'
 import { test, type Test } from 'tap'
 import { allTools } from '../../tools/index.js'
 import { build, TEST_TOKEN, toolErrorOf } from '../helper.js'
-import { addToken } from '../tools/helpers.js'
+import { addToken, feedSettled } from '../tools/helpers.js'
 
 // Every tool, its success path and every catalogue error it can return, through the listening
 // server, for the clients people use: SDK v1 (what the Inspector and most hosts ship), and SDK v2
@@ -67,6 +67,8 @@ interface Case {
   as?: 'reader'
   /** Further assertions on the success output or on the _meta error. */
   check?: (t: Test, value: Record<string, unknown>) => void
+  /** Wait until the change feed serves every change written so far. */
+  feed?: true
 }
 
 const big = 'x'.repeat(MAX_CONTENT_BYTES + 1)
@@ -122,6 +124,17 @@ const cases: Case[] = [
   { tool: 'context_history', args: (p) => ({ key: `${p}doc` }), expect: 'ok', check: (t, out) => t.match(out.versions, [{ version: 2, action: 'update' }, { version: 1, action: 'create' }]) },
   { tool: 'context_history', args: (p) => ({ key: `${p}absent` }), expect: 'CTX_2001' },
   { tool: 'context_history', args: (p) => ({ key: `${p}doc`, cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
+  {
+    tool: 'changes_since',
+    args: (p) => ({ prefix: p, limit: 2 }),
+    expect: 'ok',
+    feed: true,
+    check: (t, out) => {
+      t.match(out.changes, [{ key: /doc$/, version: 1, action: 'create' }, { key: /doc$/, version: 2, action: 'update' }], 'the oldest changes first')
+      t.equal(out.more, true, 'more are waiting')
+    }
+  },
+  { tool: 'changes_since', args: () => ({ cursor: 'not-a-cursor' }), expect: 'REQ_1101' },
   { tool: 'delete_context', args: (p) => ({ key: `${p}doc`, expected_version: 1 }), expect: 'CTX_2002', check: (t, error) => t.equal(error.current_version, 2) },
   { tool: 'delete_context', args: (p) => ({ key: `${p}doc`, expected_version: 2 }), expect: 'ok', check: (t, out) => t.match(out, { deleted_version: 2 }) },
   { tool: 'read_context', args: (p) => ({ key: `${p}doc` }), expect: 'CTX_2001' },
@@ -159,11 +172,12 @@ test('every tool, its successes and its catalogue errors, for SDK v1 and SDK v2 
       const listed = await sessions.main.listTools()
       t.strictSame(listed.map((tool) => tool.name), allTools.map((tool) => tool.name))
       t.ok(listed.every((tool) => tool.outputSchema !== undefined), 'every tool advertises an outputSchema')
-      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'search_context', 'context_history'])
+      t.strictSame((await sessions.reader.listTools()).map((tool) => tool.name), ['read_context', 'list_context', 'search_context', 'context_history', 'changes_since'])
 
       const prefix = `${label.replace(/ /g, '-')}/`
       const seen = new Set<string>()
-      for (const { tool, args, expect, as, check } of cases) {
+      for (const { tool, args, expect, as, check, feed } of cases) {
+        if (feed === true) await feedSettled(app)
         const what = `${as ?? 'main'} ${tool} ${JSON.stringify(args(prefix)).slice(0, 80)}`
         const result = await sessions[as ?? 'main'].callTool(tool, args(prefix)).catch((error: Error) => error)
         if (result instanceof Error) {

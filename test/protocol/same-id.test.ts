@@ -42,9 +42,9 @@ function post (app: FastifyInstance, token: string, modern: boolean, method: str
 test(`${TOTAL} concurrent requests with the same id from principals with different scopes each get their own answer, on both protocol lines`, async (t) => {
   const app = await build(t, { RATE_LIMITS: 'off' })
   const principals: Principal[] = [
-    { token: TEST_TOKEN, namespace: 'default', tools: ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'delete_context', 'context_history', 'restore_context'] },
-    { token: await addToken(app, 'same-id-reader', 'team-a', ['context:read']), namespace: 'team-a', tools: ['read_context', 'list_context', 'search_context', 'context_history'] },
-    { token: await addToken(app, 'same-id-writer', 'team-b', ['context:read', 'context:write']), namespace: 'team-b', tools: ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context'] }
+    { token: TEST_TOKEN, namespace: 'default', tools: ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'delete_context', 'context_history', 'restore_context', 'changes_since'] },
+    { token: await addToken(app, 'same-id-reader', 'team-a', ['context:read']), namespace: 'team-a', tools: ['read_context', 'list_context', 'search_context', 'context_history', 'changes_since'] },
+    { token: await addToken(app, 'same-id-writer', 'team-b', ['context:read', 'context:write']), namespace: 'team-b', tools: ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context', 'changes_since'] }
   ]
   for (const { namespace } of principals) {
     await app.db.store.write(namespace, 'whoami', `namespace ${namespace}`, {}, { principal: 'test', client: null })

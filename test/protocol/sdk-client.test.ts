@@ -27,7 +27,7 @@ test('the SDK client speaks 2025-11-25 and 2026-07-28 to the running server', as
   t.equal(legacy.getNegotiatedProtocolVersion(), '2025-11-25')
   t.match(legacy.getInstructions(), /expected_version/)
   const tools = await legacy.listTools()
-  t.equal(tools.tools.length, 8)
+  t.equal(tools.tools.length, 9)
   const readTool = tools.tools.find((tool) => tool.name === 'read_context')
   t.ok(readTool?.annotations?.readOnlyHint, 'read_context is read-only')
   t.equal(readTool?.inputSchema.type, 'object')

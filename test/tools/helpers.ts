@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { hashToken } from '../../plugins/auth.js'
+import { eventually } from '../eventually.js'
 import { callTool, toolErrorOf, type RpcOptions, type ToolErrorBody, type ToolResult } from '../helper.js'
 
 /** Shared by the tool tests: assertions on tool results, and extra principals. */
@@ -73,4 +74,18 @@ export async function addToken (app: FastifyInstance, name: string, namespace: s
   const token = `scm_test_${name}_${'x'.repeat(40)}`
   await app.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin: options.globalAdmin ?? false })
   return token
+}
+
+/**
+ * Waits until every history row is below the change feed's horizon (db/change-feed.ts), so that
+ * changes_since serves all that was written. Rows get there once every older transaction on the
+ * database server has ended: at once on the embedded database, after the longest running
+ * transaction of anyone on a shared server.
+ */
+export async function feedSettled (app: FastifyInstance): Promise<void> {
+  await eventually(async () => {
+    const [row] = await app.db.sql<[{ pending: number }]>`
+      select count(*)::int as pending from context_history where txid >= pg_snapshot_xmin(pg_current_snapshot())`
+    return row.pending === 0
+  }, { what: 'every history row to pass the change feed horizon' })
 }

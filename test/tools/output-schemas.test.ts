@@ -3,6 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import { test } from 'tap'
 import { allTools } from '../../tools/index.js'
 import { build, callTool, rpc, toolErrorOf } from '../helper.js'
+import { feedSettled } from './helpers.js'
 
 /** The output with one field too many: at the top, and in the first item of each array of objects. */
 function withLeakedField (output: Record<string, unknown>): Array<[string, Record<string, unknown>]> {
@@ -32,18 +33,21 @@ test('every tool result is a CallToolResult whose structuredContent matches the 
     ['context_history', { key: 'o/a', limit: 2 }],
     ['delete_context', { key: 'o/b' }],
     ['restore_context', { key: 'o/b', version: 1 }],
+    ['changes_since', { prefix: 'o/', limit: 2 }],
     // failures
     ['read_context', { key: 'o/missing' }],
     ['write_context', { key: 'o/a', content: 'stale', expected_version: 1 }],
     ['delete_context', { key: 'o/missing' }],
     ['list_context', { limit: 1000 }],
-    ['search_context', { query: '-three' }]
+    ['search_context', { query: '-three' }],
+    ['changes_since', { cursor: 'garbled' }]
   ]
   const schemas = new Map(allTools.map((tool) => [tool.name, tool.outputSchema]))
   let successes = 0
   let failures = 0
   const leaksCaught = new Set<string>()
   for (const [name, args] of calls) {
+    if (name === 'changes_since') await feedSettled(app) // so that the feed has items to check
     const result = await callTool(app, name, args)
     t.ok(isCallToolResult(result), `${name} answers a CallToolResult`)
     t.equal(result.content[0]?.type, 'text', `${name} has a text block`)
@@ -63,9 +67,9 @@ test('every tool result is a CallToolResult whose structuredContent matches the 
       }
     }
   }
-  t.equal(successes, 12)
-  t.equal(failures, 5)
-  t.ok(leaksCaught.has('list_context items[0]') && leaksCaught.has('context_history versions[0]') && leaksCaught.has('search_context items[0]'), 'nested items were checked too')
+  t.equal(successes, 13)
+  t.equal(failures, 6)
+  t.ok(leaksCaught.has('list_context items[0]') && leaksCaught.has('context_history versions[0]') && leaksCaught.has('search_context items[0]') && leaksCaught.has('changes_since changes[0]'), 'nested items were checked too')
   for (const tool of allTools) t.ok(leaksCaught.has(`${tool.name} top level`), `${tool.name} success was checked for leaks`)
 })
 

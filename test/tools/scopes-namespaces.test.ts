@@ -6,7 +6,7 @@ interface ReadOutput { content: string, version: number, updated_by: string }
 interface ListOutput { items: Array<{ key: string, updated_by: string }>, next_cursor: string | null }
 interface ListedTool { name: string, annotations: { readOnlyHint: boolean } }
 
-const ALL_TOOLS = ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'delete_context', 'context_history', 'restore_context']
+const ALL_TOOLS = ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'delete_context', 'context_history', 'restore_context', 'changes_since']
 
 test('scopes and namespaces', async (t) => {
   const app = await build(t)
@@ -26,10 +26,10 @@ test('scopes and namespaces', async (t) => {
   await ok(t, app, 'write_context', { key: 'shared/doc', content: 'from default' })
 
   t.test('a read-only token sees only the read tools', async (t) => {
-    t.strictSame(await toolNames(reader), ['read_context', 'list_context', 'search_context', 'context_history'])
+    t.strictSame(await toolNames(reader), ['read_context', 'list_context', 'search_context', 'context_history', 'changes_since'])
     const tools = (await rpc(app, 'tools/list', {}, as(reader))).json().result.tools as ListedTool[]
     t.ok(tools.every((tool) => tool.annotations.readOnlyHint), 'all of them read-only')
-    t.strictSame(await toolNames(writer), ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context'], 'no delete without context:delete')
+    t.strictSame(await toolNames(writer), ['read_context', 'write_context', 'append_context', 'list_context', 'search_context', 'context_history', 'restore_context', 'changes_since'], 'no delete without context:delete')
     t.strictSame(await toolNames(admin), ALL_TOOLS, 'context:admin allows everything')
     t.strictSame(await toolNames(other), ALL_TOOLS)
   })
