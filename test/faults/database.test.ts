@@ -3,7 +3,7 @@ import { test, type Test } from 'tap'
 import { buildApp } from '../../app.js'
 import { STALL_GRACE_MS } from '../../db/connect.js'
 import { loadConfig } from '../../schema/config.js'
-import { holdEntryLock, testDatabase } from '../db-helper.js'
+import { holdEntryLock, ON_PGLITE, testDatabase } from '../db-helper.js'
 import { eventually } from '../eventually.js'
 import { callTool, rpc, TEST_TOKEN, toolErrorOf } from '../helper.js'
 import { TcpProxy, viaProxy } from '../tcp-proxy.js'
@@ -97,19 +97,30 @@ test('database stalled (accepts, never answers): calls get DEP_3001 while it sta
   t.equal((await app.inject('/ready')).statusCode, 200)
 })
 
-test('a statement blocked past DB_STATEMENT_TIMEOUT_MS is DEP_3001, changes nothing, and frees its connection', async (t) => {
+test('a statement blocked past DB_STATEMENT_TIMEOUT_MS is DEP_3001, frees its connection, and says what it may have changed', async (t) => {
   const { app, sql } = await setup(t)
   t.equal((await callTool(app, 'write_context', { key: 'locked', content: 'v1' })).structuredContent.version, 1)
   const lock = await holdEntryLock(sql, 'default', 'locked')
+  let messages: string[]
   try {
-    // PostgreSQL cancels it (statement_timeout, 57014); the embedded database, which queues the
-    // other connections while one holds a transaction, is left by the stall guard.
-    const codes = await Promise.all(Array.from({ length: POOL_MAX + 1 }, () => codeOf(app, 'write_context', { key: 'locked', content: 'late' })))
-    t.same(new Set(codes), new Set(['503 DEP_3001']), `answered while the lock is still held: ${codes.join(', ')}`)
+    // PostgreSQL cancels it (statement_timeout, 57014): nothing changed. The embedded database,
+    // which queues the other connections while one holds a transaction, is left by the stall
+    // guard; it may still run the write it had received once the lock is gone.
+    const answers = await Promise.all(Array.from({ length: POOL_MAX + 1 }, () => rpc(app, 'tools/call', { name: 'write_context', arguments: { key: 'locked', content: 'late' } })))
+    t.same(new Set(answers.map((answer) => `${answer.statusCode} ${String(answer.json().error?.data?.code)}`)), new Set(['503 DEP_3001']), 'answered DEP_3001 while the lock is still held')
+    messages = answers.map((answer) => String(answer.json().error?.message))
   } finally {
     await lock.release()
   }
   await eventually(async () => await codeOf(app, 'write_context', { key: 'other', content: 'x' }) === 'ok', { what: 'writes to work again' })
   const rows = await sql<Array<{ content: string, version: number }>>`select content, version from context_entries where key = 'locked'`
-  t.same(rows, [{ content: 'v1', version: 1 }], 'the timed-out writes left nothing')
+  const history = await sql<Array<{ version: number, content: string }>>`select version, content from context_history where key = 'locked' order by version`
+  t.same(history.map((row) => row.version), Array.from({ length: history.length }, (_, i) => i + 1), 'whole writes only: the history has no gap')
+  t.same(rows.map((row) => [row.version, row.content]), [[history.length, history.at(-1)?.content]], 'and the entry is its last version')
+  if (ON_PGLITE) {
+    t.ok(messages.every((message) => /may or may not have been made/.test(message)), `the answers say the outcome is unknown: ${messages[0]}`)
+  } else {
+    t.same(rows, [{ content: 'v1', version: 1 }], 'the cancelled writes left nothing')
+    t.ok(messages.every((message) => /Nothing was changed/.test(message)), `and the answers say so: ${messages[0]}`)
+  }
 })
