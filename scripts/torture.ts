@@ -88,6 +88,8 @@ process.stdout.write(`torture: ${MINUTES} min; linearizability ${linSeconds} s w
 const lin = await tap('test/faults/linearizability.test.ts', { LIN_SECONDS: String(linSeconds), LIN_INSTANCES: '3' })
 const fuzz = await tap('test/faults/fuzz.test.ts', { FUZZ_RUNS: String(Math.round(1500 * MINUTES)) })
 const crash = await tap('test/faults/crash.test.ts', { CRASH_ROUNDS: String(2 + Math.round(MINUTES)) })
+// The same on the embedded database's data folder (an empty TEST_DATABASE_URL means PGlite).
+const crashEmbedded = await tap('test/faults/crash.test.ts', { CRASH_ROUNDS: String(1 + Math.round(MINUTES / 2)), TEST_DATABASE_URL: '' })
 const others = await Promise.all(['test/faults/database.test.ts', 'test/faults/redis.test.ts', 'test/faults/jwks.test.ts', 'test/faults/exhaustion.test.ts'].map((file) => tap(file, {})))
 const mem = await memory()
 const growth = mem.after20k / mem.after2k - 1
@@ -95,6 +97,7 @@ const memoryOk = growth <= 0.2
 
 const linFigures = match(lin, /# (\d+) operations on (\d+) keys \((\d+) ok, (\d+) unknown outcome: (\d+) found applied in the history, (\d+) not\), (\d+) cuts and (\d+) stalls, (\d+) anomalies/)
 const crashFigures = match(crash, /# (\d+) acknowledged writes over (\d+) kills, (\d+) lost/)
+const embeddedFigures = match(crashEmbedded, /# (\d+) acknowledged writes over (\d+) kills, (\d+) lost/)
 const fuzzSeed = match(fuzz, /fast-check seed (\d+), (\d+) runs per property/)
 const mb = (bytes: number) => `${Math.round(bytes / 1024 / 1024)} MB`
 const rows: Array<[string, string]> = [
@@ -102,11 +105,11 @@ const rows: Array<[string, string]> = [
   ['faults injected', linFigures === null ? '?' : `${Number(linFigures[7]) + Number(linFigures[8])} (${linFigures[7]} cuts, ${linFigures[8]} stalls of database connections)`],
   ['anomalies', linFigures?.[9] ?? '?'],
   ['fuzz cases', fuzzSeed === null ? '?' : `${Number(fuzzSeed[2]) * 2} (seed ${fuzzSeed[1]}), ${fuzz.ok ? 'no violation' : 'VIOLATIONS'}`],
-  ['kill -9 rounds / acknowledged writes / lost', crashFigures === null ? '?' : `${crashFigures[2]} / ${crashFigures[1]} / ${crashFigures[3]}`],
+  ['kill -9 rounds / acknowledged writes / lost', `PostgreSQL ${crashFigures === null ? '?' : `${crashFigures[2]} / ${crashFigures[1]} / ${crashFigures[3]}`}; embedded ${embeddedFigures === null ? '?' : `${embeddedFigures[2]} / ${embeddedFigures[1]} / ${embeddedFigures[3]}`}`],
   ['fault and exhaustion files', others.every((run) => run.ok) ? 'all passed' : `failed: ${others.filter((run) => !run.ok).map((run) => run.file).join(', ')}`],
   ['RSS after 2k / 20k requests', `${mb(mem.after2k)} / ${mb(mem.after20k)} (${growth >= 0 ? '+' : ''}${(growth * 100).toFixed(1)}%, limit +20%)`]
 ]
 process.stdout.write(`\n| measure | result |\n|---|---|\n${rows.map(([name, value]) => `| ${name} | ${value} |`).join('\n')}\n`)
-const ok = lin.ok && fuzz.ok && crash.ok && others.every((run) => run.ok) && memoryOk
+const ok = lin.ok && fuzz.ok && crash.ok && crashEmbedded.ok && others.every((run) => run.ok) && memoryOk
 process.stdout.write(ok ? '\ntorture: all passed\n' : '\ntorture: FAILED\n')
 process.exit(ok ? 0 : 1)

@@ -85,8 +85,6 @@ test('database stalled (accepts, never answers): calls get DEP_3001 while it sta
   t.comment(`${codes.length} calls answered ${Math.round(performance.now() - started)} ms into the stall`)
   t.same(new Set(codes), new Set(['503 DEP_3001']), `all DEP_3001: ${codes.join(', ')}`)
   t.equal(proxy.state, 'stalled', 'answered while the database was still stalled')
-  t.equal((await app.inject('/ready')).statusCode, 503, '/ready 503 while stalled')
-  t.equal(await codeOf(app, 'list_context', {}), '503 DEP_3001', 'still answered after the pool was used up once')
 
   const restoring = performance.now()
   await proxy.restore()

@@ -11,11 +11,11 @@ import { resolveUnknown, runWorkload, type HistoryRow, type Target } from './wor
 // Linearizability of the store under faults: 16 clients over several server instances on one
 // database, random read/write/CAS/append/delete/restore on three hot keys, while the database
 // connections of random instances are cut or stalled and restored. CI runs it briefly
-// (LIN_SECONDS, default 12); `npm run torture` runs it for minutes. Seeded: LIN_SEED replays the
+// (LIN_SECONDS, default 10); `npm run torture` runs it for minutes. Seeded: LIN_SEED replays the
 // client and fault choices (the interleaving itself is up to the machine).
 
 const SEED = Number(process.env.LIN_SEED ?? Math.floor(Math.random() * 2 ** 31))
-const SECONDS = Number(process.env.LIN_SECONDS ?? 12)
+const SECONDS = Number(process.env.LIN_SECONDS ?? 10)
 // The embedded database is one process that one server opens: one instance there.
 const INSTANCES = ON_PGLITE ? 1 : Number(process.env.LIN_INSTANCES ?? 2)
 
