@@ -10,6 +10,7 @@ import redisPlugin from './plugins/redis.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import corsPlugin from './plugins/cors.js'
 import sensiblePlugin from './plugins/sensible.js'
+import livePlugin from './plugins/live.js'
 import mcpPlugin from './plugins/mcp.js'
 import metricsPlugin from './plugins/metrics.js'
 import healthRoutes from './routes/health.js'
@@ -197,6 +198,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(rateLimitPlugin)
     await app.register(oauthPlugin, options.oauthFetch === undefined ? {} : { fetch: options.oauthFetch })
     await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
+    await app.register(livePlugin)
     await app.register(mcpPlugin)
 
     await app.register(healthRoutes)

@@ -19,6 +19,11 @@ export interface SqlOptions {
    * STALL_GRACE_MS is destroyed (db/stall-guard.ts). Unset: neither.
    */
   statementTimeoutMs?: number
+  /**
+   * A listening connection (db/change-listener.ts): never closed for idleness or age, told each
+   * notification and each time a connection closes.
+   */
+  listener?: { onnotify: (channel: string, payload: string) => void, onclose: () => void }
 }
 
 // How much longer than the statement timeout a silent server is given before its connection is
@@ -49,7 +54,8 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     ...(options.path !== undefined && { path: options.path }),
     max: options.max,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
-    idle_timeout: 60,
+    idle_timeout: options.listener === undefined ? 60 : 0, // 0: never
+    ...(options.listener !== undefined && { max_lifetime: null, onnotify: options.listener.onnotify, onclose: options.listener.onclose }),
     backoff: reconnectDelaySeconds,
     ...(guard !== undefined && { socket: guard }),
     // Named prepared statements are also what keeps concurrent connections to the embedded

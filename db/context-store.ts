@@ -14,6 +14,14 @@ import { changesSince, feedHead, type FeedOptions, type FeedPage, type FeedPosit
 
 export interface Actor { principal: string, client: string | null }
 
+/**
+ * The NOTIFY channel every context change is announced on, inside its own transaction (see
+ * `notified`): JSON `{ namespace, key, version, action }` (ChangeNotice). live/ listens to it.
+ */
+export const CHANGE_CHANNEL = 'context_changes'
+
+export interface ChangeNotice { namespace: string, key: string, version: number, action: HistoryAction }
+
 export interface Entry {
   key: string
   content: string
@@ -234,6 +242,19 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
   const notExpired = sql`(expires_at is null or expires_at > now())`
 
   /**
+   * CTE "notified", after a CTE "logged" that RETURNs the history row's namespace, key, version
+   * and action: a NOTIFY on CHANGE_CHANNEL for it, sent by PostgreSQL when (and only if) the
+   * statement's transaction commits. The payload never carries content: namespace and key are at
+   * most 255 characters each, far below NOTIFY's 8000-byte limit. A SELECT CTE runs only when the
+   * statement reads it, so every statement selects notifiedCount.
+   */
+  const notified = sql`notified as (
+    select pg_notify(${CHANGE_CHANNEL}, json_build_object('namespace', namespace, 'key', key, 'version', version, 'action', action)::text) as sent
+    from logged
+  )`
+  const notifiedCount = sql`(select count(*) from notified) as notified`
+
+  /**
    * CTE "previous": the key's current row, locked, as committed right now (not as of the
    * statement's snapshot). It tells whether a change takes over an absent (expired or deleted) key,
    * which RETURNING cannot show. Use firstVersion() in the INSERT so it runs before the insert.
@@ -288,7 +309,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         select namespace, key, version, case when created then 'create' else ${action}::text end, content, tags,
                ${actor.principal}, ${actor.client}, updated_at, feed_txid
         from outcome
-      )`
+        returning namespace, key, version, action
+      ), ${notified}`
   }
 
   async function currentVersion (namespace: string, key: string): Promise<number | null> {
@@ -359,7 +381,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         with ${lockedPrevious(namespace, key)}, changed as (
           ${change}
         ), ${outcomeAndHistory('update', actor)}
-        select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous
+        select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous, ${notifiedCount}
         from (select 1) as one left join outcome o on true`
       if (row?.version != null && row.updated_at !== null) {
         return { status: row.created === true ? 'created' : 'updated', version: row.version, updatedAt: row.updated_at.toISOString() }
@@ -393,7 +415,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, (e.xmax = 0) as inserted
         ), ${outcomeAndHistory('append', actor)}
         select o.version, o.created, octet_length(o.content) as bytes,
-               p.bytes as previous_bytes, p.expired as previous_expired, p.version is not null as had_previous
+               p.bytes as previous_bytes, p.expired as previous_expired, p.version is not null as had_previous, ${notifiedCount}
         from (select 1) as one
         left join outcome o on true
         left join previous p on true`
@@ -607,8 +629,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
         select namespace, key, version, 'delete', null, '{}', ${actor.principal}, ${actor.client}, updated_at, feed_txid
         from deleted
-      )
-      select version - 1 as deleted_version from deleted`)
+        returning namespace, key, version, action
+      ), ${notified}
+      select version - 1 as deleted_version, ${notifiedCount} from deleted`)
     const deletedVersion = rows[0]?.deleted_version
     if (deletedVersion != null) return { status: 'deleted', deletedVersion }
     if (expectedVersion === undefined) return { status: 'not_found' }
@@ -662,8 +685,9 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
           select namespace, key, version, 'restore', content, tags, ${actor.principal}, ${actor.client}, updated_at, feed_txid
           from changed
-        )
-        select (select version from changed) as version,
+          returning namespace, key, version, action
+        ), ${notified}
+        select (select version from changed) as version, ${notifiedCount},
                exists (select 1 from source) as source_found,
                exists (select 1 from previous) as had_previous,
                exists (select 1 from context_history where namespace = ${namespace} and key = ${key}) as has_history`

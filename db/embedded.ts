@@ -54,15 +54,19 @@ const EXCHANGE_MESSAGES = new Set(['P', 'B', 'D', 'E', 'C', 'H'].map((type) => t
  */
 function holdingExchanges (db: PGlite): PGlite {
   let exchangeOpen = false
+  const notifications = new NotificationRelay()
   return new Proxy(db, {
     get (target, property) {
       if (property === 'isInTransaction') return () => exchangeOpen || target.isInTransaction()
       if (property === 'execProtocolRawStream') {
         return async (message: Uint8Array, options: Parameters<PGlite['execProtocolRawStream']>[1]) => {
           const type = message[0] ?? 0
+          if (isListenStatement(message)) notifications.addSink(options.onRawData)
+          const output = notifications.filter(options.onRawData)
           try {
-            return await target.execProtocolRawStream(message, options)
+            return await target.execProtocolRawStream(message, { ...options, onRawData: output.write })
           } finally {
+            output.end()
             exchangeOpen = EXCHANGE_MESSAGES.has(type)
           }
         }
@@ -71,6 +75,82 @@ function holdingExchanges (db: PGlite): PGlite {
       return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value
     }
   })
+}
+
+const QUERY = 'Q'.charCodeAt(0)
+const PARSE = 'P'.charCodeAt(0)
+const NOTIFICATION_RESPONSE = 'A'.charCodeAt(0)
+const LISTEN_STATEMENT = /^\s*listen\s/i
+/** Connections that ran LISTEN whose outputs a notification is copied to; the oldest are forgotten past this. */
+const MAX_NOTIFICATION_SINKS = 16
+
+/** Whether a frontend message is a simple query or a Parse whose statement is a LISTEN. */
+function isListenStatement (message: Uint8Array): boolean {
+  const type = message[0]
+  if (type !== QUERY && type !== PARSE) return false
+  let start = 5
+  if (type === PARSE) { // statement name, NUL-terminated, before the query
+    while (start < message.length && message[start] !== 0) start++
+    start++
+  }
+  const text = Buffer.from(message.buffer, message.byteOffset + start, Math.min(64, Math.max(0, message.length - start))).toString('latin1')
+  return LISTEN_STATEMENT.test(text)
+}
+
+type RawSink = (data: Uint8Array) => void
+
+/**
+ * LISTEN/NOTIFY through the socket server. PGlite has one backend for every connection, so a
+ * NotificationResponse comes out in the output of whichever connection's statement committed the
+ * NOTIFY — to the writer, which ignores it — never to the connection that ran LISTEN (checked:
+ * postgres.js's sql.listen on one connection and pg_notify on another delivered nothing). This
+ * takes NotificationResponse messages out of every output and writes them to the connections that
+ * ran LISTEN instead (each connection's output callback writes to its own socket, and is a no-op
+ * once that socket has closed). Messages of one output may be split across chunks; a partial one
+ * is held until its rest arrives.
+ */
+class NotificationRelay {
+  private readonly sinks: RawSink[] = []
+
+  addSink (sink: RawSink): void {
+    this.sinks.push(sink)
+    if (this.sinks.length > MAX_NOTIFICATION_SINKS) this.sinks.shift()
+  }
+
+  filter (forward: RawSink): { write: RawSink, end: () => void } {
+    let held: Buffer | undefined
+    const write = (chunk: Uint8Array): void => {
+      const data = held === undefined ? chunk : Buffer.concat([held, chunk])
+      held = undefined
+      let offset = 0
+      let passedFrom = 0
+      const passed: Uint8Array[] = []
+      while (offset + 5 <= data.length) {
+        const length = 1 + Buffer.from(data.buffer, data.byteOffset + offset + 1, 4).readInt32BE(0)
+        if (offset + length > data.length) break
+        if (data[offset] === NOTIFICATION_RESPONSE) {
+          if (offset > passedFrom) passed.push(data.subarray(passedFrom, offset))
+          const notification = data.slice(offset, offset + length)
+          for (const sink of this.sinks) sink(notification)
+          passedFrom = offset + length
+        }
+        offset += length
+      }
+      if (offset < data.length) held = Buffer.from(data.subarray(offset))
+      if (passedFrom === 0 && offset === data.length) forward(data)
+      else {
+        if (offset > passedFrom) passed.push(data.subarray(passedFrom, offset))
+        for (const part of passed) forward(part)
+      }
+    }
+    return {
+      write,
+      end: () => {
+        if (held !== undefined) forward(held)
+        held = undefined
+      }
+    }
+  }
 }
 
 /**

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import type postgres from 'postgres'
 import type { Config } from '../schema/config.js'
-import { createSql, planTls, waitForDatabase } from './connect.js'
+import { createSql, planTls, waitForDatabase, type SqlOptions } from './connect.js'
 import { SOCKET_URL, startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js'
 import { DataDirInUseError, describeHolder } from './embedded-lock.js'
 import { migrate, pendingMigrations } from './migrate.js'
@@ -29,6 +29,8 @@ export interface OpenDatabase {
   close: () => Promise<void>
   /** The database of a running server, reached through its socket (the CLI with useRunningServer). */
   viaRunningServer: boolean
+  /** Opens one more connection to the same database, for LISTEN (db/change-listener.ts). */
+  connectListener: (listener: NonNullable<SqlOptions['listener']>) => postgres.Sql
 }
 
 export interface OpenOptions {
@@ -69,13 +71,16 @@ export async function openDatabase (config: Config, log: (message: string) => vo
     }
   }
   const local = config.DATABASE_URL === undefined
-  const sql = createSql(local ? SOCKET_URL : config.DATABASE_URL as string, {
-    max: local ? EMBEDDED_POOL_MAX : config.DB_POOL_MAX,
+  const connection = {
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     ...(local && { path: running ?? embedded?.socketPath }),
     tls
-  })
+  }
+  const url = local ? SOCKET_URL : config.DATABASE_URL as string
+  const sql = createSql(url, { ...connection, max: local ? EMBEDDED_POOL_MAX : config.DB_POOL_MAX })
+  // A LISTEN holds no transaction, so beside the embedded pool's one connection it is safe (embedded.ts relays its notifications).
+  const connectListener = (listener: NonNullable<SqlOptions['listener']>) => createSql(url, { ...connection, max: 1, listener })
   const close = async () => {
     await sql.end({ timeout: 5 })
     await embedded?.close()
@@ -88,7 +93,7 @@ export async function openDatabase (config: Config, log: (message: string) => vo
     await close().catch(() => {})
     throw error
   }
-  return { sql, close, viaRunningServer: running !== undefined }
+  return { sql, close, viaRunningServer: running !== undefined, connectListener }
 }
 
 /** A CLI newer than the running server (built but not restarted) would meet a schema without its migrations. */

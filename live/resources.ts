@@ -23,11 +23,11 @@ import type { JsonRpcResponse } from '../plugins/mcp-multiplex-transport.js'
 // protocol lines; only a 2025-era resources/read is answered by answerLegacyRead (see there).
 
 /**
- * The resources capability, advertised on both lines. The single place to flip: subscribe and
- * listChanged stay false until resources/subscribe, notifications/resources/updated and
- * list_changed are served (issue 11 part B).
+ * The resources capability, advertised on both lines: resources/subscribe (2025) and
+ * subscriptions/listen (2026-07-28) with notifications/resources/updated and list_changed are
+ * served by plugins/live.ts.
  */
-export const RESOURCE_CAPABILITIES = { subscribe: false, listChanged: false }
+export const RESOURCE_CAPABILITIES = { subscribe: true, listChanged: true }
 
 /**
  * 2026-07-28 caching hints (SEP-2549 ttlMs / cacheScope; the 2025 line carries none). Everything

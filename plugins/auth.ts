@@ -14,6 +14,8 @@ declare module 'fastify' {
     auth: {
       /** onRequest hook for protected routes: sets request.principal or answers 401/403/503. */
       authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+      /** The principal a bearer token stands for now; throws an AppError (AUTH_1002/1003, DEP_3001) when it stands for none. */
+      verify: (token: string) => Promise<Principal>
       /**
        * With no token configured (loopback only), creates one and returns it — to be shown once,
        * never logged. Called after the server listens, so that a failed start loses no token.
@@ -72,7 +74,7 @@ export function howToGetAToken (config: Pick<Config, 'OIDC_ISSUER' | 'OAUTH_SERV
   return `use the token the server printed when it first started (in its output), or create one with ${TOKEN_CREATE_HINT} in the server's folder`
 }
 
-function bearerTokenOf (header: string | undefined): string | undefined {
+export function bearerTokenOf (header: string | undefined): string | undefined {
   if (header === undefined) return undefined
   const match = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)
   return match?.[1]
@@ -151,11 +153,11 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     return error
   }
 
-  async function principalForApiToken (token: string, hash: Buffer, beforeCostlyWork: () => Promise<void>): Promise<Principal> {
+  async function principalForApiToken (token: string, hash: Buffer, beforeCostlyWork: () => Promise<void>, fresh = false): Promise<Principal> {
     const hexHash = hash.toString('hex')
     const now = Date.now()
     const cached = tokenCache.get(hexHash)
-    if (cached !== undefined && cached.until > now) return cached.principal
+    if (cached !== undefined && cached.until > now && !fresh) return cached.principal
     await beforeCostlyWork()
     const record = await db.store.findApiTokenByHash(hexHash)
     if (record === null) {
@@ -205,14 +207,14 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
    * budget) runs before a database lookup or a JWT verification, not for the static token or a
    * cached API token, which cost nothing.
    */
-  async function principalFor (token: string, beforeCostlyWork: () => Promise<void>): Promise<Principal> {
+  async function principalFor (token: string, beforeCostlyWork: () => Promise<void>, fresh = false): Promise<Principal> {
     const hash = hashToken(token)
     if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
     if (jwt !== undefined && looksLikeJwt(token)) {
       await beforeCostlyWork()
       return await afterRevocationCheck(await jwt.verify(token))
     }
-    return await principalForApiToken(token, hash, beforeCostlyWork)
+    return await principalForApiToken(token, hash, beforeCostlyWork, fresh)
   }
 
   async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -244,6 +246,8 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   fastify.decorateRequest('principal', null)
   fastify.decorate('auth', {
     authenticate,
+    // Open streams (live/) re-check their token: an API token is looked up afresh, not from the cache.
+    verify: (token: string) => options.withoutAuthentication === true ? Promise.resolve(staticPrincipal) : principalFor(token, async () => {}, true),
     createLocalTokenIfNone,
     resourceUrl,
     identityProviderStatus: () => jwt === undefined ? 'absent' as const : jwt.status(),

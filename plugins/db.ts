@@ -1,13 +1,15 @@
 import fp from 'fastify-plugin'
 import type postgres from 'postgres'
 import { createContextStore, createMaintenanceStore, type ContextStore } from '../db/context-store.js'
-import { openDatabase } from '../db/open.js'
+import { openDatabase, type OpenDatabase } from '../db/open.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     db: {
       sql: postgres.Sql
       store: ContextStore
+      /** One more connection to the same database, for LISTEN (plugins/live.ts). */
+      connectListener: OpenDatabase['connectListener']
     }
   }
 }
@@ -28,7 +30,8 @@ export default fp(async (fastify) => {
   }
   fastify.decorate('db', {
     sql: database.sql,
-    store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
+    store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES }),
+    connectListener: database.connectListener
   })
   fastify.addHook('onClose', () => database.close())
 }, { name: 'db', dependencies: ['config'] })

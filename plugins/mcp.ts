@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs'
+import type { ServerResponse } from 'node:http'
 import { toNodeHandler, type NodeMcpRequestHandler } from '@modelcontextprotocol/node'
 import {
   CLIENT_INFO_META_KEY,
@@ -20,6 +21,7 @@ import { RESOURCE_CACHE_HINTS, RESOURCE_CAPABILITIES, answerLegacyRead, register
 import type { Principal } from '../schema/principal.js'
 import { allTools } from '../tools/index.js'
 import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
+import { bearerTokenOf } from './auth.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
 
 declare module 'fastify' {
@@ -221,18 +223,45 @@ export default fp(async (fastify) => {
   const legacyServer = buildServer()
   await legacyServer.connect(legacy)
 
+  const { live } = fastify
   const modern = createMcpHandler(() => buildServer(), {
     legacy: 'reject',
-    onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected')
+    onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected'),
+    bus: live.bus,
+    keepAliveMs: fastify.config.SSE_HEARTBEAT_MS
   })
+  const modernHandler = toNodeHandler(modern)
+  // 2026-07-28 exchanges in flight other than subscriptions/listen streams: shutdown lets them finish.
+  const inFlight = { modernCalls: 0 }
+  const serveModern: NodeMcpRequestHandler = async (request, response, body) => {
+    const caller = (request as { auth?: AuthInfo }).auth?.extra?.caller as CallerInfo | undefined
+    const method = (body as { method?: unknown } | undefined)?.method
+    if (caller === undefined || method !== 'subscriptions/listen') {
+      inFlight.modernCalls++
+      try {
+        return await modernHandler(request, response, body)
+      } finally {
+        inFlight.modernCalls--
+      }
+    }
+    const authorization = request.headers.authorization
+    const token = typeof authorization === 'string' ? bearerTokenOf(authorization) ?? '' : ''
+    return await live.modernContext.run({ principal: caller.principal, token, response: response as ServerResponse, body }, () => modernHandler(request, response, body))
+  }
 
   fastify.decorateRequest('callRecord', null)
   const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo) => answerLegacyRead(request, caller.principal, resourceDependencies)
 
-  fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern: toNodeHandler(modern) })
+  fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern })
 
+  // subscriptions/listen streams end with their final result once the calls in flight are answered.
+  fastify.addHook('preClose', async () => {
+    const deadline = Date.now() + fastify.config.SHUTDOWN_TIMEOUT_MS
+    while (inFlight.modernCalls > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+    await modern.close()
+  })
   fastify.addHook('onClose', async () => {
     await legacyServer.close()
     await modern.close()
   })
-}, { name: 'mcp', dependencies: ['config', 'db'] })
+}, { name: 'mcp', dependencies: ['config', 'db', 'live'] })

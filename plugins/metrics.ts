@@ -108,7 +108,7 @@ export default fp(async (fastify) => {
   })
   registry.registerMetric(new Gauge({
     name: 'scm_mcp_open_streams',
-    help: 'Authenticated MCP requests in flight on /mcp. The server is stateless and answers every POST with one JSON body (no SSE stream stays open), so each open exchange is one request awaiting its answer.',
+    help: 'Authenticated MCP requests in flight on /mcp: POSTs awaiting their answer, and open live-update streams (scm_live_open_streams counts those alone).',
     registers: [],
     collect () { this.set(openStreams) }
   }))

@@ -110,7 +110,9 @@ function isJsonRpcRequest (body: unknown): body is JSONRPCRequest {
 /**
  * Streamable HTTP at /mcp. Stateless: every POST carries one JSON-RPC message and gets its answer
  * as one JSON body. 2025-era messages (what Claude.ai and Claude Code send today) are served by the
- * long-lived server; 2026-07-28 messages by the SDK's per-request handler.
+ * long-lived server; 2026-07-28 messages by the SDK's per-request handler. A 2025-era initialize
+ * also gets an Mcp-Session-Id, used only for live updates (GET stream, resources/subscribe): a
+ * POST without one stays stateless.
  */
 export default async function mcpRoutes (fastify: FastifyInstance) {
   const { config, mcp } = fastify
@@ -127,7 +129,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   fastify.post('/mcp', {
     bodyLimit: maxBodyBytes(config),
-    preHandler: fastify.rateLimits.limitPrincipal
+    preHandler: [fastify.rateLimits.limitPrincipal, fastify.live.sessionGate]
   }, async (request, reply) => {
     const body = request.body
     if (nestedDeeperThan(body, MAX_BODY_DEPTH)) {
@@ -202,9 +204,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     await mcp.serveModern(raw, reply.raw, request.body)
   }
 
-  const methodNotAllowed = async (_request: FastifyRequest, reply: FastifyReply) => {
-    return reply.code(405).header('allow', 'POST').send(jsonRpcError(null, -32000, 'Method not allowed: this server is stateless and offers no SSE stream or session; POST JSON-RPC messages to /mcp.'))
-  }
-  fastify.get('/mcp', methodNotAllowed)
-  fastify.delete('/mcp', methodNotAllowed)
+  // Live updates of 2025-era sessions (plugins/live.ts): the session's SSE stream, and ending a session.
+  fastify.get('/mcp', { preHandler: fastify.rateLimits.limitPrincipal }, fastify.live.serveStream)
+  fastify.delete('/mcp', fastify.live.endSession)
 }

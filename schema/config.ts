@@ -43,6 +43,13 @@ export const ConfigSchema = Type.Object({
   AUTH_CACHE_SECONDS: Type.Integer({ minimum: 0, maximum: 300, default: 5, description: 'How long an instance trusts a positive token lookup or a "not revoked" answer; bounds how fast revocation reaches every instance' }),
   MAX_CONTENT_BYTES: Type.Integer({ minimum: 1024, maximum: 16 * 1024 * 1024, default: 100 * 1024 }),
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000 }),
+  SSE_HEARTBEAT_MS: Type.Integer({ minimum: 1000, maximum: 600000, default: 15000, description: 'How often every open SSE stream gets a heartbeat comment, so that proxies with an idle timeout keep it open' }),
+  SSE_RETRY_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 3000, description: 'The retry: every SSE stream announces: how long a client waits before it reconnects' }),
+  MCP_SESSIONS_MAX: Type.Integer({ minimum: 0, maximum: 1000000, default: 10000, description: 'Sessions (2025-era clients, for live updates) one instance holds at most; past it, clients are served without a session' }),
+  MCP_SESSIONS_PER_PRINCIPAL: Type.Integer({ minimum: 1, maximum: 10000, default: 20, description: "Sessions one principal holds at most on one instance; a new one replaces that principal's longest-idle session without a stream" }),
+  MCP_SESSION_IDLE_SECONDS: Type.Integer({ minimum: 10, maximum: 604800, default: 3600, description: 'A session without an open stream and without requests for this long is forgotten (its client gets 404 and initializes again)' }),
+  FLY_MACHINE_ID: Type.Optional(Type.String({ pattern: '^[a-z0-9]{1,64}$', description: "Set by Fly.io on each machine: session ids then name their machine, and a session's stream or subscription that reaches another machine is replayed to it (fly-replay)" })),
+  MCP_SUBSCRIPTIONS_PER_SESSION: Type.Integer({ minimum: 1, maximum: 100000, default: 1000, description: 'Resources one session may subscribe to' }),
   SEARCH_LANGUAGE: Type.String({ pattern: '^[a-z][a-z0-9_]{0,62}$', default: 'simple', description: 'PostgreSQL text search configuration for search_context: simple (no stemming, any language, code), or english, german, french, ... (stemming and stop words of that language); changing it re-indexes every entry at the next start' }),
   EXPIRY_SWEEP_SECONDS: Type.Integer({ minimum: 0, maximum: 86400, default: 60, description: 'How often each instance deletes entries whose TTL has passed (their history stays); 0 turns the sweep off' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })

@@ -1,13 +1,10 @@
 import { randomBytes } from 'node:crypto'
-import { readFile, rename, rm, writeFile } from 'node:fs/promises'
-import { createRequire } from 'node:module'
-import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
 import type postgres from 'postgres'
 import type { Test } from 'tap'
 import { createSql } from '../db/connect.js'
-import { createDataDirTemplate, startEmbeddedPostgres } from '../db/embedded.js'
+import { startEmbeddedPostgres } from '../db/embedded.js'
 import { migrate } from '../db/migrate.js'
+import { pgliteTemplate } from './pglite-template.js'
 
 /** Whether this run's test databases are embedded PGlite (no TEST_DATABASE_URL) rather than a PostgreSQL server. */
 export const ON_PGLITE = (process.env.TEST_DATABASE_URL ?? '') === ''
@@ -57,36 +54,6 @@ interface DisposableDatabase {
 async function startEmbedded (): Promise<DisposableDatabase> {
   const embedded = await startEmbeddedPostgres({ loadDataDir: await pgliteTemplate() })
   return { url: embedded.url, dispose: embedded.close }
-}
-
-let template: Promise<Blob> | undefined
-
-/**
- * A freshly initialised PGlite data folder as a tarball, made once per PGlite version and kept in
- * the OS temp folder: loading it takes a fraction of the seconds initdb needs for every database.
- */
-async function pgliteTemplate (): Promise<Blob> {
-  template ??= (async () => {
-    const require = createRequire(import.meta.url)
-    const packageJson = join(dirname(require.resolve('@electric-sql/pglite')), '..', 'package.json')
-    const { version } = JSON.parse(await readFile(packageJson, 'utf8')) as { version: string }
-    const path = join(tmpdir(), `scm-pglite-template-${version}.tar`)
-    try {
-      return new Blob([await readFile(path)])
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
-    }
-    const tarball = await createDataDirTemplate()
-    // Test files run in parallel: write aside, then rename, so nobody reads half a file.
-    const staging = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`
-    await writeFile(staging, Buffer.from(await tarball.arrayBuffer()))
-    await rename(staging, path).catch(async (error: unknown) => {
-      await rm(staging, { force: true })
-      throw error
-    })
-    return tarball
-  })()
-  return await template
 }
 
 async function createServerDatabase (serverUrl: string): Promise<DisposableDatabase> {

@@ -91,7 +91,7 @@ test('entries as resources on both protocol lines: template, pages exactly once,
     await t.test(label, async (t) => {
       const session = await connect(t, baseUrl, TEST_TOKEN)
       t.equal(session.protocolVersion, protocolVersion, `negotiates ${protocolVersion}`)
-      t.match(session.capabilities()?.resources, { subscribe: false, listChanged: false }, 'advertises resources')
+      t.match(session.capabilities()?.resources, { subscribe: true, listChanged: true }, 'advertises resources, with subscriptions')
       const modern = protocolVersion === '2026-07-28'
 
       t.match(await session.listTemplates(), [{ uriTemplate: RESOURCE_URI_TEMPLATE, mimeType: 'text/plain' }], 'one template, context://{namespace}/{+key}')
