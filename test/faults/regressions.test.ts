@@ -47,6 +47,11 @@ test('refusals the fuzzing found without a catalogue code, or as a 500', async (
       t.equal(response.json().error?.code, -32602, `initialize with params ${JSON.stringify(params)}: invalid params, not an internal error`)
       t.equal(response.json().error?.data?.code, 'REQ_1101')
     }
+    for (const method of ['GET', 'DELETE'] as const) {
+      const response = await app.inject({ method, url: '/mcp', headers: { authorization: `Bearer ${TEST_TOKEN}`, accept: 'application/json, text/event-stream' } })
+      t.equal(response.statusCode, 405, `${method} /mcp without a session`)
+      t.equal(response.json().error?.data?.code, 'REQ_1101', `${method} /mcp without a session: REQ_1101`)
+    }
     const unknown = (await rpc(app, 'resources/nope', {})).json()
     t.equal(unknown.error?.code, -32601)
     t.equal(unknown.error?.data?.code, 'REQ_1101', 'method not found')
