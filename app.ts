@@ -132,6 +132,13 @@ function trustProxyOf (value: Config['TRUST_PROXY']): boolean | string | ((addre
   return (_address, hop) => hop < hops
 }
 
+export const HEADERS_TIMEOUT_MS = 10_000
+export const REQUEST_TIMEOUT_MS = 30_000
+export const KEEP_ALIVE_TIMEOUT_MS = 72_000
+export const CONNECTIONS_CHECK_MS = 2_000
+/** Open connections one instance accepts; beyond it new ones are closed at once (the process has file descriptors for more). */
+export const MAX_CONNECTIONS = 4096
+
 /** Builds the application: plugins first, then routes. No listen; server.ts and the tests do that. */
 export async function buildApp (config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
@@ -140,6 +147,15 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     // One line per request instead (below): principal, tool, outcome and duration included.
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: 'idle',
+    // Slow or stuck clients (README "HTTP limits"): a request's headers must arrive within
+    // HEADERS_TIMEOUT_MS and the whole request within REQUEST_TIMEOUT_MS (Fastify's default, 0,
+    // would let a client trickling its body hold a connection for ever); Node checks every
+    // CONNECTIONS_CHECK_MS. An idle keep-alive connection is closed after KEEP_ALIVE_TIMEOUT_MS,
+    // longer than the idle timeouts of the usual load balancers. Answers are not bounded here:
+    // a call's time is bounded by the database's (DB_STATEMENT_TIMEOUT_MS).
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    http: { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: CONNECTIONS_CHECK_MS },
     // The db plugin may retry an unreachable database for DB_CONNECT_TIMEOUT_MS, then migrate;
     // Fastify's default 10 s plugin timeout would cut that short with a less useful error.
     pluginTimeout: config.DB_CONNECT_TIMEOUT_MS + 60_000,
@@ -147,6 +163,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     genReqId: requestIdOf,
     trustProxy: trustProxyOf(config.TRUST_PROXY)
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.server.maxConnections = MAX_CONNECTIONS
 
   // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.
   app.removeContentTypeParser('text/plain')

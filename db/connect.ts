@@ -3,6 +3,7 @@ import { isIP } from 'node:net'
 import type { ConnectionOptions } from 'node:tls'
 import postgres from 'postgres'
 import { isLoopbackHost } from '../schema/config.js'
+import { guardedSocket } from './stall-guard.js'
 
 export interface SqlOptions {
   max: number
@@ -13,11 +14,25 @@ export interface SqlOptions {
   /** DB_SSL_CA / DB_SSL_VERIFY; default: no extra CA, verification on. */
   tls?: TlsSettings
   /**
+   * DB_STATEMENT_TIMEOUT_MS: the server cancels a statement that runs longer (statement_timeout),
+   * and a plain connection whose server owes an answer and sends nothing for this long plus
+   * STALL_GRACE_MS is destroyed (db/stall-guard.ts). Unset: neither.
+   */
+  statementTimeoutMs?: number
+  /**
    * A listening connection (db/change-listener.ts): never closed for idleness or age, told each
    * notification and each time a connection closes.
    */
   listener?: { onnotify: (channel: string, payload: string) => void, onclose: () => void }
 }
+
+// How much longer than the statement timeout a silent server is given before its connection is
+// dropped: the server's own cancellation (an ErrorResponse) should come first.
+export const STALL_GRACE_MS = 1000
+
+// Seconds before reconnecting after a connection failed, by how many failed in a row. postgres.js's
+// default grows to 20 s, which keeps an instance failing long after the database is back.
+const reconnectDelaySeconds = (failures: number) => Math.min(0.05 * 2 ** failures, 1)
 
 const INT8_OID = 20
 
@@ -39,6 +54,8 @@ const ONE_QUERY_PER_CONNECTION = { max_pipeline: 1 }
 
 export function createSql (url: string, options: SqlOptions): postgres.Sql {
   const tls = planTls(url, options.tls)
+  const timeoutMs = options.statementTimeoutMs
+  const guard = timeoutMs !== undefined && tls.ssl === false ? stallGuardedSockets(tls.url, options.path, timeoutMs + STALL_GRACE_MS) : undefined
   const sql = postgres(tls.url, {
     ssl: tls.ssl,
     ...(options.path !== undefined && { path: options.path }),
@@ -46,6 +63,8 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
     idle_timeout: options.listener === undefined ? 60 : 0, // 0: never
     ...(options.listener !== undefined && { max_lifetime: null, onnotify: options.listener.onnotify, onclose: options.listener.onclose }),
+    backoff: reconnectDelaySeconds,
+    ...(guard !== undefined && { socket: guard }),
     // Named prepared statements are also what keeps concurrent connections to the embedded
     // PGlite socket server from overwriting each other's unnamed statement (see embedded.ts).
     prepare: true,
@@ -56,11 +75,30 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     // Generic plans: a custom plan for every execution of a prepared statement cost the search
     // statement 1 ms of planning each time, and the statements here gain nothing from seeing their
     // parameters (the export asks for custom plans itself).
-    connection: { application_name: 'shared-context-mcp', jit: 'off', plan_cache_mode: 'force_generic_plan' },
+    connection: {
+      application_name: 'shared-context-mcp',
+      jit: 'off',
+      plan_cache_mode: 'force_generic_plan',
+      ...(timeoutMs !== undefined && { statement_timeout: timeoutMs })
+    },
     types: { int8AsNumber }
   })
   // The custom type only changes how int8 is parsed; callers need no typed helper for it.
   return sql as unknown as postgres.Sql
+}
+
+/**
+ * postgres.js's `socket` option: connections made here, each watched by the stall guard. Only for
+ * a URL with one host (postgres.js picks among several itself, which a socket factory bypasses).
+ */
+function stallGuardedSockets (url: string, path: string | undefined, deadlineMs: number) {
+  const hosts = urlHosts(url)
+  if (path === undefined && hosts.length !== 1) return undefined
+  const parsed = URL.parse(url)
+  const host = unbracket(hosts[0] === '' || hosts[0] === undefined ? (process.env.PGHOST ?? 'localhost') : hosts[0])
+  if (path === undefined && host.includes('/')) return undefined // a Unix socket directory: postgres.js's own way
+  const port = Number(parsed?.port === '' || parsed === null ? (process.env.PGPORT ?? 5432) : parsed.port)
+  return () => guardedSocket(path !== undefined ? { host, port, path } : { host, port }, deadlineMs)
 }
 
 export class DatabaseUnavailableError extends Error {

@@ -73,6 +73,7 @@ export async function openDatabase (config: Config, log: (message: string) => vo
   const local = config.DATABASE_URL === undefined
   const connection = {
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
     ...(local && { path: running ?? embedded?.socketPath }),
     tls
   }

@@ -196,12 +196,12 @@ export default fp(async (fastify) => {
   async function serveStream (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const id = request.headers[SESSION_HEADER]
     if (id === undefined) {
-      return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'GET /mcp opens the live-update stream of a session: send initialize first and pass its Mcp-Session-Id. 2026-07-28 clients use subscriptions/listen.'))
+      return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'GET /mcp opens the live-update stream of a session: send initialize first and pass its Mcp-Session-Id. 2026-07-28 clients use subscriptions/listen.', 'REQ_1101'))
     }
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     const principal = request.principal!
     if (session === undefined && replayedToOwner(id, reply)) return
-    if (session === undefined || session.principal.id !== principal.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION))
+    if (session === undefined || session.principal.id !== principal.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION, 'REQ_1101'))
     if (!mayUse(principal, principal.namespace, 'context:read')) throw new AppError('AUTH_1004', 'Live updates need the context:read scope.')
     session.principal = principal
     const lastEventId = request.headers['last-event-id']
@@ -226,7 +226,7 @@ export default fp(async (fastify) => {
     }
     if (request.raw.destroyed || session.stream !== null || sessions.get(session.id) !== session) {
       for (const leave of following.values()) leave()
-      if (!request.raw.destroyed) return reply.code(409).send(rpcError(null, -32000, 'Another stream was opened for this session meanwhile.'))
+      if (!request.raw.destroyed) return reply.code(409).send(rpcError(null, -32000, 'Another stream was opened for this session meanwhile.', 'REQ_1101'))
       return reply.hijack()
     }
 
@@ -258,10 +258,10 @@ export default fp(async (fastify) => {
 
   async function endSession (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const id = request.headers[SESSION_HEADER]
-    if (id === undefined) return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'DELETE /mcp ends a session: pass its Mcp-Session-Id.'))
+    if (id === undefined) return reply.code(405).header('allow', 'POST').send(rpcError(null, -32000, 'DELETE /mcp ends a session: pass its Mcp-Session-Id.', 'REQ_1101'))
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     if (session === undefined && replayedToOwner(id, reply)) return
-    if (session === undefined || session.principal.id !== request.principal!.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION))
+    if (session === undefined || session.principal.id !== request.principal!.id) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION, 'REQ_1101'))
     endSessionNow(session, 'session-ended', 'The client ended the session.')
     return reply.code(204).send()
   }
@@ -305,7 +305,7 @@ export default fp(async (fastify) => {
     }
     if (id === undefined) {
       if (method === SUBSCRIBE || method === UNSUBSCRIBE) {
-        return reply.send(rpcError(rpcId(body), -32600, `${method} needs a session: send initialize (without Mcp-Session-Id), then pass the Mcp-Session-Id it answers with.`))
+        return reply.send(rpcError(rpcId(body), -32600, `${method} needs a session: send initialize (without Mcp-Session-Id), then pass the Mcp-Session-Id it answers with.`, 'REQ_1101'))
       }
       return
     }
@@ -314,7 +314,7 @@ export default fp(async (fastify) => {
       // Another instance's session (no sticky routing in front): its tool calls need no session here.
       if (typeof id === 'string' && !sessions.isOurs(id) && method !== SUBSCRIBE && method !== UNSUBSCRIBE) return
       if (session === undefined && replayedToOwner(id, reply)) return
-      return reply.code(404).send(rpcError(rpcId(body), -32001, UNKNOWN_SESSION))
+      return reply.code(404).send(rpcError(rpcId(body), -32001, UNKNOWN_SESSION, 'REQ_1101'))
     }
     session.lastActive = Date.now()
     session.principal = request.principal!

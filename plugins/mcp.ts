@@ -121,15 +121,23 @@ function callToolParamIssues (value: unknown): string[] {
   return [...checkCallToolParams.Errors(value)].slice(0, 3).map((error) => `${error.path || 'params'}: ${error.message}`)
 }
 
-/** tools/call params as a Standard Schema, checked by a compiled TypeBox validator. */
-const callToolParams: StandardSchemaV1<unknown, CallToolParams> = {
+/**
+ * tools/call params as a Standard Schema that lets every value through: the handler checks them
+ * (invalidCallToolParams), so that a refusal carries REQ_1101 like every other bad input. The
+ * SDK's own refusal of a failed schema is an invalid-params error without a catalogue code.
+ */
+const callToolParams: StandardSchemaV1<unknown, unknown> = {
   '~standard': {
     version: 1,
     vendor: 'typebox',
-    validate: (value) => checkCallToolParams.Check(value)
-      ? { value }
-      : { issues: callToolParamIssues(value).map((message) => ({ message })) }
+    validate: (value) => ({ value })
   }
+}
+
+/** The invalid-params refusal of tools/call params of the wrong shape (REQ_1101), or undefined when they are fine. */
+function invalidCallToolParams (params: unknown): ProtocolError | undefined {
+  if (checkCallToolParams.Check(params)) return undefined
+  return new ProtocolError(ProtocolErrorCode.InvalidParams, `Invalid params for tools/call: ${callToolParamIssues(params).join('; ')}`, { code: 'REQ_1101' })
 }
 
 /**
@@ -182,8 +190,10 @@ export default fp(async (fastify) => {
     registerResources(server, resourceDependencies)
     server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
     server.setRequestHandler('tools/call', { params: callToolParams }, (params, ctx) => {
+      const invalid = invalidCallToolParams(params)
+      if (invalid !== undefined) throw invalid
       const caller = callerOf(ctx)
-      return callTool(params, caller, clientNameOf(ctx, caller))
+      return callTool(params as CallToolParams, caller, clientNameOf(ctx, caller))
     })
     server.onerror = (error) => fastify.log.debug({ err: error }, 'mcp protocol error')
     return server
@@ -199,11 +209,10 @@ export default fp(async (fastify) => {
    */
   async function answerToolCall (request: JSONRPCRequest, caller: CallerInfo): Promise<JsonRpcResponse> {
     const params = request.params
-    if (!checkCallToolParams.Check(params)) {
-      return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: `Invalid params for tools/call: ${callToolParamIssues(params).join('; ')}` } }
-    }
     try {
-      return { jsonrpc: '2.0', id: request.id, result: await callTool(params, caller, caller.client) }
+      const invalid = invalidCallToolParams(params)
+      if (invalid !== undefined) throw invalid
+      return { jsonrpc: '2.0', id: request.id, result: await callTool(params as CallToolParams, caller, caller.client) }
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error
       return { jsonrpc: '2.0', id: request.id, error: { code: error.code, message: error.message, ...(error.data !== undefined && { data: error.data }) } }

@@ -19,7 +19,10 @@ declare module 'fastify' {
 }
 
 const CONNECT_TIMEOUT_MS = 2000
-const COMMAND_TIMEOUT_MS = 500
+// A request makes at most three Redis round trips one after another (the address budget, a JWT's
+// revocation entry, the principal counters), so with Redis stalled it waits at most 750 ms on it.
+export const COMMAND_TIMEOUT_MS = 250
+export const MAX_REDIS_ROUNDS_PER_REQUEST = 3
 // A socket that stops answering while commands are pending is dropped after this long, so the
 // client turns to reconnecting (and callers to their fallback) instead of timing out per command.
 const SOCKET_TIMEOUT_MS = 2000

@@ -17,8 +17,44 @@ function clientHintOf (request: FastifyRequest): string | null {
   return agent === undefined ? null : printableToken(agent)
 }
 
+/** A JSON-RPC error refusing the request as bad input: it carries REQ_1101 like every other refusal. */
 function jsonRpcError (id: string | number | null, code: number, message: string) {
-  return { jsonrpc: '2.0', id, error: { code, message } }
+  return { jsonrpc: '2.0', id, error: { code, message, data: { code: 'REQ_1101' } } }
+}
+
+// JSON-RPC's own codes for a malformed message, an unknown method and wrong params: bad input.
+const BAD_INPUT_RPC_CODES = new Set([-32700, -32600, -32601, -32602])
+
+/** An SDK error answer without a catalogue code gets REQ_1101 when its JSON-RPC code means bad input. */
+function withCatalogueCode (answer: JsonRpcResponse): JsonRpcResponse {
+  if (!('error' in answer)) return answer
+  const error = answer.error as { code: number, message: string, data?: unknown }
+  if (error.data !== undefined) return answer
+  // The SDK answers params its own schemas refuse (initialize without protocolVersion, say) as an
+  // internal error whose message is the list of issues: bad input, not a server fault.
+  if (error.code === -32603 && error.message.trimStart().startsWith('[')) {
+    return { ...answer, error: { code: -32602, message: `Invalid params: ${error.message}`, data: { code: 'REQ_1101' } } } as JsonRpcResponse
+  }
+  if (!BAD_INPUT_RPC_CODES.has(error.code)) return answer
+  return { ...answer, error: { ...answer.error, data: { code: 'REQ_1101' } } } as JsonRpcResponse
+}
+
+// Far deeper than any valid message (a tool's arguments nest a few levels); without a bound, a
+// deeply nested body overflowed the stack in the SDK's validation and was answered 500.
+export const MAX_BODY_DEPTH = 64
+
+/** Whether a parsed JSON body nests arrays/objects deeper than `limit` (iterative: no recursion to overflow). */
+function nestedDeeperThan (value: unknown, limit: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 1]]
+  while (stack.length > 0) {
+    const [current, depth] = stack.pop()!
+    if (typeof current !== 'object' || current === null) continue
+    if (depth > limit) return true
+    for (const child of Array.isArray(current) ? current : Object.values(current)) {
+      if (typeof child === 'object' && child !== null) stack.push([child, depth + 1])
+    }
+  }
+  return false
 }
 
 /** A JSON-RPC error that carries a catalogue code for a dependency failure is also an HTTP failure. */
@@ -55,6 +91,18 @@ function isPlainLegacyRequest (body: unknown, versionHeader: string | string[] |
   return meta === undefined || (isPlainObject(meta) && !(PROTOCOL_VERSION_META_KEY in meta))
 }
 
+/**
+ * Whether the body has the shape of one JSON-RPC message (request, notification or response).
+ * Checked here rather than left to the SDK so that the refusal carries REQ_1101.
+ */
+function isJsonRpcMessage (body: unknown): boolean {
+  if (!isPlainObject(body) || body.jsonrpc !== '2.0') return false
+  const id = body.id
+  const validId = typeof id === 'string' || Number.isSafeInteger(id)
+  if (typeof body.method === 'string') return (id === undefined || validId) && (body.params === undefined || isPlainObject(body.params))
+  return ('result' in body || 'error' in body) && (validId || id === null)
+}
+
 function isJsonRpcRequest (body: unknown): body is JSONRPCRequest {
   return typeof body === 'object' && body !== null && 'method' in body && 'id' in body
 }
@@ -87,6 +135,14 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     preHandler: [fastify.rateLimits.limitPrincipal, fastify.live.sessionGate]
   }, async (request, reply) => {
     const body = request.body
+    if (nestedDeeperThan(body, MAX_BODY_DEPTH)) {
+      return reply.code(400).send(jsonRpcError(null, -32600, `The request body nests deeper than ${MAX_BODY_DEPTH} levels; no valid message does.`))
+    }
+    if (Array.isArray(body)) return reply.code(400).send(jsonRpcError(null, -32600, 'JSON-RPC batches are not supported: send one message per POST.'))
+    if (!isJsonRpcMessage(body)) {
+      const id = isPlainObject(body) && (typeof body.id === 'string' || Number.isSafeInteger(body.id)) ? body.id as string | number : null
+      return reply.code(400).send(jsonRpcError(id, -32600, 'Bad Request: the request body is not a valid JSON-RPC message'))
+    }
     const versionHeader = request.headers['mcp-protocol-version']
     if (isPlainLegacyRequest(body, versionHeader)) return serveLegacy(request, reply, body)
 
@@ -137,7 +193,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     }
     const status = httpStatusOf(answer)
     if (status === 503) reply.header('retry-after', '2')
-    return reply.code(status).send(answer)
+    return reply.code(status).send(withCatalogueCode(answer))
   }
 
   async function serveModern (request: FastifyRequest, reply: FastifyReply): Promise<void> {

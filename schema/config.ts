@@ -18,6 +18,7 @@ export const ConfigSchema = Type.Object({
   DATA_DIR: Type.String({ minLength: 1, default: './data' }),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 10 }),
   DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 15000 }),
+  DB_STATEMENT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 600000, default: 30000, description: 'The database cancels a statement that runs longer (statement_timeout), and a connection whose server stays silent this long plus a second while owing an answer is dropped; the request gets DEP_3001. Bounds migrations and re-indexing too: raise it for a very large store' }),
   DB_SSL_CA: Type.Optional(Type.String({ minLength: 1, description: "CA certificate for the database server's TLS certificate: a PEM file path, or the PEM itself" })),
   DB_SSL_VERIFY: Type.Union([Type.Literal('true'), Type.Literal('false')], { default: 'true', description: 'false turns database TLS certificate verification off (logged as a warning at every start)' }),
   AUTH_TOKEN: Type.Optional(Type.String({ minLength: 32, description: 'Static bearer token, at least 32 characters' })),

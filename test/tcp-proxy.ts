@@ -1,8 +1,17 @@
 import { createServer, connect, type Server, type Socket } from 'node:net'
 
-/** A TCP proxy a test can cut and restore, to make a dependency unreachable mid-run. */
+/**
+ * A TCP proxy a test puts between the app and a dependency (PostgreSQL, Redis, a JWKS endpoint) to
+ * inject faults mid-run: `cut` (connections dropped, new ones refused), `stall` (connections
+ * accepted and kept open, nothing forwarded either way: a dependency that hangs rather than
+ * fails), and `restore`.
+ */
 export class TcpProxy {
   port = 0
+  /** Faults injected so far (cuts and stalls), for reports. */
+  faults = 0
+  /** Bytes forwarded from clients to the target so far. */
+  forwarded = 0
   private server: Server | undefined
   private readonly sockets = new Set<Socket>()
   private frozen = false
@@ -11,48 +20,84 @@ export class TcpProxy {
 
   async start (): Promise<void> {
     const server = createServer((client) => {
+      this.track(client)
+      // While stalled, a new connection is accepted and never answered.
+      if (this.frozen) return
       const upstream = connect(this.targetPort, this.targetHost)
-      for (const socket of [client, upstream]) {
-        this.sockets.add(socket)
-        socket.on('close', () => this.sockets.delete(socket))
-        socket.on('error', () => { client.destroy(); upstream.destroy() })
-      }
-      client.on('data', (chunk) => { if (!this.frozen) upstream.write(chunk) })
+      this.track(upstream)
+      for (const socket of [client, upstream]) socket.on('error', () => { client.destroy(); upstream.destroy() })
+      client.on('data', (chunk: Buffer) => {
+        if (this.frozen) return
+        this.forwarded += chunk.length
+        upstream.write(chunk)
+      })
       upstream.on('data', (chunk) => { if (!this.frozen) client.write(chunk) })
       client.on('end', () => upstream.end())
       upstream.on('end', () => client.end())
     })
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve))
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.port, '127.0.0.1', resolve)
+    })
     const address = server.address()
     if (typeof address === 'object' && address !== null) this.port = address.port
     this.server = server
   }
 
+  private track (socket: Socket): void {
+    this.sockets.add(socket)
+    socket.on('close', () => this.sockets.delete(socket))
+    socket.on('error', () => socket.destroy())
+  }
+
   /** Drops every open connection and refuses new ones. */
   async cut (): Promise<void> {
-    for (const socket of this.sockets) socket.destroy()
-    this.sockets.clear()
+    this.faults++
+    await this.close()
+  }
+
+  private async close (): Promise<void> {
+    this.dropConnections()
     const server = this.server
     this.server = undefined
     if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()))
   }
 
+  private dropConnections (): void {
+    for (const socket of this.sockets) socket.destroy()
+    this.sockets.clear()
+  }
+
   /**
-   * Keeps every connection open but lets nothing through, in either direction: a dependency that
-   * hangs rather than fails. Whatever is sent meanwhile is lost, so connections are useless after.
+   * Keeps every connection open but lets nothing through, in either direction, and accepts new
+   * connections without answering them. Whatever is sent meanwhile is lost, so `restore` drops
+   * the connections that were open.
    */
-  freeze (): void {
+  stall (): void {
+    this.faults++
     this.frozen = true
   }
 
-  /** Accepts connections again on the same port. */
-  restore (): Promise<void> {
+  /** The same as stall (the older name). */
+  freeze (): void {
+    this.stall()
+  }
+
+  get state (): 'up' | 'cut' | 'stalled' {
+    if (this.server === undefined) return 'cut'
+    return this.frozen ? 'stalled' : 'up'
+  }
+
+  /** Forwards again, on the same port. Connections that lived through a stall are dropped. */
+  async restore (): Promise<void> {
+    if (this.frozen) this.dropConnections()
     this.frozen = false
-    return this.start()
+    if (this.server === undefined) await this.start()
   }
 
   async stop (): Promise<void> {
-    await this.cut()
+    this.frozen = false
+    await this.close()
   }
 }
 

@@ -1,0 +1,121 @@
+import { connect, type Socket } from 'node:net'
+
+// Frontend message types that the server answers with a ReadyForQuery ('Z'): Sync and Query.
+const SYNC = 0x53
+const QUERY = 0x51
+// Flush asks for the answers so far (postgres.js sends Parse/Describe/Flush to learn a statement's
+// types); the Describe's answer ends with RowDescription, NoData or an ErrorResponse.
+const FLUSH = 0x48
+const READY_FOR_QUERY = 0x5a
+const FLUSH_ANSWERS = new Set([0x54, 0x6e, 0x45]) // T, n, E
+const SSL_REQUEST_CODE = 80877103
+const CANCEL_REQUEST_CODE = 80877102
+
+export class DatabaseStalledError extends Error {
+  override readonly name = 'DatabaseStalledError'
+  readonly code = 'ETIMEDOUT'
+}
+
+/**
+ * Splits a byte stream into PostgreSQL protocol messages (type byte, int32 length) and reports each
+ * message's type. `untyped` messages come first (the startup message has no type byte).
+ */
+class MessageReader {
+  private buffered: Buffer = Buffer.alloc(0)
+  constructor (private untyped: number, private readonly onMessage: (type: number, body: Buffer) => void) {}
+
+  push (chunk: Buffer): void {
+    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
+    for (;;) {
+      const header = this.untyped > 0 ? 0 : 1
+      if (this.buffered.length < header + 4) return
+      const length = this.buffered.readInt32BE(header)
+      const total = header + length
+      if (length < 4 || this.buffered.length < total) return
+      const type = header === 0 ? -1 : this.buffered[0] as number
+      const body = this.buffered.subarray(header + 4, total)
+      if (this.untyped > 0) this.untyped--
+      this.buffered = this.buffered.subarray(total)
+      this.onMessage(type, body)
+    }
+  }
+}
+
+/**
+ * Watches one database connection: while the server owes an answer (a Sync, Query or Flush sent
+ * and not yet answered, or the start-up) and sends nothing for `deadlineMs`, the socket is
+ * destroyed with a DatabaseStalledError. postgres.js's own timeouts do not cover this: its
+ * connect timeout ends at start-up, its idle timeout only counts idle connections, and a statement
+ * timeout is enforced by the server, which a stalled network path never lets speak. Without this a
+ * stalled query holds its pool connection until TCP gives up, which can be many minutes.
+ *
+ * Plain (non-TLS) connections only: a TLS connection's bytes cannot be read here.
+ */
+export function guardSocket (socket: Socket, deadlineMs: number): Socket {
+  let owedReadies = 1 // the start-up ends with the first ReadyForQuery
+  let flushPending = false
+  let timer: NodeJS.Timeout | undefined
+  let off = false
+
+  const owed = () => !off && (owedReadies > 0 || flushPending)
+  const disarm = () => {
+    clearTimeout(timer)
+    timer = undefined
+  }
+  const arm = () => {
+    disarm()
+    timer = setTimeout(() => {
+      if (owed() && !socket.destroyed) socket.destroy(new DatabaseStalledError(`the database sent nothing for ${deadlineMs} ms while a statement was waiting for its answer`))
+    }, deadlineMs)
+    timer.unref()
+  }
+  const stop = () => {
+    off = true
+    disarm()
+  }
+
+  const outgoing = new MessageReader(1, (type, body) => {
+    if (type === -1) {
+      const code = body.length >= 4 ? body.readInt32BE(0) : 0
+      // TLS follows an SSLRequest (unreadable here); a CancelRequest gets no answer but a close.
+      if (code === SSL_REQUEST_CODE || code === CANCEL_REQUEST_CODE) stop()
+      return
+    }
+    if (type === SYNC || type === QUERY) owedReadies++
+    else if (type === FLUSH) flushPending = true
+  })
+  const incoming = new MessageReader(0, (type) => {
+    if (type === READY_FOR_QUERY) owedReadies = Math.max(0, owedReadies - 1)
+    else if (FLUSH_ANSWERS.has(type)) flushPending = false
+  })
+
+  const write = socket.write.bind(socket) as (...args: unknown[]) => boolean
+  socket.write = ((chunk: unknown, ...rest: unknown[]) => {
+    if (!off && (Buffer.isBuffer(chunk) || chunk instanceof Uint8Array)) {
+      outgoing.push(Buffer.from(chunk))
+      if (owed() && timer === undefined) arm()
+    }
+    return write(chunk, ...rest)
+  }) as Socket['write']
+  socket.on('data', (chunk: Buffer) => {
+    if (off) return
+    incoming.push(chunk)
+    if (owed()) arm()
+    else disarm()
+  })
+  socket.on('close', stop)
+  return socket
+}
+
+export interface SocketTarget {
+  host: string
+  port: number
+  /** A Unix socket path instead of host and port. */
+  path?: string
+}
+
+/** A connected socket to `target`, guarded by guardSocket. */
+export function guardedSocket (target: SocketTarget, deadlineMs: number): Socket {
+  const socket = target.path !== undefined ? connect(target.path) : connect(target.port, target.host)
+  return guardSocket(socket, deadlineMs)
+}
