@@ -62,7 +62,8 @@ export function createSql (url: string, options: SqlOptions): postgres.Sql {
     max: options.max,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMs / 1000)),
     idle_timeout: options.listener === undefined ? 60 : 0, // 0: never
-    ...(options.listener !== undefined && { max_lifetime: null, onnotify: options.listener.onnotify, onclose: options.listener.onclose }),
+    // The listener reads no arrays, so it skips the array-type query (see typesKnown).
+    ...(options.listener !== undefined && { max_lifetime: null, onnotify: options.listener.onnotify, onclose: options.listener.onclose, fetch_types: false }),
     backoff: reconnectDelaySeconds,
     ...(guard !== undefined && { socket: guard }),
     // Named prepared statements are also what keeps concurrent connections to the embedded
@@ -271,6 +272,17 @@ const FIRST_RETRY_DELAY_MS = 100
 const MAX_RETRY_DELAY_MS = 2000
 const MIN_ATTEMPT_MS = 50
 
+/**
+ * Once a connection has answered, the pool knows the array types: later connections skip
+ * postgres.js's array-type query. Besides a round trip per connection, that query is started
+ * without a handler for its failure (connection.js `return fetchArrayTypes()`), so a connection
+ * lost while running it — a database going away just as a connection reopens — was an unhandled
+ * rejection, which stops the process. The parsers it registered stay in the pool's options.
+ */
+export function typesKnown (sql: postgres.Sql): void {
+  sql.options.fetch_types = false
+}
+
 export async function waitForDatabase (sql: postgres.Sql, options: WaitOptions): Promise<void> {
   const deadline = Date.now() + options.timeoutMs
   let delay = FIRST_RETRY_DELAY_MS
@@ -280,6 +292,7 @@ export async function waitForDatabase (sql: postgres.Sql, options: WaitOptions):
     attempts++
     try {
       await withTimeout(sql`select 1`.execute(), deadline - Date.now())
+      typesKnown(sql)
       return
     } catch (error) {
       lastError = error
