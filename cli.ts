@@ -101,10 +101,30 @@ function accessOf (token: { namespace: string, scopes: readonly string[], global
   return `${token.scopes.join(', ')} in namespace ${token.namespace} only`
 }
 
+/**
+ * `--name value` as `--name=value` for the options that take a value, so that a value starting
+ * with "-" (a grant id, a jti or a token name may) is read as the value: parseArgs refuses it as
+ * ambiguous otherwise.
+ */
+function withJoinedValues (args: string[], valueOptions: string[]): string[] {
+  const joined: string[] = []
+  for (let index = 0; index < args.length; index++) {
+    const arg = args[index] as string
+    const next = args[index + 1]
+    if (next !== undefined && valueOptions.includes(arg.replace(/^--/, '')) && arg.startsWith('--')) {
+      joined.push(`${arg}=${next}`)
+      index++
+    } else {
+      joined.push(arg)
+    }
+  }
+  return joined
+}
+
 async function tokenCommand (args: string[]): Promise<void> {
   const [action, ...rest] = args
   const { values } = parseArgs({
-    args: rest,
+    args: withJoinedValues(rest, ['name', 'namespace', 'scopes', 'jti', 'expires-at']),
     options: { name: { type: 'string' }, namespace: { type: 'string' }, scopes: { type: 'string' }, 'global-admin': { type: 'boolean' }, jti: { type: 'string' }, 'expires-at': { type: 'string' } },
     strict: true
   })
@@ -312,7 +332,7 @@ async function oauthCommand (args: string[]): Promise<void> {
   const [action, ...rest] = args
   let id: string | undefined
   try {
-    id = parseArgs({ args: rest, options: { id: { type: 'string' } }, strict: true }).values.id
+    id = parseArgs({ args: withJoinedValues(rest, ['id']), options: { id: { type: 'string' } }, strict: true }).values.id
   } catch (error) {
     fail(`${(error as Error).message}\n\n${USAGE}`, 2)
   }

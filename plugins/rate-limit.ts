@@ -53,7 +53,6 @@ const require = createRequire(import.meta.url)
 const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as new (continueExceeding?: boolean, exponentialBackoff?: boolean, cache?: number) => LimiterStore
 const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis, key: string) => LimiterStore
 
-export const REDIS_KEY_PREFIX = 'scm:rate:'
 // Keys each in-memory limiter keeps (least recently used ones are dropped).
 const LOCAL_KEYS = 20_000
 
@@ -63,8 +62,8 @@ const LOCAL_KEYS = 20_000
  * to memory for that request, so limits hold when Redis goes away — never unlimited, never
  * refusing everyone.
  */
-export function failoverStoreClass (redis: FastifyInstance['redis'], onRedisError: (error: Error) => void) {
-  const shared = redis.client === null ? undefined : new RedisStore(false, false, redis.client, REDIS_KEY_PREFIX)
+export function failoverStoreClass (redis: FastifyInstance['redis'], keyPrefix: string, onRedisError: (error: Error) => void) {
+  const shared = redis.client === null ? undefined : new RedisStore(false, false, redis.client, keyPrefix)
   return class FailoverStore implements LimiterStore {
     private readonly local: LimiterStore
 
@@ -158,7 +157,7 @@ export default fp(async (fastify) => {
   const { limits, problems } = parseRateLimits(fastify.config.RATE_LIMITS)
   if (problems.length > 0) throw new Error(`Invalid configuration:\n  - ${problems.join('\n  - ')}`)
 
-  const Store = failoverStoreClass(fastify.redis, (error) => fastify.log.debug({ reason: error.message }, 'Redis rate-limit command failed; counted in memory'))
+  const Store = failoverStoreClass(fastify.redis, fastify.config.RATE_LIMIT_KEY_PREFIX, (error) => fastify.log.debug({ reason: error.message }, 'Redis rate-limit command failed; counted in memory'))
   await fastify.register(rateLimit, {
     global: false,
     enableDraftSpec: true,

@@ -4,7 +4,6 @@ import { Redis } from 'ioredis'
 import { test, type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { hashToken } from '../plugins/auth.js'
-import { REDIS_KEY_PREFIX } from '../plugins/rate-limit.js'
 import { loadConfig } from '../schema/config.js'
 import { testDatabase } from './db-helper.js'
 import { TEST_TOKEN } from './helper.js'
@@ -21,6 +20,7 @@ const LIMITS = 'reader=100/h 3/m; ip=2/m'
 async function instances (t: Test, count: number, redisUrl: string) {
   const { url } = await testDatabase(t)
   const config = loadConfig({ AUTH_TOKEN: TEST_TOKEN, DATABASE_URL: url, LOG_LEVEL: 'silent', REDIS_URL: redisUrl, RATE_LIMITS: LIMITS })
+  const prefix = config.RATE_LIMIT_KEY_PREFIX
   const apps: FastifyInstance[] = []
   t.teardown(() => Promise.all(apps.map((app) => app.close())))
   for (let i = 0; i < count; i++) {
@@ -32,7 +32,7 @@ async function instances (t: Test, count: number, redisUrl: string) {
   const token = `scm_${name}_${randomBytes(16).toString('hex')}`
   await apps[0]!.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   const address = `10.${randomBytes(1)[0]}.${randomBytes(1)[0]}.${randomBytes(1)[0]}`
-  const keys = [`minute:token:${name}`, `hour:token:${name}`, `minute:auth-failures:${address}`].map((key) => REDIS_KEY_PREFIX + key)
+  const keys = [`minute:token:${name}`, `hour:token:${name}`, `minute:auth-failures:${address}`].map((key) => prefix + key)
   t.teardown(async () => {
     const redis = new Redis(REDIS_URL, { lazyConnect: true })
     await redis.connect()

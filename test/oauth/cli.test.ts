@@ -49,10 +49,15 @@ test('oauth clients, grants, revoke-grant, revoke-client: what they list, what t
   t.equal((await refresh(server, claude.clientId, claude.tokens.refresh_token)).status, 400, 'its refresh token is gone')
   t.equal((await callWith(server, work.tokens.access_token)).status, 200, 'other grants are untouched')
   const [before] = await server.app.db.sql`select count(*)::int as n from revoked_jtis`
-  const [again, unknownGrant] = await Promise.all([runCli(env, 'oauth', 'revoke-grant', '--id', claudeGrant), runCli(env, 'oauth', 'revoke-grant', '--id', 'no-such-grant')])
+  const [again, unknownGrant, dashed] = await Promise.all([
+    runCli(env, 'oauth', 'revoke-grant', '--id', claudeGrant),
+    runCli(env, 'oauth', 'revoke-grant', '--id', 'no-such-grant'),
+    runCli(env, 'oauth', 'revoke-grant', '--id', '-Xy3_dash-first')
+  ])
   t.equal(again.code, 1, 'a grant that is gone is an unknown id')
   t.equal(again.stderr.trim().split('\n').at(-1), `No grant with id "${claudeGrant}" (node dist/cli.js oauth grants lists them).`)
   t.equal(unknownGrant.code, 1)
+  t.equal(dashed.stderr.trim().split('\n').at(-1), 'No grant with id "-Xy3_dash-first" (node dist/cli.js oauth grants lists them).', 'an id starting with "-" (ids are base64url) is read as the id, not refused as an ambiguous option')
   const [after] = await server.app.db.sql`select count(*)::int as n from revoked_jtis`
   t.equal(after?.n, before?.n, 'an unknown id writes nothing')
 
