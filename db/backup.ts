@@ -306,6 +306,11 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
     open = undefined
   }
 
+  // Statistics after batches 1, 2, 4, 8, …: the import's statement is planned once per connection
+  // (generic plans), and planned on an empty database it walked the change feed's index for each
+  // key's history (namespace only), so a restore into a fresh database slowed with every batch.
+  // ANALYZE makes the next batch plan again with what is there; it blocks no reader or writer.
+  let batches = 0
   const flush = async (throughLine: number): Promise<void> => {
     if (batch.length > 0) {
       const pending = batch
@@ -332,6 +337,8 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
       summary.entries += pending.length
       summary.imported += result.insertedKeys
       summary.importedVersions += result.insertedVersions
+      batches++
+      if (isPowerOfTwo(batches)) await store.refreshStatistics()
     }
     summary.settledThroughLine = throughLine
     batch = []
@@ -579,4 +586,8 @@ export function createProgressBar (stream: Writable & { isTTY?: boolean }, total
       last = 0
     }
   }
+}
+
+function isPowerOfTwo (count: number): boolean {
+  return (count & (count - 1)) === 0
 }

@@ -1240,7 +1240,12 @@ export function createMaintenanceStore (sql: postgres.Sql) {
     })
   }
 
-  return { sweepExpired, sweepExpiredBatch, exportRows, importBatch, applySearchLanguage }
+  /** ANALYZE of the tables an import fills, so that its next statements are planned for what they hold. */
+  async function refreshStatistics (): Promise<void> {
+    await sql`analyze context_entries, context_history`
+  }
+
+  return { sweepExpired, sweepExpiredBatch, exportRows, importBatch, refreshStatistics, applySearchLanguage }
 }
 
 function exportRowOf (row: ExportPageRow): ExportRow {
