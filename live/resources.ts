@@ -1,7 +1,7 @@
 import {
   ProtocolError,
-  ProtocolErrorCode,
   ResourceNotFoundError,
+  ProtocolErrorCode,
   type CacheHint,
   type JSONRPCRequest,
   type ListResourceTemplatesResult,
@@ -161,8 +161,10 @@ export function registerResources (server: Server, deps: ResourceDependencies): 
     } catch (error) {
       throw protocolErrorOf(error, 'resources/read', deps)
     }
-    // SEP-2164: -32602 with data { uri } (the SDK sends this code on every line; 2025-era reads are answered by answerLegacyRead).
-    if (result === null) throw new ResourceNotFoundError(request.params.uri, notFoundMessage(request.params.uri))
+    // SEP-2164: -32602 with data { uri } and nothing else (clients tell resource-not-found from other
+    // invalid params by that), so the catalogue's code leads the message; 2025-era reads are answered
+    // by answerLegacyRead, with the code in data.
+    if (result === null) throw new ResourceNotFoundError(request.params.uri, `CTX_2001: ${notFoundMessage(request.params.uri)}`)
     return result
   })
 }
@@ -185,12 +187,12 @@ const checkReadParams = TypeCompiler.Compile(ReadParams)
 export async function answerLegacyRead (request: JSONRPCRequest, principal: Principal, deps: ResourceDependencies): Promise<JsonRpcResponse> {
   const params = request.params
   if (!checkReadParams.Check(params)) {
-    return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: 'Invalid params for resources/read: uri (a string) is required.' } }
+    return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: 'Invalid params for resources/read: uri (a string) is required.', data: { code: 'REQ_1101' } } }
   }
   try {
     const result = await readResource(principal, params.uri, deps.store)
     if (result === null) {
-      return { jsonrpc: '2.0', id: request.id, error: { code: LEGACY_RESOURCE_NOT_FOUND, message: notFoundMessage(params.uri), data: { uri: params.uri } } }
+      return { jsonrpc: '2.0', id: request.id, error: { code: LEGACY_RESOURCE_NOT_FOUND, message: notFoundMessage(params.uri), data: { uri: params.uri, code: 'CTX_2001' } } }
     }
     return { jsonrpc: '2.0', id: request.id, result }
   } catch (error) {

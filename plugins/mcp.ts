@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
-import { toNodeHandler, type NodeMcpRequestHandler } from '@modelcontextprotocol/node'
+import { toNodeHandler, type FetchLikeMcpHandler, type NodeMcpRequestHandler } from '@modelcontextprotocol/node'
 import {
   CLIENT_INFO_META_KEY,
   ProtocolError,
@@ -141,6 +141,41 @@ function invalidCallToolParams (params: unknown): ProtocolError | undefined {
 }
 
 /**
+ * The 2026-07-28 handler's own refusals (its validation ladder: an unsupported or contradictory
+ * MCP-Protocol-Version, a missing envelope, a body that is no JSON-RPC message) are JSON-RPC
+ * errors without a catalogue code. Every refusal of this server carries one, in `error.data.code`:
+ * REQ_1102 for a body too large, REQ_1101 for the rest. Answers below 400 pass untouched (streams
+ * included).
+ */
+export function withCatalogueCodes (handler: FetchLikeMcpHandler): FetchLikeMcpHandler {
+  return {
+    fetch: async (request, options) => {
+      const response = await handler.fetch(request, options)
+      if (response.status < 400 || response.status >= 500 || !(response.headers.get('content-type') ?? '').includes('json')) return response
+      const text = await response.text()
+      const headers = new Headers(response.headers)
+      headers.delete('content-length')
+      let message: { error?: { data?: unknown } } | undefined
+      try {
+        message = JSON.parse(text) as typeof message
+      } catch {
+        return new Response(text, { status: response.status, headers })
+      }
+      const error = message?.error
+      if (typeof error !== 'object' || error === null) return new Response(text, { status: response.status, headers })
+      const data = error.data
+      const code = response.status === 413 ? 'REQ_1102' : 'REQ_1101'
+      if (typeof data === 'object' && data !== null && !Array.isArray(data)) {
+        if (!('code' in data)) error.data = { ...data, code }
+      } else {
+        error.data = { code, ...(data !== undefined && { detail: data }) }
+      }
+      return new Response(JSON.stringify(message), { status: response.status, headers })
+    }
+  }
+}
+
+/**
  * The MCP surface: the tool registry and the SDK servers that serve it. One long-lived Server
  * answers 2025-era traffic through a multiplexing transport; 2026-07-28 traffic goes through the
  * SDK's createMcpHandler, which builds a server per request from the same factory.
@@ -230,7 +265,7 @@ export default fp(async (fastify) => {
     bus: live.bus,
     keepAliveMs: fastify.config.SSE_HEARTBEAT_MS
   })
-  const modernHandler = toNodeHandler(modern)
+  const modernHandler = toNodeHandler(withCatalogueCodes(modern))
   // 2026-07-28 exchanges in flight other than subscriptions/listen streams: shutdown lets them finish.
   const inFlight = { modernCalls: 0 }
   const serveModern: NodeMcpRequestHandler = async (request, response, body) => {

@@ -41,18 +41,8 @@ async function inspect (app: FastifyInstance): Promise<{ fingerprint: string, ha
   return { fingerprint: `${row?.entries ?? ''}|${row?.history ?? ''}`, halfWrites: row?.half ?? -1 }
 }
 
-const LEGACY_VERSIONS = new Set(['2025-11-25', '2025-06-18', '2025-03-26', '2024-11-05', '2024-10-07'])
-
-/** A refusal the SDK's 2026-07-28 handler wrote itself: a JSON-RPC error for a request that claims a non-2025 protocol version. */
-function isSdkLadderRefusal (error: { code?: unknown, data?: unknown } | undefined, versionHeader: string | undefined): boolean {
-  const data = error?.data as Record<string, unknown> | undefined
-  if (typeof error?.code !== 'number') return false
-  if (data !== undefined && ('envelope' in data || 'supported' in data)) return true
-  return versionHeader !== undefined && !LEGACY_VERSIONS.has(versionHeader.trim())
-}
-
 /** What a response says: 'ok', or the refusal's code; throws on a response the rules forbid. */
-function verdictOf (response: LightMyRequestResponse, versionHeader?: string): string {
+function verdictOf (response: LightMyRequestResponse): string {
   const status = response.statusCode
   let body: unknown
   try {
@@ -64,10 +54,6 @@ function verdictOf (response: LightMyRequestResponse, versionHeader?: string): s
   const code = typeof httpCode?.code === 'string' ? httpCode.code : httpCode?.data?.code
   if (status >= 500 && !(typeof code === 'string' && ALLOWED_5XX.has(code))) throw new Error(`HTTP ${status} (${String(code)}): ${response.body.slice(0, 300)}`)
   if (status >= 400 || httpCode !== undefined) {
-    // Known gap: the SDK's 2026-07-28 handler writes its own validation-ladder refusals (an
-    // unsupported MCP-Protocol-Version, a missing envelope), with JSON-RPC codes and structured
-    // data but no catalogue code; they are counted, not failed.
-    if (!isCatalogueCode(code) && status === 400 && isSdkLadderRefusal(httpCode, versionHeader)) return 'sdk-ladder'
     if (!isCatalogueCode(code)) throw new Error(`refusal without a catalogue code, HTTP ${status}: ${response.body.slice(0, 300)}`)
     return String(code)
   }
@@ -206,7 +192,7 @@ test(`fuzzing (seed ${SEED}, FUZZ_SEED=${SEED} replays it)`, async (t) => {
       if (extra !== undefined && !(extra[0] in all)) all[extra[0]] = extra[1]
       const before = reachedTools === 0 ? start : await fingerprint(app)
       const response = await app.inject({ method: verb, url: '/mcp', headers: all, ...(verb !== 'GET' && verb !== 'OPTIONS' && { payload }) })
-      const verdict = verdictOf(response, all['mcp-protocol-version'])
+      const verdict = verdictOf(response)
       tally(`http ${response.statusCode} ${verdict}`)
       if (response.statusCode !== 200 && response.statusCode !== 202) return
       reachedTools++

@@ -127,7 +127,10 @@ test('entries as resources on both protocol lines: template, pages exactly once,
         const error = await session.read(uri).then(() => null, (caught: unknown) => caught)
         t.ok(error !== null, `${uri}: the read fails`)
         if (label !== 'SDK v1') t.ok(error instanceof ResourceNotFoundError, `${uri}: the v2 client recognises resource-not-found`)
-        t.match(session.bodies.at(-1)?.error, { code: notFoundCode, data: { uri } }, `${uri}: ${notFoundCode} with data.uri on the wire`)
+        const wire = session.bodies.at(-1)?.error as { data?: Record<string, unknown> } | undefined
+        t.match(wire, { code: notFoundCode, data: { uri } }, `${uri}: ${notFoundCode} with data.uri on the wire`)
+        if (notFoundCode === -32002) t.equal(wire?.data?.code, 'CTX_2001', `${uri}: and the catalogue code in data (2025)`)
+        else t.match(wire, { data: { uri }, message: /^CTX_2001: / }, `${uri}: data holds the uri alone (SEP-2164), the catalogue code leads the message`)
       }
       const badCursor = await session.listResources('garbled').then(() => null, (caught: unknown) => caught)
       t.match(badCursor, { code: -32602, message: /REQ_1101/ }, 'a garbled cursor is invalid params')
@@ -162,7 +165,7 @@ test('a 2025-era resources/read with bad params is invalid params; unknown resou
     t.equal(response.json().error?.code, -32602, JSON.stringify(params).slice(0, 40))
   }
   const missing = await rpc(app, 'resources/read', { uri: 'context://default/nothing' })
-  t.match(missing.json(), { error: { code: -32002, message: /Resource not found: context:\/\/default\/nothing/, data: { uri: 'context://default/nothing' } } })
+  t.match(missing.json(), { error: { code: -32002, message: /Resource not found: context:\/\/default\/nothing/, data: { uri: 'context://default/nothing', code: 'CTX_2001' } } })
 })
 
 test('resource URIs: namespaces percent-encoded, keys as they are, anything else names no entry', async (t) => {

@@ -57,6 +57,7 @@ test('Streamable HTTP details for a stateless server', async (t) => {
   t.test('an unsupported MCP-Protocol-Version header is a 400', async (t) => {
     const response = await rpc(app, 'tools/list', {}, { headers: { 'mcp-protocol-version': '1999-01-01' } })
     t.equal(response.statusCode, 400)
+    t.equal(response.json().error.data?.code, 'REQ_1101', 'with a catalogue code, as every refusal')
   })
 
   t.test('a 2026-07-28 request without the standard headers is rejected by the SDK ladder, not served', async (t) => {
@@ -64,7 +65,9 @@ test('Streamable HTTP details for a stateless server', async (t) => {
       _meta: { 'io.modelcontextprotocol/protocolVersion': '2026-07-28', 'io.modelcontextprotocol/clientInfo': { name: 'x', version: '1' }, 'io.modelcontextprotocol/clientCapabilities': {} }
     })
     t.equal(response.statusCode, 400)
-    t.ok(response.json().error, 'JSON-RPC error body')
+    const { error } = response.json()
+    t.ok(error, 'JSON-RPC error body')
+    t.equal(error.data?.code, 'REQ_1101', "the SDK's own refusal carries a catalogue code too")
   })
 
   t.test('unknown methods are JSON-RPC method-not-found', async (t) => {
