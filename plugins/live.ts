@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import type { ServerResponse } from 'node:http'
-import type { ServerEventBus } from '@modelcontextprotocol/server'
+import { classifyInboundRequest, type ServerEventBus } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -297,6 +297,9 @@ export default fp(async (fastify) => {
     const id = request.headers[SESSION_HEADER]
     const body = bodyOf(request)
     const method = body?.method
+    // 2026-07-28 has no resources/subscribe (subscriptions/listen replaced it): the SDK answers
+    // those requests itself (404, method not found).
+    if ((method === SUBSCRIBE || method === UNSUBSCRIBE) && isModern(request)) return
     if (method === 'initialize') {
       const token = bearerTokenOf(request.headers.authorization)
       const session = token === undefined ? null : sessions.create(request.principal!, token)
@@ -319,6 +322,11 @@ export default fp(async (fastify) => {
     session.lastActive = Date.now()
     session.principal = request.principal!
     if (body !== undefined && (method === SUBSCRIBE || method === UNSUBSCRIBE)) return reply.send(answerSubscription(session, body))
+  }
+
+  function isModern (request: FastifyRequest): boolean {
+    const versionHeader = request.headers['mcp-protocol-version']
+    return classifyInboundRequest({ httpMethod: 'POST', protocolVersionHeader: typeof versionHeader === 'string' ? versionHeader : undefined, body: request.body }).kind !== 'legacy'
   }
 
   // ---- 2026-07-28 subscriptions/listen: the SDK serves the stream; this bus feeds it

@@ -70,6 +70,17 @@ test('Streamable HTTP details for a stateless server', async (t) => {
     t.equal(error.data?.code, 'REQ_1101', "the SDK's own refusal carries a catalogue code too")
   })
 
+  t.test('2026-07-28 has no resources/subscribe: 404, method not found (the 2025 sessions do not take it over)', async (t) => {
+    for (const method of ['resources/subscribe', 'resources/unsubscribe']) {
+      const response = await rpc(app, method, {
+        uri: 'context://default/x',
+        _meta: { 'io.modelcontextprotocol/protocolVersion': '2026-07-28', 'io.modelcontextprotocol/clientInfo': { name: 'x', version: '1' }, 'io.modelcontextprotocol/clientCapabilities': {} }
+      }, { headers: { 'mcp-protocol-version': '2026-07-28', 'mcp-method': method, 'mcp-name': 'context://default/x' } })
+      t.equal(response.statusCode, 404, method)
+      t.equal(response.json().error?.code, -32601, `${method}: method not found`)
+    }
+  })
+
   t.test('unknown methods are JSON-RPC method-not-found', async (t) => {
     const response = await rpc(app, 'no/such/method')
     t.equal(response.statusCode, 200)
