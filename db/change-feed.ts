@@ -1,7 +1,7 @@
 import type postgres from 'postgres'
 import { AppError } from '../schema/errors.js'
 import { decodeCursor, encodeCursor } from '../schema/cursor.js'
-import type { HistoryAction } from './context-store.js'
+import type { HistoryAction, HistoryItem } from './context-store.js'
 
 // The change feed: a namespace's history rows in commit-safe order (migration 006). Rows are
 // ordered by (txid, id), and a read serves only rows whose transaction id is below the xmin of its
@@ -23,15 +23,9 @@ export interface FeedPosition { txid: string, id: number }
 /** Where a reader without a cursor starts: before the oldest retained history row. */
 export const FEED_START: FeedPosition = { txid: '0', id: 0 }
 
-export interface FeedChange {
+/** A version of an entry as the history shows it, with its key and its place in the feed. */
+export interface FeedChange extends HistoryItem {
   key: string
-  version: number
-  action: HistoryAction
-  actor: string
-  client: string | null
-  at: string
-  /** Content size of that version; null for a delete. */
-  bytes: number | null
   /** The feed's position just after this change (an SSE event id, for instance). */
   position: FeedPosition
 }

@@ -21,3 +21,13 @@ export const Tags = Type.Array(
 )
 
 export const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 time.' })
+
+/** One version of an entry as the history tells it (context_history's versions, changes_since's changes). */
+export const historyVersionFields = {
+  version: Type.Integer(),
+  action: Type.Union(['create', 'update', 'append', 'delete', 'restore'].map((action) => Type.Literal(action))),
+  actor: Type.String(),
+  client: Type.Union([Type.String(), Type.Null()]),
+  at: Timestamp,
+  bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Content size of that version; null for a delete.' })
+}

@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox'
 import { decodePosition, encodePosition } from '../db/change-feed.js'
 import { AppError } from '../schema/errors.js'
 import { KeyPrefix, NamespaceArg } from '../schema/key.js'
-import { Timestamp } from '../schema/content.js'
+import { historyVersionFields } from '../schema/content.js'
 import { Cursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
 
@@ -28,15 +28,7 @@ export const changesSince = defineTool({
     namespace: Type.Optional(NamespaceArg)
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
-    changes: Type.Array(Type.Object({
-      key: Type.String(),
-      version: Type.Integer(),
-      action: Type.Union(['create', 'update', 'append', 'delete', 'restore'].map((action) => Type.Literal(action))),
-      actor: Type.String(),
-      client: Type.Union([Type.String(), Type.Null()]),
-      at: Timestamp,
-      bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Content size of that version; null for a delete.' })
-    }, { additionalProperties: false })),
+    changes: Type.Array(Type.Object({ key: Type.String(), ...historyVersionFields }, { additionalProperties: false })),
     next_cursor: Type.String({ description: 'Pass as cursor next time to get only the changes after these.' }),
     more: Type.Boolean({ description: 'More changes are waiting: call again with next_cursor now.' })
   }, { additionalProperties: false }),

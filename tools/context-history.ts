@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import { AppError } from '../schema/errors.js'
 import { Key, NamespaceArg } from '../schema/key.js'
-import { Timestamp } from '../schema/content.js'
+import { historyVersionFields } from '../schema/content.js'
 import { Cursor, decodeCursor, encodeCursor } from '../schema/cursor.js'
 import { defineTool } from './registry.js'
 
@@ -24,14 +24,7 @@ export const contextHistory = defineTool({
   }, { additionalProperties: false }),
   outputSchema: Type.Object({
     key: Type.String(),
-    versions: Type.Array(Type.Object({
-      version: Type.Integer(),
-      action: Type.Union(['create', 'update', 'append', 'delete', 'restore'].map((action) => Type.Literal(action))),
-      actor: Type.String(),
-      client: Type.Union([Type.String(), Type.Null()]),
-      at: Timestamp,
-      bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'Content size of that version; null for a delete.' })
-    }, { additionalProperties: false })),
+    versions: Type.Array(Type.Object(historyVersionFields, { additionalProperties: false })),
     next_cursor: Type.Union([Type.String(), Type.Null()])
   }, { additionalProperties: false }),
   async handler (ctx, input) {
