@@ -47,6 +47,11 @@ export interface FeedPage {
   position: FeedPosition
   /** More changes are ready to be served right now (the page was cut at `limit`). */
   more: boolean
+  /**
+   * The namespace has rows the horizon still holds back (written by transactions at or above the
+   * oldest one running anywhere on the database server): a later read will serve them.
+   */
+  heldBack: boolean
 }
 
 const CURSOR_KIND = 'changes'
@@ -87,6 +92,7 @@ interface FeedRow {
   txid: string | null
   id: number
   horizon: string
+  held_back: boolean
 }
 
 interface HorizonRow { horizon: string }
@@ -132,12 +138,14 @@ export async function changesSince (sql: postgres.Sql, options: FeedOptions): Pr
       union all
       select * from new_rows
     )
-    select p.key, p.version, p.action, p.actor, p.client, p.at, p.bytes, p.txid::text as txid, p.id, horizon.xmin::text as horizon
+    select p.key, p.version, p.action, p.actor, p.client, p.at, p.bytes, p.txid::text as txid, p.id, horizon.xmin::text as horizon,
+           exists (select from context_history b where b.namespace = ${namespace} and b.txid >= horizon.xmin) as held_back
     from horizon left join page p on true
     order by p.txid nulls first, p.id
     limit ${limit + 1}`
   const horizon = rows[0]?.horizon
   if (horizon === undefined) throw new Error('the change feed read returned no row')
+  const heldBack = rows[0]?.held_back === true
   if (BigInt(after.txid) > BigInt(horizon)) throw new AppError('REQ_1101', CURSOR_FROM_ELSEWHERE)
   const found = rows.filter((row) => row.key !== null)
   const changes = found.slice(0, limit).map((row): FeedChange => ({
@@ -152,10 +160,10 @@ export async function changesSince (sql: postgres.Sql, options: FeedOptions): Pr
   }))
   const more = found.length > limit
   const last = changes.at(-1)
-  if (more && last !== undefined) return { changes, position: last.position, more }
+  if (more && last !== undefined) return { changes, position: last.position, more, heldBack }
   // Everything below the horizon that matches was served: the next read can start there.
   const horizonPosition: FeedPosition = { txid: horizon, id: 0 }
-  return { changes, position: comparePositions(horizonPosition, after) > 0 ? horizonPosition : after, more }
+  return { changes, position: comparePositions(horizonPosition, after) > 0 ? horizonPosition : after, more, heldBack }
 }
 
 /** The position of "now": a reader starting here gets only changes that commit from now on. */

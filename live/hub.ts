@@ -15,6 +15,7 @@ const PAGE = 500
 // A notified change the feed does not serve yet (it serves a change only once every transaction
 // that began before it has ended) is looked for again after this long, for at most UNSEEN_FOR_MS.
 const UNSEEN_RETRY_MS = 200
+const HELD_BACK_RETRY_MS = 1000
 const UNSEEN_FOR_MS = 60_000
 const MAX_UNSEEN = 1000
 const FAILED_READ_RETRY_MS = 1000
@@ -105,6 +106,7 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
     readPages().catch((error: unknown) => options.onError(error, feed.namespace))
 
     async function readPages (): Promise<void> {
+      let heldBack = false
       try {
         for (;;) {
           const page = await changesSince(sql, { namespace: feed.namespace, after: feed.position, limit: PAGE })
@@ -115,12 +117,18 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
             const batch = { namespace: feed.namespace, changes: page.changes, eventId: eventIdOf(page.position) }
             for (const sink of feed.sinks) sink(batch)
           }
+          heldBack = page.heldBack
           if (!page.more && !feed.again) break
           feed.again = false
         }
         feed.reading = false
-        if (feed.unseen.size > 0 && Date.now() < feed.unseenUntil) retryLater(feed, UNSEEN_RETRY_MS)
-        else feed.unseen.clear()
+        const awaitingNotified = feed.unseen.size > 0 && Date.now() < feed.unseenUntil
+        if (!awaitingNotified) feed.unseen.clear()
+        // Rows the horizon holds back (a transaction still running somewhere on the server) are
+        // read again until served, whether or not another notification comes: one whose NOTIFY
+        // reached no feed (no stream followed the namespace then) would otherwise wait for the next.
+        if (awaitingNotified) retryLater(feed, UNSEEN_RETRY_MS)
+        else if (heldBack) retryLater(feed, HELD_BACK_RETRY_MS)
       } catch (error) {
         feed.reading = false
         options.onError(error, feed.namespace)
@@ -158,7 +166,12 @@ export function createHub (sql: postgres.Sql, options: HubOptions) {
         const page = await changesSince(sql, { namespace, after: position, limit: PAGE })
         position = page.position
         if (page.changes.length > 0) sink({ namespace, changes: page.changes, eventId: eventIdOf(position) })
-        if (!page.more) return
+        if (!page.more) {
+          // What the horizon still holds back is the live feed's to serve (the stream joined it first).
+          const feed = feeds.get(namespace)
+          if (page.heldBack && feed !== undefined) retryLater(feed, HELD_BACK_RETRY_MS)
+          return
+        }
       }
     },
     /** For tests and metrics: namespaces followed, sinks, pending timers. */

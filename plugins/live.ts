@@ -213,9 +213,18 @@ export default fp(async (fastify) => {
       closeStream(session)
     }
     let pending: ChangeBatch[] | null = []
+    // What the Last-Event-ID replay delivered: the live feed, which starts where it joined, may
+    // serve some of it again, buffered or later.
+    const seen = new Set<string>()
+    const unseenOf = (batch: ChangeBatch): ChangeBatch => seen.size === 0
+      ? batch
+      : { ...batch, changes: batch.changes.filter((change) => !seen.has(`${contextUri(batch.namespace, change.key)}@${change.version}`)) }
     const sink = (batch: ChangeBatch): void => {
       if (pending !== null) pending.push(batch)
-      else deliver(session, batch)
+      else {
+        const unseen = unseenOf(batch)
+        if (unseen.changes.length > 0) deliver(session, unseen)
+      }
     }
     const following = new Map<string, () => void>()
     try {
@@ -238,7 +247,6 @@ export default fp(async (fastify) => {
     const stream = new SseStream(reply.raw, headers, config.SSE_RETRY_MS, () => { if (session.stream === stream) closeStream(session) })
     session.stream = stream
 
-    const seen = new Set<string>()
     if (resumeFrom !== undefined) {
       try {
         for (const namespace of session.following.keys()) await hub.replay(namespace, resumeFrom, (batch) => deliver(session, batch, seen))
@@ -251,8 +259,8 @@ export default fp(async (fastify) => {
     const buffered: ChangeBatch[] = pending
     pending = null
     for (const batch of buffered) {
-      const unseen = batch.changes.filter((change) => !seen.has(`${contextUri(batch.namespace, change.key)}@${change.version}`))
-      if (unseen.length > 0) deliver(session, { ...batch, changes: unseen })
+      const unseen = unseenOf(batch)
+      if (unseen.changes.length > 0) deliver(session, unseen)
     }
   }
 

@@ -2,6 +2,7 @@ import { test } from 'tap'
 import { generateToken, hashToken } from '../../plugins/auth.js'
 import { createSessions } from '../../live/sessions.js'
 import { singleNamespacePrincipal } from '../../schema/principal.js'
+import { ON_PGLITE } from '../db-helper.js'
 import { eventually } from '../eventually.js'
 import { callTool, TEST_TOKEN } from '../helper.js'
 import { initializeSession, instances, openRawStream, sessionRpc, uriOf, v2Client, type Instance } from './live-helper.js'
@@ -145,6 +146,39 @@ test('Last-Event-ID: a stream opened again gets what it missed, from the history
   await eventually(() => /"shared-context-mcp\/version":4/.test(resumed.text()), { what: 'the next live version' })
   const versions = [...resumed.text().matchAll(/"shared-context-mcp\/version":(\d+)/g)].map((match) => Number(match[1]))
   t.same(versions, [2, 3, 4], 'missed versions once, then live ones, none twice')
+  resumed.abort()
+})
+
+// PGlite runs one transaction at a time: a transaction held open there holds every other one.
+test('Last-Event-ID while a transaction elsewhere holds the horizon: the missed versions come once it ends, with no further write', { skip: ON_PGLITE ? 'PGlite has one backend' : false }, async (t) => {
+  const { database, instances: [found] } = await instances(t, 1)
+  if (found === undefined) throw new Error('instance missing')
+  const { app, url } = found
+  const session = await initializeSession(url)
+  if (session === null) throw new Error('no session')
+  await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf('held/key') })
+  const first = await openRawStream(url, session)
+  await eventually(() => app.live.counts().streams === 1, { what: 'the stream' })
+  await callTool(app, 'write_context', { key: 'held/key', content: 'one' })
+  await eventually(() => /"shared-context-mcp\/version":1/.test(first.text()), { what: 'version 1' })
+  const lastId = [...first.text().matchAll(/^id: (\S+)$/gm)].at(-1)?.[1]
+  first.abort()
+  await eventually(() => app.live.counts().streams === 0, { what: 'the aborted stream to be released' })
+
+  // A transaction with an id, left open: the feed serves nothing written after it began.
+  const holder = await database.sql.reserve()
+  t.teardown(() => holder.release())
+  await holder`begin`
+  await holder`select pg_current_xact_id()`
+  await callTool(app, 'append_context', { key: 'held/key', content: 'two' })
+  await callTool(app, 'append_context', { key: 'held/key', content: 'three' })
+  const resumed = await openRawStream(url, session, { lastEventId: lastId ?? '' })
+  await eventually(() => app.live.counts().streams === 1, { what: 'the resumed stream' })
+  t.notMatch(resumed.text(), /"shared-context-mcp\/version":[23]/, 'held back while the transaction runs')
+  await holder`commit`
+  await eventually(() => /"shared-context-mcp\/version":3/.test(resumed.text()), { what: 'the missed versions after the horizon moved' })
+  const versions = [...resumed.text().matchAll(/"shared-context-mcp\/version":(\d+)/g)].map((match) => Number(match[1]))
+  t.same(versions, [2, 3], 'each missed version once')
   resumed.abort()
 })
 
