@@ -9,9 +9,9 @@ import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
-import { createContextStore } from './db/context-store.js'
 import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
+import { createTokenStore } from './db/token-store.js'
 import { cliGrantRevoker, listClients, revokeClient, revokeGrant, setOwnerPassword } from './oauth/admin.js'
 import { KEY_RELOAD_MS, rotateSigningKey } from './oauth/keys.js'
 import { ownerPasswordProblem } from './oauth/owner-password.js'
@@ -138,17 +138,17 @@ async function tokenCommand (args: string[]): Promise<void> {
       const scopes = globalAdmin ? ['context:admin' as const] : parseScopes(values.scopes)
       if (globalAdmin && values.scopes !== undefined) fail('--global-admin grants every scope in every namespace; leave out --scopes', 2)
       await withDatabase(async ({ sql }, config) => {
-        const store = createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
-        if ((await store.listApiTokens()).some((token) => token.name === name)) fail(`A token named "${name}" exists already; revoke it or choose another name.`)
+        const tokens = createTokenStore(sql)
+        if ((await tokens.listApiTokens()).some((token) => token.name === name)) fail(`A token named "${name}" exists already; revoke it or choose another name.`)
         const token = generateToken()
-        await store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin })
+        await tokens.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin })
         process.stdout.write(`Created token "${name}": ${accessOf({ namespace, scopes, globalAdmin })}. It is shown only now:\n${token}\n`)
       })
       return
     }
     case 'list':
-      await withDatabase(async ({ sql }, config) => {
-        const tokens = await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).listApiTokens()
+      await withDatabase(async ({ sql }) => {
+        const tokens = await createTokenStore(sql).listApiTokens()
         for (const token of tokens) {
           const state = token.revokedAt === null ? 'active' : `revoked ${token.revokedAt}`
           const access = token.globalAdmin || token.scopes.includes('context:admin') ? ` (${accessOf(token)})` : ''
@@ -160,13 +160,13 @@ async function tokenCommand (args: string[]): Promise<void> {
     case 'revoke': {
       const name = values.name ?? fail('token revoke needs --name NAME', 2)
       await withDatabase(async ({ sql }, config) => {
-        const store = createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES })
-        const id = await store.revokeApiToken(name)
+        const tokens = createTokenStore(sql)
+        const id = await tokens.revokeApiToken(name)
         // A run that stopped after revoking the token ends, when run again, the grants left behind.
-        const ids = id !== null ? [id] : (await store.listApiTokens()).filter((token) => token.name === name && token.revokedAt !== null).map((token) => token.id)
+        const ids = id !== null ? [id] : (await tokens.listApiTokens()).filter((token) => token.name === name && token.revokedAt !== null).map((token) => token.id)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          const revoker = cliGrantRevoker(createOAuthStore(sql), store.revokeJti, publisher.publish)
+          const revoker = cliGrantRevoker(createOAuthStore(sql), tokens.revokeJti, publisher.publish)
           let grants = 0
           for (const tokenId of ids) grants += await revoker.revokeGrantsOfApiToken(tokenId)
           if (id === null && grants === 0) fail(`No active token named "${name}".`)
@@ -185,7 +185,7 @@ async function tokenCommand (args: string[]): Promise<void> {
       if (Number.isNaN(expiresAt.getTime())) fail('--expires-at must be a date such as 2026-12-31T00:00:00Z (the token\'s exp)', 2)
       if (expiresAt.getTime() <= Date.now()) fail(`--expires-at ${expiresAt.toISOString()} has passed: a token that expired then is refused anyway`, 2)
       await withDatabase(async ({ sql }, config) => {
-        await createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti(jti, revocationKeptUntil(expiresAt))
+        await createTokenStore(sql).revokeJti(jti, revocationKeptUntil(expiresAt))
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
           await publisher.publish(jti, expiresAt)
@@ -314,10 +314,6 @@ function noteIfServerOff (config: Config): void {
   process.stderr.write('Note: OAUTH_SERVER is not on in this environment. The command works on the built-in authorization server\'s tables all the same; servers use them when they run with OAUTH_SERVER=on.\n')
 }
 
-function revokeJtiIn (sql: Parameters<typeof createContextStore>[0], config: Config): (jti: string, until: Date) => Promise<void> {
-  return createContextStore(sql, { maxContentBytes: config.MAX_CONTENT_BYTES }).revokeJti
-}
-
 function idOption (value: string | undefined, command: string): string {
   if (value === undefined) fail(`oauth ${command} needs --id ID (see node dist/cli.js oauth ${command === 'revoke-grant' ? 'grants' : 'clients'})`, 2)
   if (value.length === 0 || value.length > 2048) fail('--id must be 1-2048 characters', 2)
@@ -379,7 +375,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          if (!await revokeGrant(store, cliGrantRevoker(store, revokeJtiIn(sql, config), publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
+          if (!await revokeGrant(store, cliGrantRevoker(store, createTokenStore(sql).revokeJti, publisher.publish), grantId)) fail(`No grant with id "${grantId}" (node dist/cli.js oauth grants lists them).`)
           process.stdout.write(`Revoked grant ${grantId}: its refresh tokens are deleted, and ${refusedWhen(publisher, config, 'its access tokens are refused')} The client must be connected again.\n`)
         } finally {
           publisher.close()
@@ -394,7 +390,7 @@ async function oauthCommand (args: string[]): Promise<void> {
         const store = createOAuthStore(sql)
         const publisher = createRevocationPublisher(config.REDIS_URL)
         try {
-          const revoked = await revokeClient(cliGrantRevoker(store, revokeJtiIn(sql, config), publisher.publish), clientId)
+          const revoked = await revokeClient(cliGrantRevoker(store, createTokenStore(sql).revokeJti, publisher.publish), clientId)
           if (revoked === null) fail(`No client with id "${clientId}" (node dist/cli.js oauth clients lists them).`)
           const grants = revoked.grants === 0 ? 'It had no grants.' : `Ended ${plural(revoked.grants, 'grant')}: ${refusedWhen(publisher, config, 'their access tokens are refused')}`
           const forgotten = revoked.forgotten

@@ -76,7 +76,7 @@ export function authorizationServerInstructions (url: string, ownerCannotSignIn:
 async function ownerCannotSignIn (app: Awaited<ReturnType<typeof buildApp>>): Promise<boolean> {
   if (app.oauth === null) return false
   try {
-    return await app.oauth.store.ownerPasswordHash() === null && await app.db.store.countActiveApiTokens() === 0
+    return await app.oauth.store.ownerPasswordHash() === null && await app.db.tokens.countActiveApiTokens() === 0
   } catch (error) {
     app.log.warn({ err: error }, 'could not tell whether the owner can sign in on the consent page')
     return false

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
-import type { ContextStore } from '../db/context-store.js'
+import type { TokenStore } from '../db/token-store.js'
 import { MAX_JWT_CLOCK_SKEW_SECONDS } from '../schema/config.js'
 
 /** What a revocation check knows about a jti: `unknown` when neither Redis nor PostgreSQL answered. */
@@ -11,7 +11,7 @@ export interface RevocationLog {
 }
 
 export interface RevocationCheckerOptions {
-  store: Pick<ContextStore, 'isJtiRevoked'>
+  store: Pick<TokenStore, 'isJtiRevoked'>
   /** The shared cache, or null without REDIS_URL; used only while it is connected. */
   redis: () => Redis | null
   /** How long a "not revoked" answer is trusted (AUTH_CACHE_SECONDS). */

@@ -4,7 +4,7 @@ import { revocationKeptUntil } from '../auth/revocation.js'
 export interface GrantRevokerOptions {
   store: OAuthStore
   accessTokenSeconds: number
-  /** Writes a jti to the durable revocation list (db/context-store.ts revokeJti). */
+  /** Writes a jti to the durable revocation list (db/token-store.ts revokeJti). */
   revokeJti: (jti: string, until: Date) => Promise<void>
   /** Tells the other instances at once (Redis), when there is a shared cache; they learn it within AUTH_CACHE_SECONDS otherwise. */
   publish?: (revocationId: string, until: Date) => Promise<void>

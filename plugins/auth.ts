@@ -108,7 +108,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const jwt = jwtOptions === undefined ? undefined : createJwtAuthenticator({ ...jwtOptions, keySet, log: fastify.log })
   const scopeClaimHint = jwtOptions?.trustScopeClaim === false ? ' Roles map through JWT_ROLE_MAP; a JWT\'s scope claim counts only with JWT_TRUST_SCOPE_CLAIM=true.' : ''
   const revocation = createRevocationChecker({
-    store: db.store,
+    store: db.tokens,
     redis: () => fastify.redis.client,
     cacheSeconds: config.AUTH_CACHE_SECONDS,
     log: fastify.log
@@ -117,15 +117,15 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
   const authorizationServers = authorizationServersOf(config)
   const getToken = howToGetAToken(config)
 
-  if (staticHash === undefined && jwt === undefined && !isLoopbackHost(config.HOST) && await db.store.countActiveApiTokens() === 0) {
+  if (staticHash === undefined && jwt === undefined && !isLoopbackHost(config.HOST) && await db.tokens.countActiveApiTokens() === 0) {
     throw new Error(`Refusing to start: HOST ${config.HOST} is reachable from other machines and no authentication is configured. Set AUTH_TOKEN (at least 32 characters), set OIDC_ISSUER, or create a token with ${TOKEN_CREATE_HINT}.`)
   }
 
   async function createLocalTokenIfNone (): Promise<string | undefined> {
-    if (staticHash !== undefined || jwt !== undefined || await db.store.countActiveApiTokens() > 0) return undefined
+    if (staticHash !== undefined || jwt !== undefined || await db.tokens.countActiveApiTokens() > 0) return undefined
     const token = generateToken()
     try {
-      await db.store.insertApiToken({ name: 'local', hash: hashToken(token).toString('hex'), namespace: DEFAULT_NAMESPACE, scopes: [...STANDARD_SCOPES] })
+      await db.tokens.insertApiToken({ name: 'local', hash: hashToken(token).toString('hex'), namespace: DEFAULT_NAMESPACE, scopes: [...STANDARD_SCOPES] })
     } catch (error) {
       if ((error as { code?: unknown }).code === UNIQUE_VIOLATION) return undefined // another instance created it first
       throw error
@@ -159,7 +159,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     const cached = tokenCache.get(hexHash)
     if (cached !== undefined && cached.until > now && !fresh) return cached.principal
     await beforeCostlyWork()
-    const record = await db.store.findApiTokenByHash(hexHash)
+    const record = await db.tokens.findApiTokenByHash(hexHash)
     if (record === null) {
       tokenCache.delete(hexHash)
       throw new AppError('AUTH_1002', looksLikeJwt(token) && jwt === undefined
@@ -176,7 +176,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
       if (tokenCache.size >= TOKEN_CACHE_MAX) tokenCache.clear()
       tokenCache.set(hexHash, { principal, until: now + cacheMs })
     }
-    db.store.touchApiToken(record.id).catch((error: unknown) => fastify.log.warn({ err: error }, 'could not record token use'))
+    db.tokens.touchApiToken(record.id).catch((error: unknown) => fastify.log.warn({ err: error }, 'could not record token use'))
     return principal
   }
 

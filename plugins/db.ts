@@ -2,12 +2,14 @@ import fp from 'fastify-plugin'
 import type postgres from 'postgres'
 import { createContextStore, createMaintenanceStore, type ContextStore } from '../db/context-store.js'
 import { openDatabase, type OpenDatabase } from '../db/open.js'
+import { createTokenStore, type TokenStore } from '../db/token-store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     db: {
       sql: postgres.Sql
       store: ContextStore
+      tokens: TokenStore
       /** One more connection to the same database, for LISTEN (plugins/live.ts). */
       connectListener: OpenDatabase['connectListener']
     }
@@ -31,6 +33,7 @@ export default fp(async (fastify) => {
   fastify.decorate('db', {
     sql: database.sql,
     store: createContextStore(database.sql, { maxContentBytes: config.MAX_CONTENT_BYTES }),
+    tokens: createTokenStore(database.sql),
     connectListener: database.connectListener
   })
   fastify.addHook('onClose', () => database.close())

@@ -61,7 +61,7 @@ export default fp<ExpiryPluginOptions>(async (fastify, options) => {
   // A revoked jti needs its row only until the token expires; after that the token is refused anyway.
   async function purgeRevocations (): Promise<void> {
     try {
-      const purged = await fastify.db.store.purgeExpiredJtis()
+      const purged = await fastify.db.tokens.purgeExpiredJtis()
       if (purged > 0) fastify.log.info({ purged }, 'expiry sweep purged the revocations of expired JWTs')
     } catch (error) {
       fastify.log.warn({ err: error }, 'expiry sweep could not purge expired JWT revocations; trying again at the next interval')

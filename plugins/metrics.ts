@@ -1,7 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { ContextStore } from '../db/context-store.js'
 import { builtInIssuerOf } from '../schema/config.js'
 import { errorCatalogue } from '../schema/errors.js'
 import { allTools } from '../tools/index.js'
@@ -256,33 +255,36 @@ export default fp<MetricsPluginOptions>(async (fastify, options) => {
     done()
   })
 
-  // Wraps the store that the db plugin decorated, so that every plugin and route registered after
-  // this one (auth, mcp, health) times its database work without the store knowing about metrics.
+  // Wraps the stores that the db plugin decorated, so that every plugin and route registered after
+  // this one (auth, mcp, health) times its database work without the stores knowing about metrics.
   // Typed so that a store method that is not async fails to compile rather than be made async here.
-  const store: Record<string, (...args: never[]) => Promise<unknown>> = fastify.db.store
-  const timed: Record<string, (...args: unknown[]) => Promise<unknown>> = {}
-  for (const [operation, method] of Object.entries(store)) {
-    const run = method as (...args: unknown[]) => Promise<unknown>
-    const duration = histogramChild(storeDuration, 'operation', operation)
-    // Not an async function: one promise (then) per call rather than an async frame and its await.
-    timed[operation] = (...args) => {
-      const start = performance.now()
-      storeCallsInFlight++
-      const ended = (): void => {
-        storeCallsInFlight--
-        duration.observe((performance.now() - start) / 1000)
+  function timedStore<S extends Record<keyof S, (...args: never[]) => Promise<unknown>>> (store: S): S {
+    const timed: Record<string, (...args: unknown[]) => Promise<unknown>> = {}
+    for (const [operation, method] of Object.entries<(...args: never[]) => Promise<unknown>>(store)) {
+      const run = method as (...args: unknown[]) => Promise<unknown>
+      const duration = histogramChild(storeDuration, 'operation', operation)
+      // Not an async function: one promise (then) per call rather than an async frame and its await.
+      timed[operation] = (...args) => {
+        const start = performance.now()
+        storeCallsInFlight++
+        const ended = (): void => {
+          storeCallsInFlight--
+          duration.observe((performance.now() - start) / 1000)
+        }
+        let pending: Promise<unknown>
+        try {
+          pending = run(...args)
+        } catch (error) {
+          ended()
+          return Promise.reject(error)
+        }
+        return pending.then((result) => { ended(); return result }, (error: unknown) => { ended(); throw error })
       }
-      let pending: Promise<unknown>
-      try {
-        pending = run(...args)
-      } catch (error) {
-        ended()
-        return Promise.reject(error)
-      }
-      return pending.then((result) => { ended(); return result }, (error: unknown) => { ended(); throw error })
     }
+    return timed as unknown as S
   }
-  fastify.db.store = timed as unknown as ContextStore
+  fastify.db.store = timedStore(fastify.db.store)
+  fastify.db.tokens = timedStore(fastify.db.tokens)
 
   fastify.decorate('metrics', { registry, oauth: oauthMetrics(registry, builtInIssuerOf(fastify.config) !== undefined, fastify.log) })
 }, { name: 'metrics', dependencies: ['config', 'db'] })

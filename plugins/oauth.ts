@@ -57,7 +57,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
   const revoker = createGrantRevoker({
     store,
     accessTokenSeconds: config.OAUTH_ACCESS_TOKEN_SECONDS,
-    revokeJti: db.store.revokeJti,
+    revokeJti: db.tokens.revokeJti,
     publish: async (id, until) => {
       const redis = fastify.redis.client
       if (redis !== null && redis.status === 'ready') await publishRevokedJti(redis, id, until)

@@ -42,7 +42,7 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
     formSecret: oauth.formSecret,
     metrics: fastify.metrics.oauth,
     findApiToken: async (token) => {
-      const record = await db.store.findApiTokenByHash(hashToken(token).toString('hex'))
+      const record = await db.tokens.findApiTokenByHash(hashToken(token).toString('hex'))
       return record === null || record.revoked ? null : record
     }
   })

@@ -74,7 +74,7 @@ test('with an authorization server every 401 carries resource_metadata; invalid 
 
   const token = await addToken(app, 'rotating', 'default', ['context:read'])
   t.equal((await rpc(app, 'tools/list', {}, { token })).statusCode, 200)
-  await app.db.store.revokeApiToken('rotating')
+  await app.db.tokens.revokeApiToken('rotating')
   const revoked = await rpc(app, 'tools/list', {}, { token })
   t.equal(revoked.statusCode, 401)
   t.equal(revoked.json().error.code, 'AUTH_1003', 'a revoked token is told so')
@@ -93,7 +93,7 @@ test('API token rotation: a revoked token stops working on another instance with
   const successor = await addToken(first, 'laptop-2', 'default', ['context:read', 'context:write'])
   t.equal((await rpc(second, 'tools/list', {}, { token: successor })).statusCode, 200, 'both tokens work during the rotation')
   t.equal((await rpc(second, 'tools/list', {}, { token: old })).statusCode, 200)
-  t.ok(await first.db.store.revokeApiToken('laptop'))
+  t.ok(await first.db.tokens.revokeApiToken('laptop'))
   await eventually(async () => (await rpc(second, 'tools/list', {}, { token: old })).statusCode === 401, { what: 'the second instance\'s cached answer to run out' })
   const refused = await rpc(second, 'tools/list', {}, { token: old })
   t.equal(refused.statusCode, 401, 'refused on the other instance without a restart')
@@ -172,7 +172,7 @@ test('a revoked jti is refused, also on another instance sharing the database', 
   t.equal((await rpc(first, 'tools/list', {}, { token })).statusCode, 200)
   t.equal((await rpc(second, 'tools/list', {}, { token })).statusCode, 200)
 
-  await first.db.store.revokeJti('session-42', new Date(Date.now() + 3600_000))
+  await first.db.tokens.revokeJti('session-42', new Date(Date.now() + 3600_000))
   await eventually(async () => (await rpc(second, 'tools/list', {}, { token })).statusCode === 401, { what: 'the second instance\'s cached answer to run out' })
   for (const app of [first, second]) {
     const refused = await rpc(app, 'tools/list', {}, { token })

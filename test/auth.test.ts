@@ -41,7 +41,7 @@ test('the local token: created once when none exists, again after it is revoked,
   t.equal((await rpc(app, 'tools/list', {}, { token: created[0] as string })).statusCode, 200, 'the created token works')
   t.equal(await app.auth.createLocalTokenIfNone(), undefined, 'none is created while one is active')
 
-  t.ok(await app.db.store.revokeApiToken('local'))
+  t.ok(await app.db.tokens.revokeApiToken('local'))
   const replacement = await app.auth.createLocalTokenIfNone()
   t.type(replacement, 'string', 'a new local token after the old one was revoked')
   t.not(replacement, created[0])

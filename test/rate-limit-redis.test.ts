@@ -30,7 +30,7 @@ async function instances (t: Test, count: number, redisUrl: string) {
   }
   const name = `rl-${randomBytes(6).toString('hex')}`
   const token = `scm_${name}_${randomBytes(16).toString('hex')}`
-  await apps[0]!.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+  await apps[0]!.db.tokens.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   const address = `10.${randomBytes(1)[0]}.${randomBytes(1)[0]}.${randomBytes(1)[0]}`
   const keys = [`minute:token:${name}`, `hour:token:${name}`, `minute:auth-failures:${address}`].map((key) => prefix + key)
   t.teardown(async () => {

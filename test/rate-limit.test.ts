@@ -10,7 +10,7 @@ const LIMITS = 'writer=3/h 100/m; reader=100/h 2/m; default=1000/h 60/m; ip=3/m'
 /** Inserts an API token with these scopes (principal `token:<name>`) and returns the bearer token. */
 async function addToken (app: FastifyInstance, name: string, scopes: string[]): Promise<string> {
   const token = `scm_rl_${name}_${randomBytes(16).toString('hex')}`
-  await app.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace: 'default', scopes })
+  await app.db.tokens.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace: 'default', scopes })
   return token
 }
 
@@ -80,7 +80,7 @@ test('without Redis, counters are per instance; RATE_LIMITS=off turns limiting o
   // The same principal (token:shared) on each instance.
   const token = `scm_rl_shared_${randomBytes(16).toString('hex')}`
   for (const app of [one, two, off]) {
-    await app.db.store.insertApiToken({ name: 'shared', hash: hashToken(token).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+    await app.db.tokens.insertApiToken({ name: 'shared', hash: hashToken(token).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   }
   t.equal((await ping(one, { token })).statusCode, 200)
   t.equal((await ping(one, { token })).statusCode, 200)

@@ -89,7 +89,7 @@ test('a revoked JWT stays refused while its exp plus the clock skew has not pass
   t.equal((await rpc(app, 'tools/list', {}, { token })).statusCode, 200, 'inside the skew window the token is accepted')
 
   // What `node dist/cli.js token revoke-jti --jti … --expires-at <exp>` stores.
-  await app.db.store.revokeJti(jti, revocationKeptUntil(new Date(exp * 1000)))
+  await app.db.tokens.revokeJti(jti, revocationKeptUntil(new Date(exp * 1000)))
   const sweeps = app.expiry.completedSweeps()
   await eventually(() => app.expiry.completedSweeps() >= sweeps + 2, { what: 'two sweeps after the revocation' })
   const refused = await rpc(app, 'tools/list', {}, { token })

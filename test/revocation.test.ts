@@ -54,7 +54,7 @@ async function writeEntry (app: FastifyInstance, token: string) {
 /** Checks a jti once while the database answers, revokes another, and cuts the database. */
 async function cutAfterOneCheck (t: Tap, { app, proxy, token }: Setup): Promise<{ fresh: string, revoked: string }> {
   t.equal((await listTools(app, await token('seen'))).statusCode, 200, 'checked while the database answers')
-  await app.db.store.revokeJti('known-revoked', IN_AN_HOUR())
+  await app.db.tokens.revokeJti('known-revoked', IN_AN_HOUR())
   const revoked = await token('known-revoked')
   t.equal((await listTools(app, revoked)).json().error.code, 'AUTH_1003')
   await proxy.cut()
@@ -130,12 +130,12 @@ test('with Redis: a published revocation applies at once despite AUTH_CACHE_SECO
   t.equal((await listTools(app, token)).statusCode, 200)
   t.equal(await redis.get(revokedJtiKey(jti)), '0', 'the "not revoked" answer is shared through Redis')
 
-  await app.db.store.revokeJti(jti, IN_AN_HOUR())
+  await app.db.tokens.revokeJti(jti, IN_AN_HOUR())
   await publishRevokedJti(redis, jti, IN_AN_HOUR())
   t.equal((await listTools(app, token)).json().error.code, 'AUTH_1003', 'refused at once despite AUTH_CACHE_SECONDS=300')
 
   const other = `redis-other-${Date.now()}`
-  await app.db.store.revokeJti(other, IN_AN_HOUR())
+  await app.db.tokens.revokeJti(other, IN_AN_HOUR())
   await redisProxy.cut()
   const fallback = await listTools(app, await s.token(other))
   t.equal(fallback.statusCode, 401, 'Redis down: PostgreSQL answers')

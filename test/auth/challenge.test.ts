@@ -41,7 +41,7 @@ test('without an authorization server: no resource_metadata, no metadata documen
   t.ok(wrong.json().error.message.includes(CREATE_COMMAND))
 
   const token = await addToken(app, 'old-laptop', 'default', ['context:read'])
-  await app.db.store.revokeApiToken('old-laptop')
+  await app.db.tokens.revokeApiToken('old-laptop')
   const revoked = await rpc(app, 'tools/list', {}, { token })
   t.equal(revoked.json().error.code, 'AUTH_1003')
   t.equal(revoked.headers['www-authenticate'], 'Bearer realm="shared-context-mcp", error="invalid_token"')

@@ -23,7 +23,7 @@ test(`a bearer token of ${LIMIT} characters is looked up; one of ${LIMIT + 1} is
   const app = await build(t, { AUTH_CACHE_SECONDS: '0' })
 
   const longest = tokenOf(LIMIT)
-  await app.db.store.insertApiToken({ name: 'longest', hash: hashToken(longest).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+  await app.db.tokens.insertApiToken({ name: 'longest', hash: hashToken(longest).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   let lookups = await tokenLookups(app)
   t.equal((await rpc(app, 'tools/list', {}, { token: longest })).statusCode, 200, `a stored token of exactly ${LIMIT} characters is accepted`)
   t.equal(await tokenLookups(app), lookups + 1, 'after a database lookup')
@@ -43,7 +43,7 @@ test(`a bearer token of ${LIMIT} characters is looked up; one of ${LIMIT + 1} is
   t.match(String(refused.headers['www-authenticate']), /error="invalid_token"$/)
   t.equal(await tokenLookups(app), lookups, 'without a database lookup')
   const storedTooLong = tokenOf(LIMIT + 1)
-  await app.db.store.insertApiToken({ name: 'too-long', hash: hashToken(storedTooLong).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+  await app.db.tokens.insertApiToken({ name: 'too-long', hash: hashToken(storedTooLong).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   t.match((await rpc(app, 'tools/list', {}, { token: storedTooLong })).json(), { error: { code: 'AUTH_1002' } }, 'even when its hash is stored')
 
   for (const [response, token] of [[notValid, unknown], [refused, tooLong]] as const) {

@@ -28,7 +28,7 @@ test('sessions are bounded: per principal (the longest idle is replaced), in tot
   t.equal((await sessionRpc(url, second ?? '', 'ping', {})).status, 200, 'the others still work')
 
   const other = generateToken()
-  await app.db.store.insertApiToken({ name: 'other', hash: hashToken(other).toString('hex'), namespace: 'team-b', scopes: ['context:read', 'context:write'] })
+  await app.db.tokens.insertApiToken({ name: 'other', hash: hashToken(other).toString('hex'), namespace: 'team-b', scopes: ['context:read', 'context:write'] })
   t.type(await initializeSession(url, other), 'string', 'another principal gets the last place')
   t.equal(await initializeSession(url, other), null, 'past MCP_SESSIONS_MAX initialize works, without a session')
   t.equal(app.live.counts().sessions, 3)
@@ -46,7 +46,7 @@ test('sessions are bounded: per principal (the longest idle is replaced), in tot
 
   // Streams and subscriptions are requests of their principal: they count against its rate limits.
   const reader = generateToken()
-  await app.db.store.insertApiToken({ name: 'reader', hash: hashToken(reader).toString('hex'), namespace: 'default', scopes: ['context:read'] })
+  await app.db.tokens.insertApiToken({ name: 'reader', hash: hashToken(reader).toString('hex'), namespace: 'default', scopes: ['context:read'] })
   const readerSession = await initializeSession(url, reader)
   if (readerSession === null) throw new Error('no session for the reader')
   t.same((await sessionRpc(url, readerSession, 'resources/subscribe', { uri: uriOf('x') }, reader)).body.result, {}, 'subscribed')
@@ -93,7 +93,7 @@ async function callSubscribeWithoutSession (app: import('fastify').FastifyInstan
 test('a subscription sees only what its principal may read; a revoked token\'s stream ends within AUTH_CACHE_SECONDS', async (t) => {
   const { app, url } = await one(t, { AUTH_CACHE_SECONDS: '1' })
   const token = generateToken()
-  await app.db.store.insertApiToken({ name: 'team-b', hash: hashToken(token).toString('hex'), namespace: 'team-b', scopes: ['context:read', 'context:write'] })
+  await app.db.tokens.insertApiToken({ name: 'team-b', hash: hashToken(token).toString('hex'), namespace: 'team-b', scopes: ['context:read', 'context:write'] })
   const session = await initializeSession(url, token)
   if (session === null) throw new Error('no session')
   const foreign = await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf('secret') }, token)
@@ -116,7 +116,7 @@ test('a subscription sees only what its principal may read; a revoked token\'s s
   const subscription = await client.listen({ resourceSubscriptions: [uriOf('plan', 'team-b')] })
   await eventually(() => app.live.counts().listenStreams === 1, { what: 'the subscriptions/listen stream' })
 
-  await app.db.store.revokeApiToken('team-b')
+  await app.db.tokens.revokeApiToken('team-b')
   await stream.ended
   t.equal(await subscription.closed, 'remote', 'the subscriptions/listen stream of the revoked token is cut too')
   await eventually(() => app.live.counts().listenStreams === 0, { what: 'the cut listen stream to be released' })

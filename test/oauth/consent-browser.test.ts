@@ -252,7 +252,7 @@ tap.test('a wrong password is announced on the page, which keeps what was chosen
 
 tap.test('an API token signs in too, from behind a toggle that needs no script, with no more than its own rights', async (t) => {
   const apiToken = `sc_${randomBytes(24).toString('base64url')}`
-  await server.app.db.store.insertApiToken({ name: 'phone', hash: hashToken(apiToken).toString('hex'), namespace: 'team', scopes: ['context:read'] })
+  await server.app.db.tokens.insertApiToken({ name: 'phone', hash: hashToken(apiToken).toString('hex'), namespace: 'team', scopes: ['context:read'] })
   const page = await (await newContext(t)).newPage()
   const { url, pkce } = authorization('context:read context:write')
   await openConsentPage(t, page, url)

@@ -72,7 +72,7 @@ export async function historyOf (t: Test, app: FastifyInstance, key: string, opt
 /** Inserts an API token for a second principal (`token:<name>`) and returns the bearer token. */
 export async function addToken (app: FastifyInstance, name: string, namespace: string, scopes: string[], options: { globalAdmin?: boolean } = {}): Promise<string> {
   const token = `scm_test_${name}_${'x'.repeat(40)}`
-  await app.db.store.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin: options.globalAdmin ?? false })
+  await app.db.tokens.insertApiToken({ name, hash: hashToken(token).toString('hex'), namespace, scopes, globalAdmin: options.globalAdmin ?? false })
   return token
 }
 
