@@ -227,7 +227,7 @@ interface AppendedRow {
   had_previous: boolean
 }
 interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
-interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string, as_of: string, partial: boolean }
+interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string | null, as_of: string, partial: boolean }
 interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
 interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
@@ -579,14 +579,20 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         select * from matches ${pageFilter}
         order by score desc, key
         limit ${limit + 1}
+      ), numbered as (
+        select *, row_number() over (order by score desc, key) as n from page
       )
+      -- Snippets only for the page's rows (the extra one only says whether there is a next page).
+      -- Whitespace is collapsed in the headline rather than in the window it is cut from: the same
+      -- text (ts_headline keeps every whitespace run as one token), and the regex over 2,000
+      -- characters cost as much as the headline itself.
       select p.key, p.version, p.tags, p.updated_at, e.updated_by, p.score,
              to_char(now() at time zone 'UTC', ${ISO_UTC}) as as_of,
              (select count(*) from candidates) > ${MAX_RANKED} as partial,
-             ts_headline(x.language, regexp_replace(substr(e.content, greatest(1, coalesce((
+             case when p.n <= ${limit} then regexp_replace(ts_headline(x.language, substr(e.content, greatest(1, coalesce((
                select min(nullif(strpos(l.lowered, v.term), 0)) from variants v
-             ), 1) - ${SNIPPET_LEAD_CHARS}), ${SNIPPET_WINDOW_CHARS}), '[[:space:]]+', ' ', 'g'), f.query, ${HEADLINE_OPTIONS}) as snippet
-      from page p
+             ), 1) - ${SNIPPET_LEAD_CHARS}), ${SNIPPET_WINDOW_CHARS}), f.query, ${HEADLINE_OPTIONS}), '[[:space:]]+', ' ', 'g') end as snippet
+      from numbered p
       join context_entries e on e.namespace = ${namespace} and e.key = p.key
       cross join lateral (select lower(left(e.content, 100000)) as lowered) l
       cross join exact x
@@ -597,7 +603,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       key: row.key,
       version: row.version,
       score: Math.round(row.score / SCORE_SCALE * 1e4) / 1e4,
-      snippet: boundSnippet(row.snippet),
+      snippet: boundSnippet(row.snippet ?? ''),
       tags: row.tags,
       updatedAt: row.updated_at.toISOString(),
       updatedBy: row.updated_by

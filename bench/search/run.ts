@@ -6,14 +6,14 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { killAllChildrenNow, stopAllChildren, freePort, startChild } from '../children.js'
 import { prepareSearchDatabase, reusableSearchDatabase, type MigrationReport } from './database.js'
-import { MCP_HEADERS, MIX_TOOLS, runMix, stopMix, type MixResult, type MixTool } from './mix.js'
+import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
 // (100k) generated notes, the search migration applied to them under load (its locks, timed),
 // then the production configuration of the server under BENCH_SEARCH_CONNECTIONS (8) connections
 // of search_context, list_context and write_context (see mix.ts): one round as fast as it answers
-// (its capacity), then BENCH_SEARCH_ROUNDS at half that rate (BENCH_SEARCH_LOAD_SHARE, or
-// BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
+// (its capacity), then BENCH_SEARCH_ROUNDS at half that rate, evenly spaced (BENCH_SEARCH_LOAD_SHARE,
+// or BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
 // Exit code 0 whatever the verdict; 1 only when the benchmark broke.
 // BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
 
@@ -130,17 +130,19 @@ async function main (): Promise<void> {
   console.log(roundLine('warm-up', warmup))
   // Capacity: every connection sends its next call as soon as the last is answered. Latency at
   // saturation is queueing (8 callers on 2 cores wait for each other), so the targets are judged
-  // at a fixed rate below it: BENCH_SEARCH_RATE, or BENCH_SEARCH_LOAD_SHARE of the capacity.
+  // at a fixed rate below it: BENCH_SEARCH_RATE, or BENCH_SEARCH_LOAD_SHARE of the capacity,
+  // evenly spaced (runPaced; autocannon's overallRate sends in bursts, see mix.ts).
   const saturated = await runMix(target, notes, { durationSeconds, connections, seed: 2 })
   console.log(roundLine('saturated', saturated))
   const rate = settings.rate ?? Math.max(1, Math.round(saturated.requestsPerSecond * settings.loadShare))
   console.log(`then ${settings.rounds} rounds at ${rate} req/s (${(rate / saturated.requestsPerSecond * 100).toFixed(0)}% of capacity)`)
   const rounds: MixResult[] = []
   for (let round = 1; round <= settings.rounds; round++) {
-    const result = await runMix(target, notes, { durationSeconds, connections, seed: round + 2, overallRate: rate })
+    const result = await runPaced(target, notes, { durationSeconds, connections, seed: round + 2, rate })
     if (child.exit !== undefined) throw new Error(`the server exited (${child.exit}) during the run:\n${(await readFile(logFile, 'utf8')).slice(-2000)}`)
     rounds.push(result)
-    console.log(`${roundLine(`round ${round}`, result)}; every request's p99 counting held-back sends ${result.correctedP99Ms.toFixed(2)} ms`)
+    console.log(`${roundLine(`round ${round}`, result)}; all p99 ${result.correctedP99Ms.toFixed(2)} ms; ` +
+      `waits for a free connection p99 ${result.sendWait?.p99Ms.toFixed(2) ?? '-'} ms, longest ${result.sendWait?.maxMs.toFixed(0) ?? '-'} ms`)
     for (const sample of result.samples) console.log(`      ${sample}`)
   }
 
@@ -161,7 +163,7 @@ async function main (): Promise<void> {
   })
   const loadAfter = loadavg()[0] ?? 0
   console.log(`\nSaturated: ${saturated.requestsPerSecond.toFixed(0)} req/s\n${table(saturation)}`)
-  console.log(`\nAt ${rate} req/s (means of ${rounds.length} rounds; every request's p99 counting held-back sends ${mean(rounds.map((r) => r.correctedP99Ms)).toFixed(2)} ms):\n${table(summary)}`)
+  console.log(`\nAt ${rate} req/s, evenly spaced (means of ${rounds.length} rounds, timed from when each call was due; all calls' p99 ${mean(rounds.map((r) => r.correctedP99Ms)).toFixed(2)} ms):\n${table(summary)}`)
   console.log(`load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`)
   for (const check of checks) console.log(`${check.pass ? 'PASS' : 'FAIL'} ${check.name}`)
 
