@@ -432,19 +432,23 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
 
   async function list (namespace: string, listOptions: ListOptions): Promise<ListPage> {
     const { prefix, tag, limit, afterKey } = listOptions
+    // A tag's entries come from context_tags (migration 009), in key order; without a tag the
+    // primary key walks the namespace (or the prefix's range) itself.
+    const keyOf = tag === undefined ? sql`e.key` : sql`t.key`
     // The range lets the primary key serve the prefix even with a generic plan: valid key
     // characters all sort below U+007F under the "C" collation. LIKE keeps the match exact.
     const prefixFilter = prefix === undefined || prefix === ''
       ? sql``
-      : sql`and key >= ${prefix} and key < ${prefix + '\u007f'} and key like ${escapeLike(prefix) + '%'}`
-    const tagFilter = tag === undefined ? sql`` : sql`and tags @> array[${tag}::text]`
-    const afterFilter = afterKey === undefined ? sql`` : sql`and key > ${afterKey}`
+      : sql`and ${keyOf} >= ${prefix} and ${keyOf} < ${prefix + '\u007f'} and ${keyOf} like ${escapeLike(prefix) + '%'}`
+    const afterFilter = afterKey === undefined ? sql`` : sql`and ${keyOf} > ${afterKey}`
+    const source = tag === undefined
+      ? sql`context_entries e where e.namespace = ${namespace}`
+      : sql`context_tags t join context_entries e on e.namespace = t.namespace and e.key = t.key where t.namespace = ${namespace} and t.tag = ${tag}`
     const rows = await sql<ListRow[]>`
-      select key, version, octet_length(content) as bytes, tags, updated_at, updated_by,
-             left(btrim(regexp_replace(left(content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) as preview
-      from context_entries
-      where namespace = ${namespace} and ${notExpired} ${prefixFilter} ${tagFilter} ${afterFilter}
-      order by key
+      select e.key, e.version, octet_length(e.content) as bytes, e.tags, e.updated_at, e.updated_by,
+             left(btrim(regexp_replace(left(e.content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) as preview
+      from ${source} and (e.expires_at is null or e.expires_at > now()) ${prefixFilter} ${afterFilter}
+      order by ${keyOf}
       limit ${limit + 1}`
     const items = rows.slice(0, limit).map(row => ({
       key: row.key,

@@ -9,7 +9,7 @@ import { prepareSearchDatabase, reusableSearchDatabase, type MigrationReport } f
 import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
-// (100k) generated notes, the search migration applied to them under load (its locks, timed),
+// (100k) generated notes, the search migrations and then the later ones applied to them under load (their locks, timed),
 // then the production configuration of the server under BENCH_SEARCH_CONNECTIONS (8) connections
 // of search_context, list_context and write_context (see mix.ts): one round as fast as it answers
 // (its capacity), then BENCH_SEARCH_ROUNDS at half that rate, evenly spaced (BENCH_SEARCH_LOAD_SHARE,
@@ -53,7 +53,7 @@ const settings = {
 
 function migrationLines (m: MigrationReport): string[] {
   return [
-    `Search migration on ${m.entries} entries: ${(m.migrationMs / 1000).toFixed(1)} s, while one connection read and one wrote back to back:`,
+    `Migrations ${m.applied.join(', ')} on ${m.entries} entries: ${(m.migrationMs / 1000).toFixed(1)} s, while one connection read and one wrote back to back:`,
     `  reads:  ${m.reads.count} during it, p99 ${m.reads.p99Ms.toFixed(1)} ms, longest ${m.reads.maxMs.toFixed(0)} ms (never blocked)`,
     `  writes: ${m.writes.count} during it, p99 ${m.writes.p99Ms.toFixed(1)} ms, longest ${m.writes.maxMs.toFixed(0)} ms; ` +
       `longest time without a completed write ${m.longestWriteGapMs.toFixed(0)} ms (held from the trigger's creation to the commit)`
@@ -97,11 +97,11 @@ async function main (): Promise<void> {
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
   const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
-  const { url, notes, migration } = reused === null
+  const { url, notes, migrations } = reused === null
     ? await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
-    : { ...reused, migration: null }
-  if (migration === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
-  else for (const line of migrationLines(migration)) console.log(line)
+    : { ...reused, migrations: null }
+  if (migrations === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
+  else for (const line of migrations.flatMap(migrationLines)) console.log(line)
 
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const port = await freePort()
@@ -171,7 +171,7 @@ async function main (): Promise<void> {
     finishedAt: new Date().toISOString(),
     machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, loadAverageBefore: loadBefore, loadAverageAfter: loadAfter },
     settings: { ...settings, adminDatabaseUrl: undefined },
-    migration,
+    migrations,
     saturated: { requestsPerSecond: saturated.requestsPerSecond, summary: saturation },
     rate,
     summary,
