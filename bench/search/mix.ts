@@ -206,6 +206,19 @@ export async function runPaced (target: Target, notes: Note[], options: PacedOpt
   const send = (call: Call, dueAt: number): void => {
     inFlight++
     waits.push(performance.now() - dueAt)
+    let settled = false
+    const answered = (status: number, body: string): void => {
+      if (settled) return
+      settled = true
+      finish(call, dueAt, status, body)
+      done()
+    }
+    const failed = (): void => {
+      if (settled) return
+      settled = true
+      transportErrors++
+      done()
+    }
     const req = httpRequest({
       agent,
       host: url.hostname,
@@ -217,11 +230,11 @@ export async function runPaced (target: Target, notes: Note[], options: PacedOpt
     }, (res) => {
       const chunks: Buffer[] = []
       res.on('data', (chunk: Buffer) => chunks.push(chunk))
-      res.on('end', () => { finish(call, dueAt, res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8')); done() })
-      res.on('error', () => { transportErrors++; done() })
+      res.on('end', () => answered(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8')))
+      res.on('error', failed)
     })
     req.on('timeout', () => req.destroy(new Error('timeout')))
-    req.on('error', () => { transportErrors++; done() })
+    req.on('error', failed)
     req.end(call.body)
   }
   const done = (): void => {
