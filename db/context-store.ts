@@ -150,6 +150,11 @@ const PREVIEW_CHARS = 160
 // Whitespace is collapsed only in this many leading characters, so a preview of a 100 KiB entry
 // does not run a regex over all of it.
 const PREVIEW_SOURCE_CHARS = 4096
+// And first in this many: when they collapse to 2 characters more than a preview (a collapsed
+// text has no two spaces in a row, so the preview cannot end in its trailing space) the preview
+// is theirs, the same as from PREVIEW_SOURCE_CHARS. The regex costs ~75 ns a character: on a list
+// page of long entries 6 ms, 36 µs an entry this way.
+const PREVIEW_HEAD_CHARS = 3 * PREVIEW_CHARS
 // Search (see search()). Weights of the key (A), tags (B) and content (C), and D (unused), in
 // ts_rank_cd's order {D, C, B, A}.
 const SEARCH_WEIGHTS = '{0.1, 0.2, 0.4, 1.0}'
@@ -445,11 +450,17 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ? sql`context_entries e where e.namespace = ${namespace}`
       : sql`context_tags t join context_entries e on e.namespace = t.namespace and e.key = t.key where t.namespace = ${namespace} and t.tag = ${tag}`
     const rows = await sql<ListRow[]>`
-      select e.key, e.version, octet_length(e.content) as bytes, e.tags, e.updated_at, e.updated_by,
-             left(btrim(regexp_replace(left(e.content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) as preview
-      from ${source} and (e.expires_at is null or e.expires_at > now()) ${prefixFilter} ${afterFilter}
-      order by ${keyOf}
-      limit ${limit + 1}`
+      select key, version, bytes, tags, updated_at, updated_by,
+             case when char_length(head) >= ${PREVIEW_CHARS + 2} then left(head, ${PREVIEW_CHARS})
+                  else left(btrim(regexp_replace(left(content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) end as preview
+      from (
+        select e.key, e.version, octet_length(e.content) as bytes, e.tags, e.updated_at, e.updated_by, e.content,
+               ltrim(regexp_replace(left(e.content, ${PREVIEW_HEAD_CHARS}), '[[:space:]]+', ' ', 'g')) as head
+        from ${source} and (e.expires_at is null or e.expires_at > now()) ${prefixFilter} ${afterFilter}
+        order by ${keyOf}
+        limit ${limit + 1}
+      ) page
+      order by key`
     const items = rows.slice(0, limit).map(row => ({
       key: row.key,
       version: row.version,
