@@ -9,13 +9,16 @@ import { migrate } from '../../db/migrate.js'
 import { generateNotes, type Note } from '../../test/fixtures/notes.js'
 
 // The search benchmark's database: `entries` generated notes (test/fixtures/notes.ts) in the
-// schema of the release before search, then the search migration applied while a reader and a
-// writer keep working on the table, timed: what README "Search" reports as the migration's locks.
+// schema of the release before search, then the search migrations (005, 007), then the later ones
+// (009, the tag index), each step applied while a reader and a writer keep working on the table,
+// timed: what README "Upgrading" reports as the migrations' locks.
 
 export const SEARCH_BENCH_DATABASE = 'scm_bench_search'
 export const NAMESPACE = 'default'
 const SEARCH_MIGRATION = 5
 const CHANGE_FEED_MIGRATION = 6
+/** The last of the search migrations: the first step under load ends here, the second applies the rest. */
+const SEARCH_STATEMENT_TRIGGERS_MIGRATION = 7
 const IMPORT_BATCH = 500
 const MIGRATIONS_DIR = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
 
@@ -26,6 +29,8 @@ export interface ProbeStats {
 }
 
 export interface MigrationReport {
+  /** The migration files this step applied. */
+  applied: string[]
   entries: number
   seedSeconds: number
   migrationMs: number
@@ -84,7 +89,7 @@ export async function reusableSearchDatabase (adminUrl: string, entries: number)
  * Drops and recreates the bench database with `entries` notes, then applies the search migration
  * (and any later one) under a reader and a writer, and reports what they saw.
  */
-export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, notes: Note[], migration: MigrationReport }> {
+export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, notes: Note[], migrations: MigrationReport[] }> {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   try {
     await admin.unsafe(`drop database if exists ${SEARCH_BENCH_DATABASE} with (force)`)
@@ -95,11 +100,13 @@ export async function prepareSearchDatabase (adminUrl: string, entries: number, 
   const url = searchBenchUrl(adminUrl)
   const sql = createSql(url, { max: 4, connectTimeoutMs: 10_000 })
   const before = await mkdtemp(join(tmpdir(), 'scm-bench-migrations-'))
+  const search = await mkdtemp(join(tmpdir(), 'scm-bench-migrations-'))
   try {
     for (const file of await readdir(MIGRATIONS_DIR)) {
       // Also the change feed's 006: this release's store (the probe writer) writes its columns.
       const version = Number(file.split('_')[0])
       if (version < SEARCH_MIGRATION || version === CHANGE_FEED_MIGRATION) await cp(join(MIGRATIONS_DIR, file), join(before, file))
+      if (version <= SEARCH_STATEMENT_TRIGGERS_MIGRATION) await cp(join(MIGRATIONS_DIR, file), join(search, file))
     }
     await migrate(sql, { dir: before })
 
@@ -113,18 +120,20 @@ export async function prepareSearchDatabase (adminUrl: string, entries: number, 
     }
     await sql`analyze`
     const seedSeconds = (performance.now() - seedStarted) / 1000
-    log(`  seeded ${entries} entries in ${seedSeconds.toFixed(1)} s; applying the search migration under load`)
+    log(`  seeded ${entries} entries in ${seedSeconds.toFixed(1)} s; applying the search migrations, then the later ones, under load`)
 
-    const migration = await migrateUnderLoad(url, notes)
-    return { url, notes, migration: { ...migration, entries, seedSeconds } }
+    const migrations: MigrationReport[] = []
+    for (const dir of [search, MIGRATIONS_DIR]) migrations.push({ ...await migrateUnderLoad(url, notes, dir), entries, seedSeconds })
+    return { url, notes, migrations }
   } finally {
     await rm(before, { recursive: true, force: true })
+    await rm(search, { recursive: true, force: true })
     await sql.end({ timeout: 5 })
   }
 }
 
-/** Runs the pending migrations while one connection reads and another writes entries back to back. */
-async function migrateUnderLoad (url: string, notes: Note[]): Promise<Omit<MigrationReport, 'entries' | 'seedSeconds'>> {
+/** Runs the pending migrations of `dir` while one connection reads and another writes entries back to back. */
+async function migrateUnderLoad (url: string, notes: Note[], dir: string): Promise<Omit<MigrationReport, 'entries' | 'seedSeconds'>> {
   const probe = createSql(url, { max: 2, connectTimeoutMs: 10_000 })
   const migrator = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
   const store = createContextStore(probe, { maxContentBytes: 102400 })
@@ -158,7 +167,7 @@ async function migrateUnderLoad (url: string, notes: Note[]): Promise<Omit<Migra
     const readsBefore = reads.length
     const writesBefore = writes.length
     const started = performance.now()
-    await migrate(migrator)
+    const { applied } = await migrate(migrator, { dir })
     const ended = performance.now()
     probing.running = false
     await Promise.all([reader, writer])
@@ -170,6 +179,7 @@ async function migrateUnderLoad (url: string, notes: Note[]): Promise<Omit<Migra
       previous = end
     }
     return {
+      applied,
       migrationMs: ended - started,
       reads: stats(reads.slice(readsBefore)),
       writes: stats(writes.slice(writesBefore)),

@@ -4,16 +4,18 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import postgres from 'postgres'
 import { killAllChildrenNow, stopAllChildren, freePort, startChild } from '../children.js'
-import { prepareSearchDatabase, reusableSearchDatabase, type MigrationReport } from './database.js'
-import { MCP_HEADERS, MIX_TOOLS, runMix, stopMix, type MixResult, type MixTool } from './mix.js'
+import { cpuMicros } from '../cpu.js'
+import { prepareSearchDatabase, reusableSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
+import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
-// (100k) generated notes, the search migration applied to them under load (its locks, timed),
+// (100k) generated notes, the search migrations and then the later ones applied to them under load (their locks, timed),
 // then the production configuration of the server under BENCH_SEARCH_CONNECTIONS (8) connections
 // of search_context, list_context and write_context (see mix.ts): one round as fast as it answers
-// (its capacity), then BENCH_SEARCH_ROUNDS at half that rate (BENCH_SEARCH_LOAD_SHARE, or
-// BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
+// (its capacity), then BENCH_SEARCH_ROUNDS at half that rate, evenly spaced (BENCH_SEARCH_LOAD_SHARE,
+// or BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
 // Exit code 0 whatever the verdict; 1 only when the benchmark broke.
 // BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
 
@@ -53,7 +55,7 @@ const settings = {
 
 function migrationLines (m: MigrationReport): string[] {
   return [
-    `Search migration on ${m.entries} entries: ${(m.migrationMs / 1000).toFixed(1)} s, while one connection read and one wrote back to back:`,
+    `Migrations ${m.applied.join(', ')} on ${m.entries} entries: ${(m.migrationMs / 1000).toFixed(1)} s, while one connection read and one wrote back to back:`,
     `  reads:  ${m.reads.count} during it, p99 ${m.reads.p99Ms.toFixed(1)} ms, longest ${m.reads.maxMs.toFixed(0)} ms (never blocked)`,
     `  writes: ${m.writes.count} during it, p99 ${m.writes.p99Ms.toFixed(1)} ms, longest ${m.writes.maxMs.toFixed(0)} ms; ` +
       `longest time without a completed write ${m.longestWriteGapMs.toFixed(0)} ms (held from the trigger's creation to the commit)`
@@ -66,6 +68,30 @@ function roundLine (round: string, result: MixResult): string {
     return `${tool} ${s.count} p50 ${s.p50Ms.toFixed(2)} p99 ${s.p99Ms.toFixed(2)} ms${s.errors > 0 ? ` (${s.errors} errors)` : ''}`
   })
   return `  ${round}: ${result.requestsPerSecond.toFixed(0)} req/s; ${tools.join('; ')}`
+}
+
+/**
+ * CPU time (µs) of the server process and of the server's PostgreSQL backends (other processes on
+ * this machine, read from /proc like the server's): where a call's time goes, per call.
+ */
+async function cpuSplit (admin: postgres.Sql, serverPid: number): Promise<{ server: number, database: Map<number, number> }> {
+  const backends = await admin<Array<{ pid: number }>>`
+    select pid from pg_stat_activity where datname = ${SEARCH_BENCH_DATABASE} and application_name = 'shared-context-mcp'`
+  const database = new Map<number, number>()
+  for (const { pid } of backends) {
+    try {
+      database.set(pid, cpuMicros(pid))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return { server: cpuMicros(serverPid), database }
+}
+
+function cpuPerCall (before: Awaited<ReturnType<typeof cpuSplit>>, after: Awaited<ReturnType<typeof cpuSplit>>, calls: number): { serverUs: number, databaseUs: number } {
+  let database = 0
+  for (const [pid, us] of after.database) database += us - (before.database.get(pid) ?? 0)
+  return { serverUs: (after.server - before.server) / Math.max(1, calls), databaseUs: database / Math.max(1, calls) }
 }
 
 async function waitUntilServing (url: string, headers: Record<string, string>, exited: () => string | undefined): Promise<void> {
@@ -97,11 +123,11 @@ async function main (): Promise<void> {
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
   const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
-  const { url, notes, migration } = reused === null
+  const { url, notes, migrations } = reused === null
     ? await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
-    : { ...reused, migration: null }
-  if (migration === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
-  else for (const line of migrationLines(migration)) console.log(line)
+    : { ...reused, migrations: null }
+  if (migrations === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
+  else for (const line of migrations.flatMap(migrationLines)) console.log(line)
 
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const port = await freePort()
@@ -130,21 +156,32 @@ async function main (): Promise<void> {
   console.log(roundLine('warm-up', warmup))
   // Capacity: every connection sends its next call as soon as the last is answered. Latency at
   // saturation is queueing (8 callers on 2 cores wait for each other), so the targets are judged
-  // at a fixed rate below it: BENCH_SEARCH_RATE, or BENCH_SEARCH_LOAD_SHARE of the capacity.
+  // at a fixed rate below it: BENCH_SEARCH_RATE, or BENCH_SEARCH_LOAD_SHARE of the capacity,
+  // evenly spaced (runPaced; autocannon's overallRate sends in bursts, see mix.ts).
   const saturated = await runMix(target, notes, { durationSeconds, connections, seed: 2 })
   console.log(roundLine('saturated', saturated))
   const rate = settings.rate ?? Math.max(1, Math.round(saturated.requestsPerSecond * settings.loadShare))
   console.log(`then ${settings.rounds} rounds at ${rate} req/s (${(rate / saturated.requestsPerSecond * 100).toFixed(0)}% of capacity)`)
   const rounds: MixResult[] = []
+  const cpu: Array<{ serverUs: number, databaseUs: number }> = []
+  const admin = postgres(url, { max: 1, onnotice: () => {} })
+  const serverPid = child.process.pid ?? 0
   for (let round = 1; round <= settings.rounds; round++) {
-    const result = await runMix(target, notes, { durationSeconds, connections, seed: round + 2, overallRate: rate })
+    const cpuBefore = await cpuSplit(admin, serverPid)
+    const result = await runPaced(target, notes, { durationSeconds, connections, seed: round + 2, rate })
     if (child.exit !== undefined) throw new Error(`the server exited (${child.exit}) during the run:\n${(await readFile(logFile, 'utf8')).slice(-2000)}`)
+    const perCall = cpuPerCall(cpuBefore, await cpuSplit(admin, serverPid), result.responses)
+    cpu.push(perCall)
+    console.log(`  round ${round} CPU per call: server ${(perCall.serverUs / 1000).toFixed(2)} ms, its PostgreSQL backends ${(perCall.databaseUs / 1000).toFixed(2)} ms`)
     rounds.push(result)
-    console.log(`${roundLine(`round ${round}`, result)}; every request's p99 counting held-back sends ${result.correctedP99Ms.toFixed(2)} ms`)
+    console.log(`${roundLine(`round ${round}`, result)}; all p99 ${result.correctedP99Ms.toFixed(2)} ms; ` +
+      `waits for a free connection p99 ${result.sendWait?.p99Ms.toFixed(2) ?? '-'} ms, longest ${result.sendWait?.maxMs.toFixed(0) ?? '-'} ms`)
     for (const sample of result.samples) console.log(`      ${sample}`)
   }
 
+  await admin.end({ timeout: 5 })
   const mean = (values: number[]) => values.reduce((sum, v) => sum + v, 0) / Math.max(1, values.length)
+  const cpuMeans = { serverMs: mean(cpu.map((c) => c.serverUs)) / 1000, databaseMs: mean(cpu.map((c) => c.databaseUs)) / 1000 }
   const summarise = (results: MixResult[]) => Object.fromEntries(MIX_TOOLS.map((tool) => [tool, {
     count: results.reduce((sum, r) => sum + r.byTool[tool].count, 0),
     p50Ms: mean(results.map((r) => r.byTool[tool].p50Ms)),
@@ -161,7 +198,9 @@ async function main (): Promise<void> {
   })
   const loadAfter = loadavg()[0] ?? 0
   console.log(`\nSaturated: ${saturated.requestsPerSecond.toFixed(0)} req/s\n${table(saturation)}`)
-  console.log(`\nAt ${rate} req/s (means of ${rounds.length} rounds; every request's p99 counting held-back sends ${mean(rounds.map((r) => r.correctedP99Ms)).toFixed(2)} ms):\n${table(summary)}`)
+  console.log(`\nAt ${rate} req/s, evenly spaced (means of ${rounds.length} rounds, timed from when each call was due; all calls' p99 ${mean(rounds.map((r) => r.correctedP99Ms)).toFixed(2)} ms):\n${table(summary)}`)
+  console.log(`CPU per call at ${rate} req/s: server ${cpuMeans.serverMs.toFixed(2)} ms, its PostgreSQL backends ${cpuMeans.databaseMs.toFixed(2)} ms ` +
+    `(${((cpuMeans.serverMs + cpuMeans.databaseMs) * rate / 10).toFixed(0)}% of one CPU at this rate)`)
   console.log(`load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`)
   for (const check of checks) console.log(`${check.pass ? 'PASS' : 'FAIL'} ${check.name}`)
 
@@ -169,9 +208,10 @@ async function main (): Promise<void> {
     finishedAt: new Date().toISOString(),
     machine: { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, loadAverageBefore: loadBefore, loadAverageAfter: loadAfter },
     settings: { ...settings, adminDatabaseUrl: undefined },
-    migration,
+    migrations,
     saturated: { requestsPerSecond: saturated.requestsPerSecond, summary: saturation },
     rate,
+    cpuPerCall: cpuMeans,
     summary,
     rounds,
     checks

@@ -63,7 +63,10 @@ test('the search migration indexes what the store held, and instances starting t
   const instances = Array.from({ length: 3 }, () => createSql(url, { max: 1, connectTimeoutMs: 10_000 }))
   t.teardown(() => Promise.all(instances.map((instance) => instance.end({ timeout: 5 }))))
   const results = await Promise.all(instances.map((instance) => migrate(instance)))
-  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql', '007_search_statement_triggers.sql'], 'applied by one instance only')
+  // 005 and 007, and the later migrations (009's tag index, …): each once.
+  const pending = (await readdir(MIGRATIONS)).filter((file) => file.endsWith('.sql') && Number(file.split('_')[0]) >= 5 && Number(file.split('_')[0]) !== 6).sort()
+  t.ok(pending.includes('005_search.sql') && pending.includes('007_search_statement_triggers.sql'))
+  t.strictSame(results.flatMap((result) => result.applied).sort(), pending, 'applied by one instance only')
   t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
 
   const found = await store.search('team', { query: 'kubernets', limit: 10 })

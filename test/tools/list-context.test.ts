@@ -106,6 +106,24 @@ test('list_context', async (t) => {
     t.match(error.message, namesField('tag'))
   })
 
+  t.test('previews of text with long runs of whitespace, wherever they fall', async (t) => {
+    const contents: Record<string, string> = {
+      'ws/leading': ' '.repeat(300) + '\n'.repeat(200) + 'word '.repeat(100),
+      'ws/straddling': 'a'.repeat(470) + ' \n\t'.repeat(10) + 'b'.repeat(300),
+      'ws/ends-in-space': 'x '.repeat(80),
+      'ws/ends-in-spaces': 'xy\n\n'.repeat(53) + 'z' + ' '.repeat(500) + 'tail',
+      'ws/just-over': 'a'.repeat(161) + '   b',
+      'ws/sparse': 'w' + '\n'.repeat(1000) + 'x' + ' '.repeat(1000) + 'y ' + 'long text '.repeat(50)
+    }
+    for (const [key, content] of Object.entries(contents)) await ok(t, app, 'write_context', { key, content })
+    const page = await ok<ListOutput>(t, app, 'list_context', { prefix: 'ws/' })
+    for (const item of page.items) {
+      const content = contents[item.key] ?? ''
+      t.equal(item.preview, content.slice(0, 4096).replace(/\s+/g, ' ').trim().slice(0, 160), item.key)
+    }
+    t.equal(page.items.length, Object.keys(contents).length)
+  })
+
   t.test('items carry version, bytes, tags, author and a short preview', async (t) => {
     const content = '  Line one\n\n\tline   two  \n' + 'é'.repeat(300)
     await ok(t, app, 'write_context', { key: 'preview/long', content, tags: ['p'] })
