@@ -1,4 +1,4 @@
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import pino from 'pino'
 import configPlugin from './plugins/config.js'
@@ -112,6 +112,45 @@ function appErrorOf (error: FastifyError): AppError {
 // pino's numeric levels, to tell whether a line would be written before building it.
 const LEVEL_VALUES: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity }
 
+type LogMethod = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+type ChildLoggerArguments = Parameters<FastifyBaseLogger['child']>
+
+/**
+ * request.log, made when something first logs through it. Most requests log nothing but their
+ * request line, which is written without it (see the onResponse hook); Fastify's own child logger
+ * per request (it passes options, so pino takes its slow path: formatters and serializers copied)
+ * cost about 3% of the hot path's CPU.
+ */
+class LazyRequestLogger implements FastifyBaseLogger {
+  private made: FastifyBaseLogger | undefined
+  constructor (private readonly parent: FastifyBaseLogger, private readonly bindings: ChildLoggerArguments[0], private readonly options: ChildLoggerArguments[1]) {}
+
+  private get logger (): FastifyBaseLogger {
+    // Without route-level log options, pino's fast path (no options argument) gives the same logger.
+    this.made ??= this.options === undefined || Object.keys(this.options).length === 0
+      ? this.parent.child(this.bindings)
+      : this.parent.child(this.bindings, this.options)
+    return this.made
+  }
+
+  get level (): string { return this.made?.level ?? this.options?.level ?? this.parent.level }
+  set level (level: string) { this.logger.level = level }
+  child (...args: ChildLoggerArguments): FastifyBaseLogger { return this.logger.child(...args) }
+  // Methods on the prototype, not arrow-function fields: no closures made per request.
+  fatal (...args: unknown[]): void { this.log('fatal', args) }
+  error (...args: unknown[]): void { this.log('error', args) }
+  warn (...args: unknown[]): void { this.log('warn', args) }
+  info (...args: unknown[]): void { this.log('info', args) }
+  debug (...args: unknown[]): void { this.log('debug', args) }
+  trace (...args: unknown[]): void { this.log('trace', args) }
+  silent (): void {}
+
+  private log (method: LogMethod, args: unknown[]): void {
+    const logger = this.logger
+    ;(logger[method] as (...values: unknown[]) => void).apply(logger, args)
+  }
+}
+
 const FORWARDED_REQUEST_ID = /^[\w.:-]{1,128}$/
 
 /** A proxy's X-Request-Id when it is a sane token (it reaches every log line), else a new UUID. */
@@ -161,6 +200,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     pluginTimeout: config.DB_CONNECT_TIMEOUT_MS + 60_000,
     requestIdHeader: false,
     genReqId: requestIdOf,
+    childLoggerFactory: (logger, bindings, options) => new LazyRequestLogger(logger, bindings, options),
     trustProxy: trustProxyOf(config.TRUST_PROXY)
   }).withTypeProvider<TypeBoxTypeProvider>()
   app.server.maxConnections = MAX_CONNECTIONS
@@ -178,6 +218,11 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     app.server.once('close', () => clearInterval(reaper))
   })
 
+  // The request line holds fixed fields, none of them a secret (no redaction path names one), so it
+  // is written by a logger without the redaction pass (measured: 2% of the hot path's CPU, the
+  // wildcard paths inspecting every field), and with the request id as a field of its own rather
+  // than through request.log (LazyRequestLogger): the line reads as a request.log line would.
+  const requestLines = app.log.child({}, { redact: [] })
   // Callback style: an async hook costs a promise per request.
   app.addHook('onResponse', (request, reply, done) => {
     const level = request.url === '/health' || request.url === '/ready' ? 'debug' : 'info'
@@ -186,7 +231,8 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
       done()
       return
     }
-    request.log[level]({
+    requestLines[level]({
+      reqId: request.id,
       method: request.method,
       url: request.routeOptions.url ?? request.url.split('?')[0],
       statusCode: reply.statusCode,

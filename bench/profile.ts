@@ -13,7 +13,7 @@ import { readSettings } from './settings.js'
 // node --cpu-prof, for BENCH_DURATION seconds after a BENCH_WARMUP warm-up. Writes the profile to
 // bench/results/profile/ (open it in Chrome DevTools or speedscope for a flame graph) and prints
 // the functions and packages with the most self time, and the functions with the most total time.
-// BENCH_PROFILE_SERVER=m profiles the server with auth, limits and metrics off instead.
+// BENCH_PROFILE_SERVER=m profiles the server with auth, limits and metrics off instead; BENCH_PROFILE_SERVER=b the floor.
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
 const PROFILE_DIR = join(RESULTS_DIR, 'profile')
@@ -93,7 +93,7 @@ export function summariseProfile (profile: CpuProfile, top = TOP): string {
 async function main (): Promise<void> {
   const settings = readSettings(process.env)
   const which = process.env.BENCH_PROFILE_SERVER ?? 'a'
-  if (which !== 'a' && which !== 'm') throw new Error('BENCH_PROFILE_SERVER is a (production configuration) or m (auth, limits and metrics off)')
+  if (which !== 'a' && which !== 'm' && which !== 'b') throw new Error('BENCH_PROFILE_SERVER is a (production configuration), m (auth, limits and metrics off) or b (the floor)')
   await rm(PROFILE_DIR, { recursive: true, force: true })
   await mkdir(PROFILE_DIR, { recursive: true })
   console.log(`Preparing database scm_bench with ${settings.keys} keys...`)
@@ -102,9 +102,13 @@ async function main (): Promise<void> {
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const port = await freePort()
   const common = { DATABASE_URL: databaseUrl, DB_POOL_MAX: String(settings.dbPoolMax), LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port) }
-  const spec: { script: string, env: Record<string, string>, headers: Record<string, string> } = which === 'a'
-    ? { script: join(ROOT, 'dist/server.js'), env: { ...common, AUTH_TOKEN: token, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' }, headers: { authorization: `Bearer ${token}` } }
-    : { script: join(ROOT, 'node_modules/.cache/scm-bench/bench/peers/auth-off.js'), env: { ...common, BENCH_WITHOUT_METRICS: '1' }, headers: {} }
+  const peers = join(ROOT, 'node_modules/.cache/scm-bench/bench/peers')
+  const specs: Record<'a' | 'm' | 'b', { script: string, env: Record<string, string>, headers: Record<string, string> }> = {
+    a: { script: join(ROOT, 'dist/server.js'), env: { ...common, AUTH_TOKEN: token, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' }, headers: { authorization: `Bearer ${token}` } },
+    m: { script: join(peers, 'auth-off.js'), env: { ...common, BENCH_WITHOUT_METRICS: '1' }, headers: {} },
+    b: { script: join(peers, 'bare-fastify.js'), env: common, headers: {} }
+  }
+  const spec = specs[which]
   const logFile = join(RESULTS_DIR, 'server-profile.log')
   const child = startChild({ name: `profiled ${which}`, cwd: ROOT, args: ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR, spec.script], env: spec.env, logFile })
   const server: Server = { id: which, label: `profiled ${which}`, child, logFile, url: `http://127.0.0.1:${port}/mcp`, headers: spec.headers }

@@ -54,24 +54,28 @@ class MessageReader {
 export function guardSocket (socket: Socket, deadlineMs: number): Socket {
   let owedReadies = 1 // the start-up ends with the first ReadyForQuery
   let flushPending = false
-  let timer: NodeJS.Timeout | undefined
+  let armed = false
   let off = false
 
   const owed = () => !off && (owedReadies > 0 || flushPending)
+  // One timer per connection, restarted with refresh(): a new timer at every query and every
+  // chunk of its answer was the guard's main cost on the hot path. Disarming only drops the flag;
+  // a timer that fires while disarmed or owed nothing does nothing.
+  const timer = setTimeout(() => {
+    if (armed && owed() && !socket.destroyed) socket.destroy(new DatabaseStalledError(`the database sent nothing for ${deadlineMs} ms while a statement was waiting for its answer`))
+  }, deadlineMs)
+  timer.unref()
   const disarm = () => {
-    clearTimeout(timer)
-    timer = undefined
+    armed = false
   }
   const arm = () => {
-    disarm()
-    timer = setTimeout(() => {
-      if (owed() && !socket.destroyed) socket.destroy(new DatabaseStalledError(`the database sent nothing for ${deadlineMs} ms while a statement was waiting for its answer`))
-    }, deadlineMs)
-    timer.unref()
+    armed = true
+    timer.refresh()
   }
   const stop = () => {
     off = true
-    disarm()
+    armed = false
+    clearTimeout(timer)
   }
 
   const outgoing = new MessageReader(1, (type, body) => {
@@ -93,7 +97,7 @@ export function guardSocket (socket: Socket, deadlineMs: number): Socket {
   socket.write = ((chunk: unknown, ...rest: unknown[]) => {
     if (!off && (Buffer.isBuffer(chunk) || chunk instanceof Uint8Array)) {
       outgoing.push(Buffer.from(chunk))
-      if (owed() && timer === undefined) arm()
+      if (owed() && !armed) arm()
     }
     return write(chunk, ...rest)
   }) as Socket['write']

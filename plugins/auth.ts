@@ -14,6 +14,11 @@ declare module 'fastify' {
     auth: {
       /** onRequest hook for protected routes: sets request.principal or answers 401/403/503. */
       authenticate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+      /**
+       * authenticate as a callback-style hook, for the hot path: the static token and a cached API
+       * token are settled synchronously, without a promise; everything else goes through authenticate.
+       */
+      authenticateHook: (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void) => void
       /** The principal a bearer token stands for now; throws an AppError (AUTH_1002/1003, DEP_3001) when it stands for none. */
       verify: (token: string) => Promise<Principal>
       /**
@@ -153,11 +158,17 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     return error
   }
 
+  /** The principal of a cached API token's hash (hex), while its cache entry lasts. */
+  function cachedApiPrincipal (hexHash: string, now: number): Principal | undefined {
+    const cached = tokenCache.get(hexHash)
+    return cached !== undefined && cached.until > now ? cached.principal : undefined
+  }
+
   async function principalForApiToken (token: string, hash: Buffer, beforeCostlyWork: () => Promise<void>, fresh = false): Promise<Principal> {
     const hexHash = hash.toString('hex')
     const now = Date.now()
-    const cached = tokenCache.get(hexHash)
-    if (cached !== undefined && cached.until > now && !fresh) return cached.principal
+    const cached = fresh ? undefined : cachedApiPrincipal(hexHash, now)
+    if (cached !== undefined) return cached
     await beforeCostlyWork()
     const record = await db.tokens.findApiTokenByHash(hexHash)
     if (record === null) {
@@ -207,8 +218,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
    * budget) runs before a database lookup or a JWT verification, not for the static token or a
    * cached API token, which cost nothing.
    */
-  async function principalFor (token: string, beforeCostlyWork: () => Promise<void>, fresh = false): Promise<Principal> {
-    const hash = hashToken(token)
+  async function principalFor (token: string, beforeCostlyWork: () => Promise<void>, fresh = false, hash = hashToken(token)): Promise<Principal> {
     if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
     if (jwt !== undefined && looksLikeJwt(token)) {
       await beforeCostlyWork()
@@ -217,13 +227,13 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     return await principalForApiToken(token, hash, beforeCostlyWork, fresh)
   }
 
-  async function authenticate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  async function authenticate (request: FastifyRequest, reply: FastifyReply, presented?: { token: string, hash: Buffer }): Promise<void> {
     if (options.withoutAuthentication === true) {
       request.principal = staticPrincipal
       return
     }
     const header = request.headers.authorization
-    const token = bearerTokenOf(header)
+    const token = presented?.token ?? bearerTokenOf(header)
     if (token === undefined) {
       throw refuse(request, reply, header === undefined
         ? new AppError('AUTH_1001', `Missing bearer token: send the header "Authorization: Bearer <token>"; to get a token, ${getToken}.`)
@@ -232,7 +242,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     let principal: Principal
     try {
       if (token.length > MAX_TOKEN_LENGTH) throw new AppError('AUTH_1002', `The bearer token is longer than ${MAX_TOKEN_LENGTH} characters.`)
-      principal = await principalFor(token, () => addressBudget.check(request, reply))
+      principal = await principalFor(token, () => addressBudget.check(request, reply), false, presented?.hash)
     } catch (error) {
       await addressBudget.countFailure(request, error)
       throw error instanceof AppError ? refuse(request, reply, error) : error
@@ -243,9 +253,43 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
     request.principal = principal
   }
 
+  /**
+   * The principal of a presented token known without any asynchronous work: the static token
+   * (still compared as SHA-256 digests in constant time) or an API token in the cache. Undefined
+   * for everything else, JWTs included (they are verified and revocation-checked every time).
+   */
+  function settledPrincipal (token: string, hash: Buffer): Principal | undefined {
+    if (staticHash !== undefined && timingSafeEqual(hash, staticHash)) return staticPrincipal
+    if (jwt !== undefined && looksLikeJwt(token)) return undefined
+    const principal = cachedApiPrincipal(hash.toString('hex'), Date.now())
+    return principal !== undefined && principal.scopes.size > 0 ? principal : undefined
+  }
+
+  function authenticateHook (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
+    if (options.withoutAuthentication === true) {
+      request.principal = staticPrincipal
+      done()
+      return
+    }
+    const token = bearerTokenOf(request.headers.authorization)
+    if (token === undefined || token.length > MAX_TOKEN_LENGTH) {
+      authenticate(request, reply).then(() => { done() }, done)
+      return
+    }
+    const hash = hashToken(token)
+    const principal = settledPrincipal(token, hash)
+    if (principal === undefined) {
+      authenticate(request, reply, { token, hash }).then(() => { done() }, done)
+      return
+    }
+    request.principal = principal
+    done()
+  }
+
   fastify.decorateRequest('principal', null)
   fastify.decorate('auth', {
     authenticate,
+    authenticateHook,
     // Open streams (live/) re-check their token: an API token is looked up afresh, not from the cache.
     verify: (token: string) => options.withoutAuthentication === true ? Promise.resolve(staticPrincipal) : principalFor(token, async () => {}, true),
     createLocalTokenIfNone,

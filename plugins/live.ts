@@ -41,7 +41,7 @@ declare module 'fastify' {
   interface FastifyInstance {
     live: {
       /** POST /mcp preHandler: sessions (created at initialize), resources/subscribe and unsubscribe. */
-      sessionGate: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+      sessionGate: (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void) => void
       /** GET /mcp: the session's SSE stream. */
       serveStream: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
       /** DELETE /mcp: ends the session. */
@@ -301,35 +301,52 @@ export default fp(async (fastify) => {
     return { jsonrpc: '2.0', id, result: {} }
   }
 
-  async function sessionGate (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  /** The session checks of a POST; true when it answered the request itself. */
+  function gate (request: FastifyRequest, reply: FastifyReply): boolean {
     const id = request.headers[SESSION_HEADER]
     const body = bodyOf(request)
     const method = body?.method
     // 2026-07-28 has no resources/subscribe (subscriptions/listen replaced it): the SDK answers
     // those requests itself (404, method not found).
-    if ((method === SUBSCRIBE || method === UNSUBSCRIBE) && isModern(request)) return
+    if ((method === SUBSCRIBE || method === UNSUBSCRIBE) && isModern(request)) return false
     if (method === 'initialize') {
       const token = bearerTokenOf(request.headers.authorization)
       const session = token === undefined ? null : sessions.create(request.principal!, token)
       if (session !== null) reply.header(SESSION_HEADER, session.id)
-      return
+      return false
     }
     if (id === undefined) {
       if (method === SUBSCRIBE || method === UNSUBSCRIBE) {
-        return reply.send(rpcError(rpcId(body), -32600, `${method} needs a session: send initialize (without Mcp-Session-Id), then pass the Mcp-Session-Id it answers with.`, 'REQ_1101'))
+        reply.send(rpcError(rpcId(body), -32600, `${method} needs a session: send initialize (without Mcp-Session-Id), then pass the Mcp-Session-Id it answers with.`, 'REQ_1101'))
+        return true
       }
-      return
+      return false
     }
     const session = typeof id === 'string' ? sessions.get(id) : undefined
     if (session === undefined || session.principal.id !== request.principal!.id) {
       // Another instance's session (no sticky routing in front): its tool calls need no session here.
-      if (typeof id === 'string' && !sessions.isOurs(id) && method !== SUBSCRIBE && method !== UNSUBSCRIBE) return
-      if (session === undefined && replayedToOwner(id, reply)) return
-      return reply.code(404).send(rpcError(rpcId(body), -32001, UNKNOWN_SESSION, 'REQ_1101'))
+      if (typeof id === 'string' && !sessions.isOurs(id) && method !== SUBSCRIBE && method !== UNSUBSCRIBE) return false
+      if (session === undefined && replayedToOwner(id, reply)) return true
+      reply.code(404).send(rpcError(rpcId(body), -32001, UNKNOWN_SESSION, 'REQ_1101'))
+      return true
     }
     session.lastActive = Date.now()
     session.principal = request.principal!
-    if (body !== undefined && (method === SUBSCRIBE || method === UNSUBSCRIBE)) return reply.send(answerSubscription(session, body))
+    if (body === undefined || (method !== SUBSCRIBE && method !== UNSUBSCRIBE)) return false
+    reply.send(answerSubscription(session, body))
+    return true
+  }
+
+  // preHandler, callback style: an async hook costs a promise per request.
+  function sessionGate (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
+    let answered: boolean
+    try {
+      answered = gate(request, reply)
+    } catch (error) {
+      done(error as Error)
+      return
+    }
+    if (!answered) done()
   }
 
   function isModern (request: FastifyRequest): boolean {

@@ -128,7 +128,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     done()
   })
   // An address that keeps failing authentication is refused before its token is looked up.
-  fastify.addHook('onRequest', fastify.auth.authenticate)
+  fastify.addHook('onRequest', fastify.auth.authenticateHook)
 
   fastify.post('/mcp', {
     bodyLimit: maxBodyBytes(config),
