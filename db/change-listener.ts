@@ -12,6 +12,12 @@ export interface ChangeListenerHandlers {
   onListening: (reconnected: boolean) => void
   /** The listening connection was lost; reconnecting with backoff. */
   onLost: (error: unknown) => void
+  /**
+   * While listening, a `select 1` is sent this often: an idle LISTEN connection owes no answer, so
+   * without it a dead network path would go unnoticed until TCP gives up (the stall guard cuts a
+   * connection whose answer does not come).
+   */
+  probeMs?: number
 }
 
 export interface ChangeListener {
@@ -40,6 +46,12 @@ export function startChangeListener (connect: OpenDatabase['connectListener'], h
   let reconnects = 0
   let retryMs = MIN_RETRY_MS
   let retryTimer: NodeJS.Timeout | undefined
+  const probe = handlers.probeMs === undefined
+    ? undefined
+    : setInterval(() => {
+      if (listening) sql`select 1`.catch(() => {}) // a probe left unanswered ends the connection: onclose reconnects
+    }, handlers.probeMs)
+  probe?.unref()
 
   const sql: postgres.Sql = connect({
     onnotify: (channel, payload) => {
@@ -98,6 +110,7 @@ export function startChangeListener (connect: OpenDatabase['connectListener'], h
     close: async () => {
       closed = true
       listening = false
+      if (probe !== undefined) clearInterval(probe)
       if (retryTimer !== undefined) clearTimeout(retryTimer)
       retryTimer = undefined
       await sql.end({ timeout: 1 })

@@ -17,26 +17,41 @@ export class DatabaseStalledError extends Error {
 }
 
 /**
- * Splits a byte stream into PostgreSQL protocol messages (type byte, int32 length) and reports each
- * message's type. `untyped` messages come first (the startup message has no type byte).
+ * Follows a byte stream of PostgreSQL protocol messages (type byte, int32 length, body) and reports
+ * each message's type as soon as its header is in. `untyped` messages come first (the start-up
+ * message has no type byte); for those the body's first int32 (the request code) is reported. Only
+ * headers are kept: a body is counted past, never copied (a 16 MiB row arrives in many chunks).
  */
 class MessageReader {
-  private buffered: Buffer = Buffer.alloc(0)
-  constructor (private untyped: number, private readonly onMessage: (type: number, body: Buffer) => void) {}
+  private readonly header = Buffer.alloc(8)
+  private headerBytes = 0
+  private bodyBytesLeft = 0
+  constructor (private untyped: number, private readonly onMessage: (type: number, code: number) => void) {}
 
   push (chunk: Buffer): void {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk])
-    for (;;) {
-      const header = this.untyped > 0 ? 0 : 1
-      if (this.buffered.length < header + 4) return
-      const length = this.buffered.readInt32BE(header)
-      const total = header + length
-      if (length < 4 || this.buffered.length < total) return
-      const type = header === 0 ? -1 : this.buffered[0] as number
-      const body = this.buffered.subarray(header + 4, total)
-      if (this.untyped > 0) this.untyped--
-      this.buffered = this.buffered.subarray(total)
-      this.onMessage(type, body)
+    let offset = 0
+    while (offset < chunk.length) {
+      if (this.bodyBytesLeft > 0) {
+        const skipped = Math.min(this.bodyBytesLeft, chunk.length - offset)
+        this.bodyBytesLeft -= skipped
+        offset += skipped
+        continue
+      }
+      // Typed: type and length (5 bytes). Untyped: length and request code (8 bytes).
+      const headerLength = this.untyped > 0 ? 8 : 5
+      const copied = chunk.copy(this.header, this.headerBytes, offset, offset + headerLength - this.headerBytes)
+      this.headerBytes += copied
+      offset += copied
+      if (this.headerBytes < headerLength) return
+      this.headerBytes = 0
+      if (this.untyped > 0) {
+        this.untyped--
+        this.bodyBytesLeft = Math.max(0, this.header.readInt32BE(0) - 8)
+        this.onMessage(-1, this.header.readInt32BE(4))
+      } else {
+        this.bodyBytesLeft = Math.max(0, this.header.readInt32BE(1) - 4)
+        this.onMessage(this.header[0] as number, 0)
+      }
     }
   }
 }
@@ -78,9 +93,8 @@ export function guardSocket (socket: Socket, deadlineMs: number): Socket {
     clearTimeout(timer)
   }
 
-  const outgoing = new MessageReader(1, (type, body) => {
+  const outgoing = new MessageReader(1, (type, code) => {
     if (type === -1) {
-      const code = body.length >= 4 ? body.readInt32BE(0) : 0
       // TLS follows an SSLRequest (unreadable here); a CancelRequest gets no answer but a close.
       if (code === SSL_REQUEST_CODE || code === CANCEL_REQUEST_CODE) stop()
       return
@@ -96,7 +110,7 @@ export function guardSocket (socket: Socket, deadlineMs: number): Socket {
   const write = socket.write.bind(socket) as (...args: unknown[]) => boolean
   socket.write = ((chunk: unknown, ...rest: unknown[]) => {
     if (!off && (Buffer.isBuffer(chunk) || chunk instanceof Uint8Array)) {
-      outgoing.push(Buffer.from(chunk))
+      outgoing.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))
       if (owed() && !armed) arm()
     }
     return write(chunk, ...rest)

@@ -6,8 +6,10 @@ import type { SseStream } from './sse.js'
 export interface Session {
   readonly id: string
   principal: Principal
-  /** The bearer token the session was opened with, kept in memory only: its streams re-check it. */
-  readonly token: string
+  /** The bearer token of the session's latest request, kept in memory only. */
+  token: string
+  /** The bearer token the open stream was opened with (re-checked while it is open); null without a stream. */
+  streamToken: string | null
   /** Resource URIs subscribed to (resources/subscribe). */
   readonly subscriptions: Set<string>
   stream: SseStream | null
@@ -67,6 +69,7 @@ export function createSessions (limits: SessionLimits) {
         id: `${instancePrefix}.${randomBytes(18).toString('base64url')}`,
         principal,
         token,
+        streamToken: null,
         subscriptions: new Set(),
         stream: null,
         following: new Map(),

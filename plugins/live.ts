@@ -8,7 +8,8 @@ import fp from 'fastify-plugin'
 import { Counter, Gauge } from 'prom-client'
 import { startChangeListener, type ChangeListener } from '../db/change-listener.js'
 import type { FeedChange } from '../db/change-feed.js'
-import { createHub, positionOfEventId, type ChangeBatch } from '../live/hub.js'
+import { comparePositions, type FeedPosition } from '../db/change-feed.js'
+import { createHub, eventIdOf, positionOfEventId, type ChangeBatch } from '../live/hub.js'
 import { createSessions, type Session } from '../live/sessions.js'
 import { SseStream } from '../live/sse.js'
 import { parseResourceUri, resourceUri as contextUri } from '../live/resources.js'
@@ -22,6 +23,8 @@ export interface ModernRequestContext {
   token: string
   response: ServerResponse
   body: unknown
+  /** Releases what prepareListen joined, once the stream's own sinks are in place. */
+  prepared?: () => void
 }
 
 export interface LiveCounts {
@@ -49,6 +52,13 @@ declare module 'fastify' {
       /** The change-event bus of the SDK's subscriptions/listen streams (2026-07-28). */
       bus: ServerEventBus
       modernContext: AsyncLocalStorage<ModernRequestContext>
+      /**
+       * Before the SDK serves a subscriptions/listen request: refuses it past the principal's stream
+       * limit or the subscription limit, and otherwise has its namespaces' feeds settled, so that
+       * whatever commits after the SDK's acknowledgement is delivered. Call `release` when the SDK's
+       * handling of the request has ended.
+       */
+      prepareListen: (principal: Principal, body: unknown) => Promise<ListenPreparation>
       listener: ChangeListener
       counts: () => LiveCounts
     }
@@ -60,6 +70,7 @@ const SUBSCRIBE = 'resources/subscribe'
 const UNSUBSCRIBE = 'resources/unsubscribe'
 /** Actions after which the namespace's resource list differs (a restore may bring back a deleted key). */
 const LIST_ACTIONS: ReadonlySet<string> = new Set(['create', 'delete', 'restore'])
+const LIST_CHANGED = { jsonrpc: '2.0', method: 'notifications/resources/list_changed' }
 const SubscribeParams = Type.Object({ uri: Type.String({ minLength: 1, maxLength: 1024 }) })
 const ListenFilter = Type.Object({
   resourcesListChanged: Type.Optional(Type.Boolean()),
@@ -82,6 +93,15 @@ function rpcError (id: string | number | null, code: number, message: string, ap
   return { jsonrpc: '2.0', id, error: { code, message, ...(appCode !== undefined && { data: { code: appCode } }) } }
 }
 
+/** Notifications a listen stream may have queued while its client reads nothing; past it, the stream is cut. */
+const MAX_LISTEN_BACKLOG = 1000
+/** How often the hub reads every followed namespace while the LISTEN connection is down. */
+const UNLISTENED_POLL_MS = 1000
+
+export type ListenPreparation =
+  | { refusal: { code: 'REQ_1101', message: string } }
+  | { refusal?: undefined, release: () => void }
+
 const UNKNOWN_SESSION = 'Session not found (it ended, expired, or belongs to another server instance): send initialize again without Mcp-Session-Id.'
 
 /** A listen stream of the 2026-07-28 line, as our bus sees it. */
@@ -91,6 +111,8 @@ interface ListenStream {
   response: ServerResponse
   following: Map<string, () => void>
   closed: boolean
+  /** Notifications handed to the SDK while the response could not take more (writableNeedDrain). */
+  backlog: number
 }
 
 /**
@@ -142,31 +164,53 @@ export default fp(async (fastify) => {
   const listener = startChangeListener(db.connectListener, {
     onChange: (notice) => hub.changed(notice),
     onListening: (reconnected) => {
+      if (unlistenedPoll !== undefined) clearInterval(unlistenedPoll)
+      unlistenedPoll = undefined
       if (reconnected) {
         reconnectsCounter.inc()
         log.info('LISTEN re-established; catching up from the history')
       }
       hub.catchUp()
     },
-    onLost: (error) => log.warn({ err: error }, 'LISTEN connection lost; reconnecting')
+    onLost: (error) => {
+      log.warn({ err: error }, 'LISTEN connection lost; reconnecting, and reading the history every second meanwhile')
+      unlistenedPoll ??= setInterval(() => hub.catchUp(), UNLISTENED_POLL_MS)
+    },
+    probeMs: config.SSE_HEARTBEAT_MS
   })
+  // Without notifications, streams are served by reading every followed namespace's feed on a timer.
+  let unlistenedPoll: NodeJS.Timeout | undefined
 
   // ---- 2025-era sessions and their streams
 
-  function deliver (session: Session, batch: ChangeBatch, seen?: Set<string>): void {
-    const stream = session.stream
-    if (stream === null || !stream.isOpen) return
+  /**
+   * Writes a batch's notifications to this stream of the session. The event id is the least of the
+   * positions the session's followed feeds have delivered up to, so that a client resuming from it
+   * misses nothing in any namespace (it may be told of some changes twice).
+   */
+  function deliver (session: Session, stream: SseStream, batch: ChangeBatch, eventId: string | undefined = sessionEventId(session, batch)): void {
+    if (!stream.isOpen || session.stream !== stream) return
     const messages: unknown[] = []
     let listChanged = false
+    const readable = mayUse(session.principal, batch.namespace, 'context:read')
     for (const change of batch.changes) {
       const uri = contextUri(batch.namespace, change.key)
-      seen?.add(`${uri}@${change.version}`)
-      if (session.subscriptions.has(uri)) messages.push(updatedNotification(uri, change))
+      if (readable && session.subscriptions.has(uri)) messages.push(updatedNotification(uri, change))
       if (!listChanged && batch.namespace === session.principal.namespace && LIST_ACTIONS.has(change.action)) listChanged = true
     }
-    if (listChanged) messages.push({ jsonrpc: '2.0', method: 'notifications/resources/list_changed' })
-    messages.forEach((message, index) => stream.message(message, index === messages.length - 1 ? batch.eventId : undefined))
+    if (listChanged) messages.push(LIST_CHANGED)
+    messages.forEach((message, index) => stream.message(message, index === messages.length - 1 ? eventId : undefined))
     notificationsSent.inc(messages.length)
+  }
+
+  function sessionEventId (session: Session, batch: ChangeBatch): string {
+    let least: FeedPosition = batch.changes.at(-1)?.position ?? { txid: '0', id: 0 }
+    for (const namespace of session.following.keys()) {
+      if (namespace === batch.namespace) continue
+      const position = hub.positionOf(namespace)
+      if (position !== undefined && comparePositions(position, least) < 0) least = position
+    }
+    return least === batch.changes.at(-1)?.position ? batch.eventId : eventIdOf(least)
   }
 
   function namespacesOf (session: Session): Set<string> {
@@ -183,6 +227,7 @@ export default fp(async (fastify) => {
     session.following.clear()
     if (session.stream !== null) openStreams--
     session.stream = null
+    session.streamToken = null
     session.lastActive = Date.now()
   }
 
@@ -212,19 +257,22 @@ export default fp(async (fastify) => {
       session.stream.end('replaced', { message: 'Another stream was opened for this session.' })
       closeStream(session)
     }
+    // Until the Last-Event-ID replay is done, live batches wait; then each namespace's live batches
+    // go out without the changes the replay delivered already (positions up to where it ended).
     let pending: ChangeBatch[] | null = []
-    // What the Last-Event-ID replay delivered: the live feed, which starts where it joined, may
-    // serve some of it again, buffered or later.
-    const seen = new Set<string>()
-    const unseenOf = (batch: ChangeBatch): ChangeBatch => seen.size === 0
-      ? batch
-      : { ...batch, changes: batch.changes.filter((change) => !seen.has(`${contextUri(batch.namespace, change.key)}@${change.version}`)) }
+    const replayedUpTo = new Map<string, FeedPosition>()
+    const notReplayed = (batch: ChangeBatch): ChangeBatch => {
+      const upTo = replayedUpTo.get(batch.namespace)
+      return upTo === undefined ? batch : { ...batch, changes: batch.changes.filter((change) => comparePositions(change.position, upTo) > 0) }
+    }
+    const opening: { stream?: SseStream } = {}
+    const toStream = (batch: ChangeBatch): void => {
+      const fresh = notReplayed(batch)
+      if (opening.stream !== undefined && fresh.changes.length > 0) deliver(session, opening.stream, fresh)
+    }
     const sink = (batch: ChangeBatch): void => {
       if (pending !== null) pending.push(batch)
-      else {
-        const unseen = unseenOf(batch)
-        if (unseen.changes.length > 0) deliver(session, unseen)
-      }
+      else toStream(batch)
     }
     const following = new Map<string, () => void>()
     try {
@@ -235,8 +283,9 @@ export default fp(async (fastify) => {
     }
     if (request.raw.destroyed || session.stream !== null || sessions.get(session.id) !== session) {
       for (const leave of following.values()) leave()
-      if (!request.raw.destroyed) return reply.code(409).send(rpcError(null, -32000, 'Another stream was opened for this session meanwhile.', 'REQ_1101'))
-      return reply.hijack()
+      if (request.raw.destroyed) return reply.hijack()
+      if (sessions.get(session.id) !== session) return reply.code(404).send(rpcError(null, -32001, UNKNOWN_SESSION, 'REQ_1101'))
+      return reply.code(409).send(rpcError(null, -32000, 'Another stream was opened for this session meanwhile.', 'REQ_1101'))
     }
 
     reply.hijack()
@@ -244,24 +293,52 @@ export default fp(async (fastify) => {
     for (const [name, value] of Object.entries(reply.getHeaders())) if (typeof value === 'string') headers[name] = value
     for (const [namespace, leave] of following) session.following.set(namespace, leave)
     openStreams++
-    const stream = new SseStream(reply.raw, headers, config.SSE_RETRY_MS, () => { if (session.stream === stream) closeStream(session) })
-    session.stream = stream
+    const opened = new SseStream(reply.raw, headers, config.SSE_RETRY_MS, () => { if (session.stream === opened) closeStream(session) })
+    opening.stream = opened
+    session.stream = opened
+    session.streamToken = bearerTokenOf(request.headers.authorization) ?? session.token
 
     if (resumeFrom !== undefined) {
+      const isCurrent = (): boolean => opened.isOpen && session.stream === opened
       try {
-        for (const namespace of session.following.keys()) await hub.replay(namespace, resumeFrom, (batch) => deliver(session, batch, seen))
+        for (const namespace of [...session.following.keys()]) {
+          // Replayed events carry no id: a client cut off now resumes from its Last-Event-ID again.
+          const ended = await hub.replay(namespace, resumeFrom, (batch) => deliver(session, opened, batch, undefined), isCurrent)
+          if (ended.status === 'abandoned') return
+          if (ended.status === 'too_far_behind') {
+            tellToReadAgain(session, opened)
+            break
+          }
+          replayedUpTo.set(namespace, ended.position)
+        }
       } catch (error) {
-        log.warn({ err: error }, 'could not replay the history after Last-Event-ID')
-        stream.end('error', { message: 'The history could not be read; reconnect in a moment.' })
-        return
+        if (error instanceof AppError && error.code === 'REQ_1101') {
+          // Not a position of this database (restored elsewhere, or another deployment's): the
+          // stream goes on live, and the client is told to read everything again.
+          tellToReadAgain(session, opened)
+        } else {
+          log.warn({ err: error }, 'could not replay the history after Last-Event-ID')
+          opened.end('error', { message: 'The history could not be read; reconnect in a moment.' })
+          return
+        }
       }
     }
     const buffered: ChangeBatch[] = pending
     pending = null
-    for (const batch of buffered) {
-      const unseen = unseenOf(batch)
-      if (unseen.changes.length > 0) deliver(session, unseen)
+    for (const batch of buffered) toStream(batch)
+  }
+
+  /** After a gap that cannot be replayed: the list, and every subscribed resource, may have changed. */
+  function tellToReadAgain (session: Session, stream: SseStream): void {
+    stream.message(LIST_CHANGED)
+    let sent = 1
+    for (const uri of session.subscriptions) {
+      const parsed = parseResourceUri(uri)
+      if (parsed === null || !mayUse(session.principal, parsed.namespace, 'context:read')) continue
+      stream.message({ jsonrpc: '2.0', method: 'notifications/resources/updated', params: { uri } })
+      sent++
     }
+    notificationsSent.inc(sent)
   }
 
   async function endSession (request: FastifyRequest, reply: FastifyReply): Promise<void> {
@@ -274,7 +351,7 @@ export default fp(async (fastify) => {
     return reply.code(204).send()
   }
 
-  function answerSubscription (session: Session, body: JsonRpcBody): unknown {
+  async function answerSubscription (session: Session, body: JsonRpcBody): Promise<unknown> {
     const id = rpcId(body)
     if (!Value.Check(SubscribeParams, body.params)) return rpcError(id, -32602, 'Invalid params: { uri } is required, a context:// resource URI.', 'REQ_1101')
     const parsed = parseResourceUri(body.params.uri)
@@ -283,20 +360,30 @@ export default fp(async (fastify) => {
     if (!mayUse(session.principal, parsed.namespace, 'context:read')) return rpcError(id, -32602, 'Resource not found.', 'CTX_2001')
     if (body.method === UNSUBSCRIBE) {
       session.subscriptions.delete(uri)
+      if (!namespacesOf(session).has(parsed.namespace)) {
+        session.following.get(parsed.namespace)?.()
+        session.following.delete(parsed.namespace)
+      }
       return { jsonrpc: '2.0', id, result: {} }
     }
     if (!session.subscriptions.has(uri)) {
       if (session.subscriptions.size >= config.MCP_SUBSCRIPTIONS_PER_SESSION) {
-        return rpcError(id, -32602, `This session already has ${config.MCP_SUBSCRIPTIONS_PER_SESSION} subscriptions (MCP_SUBSCRIPTIONS_PER_SESSION): unsubscribe from some first.`, 'REQ_1103')
+        return rpcError(id, -32602, `This session already has ${config.MCP_SUBSCRIPTIONS_PER_SESSION} subscriptions (MCP_SUBSCRIPTIONS_PER_SESSION): unsubscribe from some first.`, 'REQ_1101')
       }
       session.subscriptions.add(uri)
     }
-    if (session.stream !== null && !session.following.has(parsed.namespace)) {
-      const stream = session.stream
-      hub.join(parsed.namespace, (batch) => deliver(session, batch)).then((leave) => {
+    const stream = session.stream
+    if (stream !== null && !session.following.has(parsed.namespace)) {
+      // Answered once the namespace's feed is settled: a change the client makes after the answer is delivered.
+      try {
+        const leave = await hub.join(parsed.namespace, (batch) => deliver(session, stream, batch))
         if (session.stream === stream && !session.following.has(parsed.namespace)) session.following.set(parsed.namespace, leave)
         else leave()
-      }, (error: unknown) => log.warn({ err: error }, 'could not follow a namespace'))
+      } catch (error) {
+        log.warn({ err: error }, 'could not follow a namespace')
+        session.subscriptions.delete(uri)
+        return rpcError(id, -32603, 'The change feed could not be read; subscribe again in a moment.', 'DEP_3001')
+      }
     }
     return { jsonrpc: '2.0', id, result: {} }
   }
@@ -332,8 +419,9 @@ export default fp(async (fastify) => {
     }
     session.lastActive = Date.now()
     session.principal = request.principal!
+    session.token = bearerTokenOf(request.headers.authorization) ?? session.token
     if (body === undefined || (method !== SUBSCRIBE && method !== UNSUBSCRIBE)) return false
-    reply.send(answerSubscription(session, body))
+    answerSubscription(session, body).then((answer) => reply.send(answer), (error: unknown) => reply.send(error))
     return true
   }
 
@@ -376,22 +464,28 @@ export default fp(async (fastify) => {
         uris.set(canonical, (uris.get(canonical) ?? new Set()).add(uri))
         namespaces.add(parsed.namespace)
       }
-      const stream: ListenStream = { principal, token: context.token, response: context.response, following: new Map(), closed: false }
+      const stream: ListenStream = { principal, token: context.token, response: context.response, following: new Map(), closed: false, backlog: 0 }
       listenStreams.add(stream)
+      // The SDK queues what the response cannot take yet: a client that reads nothing is cut off
+      // before that queue grows without bound.
+      const notify = (event: Parameters<typeof listener>[0]): void => {
+        if (stream.response.writableNeedDrain) stream.backlog++
+        else stream.backlog = 0
+        if (stream.backlog > MAX_LISTEN_BACKLOG) {
+          stream.response.destroy()
+          return
+        }
+        listener(event)
+        notificationsSent.inc()
+      }
       const sink = (batch: ChangeBatch): void => {
         if (stream.closed) return
         let listChanged = false
         for (const change of batch.changes) {
-          for (const uri of uris.get(contextUri(batch.namespace, change.key)) ?? []) {
-            listener({ kind: 'resource_updated', uri, params: { _meta: metaOf(change) } })
-            notificationsSent.inc()
-          }
+          for (const uri of uris.get(contextUri(batch.namespace, change.key)) ?? []) notify({ kind: 'resource_updated', uri, params: { _meta: metaOf(change) } })
           if (batch.namespace === principal.namespace && filter.resourcesListChanged === true && LIST_ACTIONS.has(change.action)) listChanged = true
         }
-        if (listChanged) {
-          listener({ kind: 'resources_list_changed' })
-          notificationsSent.inc()
-        }
+        if (listChanged) notify({ kind: 'resources_list_changed' })
       }
       for (const namespace of namespaces) {
         hub.join(namespace, sink).then((leave) => {
@@ -399,6 +493,7 @@ export default fp(async (fastify) => {
           else stream.following.set(namespace, leave)
         }, (error: unknown) => log.warn({ err: error }, 'could not follow a namespace'))
       }
+      context.prepared?.() // the sinks are in (hub.join adds them at once): the feeds prepareListen settled stay
       return () => {
         if (stream.closed) return
         stream.closed = true
@@ -407,6 +502,36 @@ export default fp(async (fastify) => {
         listenStreams.delete(stream)
       }
     }
+  }
+
+  async function prepareListen (principal: Principal, body: unknown): Promise<ListenPreparation> {
+    const filter = (body as { params?: { notifications?: unknown } } | undefined)?.params?.notifications
+    let open = 0
+    for (const stream of listenStreams) if (stream.principal.id === principal.id) open++
+    if (open >= config.MCP_SESSIONS_PER_PRINCIPAL) {
+      return { refusal: { code: 'REQ_1101', message: `This principal has ${open} subscriptions/listen streams open here, the most MCP_SESSIONS_PER_PRINCIPAL allows: close one first.` } }
+    }
+    if (!Value.Check(ListenFilter, filter)) return { release: () => {} } // the SDK answers a malformed filter itself
+    const subscriptions = new Set(filter.resourceSubscriptions ?? [])
+    if (subscriptions.size > config.MCP_SUBSCRIPTIONS_PER_SESSION) {
+      return { refusal: { code: 'REQ_1101', message: `notifications.resourceSubscriptions names ${subscriptions.size} resources; at most ${config.MCP_SUBSCRIPTIONS_PER_SESSION} (MCP_SUBSCRIPTIONS_PER_SESSION) per stream.` } }
+    }
+    const namespaces = new Set<string>()
+    if (filter.resourcesListChanged === true) namespaces.add(principal.namespace)
+    for (const uri of subscriptions) {
+      const parsed = parseResourceUri(uri)
+      if (parsed !== null && mayUse(principal, parsed.namespace, 'context:read')) namespaces.add(parsed.namespace)
+    }
+    // The feeds are joined (and so settled) before the SDK acknowledges; the stream's own sinks join them then.
+    const leaves: Array<() => void> = []
+    const release = (): void => { for (const leave of leaves.splice(0)) leave() }
+    try {
+      for (const namespace of namespaces) leaves.push(await hub.join(namespace, () => {}))
+    } catch (error) {
+      release()
+      throw error
+    }
+    return { release }
   }
 
   // ---- heartbeats, token re-checks, idle sessions
@@ -428,7 +553,7 @@ export default fp(async (fastify) => {
 
   async function recheckTokens (): Promise<void> {
     const tokens = new Set<string>()
-    for (const session of sessions.all()) if (session.stream !== null) tokens.add(session.token)
+    for (const session of sessions.all()) if (session.streamToken !== null) tokens.add(session.streamToken)
     for (const stream of listenStreams) tokens.add(stream.token)
     for (const token of tokens) {
       let refusal: AppError | undefined
@@ -440,7 +565,13 @@ export default fp(async (fastify) => {
       }
       if (refusal === undefined) continue
       for (const session of sessions.all()) {
+        if (session.streamToken !== token) continue
+        // The stream ends; so does the session, unless the client has used a newer token since (a refresh).
         if (session.token === token) endSessionNow(session, 'unauthorized', `${refusal.code}: ${refusal.message}`)
+        else {
+          session.stream?.end('unauthorized', { message: `${refusal.code}: ${refusal.message}` })
+          closeStream(session)
+        }
       }
       for (const stream of listenStreams) if (stream.token === token) stream.response.destroy()
     }
@@ -454,6 +585,7 @@ export default fp(async (fastify) => {
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
     clearInterval(maintenance)
+    if (unlistenedPoll !== undefined) clearInterval(unlistenedPoll)
     hub.close()
     await listener.close()
   })
@@ -464,6 +596,7 @@ export default fp(async (fastify) => {
     endSession,
     bus,
     modernContext,
+    prepareListen,
     listener,
     counts: () => {
       let subscriptions = 0

@@ -110,6 +110,9 @@ class ContextServer extends Server {
   }
 }
 
+/** What shutdown keeps of SHUTDOWN_TIMEOUT_MS for closing after the calls in flight have had their time. */
+const SHUTDOWN_RESERVE_MS = 2000
+
 const CallToolParamsSchema = Type.Object({
   name: Type.String({ maxLength: 256 }),
   arguments: Type.Optional(Type.Record(Type.String(), Type.Unknown()))
@@ -263,11 +266,13 @@ export default fp(async (fastify) => {
     legacy: 'reject',
     onerror: (error) => fastify.log.debug({ err: error }, 'mcp request rejected'),
     bus: live.bus,
-    keepAliveMs: fastify.config.SSE_HEARTBEAT_MS
+    keepAliveMs: fastify.config.SSE_HEARTBEAT_MS,
+    // Listen streams of the whole instance (the SDK's default is 1024); per principal, prepareListen limits them.
+    maxSubscriptions: fastify.config.MCP_SESSIONS_MAX
   })
   const modernHandler = toNodeHandler(withCatalogueCodes(modern))
   // 2026-07-28 exchanges in flight other than subscriptions/listen streams: shutdown lets them finish.
-  const inFlight = { modernCalls: 0 }
+  const inFlight = { modernCalls: 0, drained: null as (() => void) | null }
   const serveModern: NodeMcpRequestHandler = async (request, response, body) => {
     const caller = (request as { auth?: AuthInfo }).auth?.extra?.caller as CallerInfo | undefined
     const method = (body as { method?: unknown } | undefined)?.method
@@ -276,12 +281,26 @@ export default fp(async (fastify) => {
       try {
         return await modernHandler(request, response, body)
       } finally {
-        inFlight.modernCalls--
+        if (--inFlight.modernCalls === 0) inFlight.drained?.()
       }
+    }
+    const preparation = await live.prepareListen(caller.principal, body)
+    if (preparation.refusal !== undefined) {
+      const id = (body as { id?: unknown } | undefined)?.id
+      ;(response as ServerResponse).writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({
+        jsonrpc: '2.0',
+        id: typeof id === 'string' || typeof id === 'number' ? id : null,
+        error: { code: -32602, message: preparation.refusal.message, data: { code: preparation.refusal.code } }
+      }))
+      return
     }
     const authorization = request.headers.authorization
     const token = typeof authorization === 'string' ? bearerTokenOf(authorization) ?? '' : ''
-    return await live.modernContext.run({ principal: caller.principal, token, response: response as ServerResponse, body }, () => modernHandler(request, response, body))
+    try {
+      return await live.modernContext.run({ principal: caller.principal, token, response: response as ServerResponse, body, prepared: preparation.release }, () => modernHandler(request, response, body))
+    } finally {
+      preparation.release()
+    }
   }
 
   fastify.decorateRequest('callRecord', null)
@@ -290,9 +309,20 @@ export default fp(async (fastify) => {
   fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern })
 
   // subscriptions/listen streams end with their final result once the calls in flight are answered.
+  // The wait leaves part of SHUTDOWN_TIMEOUT_MS for what closing does after it (the pool, the
+  // embedded database): the process must exit within the budget, not be cut off at its end.
   fastify.addHook('preClose', async () => {
-    const deadline = Date.now() + fastify.config.SHUTDOWN_TIMEOUT_MS
-    while (inFlight.modernCalls > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+    if (inFlight.modernCalls > 0) {
+      const budgetMs = fastify.config.SHUTDOWN_TIMEOUT_MS
+      const waitMs = Math.max(budgetMs / 2, budgetMs - SHUTDOWN_RESERVE_MS)
+      let timer: NodeJS.Timeout | undefined
+      await new Promise<void>((resolve) => {
+        inFlight.drained = resolve
+        timer = setTimeout(resolve, waitMs)
+      })
+      clearTimeout(timer)
+      inFlight.drained = null
+    }
     await modern.close()
   })
   fastify.addHook('onClose', async () => {

@@ -1,4 +1,5 @@
 import { test } from 'tap'
+import { encodePosition } from '../../db/change-feed.js'
 import { generateToken, hashToken } from '../../plugins/auth.js'
 import { createSessions } from '../../live/sessions.js'
 import { singleNamespacePrincipal } from '../../schema/principal.js'
@@ -174,12 +175,44 @@ test('Last-Event-ID while a transaction elsewhere holds the horizon: the missed 
   await callTool(app, 'append_context', { key: 'held/key', content: 'three' })
   const resumed = await openRawStream(url, session, { lastEventId: lastId ?? '' })
   await eventually(() => app.live.counts().streams === 1, { what: 'the resumed stream' })
+  // The replay has run once it found rows held back: the hub then reads again on a timer.
+  await eventually(() => app.live.counts().timers > 0, { what: 'the replay to find the held-back rows' })
   t.notMatch(resumed.text(), /"shared-context-mcp\/version":[23]/, 'held back while the transaction runs')
   await holder`commit`
   await eventually(() => /"shared-context-mcp\/version":3/.test(resumed.text()), { what: 'the missed versions after the horizon moved' })
   const versions = [...resumed.text().matchAll(/"shared-context-mcp\/version":(\d+)/g)].map((match) => Number(match[1]))
   t.same(versions, [2, 3], 'each missed version once')
   resumed.abort()
+})
+
+test('a Last-Event-ID that is no position of this database: the stream goes on live, and the client is told to read again', async (t) => {
+  const { app, url } = await one(t)
+  const session = await initializeSession(url)
+  if (session === null) throw new Error('no session')
+  await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf('ahead/key') })
+  const ahead = encodePosition({ txid: '900000000000000', id: 1 })
+  const stream = await openRawStream(url, session, { lastEventId: ahead })
+  t.equal(stream.status, 200, 'the stream opens')
+  await eventually(() => stream.text().includes('notifications/resources/list_changed'), { what: 'list_changed' })
+  t.match(stream.text(), /"method":"notifications\/resources\/updated","params":\{"uri":"context:\/\/default\/ahead\/key"\}/, 'and resources/updated for each subscription, without a version')
+  await callTool(app, 'write_context', { key: 'ahead/key', content: 'one' })
+  await eventually(() => /"shared-context-mcp\/version":1/.test(stream.text()), { what: 'the next live version' })
+  stream.abort()
+})
+
+test('subscriptions/listen streams are bounded per principal (MCP_SESSIONS_PER_PRINCIPAL) and by MCP_SUBSCRIPTIONS_PER_SESSION', async (t) => {
+  const { app, url } = await one(t, { MCP_SESSIONS_PER_PRINCIPAL: '1', MCP_SUBSCRIPTIONS_PER_SESSION: '2' })
+  const { client } = await v2Client(t, url)
+  const refusalOf = (listening: Promise<unknown>): Promise<unknown> => listening.then(() => 'not refused', (error: unknown) => error)
+  t.match(await refusalOf(client.listen({ resourceSubscriptions: [uriOf('a'), uriOf('b'), uriOf('c')] })), { data: { code: 'REQ_1101' } }, 'three resources where two are allowed: REQ_1101')
+  const first = await client.listen({ resourceSubscriptions: [uriOf('a')] })
+  await eventually(() => app.live.counts().listenStreams === 1, { what: 'the first listen stream' })
+  t.match(await refusalOf(client.listen({ resourcesListChanged: true })), { data: { code: 'REQ_1101' } }, 'a second stream of the same principal: REQ_1101')
+  await first.close()
+  await eventually(() => app.live.counts().listenStreams === 0, { what: 'the first stream to be released' })
+  const second = await client.listen({ resourcesListChanged: true })
+  t.ok(second, 'once it is closed, another may open')
+  await second.close()
 })
 
 test("on Fly.io a session's stream and subscriptions that reach another machine are replayed to the machine that holds it", async (t) => {
