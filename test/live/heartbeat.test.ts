@@ -20,9 +20,10 @@ const URI = 'context://default/long/lived'
 const PROXY_IDLE_MS = 5000
 
 /** A TCP proxy that drops a connection after PROXY_IDLE_MS without traffic in either direction, as load balancers do. */
-async function idleTimeoutProxy (targetPort: number): Promise<{ port: number, idleDrops: () => number, streamDrops: () => number, close: () => Promise<void> }> {
+async function idleTimeoutProxy (targetPort: number): Promise<{ port: number, idleDrops: () => number, streamDrops: () => number, streamOpens: () => number, close: () => Promise<void> }> {
   let drops = 0
   let streamDrops = 0
+  let streamOpens = 0
   const sockets = new Set<Socket>()
   const server = createServer((client) => {
     const upstream = connect(targetPort, '127.0.0.1')
@@ -31,8 +32,13 @@ async function idleTimeoutProxy (targetPort: number): Promise<{ port: number, id
       socket.on('close', () => sockets.delete(socket))
       socket.on('error', () => { client.destroy(); upstream.destroy() })
     }
+    // A keep-alive connection may carry POSTs first and the stream's GET later: every chunk is looked at.
     let carriesStream = false
-    client.once('data', (chunk: Buffer) => { carriesStream = chunk.toString('latin1').startsWith('GET ') })
+    client.on('data', (chunk: Buffer) => {
+      const opens = chunk.toString('latin1').match(/(?:^|\r\n)GET \/mcp HTTP/g)?.length ?? 0
+      if (opens > 0) carriesStream = true
+      streamOpens += opens
+    })
     client.pipe(upstream)
     upstream.pipe(client)
     // Socket timeouts count reads and writes: traffic either way keeps the connection.
@@ -50,6 +56,7 @@ async function idleTimeoutProxy (targetPort: number): Promise<{ port: number, id
     port: address.port,
     idleDrops: () => drops,
     streamDrops: () => streamDrops,
+    streamOpens: () => streamOpens,
     close: async () => {
       for (const socket of sockets) socket.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))
@@ -94,4 +101,5 @@ test('a 2 s heartbeat keeps a stream open 20 s through a proxy that drops connec
   t.equal(written.statusCode, 200)
   await eventually(() => updated.includes(URI), { what: 'the notification after 20 s' })
   t.equal(app.live.counts().streams, 1, 'still the one stream')
+  t.equal(proxy.streamOpens(), 1, 'opened once: the client never had to reconnect it')
 })
