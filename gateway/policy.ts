@@ -1,10 +1,30 @@
 /**
  * The contract between the gateway's call path (G1: gateway/call.ts) and the approval gate and the
- * audit (G2: gateway/approvals.ts, db/gateway-store.ts). Types only.
+ * audit (G2: gateway/approvals.ts, db/gateway-store.ts), and the approval part of an upstream's entry.
  */
+import { Type, type Static } from '@sinclair/typebox'
 import type { Principal } from '../schema/principal.js'
 import type { ToolCallResult } from '../tools/registry.js'
 import type { ErrorCode } from '../schema/errors.js'
+
+/**
+ * How a person approves an upstream's gated calls. in-band: the client asks its user (2025:
+ * elicitation/create during the call; 2026-07-28: an input-required answer), when it can; otherwise,
+ * and always with out-of-band, the call waits for `cli approvals approve|reject`.
+ */
+export const ApprovalModeSchema = Type.Union([Type.Literal('in-band'), Type.Literal('out-of-band')])
+export type ApprovalModeSetting = Static<typeof ApprovalModeSchema>
+
+/** An upstream entry's `approval` (UPSTREAMS_FILE): all optional. */
+export const UpstreamApprovalSchema = Type.Object({
+  /** Default: APPROVAL_MODE (out-of-band unless the server listens on loopback only). */
+  mode: Type.Optional(ApprovalModeSchema),
+  /** Per tool (the upstream's own tool names; globs as in `allow`): overrides `mode`. */
+  tools: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 128 }), ApprovalModeSchema)),
+  /** How long a pending approval (or an in-band question) waits for its answer. */
+  expiresInSeconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 7 * 24 * 3600 }))
+}, { additionalProperties: false })
+export type UpstreamApproval = Static<typeof UpstreamApprovalSchema>
 
 export interface UpstreamToolAnnotations { readOnlyHint?: boolean, destructiveHint?: boolean, idempotentHint?: boolean, openWorldHint?: boolean }
 
@@ -70,6 +90,8 @@ export type CallOutcome = 'ok' | 'tool_error' | 'timeout' | 'upstream_error' | '
 
 export interface CallRecord {
   principal: string
+  /** The principal's home namespace (principal.namespace): the audit is keyed by it, like every table. */
+  namespace: string
   client: string | null
   upstream: string
   tool: string
