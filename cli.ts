@@ -1,6 +1,6 @@
 import { createReadStream, createWriteStream, fstatSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { finished, pipeline } from 'node:stream/promises'
 import { createInterface } from 'node:readline'
@@ -10,6 +10,7 @@ import { Redis } from 'ioredis'
 import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
+import { createGatewayStore, type Approval } from './db/gateway-store.js'
 import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
 import { cliGrantRevoker, listClients, revokeClient, revokeGrant, setOwnerPassword } from './oauth/admin.js'
@@ -42,6 +43,16 @@ const USAGE = `Usage: node dist/cli.js <command>
                                skipped, a different one is reported as a conflict (exit 3)
 
   The built-in OAuth authorization server (OAUTH_SERVER=on; these work on its tables either way):
+  The gateway's approvals (calls of upstream tools that wait for a person):
+  approvals list [--all]       the pending ones (--all: every approval, newest first): id, who
+                               asked, the call with its arguments, expiry
+  approvals approve --id ID [--as NAME]
+                               approve a pending call: it runs once, when the model asks for it
+                               with get_approval; recorded as decided by NAME (default: your OS
+                               user name)
+  approvals reject --id ID [--as NAME]
+                               reject it: it is cancelled and never runs
+
   oauth set-password           set the owner password the consent page asks for: typed twice
                                (hidden) on a terminal, else the first line of stdin; ends the
                                sign-ins in progress
@@ -431,6 +442,63 @@ async function oauthCommand (args: string[]): Promise<void> {
   }
 }
 
+function describeApproval (approval: Approval): string {
+  const call = `${approval.upstream}__${approval.tool}${approval.arguments === null ? '' : ` ${JSON.stringify(approval.arguments)}`}`
+  const decided = approval.decidedBy === null ? '' : `\tdecided by ${approval.decidedBy} at ${approval.decidedAt?.toISOString() ?? ''}`
+  return `${approval.id}\t${approval.status}\t${call}\tasked by ${approval.requestedBy}${approval.client === null ? '' : ` via ${approval.client}`} ` +
+    `at ${approval.requestedAt.toISOString()}\texpires ${approval.expiresAt.toISOString()}${decided}`
+}
+
+/** Who decides: --as NAME, else the OS user running the command, recorded as `cli:NAME`. */
+function deciderOf (name: string | undefined): string {
+  const who = name ?? userInfo().username
+  if (!/^[A-Za-z0-9_.@:-]{1,64}$/.test(who)) fail('--as must be 1-64 characters of A-Z a-z 0-9 _ . @ : -', 2)
+  return `cli:${who}`
+}
+
+async function approvalsCommand (args: string[]): Promise<void> {
+  const [action, ...rest] = args
+  let values: { id?: string, as?: string, all?: boolean }
+  try {
+    values = parseArgs({ args: withJoinedValues(rest, ['id', 'as']), options: { id: { type: 'string' }, as: { type: 'string' }, all: { type: 'boolean' } }, strict: true }).values
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+  }
+  switch (action) {
+    case 'list':
+      await withDatabase(async ({ sql }) => {
+        const store = createGatewayStore(sql)
+        await store.expireApprovals()
+        const approvals = await store.listApprovals({ all: values.all === true })
+        for (const approval of approvals) process.stdout.write(`${describeApproval(approval)}\n`)
+        if (approvals.length === 0) process.stdout.write(values.all === true ? 'No approvals.\n' : 'No pending approvals.\n')
+      })
+      return
+    case 'approve':
+    case 'reject': {
+      const id = values.id ?? fail(`approvals ${action} needs --id ID (node dist/cli.js approvals list shows them)`, 2)
+      if (!/^apr_[A-Za-z0-9]{16}$/.test(id)) fail('--id must be an approval id such as apr_3fZk9QpLx2mWb7Tc (node dist/cli.js approvals list shows them)', 2)
+      const decidedBy = deciderOf(values.as)
+      await withDatabase(async ({ sql }) => {
+        const result = await createGatewayStore(sql).decideApproval(id, action === 'approve' ? 'approved' : 'rejected', decidedBy)
+        if (result.status === 'not_found') fail(`No approval with id "${id}" (node dist/cli.js approvals list shows the pending ones).`)
+        if (result.status === 'not_pending') {
+          const { approval } = result
+          const state = approval.status === 'expired' ? `expired at ${approval.expiresAt.toISOString()}` : `${approval.status}${approval.decidedBy === null ? '' : ` (decided by ${approval.decidedBy})`}`
+          fail(`Approval ${id} is not pending: it is ${state}. Nothing was changed.`)
+        }
+        const { approval } = result
+        process.stdout.write(action === 'approve'
+          ? `Approved ${id}: ${approval.upstream}__${approval.tool} runs once, when the model asks with get_approval (before ${approval.expiresAt.toISOString()}). Recorded as decided by ${decidedBy}.\n`
+          : `Rejected ${id}: ${approval.upstream}__${approval.tool} is cancelled and never runs. Recorded as decided by ${decidedBy}.\n`)
+      })
+      return
+    }
+    default:
+      fail(USAGE, 2)
+  }
+}
+
 async function exportCommand (args: string[]): Promise<void> {
   let namespace: string | undefined
   try {
@@ -512,6 +580,9 @@ try {
       break
     case 'oauth':
       await oauthCommand(args)
+      break
+    case 'approvals':
+      await approvalsCommand(args)
       break
     case 'export':
       await exportCommand(args)
