@@ -11,6 +11,7 @@ import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createContextStore } from './db/context-store.js'
 import { createGatewayStore, type Approval } from './db/gateway-store.js'
+import { approvalToolName } from './gateway/approvals.js'
 import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
 import { cliGrantRevoker, listClients, revokeClient, revokeGrant, setOwnerPassword } from './oauth/admin.js'
@@ -443,7 +444,7 @@ async function oauthCommand (args: string[]): Promise<void> {
 }
 
 function describeApproval (approval: Approval): string {
-  const call = `${approval.upstream}__${approval.tool}${approval.arguments === null ? '' : ` ${JSON.stringify(approval.arguments)}`}`
+  const call = `${approvalToolName(approval.upstream, approval.tool)}${approval.arguments === null ? '' : ` ${JSON.stringify(approval.arguments)}`}`
   const decided = approval.decidedBy === null ? '' : `\tdecided by ${approval.decidedBy} at ${approval.decidedAt?.toISOString() ?? ''}`
   return `${approval.id}\t${approval.status}\t${call}\tasked by ${approval.requestedBy}${approval.client === null ? '' : ` via ${approval.client}`} ` +
     `at ${approval.requestedAt.toISOString()}\texpires ${approval.expiresAt.toISOString()}${decided}`
@@ -489,8 +490,8 @@ async function approvalsCommand (args: string[]): Promise<void> {
         }
         const { approval } = result
         process.stdout.write(action === 'approve'
-          ? `Approved ${id}: ${approval.upstream}__${approval.tool} runs once, when the model asks with get_approval (before ${approval.expiresAt.toISOString()}). Recorded as decided by ${decidedBy}.\n`
-          : `Rejected ${id}: ${approval.upstream}__${approval.tool} is cancelled and never runs. Recorded as decided by ${decidedBy}.\n`)
+          ? `Approved ${id}: ${approvalToolName(approval.upstream, approval.tool)} runs once, when the model asks with get_approval (before ${approval.expiresAt.toISOString()}). Recorded as decided by ${decidedBy}.\n`
+          : `Rejected ${id}: ${approvalToolName(approval.upstream, approval.tool)} is cancelled and never runs. Recorded as decided by ${decidedBy}.\n`)
       })
       return
     }

@@ -13,6 +13,12 @@ import type {
   UpstreamApproval, UpstreamToolAnnotations
 } from './policy.js'
 
+/**
+ * The `upstream` of approvals of the server's own tools (APPROVE_CONTEXT_TOOLS: delete_context,
+ * restore_context). No upstream can be named so: upstream names are tool-name prefixes.
+ */
+export const CONTEXT_TOOLS_UPSTREAM = '(context)'
+
 /** The scope of whoever decides approvals outside the model's reach (the web view; the CLI works on the database directly). */
 export const APPROVER_SCOPE = 'approvals:decide'
 
@@ -47,9 +53,8 @@ export function argumentsDigest (args: Record<string, unknown>): string {
 }
 
 /** `*` (any run of characters) and `?` (one) in a tool-name glob; everything else literal. */
-function globMatches (glob: string, name: string): boolean {
-  const pattern = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')
-  return new RegExp(`^${pattern}$`).test(name)
+function globToRegExp (glob: string): RegExp {
+  return new RegExp(`^${glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`)
 }
 
 export interface UpstreamApprovalRule {
@@ -64,6 +69,8 @@ export interface ApprovalRules {
   defaultMode: ApprovalModeSetting
   /** APPROVAL_EXPIRES_SECONDS: how long an out-of-band approval waits, unless the upstream says. */
   expiresInSeconds?: number
+  /** APPROVE_CONTEXT_TOOLS: the server's own tools that need approval (upstream CONTEXT_TOOLS_UPSTREAM). */
+  contextTools?: ReadonlySet<string>
 }
 
 export interface ApprovalGateDependencies {
@@ -103,10 +110,10 @@ const checkGetApproval = TypeCompiler.Compile(GET_APPROVAL_TOOL.inputSchema)
 
 const CONFIRM_KEY = 'approval'
 const ConfirmSchema = {
-  type: 'object',
-  properties: { approve: { type: 'boolean', title: 'Run it', description: 'Yes runs the call once; no cancels it.' } },
+  type: 'object' as const,
+  properties: { approve: { type: 'boolean' as const, title: 'Run it', description: 'Yes runs the call once; no cancels it.' } },
   required: ['approve']
-} as const
+}
 
 function shown (args: Record<string, unknown>): string {
   const text = canonicalJson(args)
@@ -117,8 +124,13 @@ function whatItDoes (federatedName: string, args: Record<string, unknown> | null
   return args === null ? federatedName : `${federatedName} ${shown(args)}`
 }
 
-function federatedNameOf (approval: Approval): string {
-  return `${approval.upstream}__${approval.tool}`
+/** The tool name the model called for an approval: `<upstream>__<tool>`, or the server's own tool's name. */
+export function approvalToolName (upstream: string, tool: string): string {
+  return upstream === CONTEXT_TOOLS_UPSTREAM ? tool : `${upstream}__${tool}`
+}
+
+function federatedNameOf (approval: Pick<Approval, 'upstream' | 'tool'>): string {
+  return approvalToolName(approval.upstream, approval.tool)
 }
 
 function pendingResult (approval: Approval): ToolCallResult {
@@ -139,7 +151,7 @@ function runningResult (approval: Approval): ToolCallResult {
 }
 
 function refusedResult (approval: Pick<Approval, 'id' | 'upstream' | 'tool' | 'status' | 'decidedBy' | 'decidedAt' | 'expiresAt'>, status: 'rejected' | 'expired'): ToolCallResult {
-  const name = `${approval.upstream}__${approval.tool}`
+  const name = federatedNameOf(approval)
   const why = status === 'rejected'
     ? `was rejected by ${approval.decidedBy ?? 'a person'}${approval.decidedAt === null ? '' : ` at ${approval.decidedAt.toISOString()}`}`
     : `expired at ${approval.expiresAt.toISOString()} without being ${approval.decidedAt === null ? 'decided' : 'collected'}`
@@ -162,7 +174,12 @@ function unknownApproval (id: string): ToolCallResult {
  */
 export function createApprovalGate (dependencies: ApprovalGateDependencies): GatewayApprovals {
   const { store, rules, log } = dependencies
-  const matches = dependencies.matches ?? globMatches
+  const compiled = new Map<string, RegExp>()
+  const matches = dependencies.matches ?? ((glob: string, name: string) => {
+    let pattern = compiled.get(glob)
+    if (pattern === undefined) compiled.set(glob, pattern = globToRegExp(glob))
+    return pattern.test(name)
+  })
   const now = dependencies.now ?? Date.now
   const codecs = new Map<number, Promise<ApprovalStateCodec>>()
 
@@ -330,6 +347,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
 
   return {
     requires (upstream: string, tool: string, annotations: UpstreamToolAnnotations): boolean {
+      if (upstream === CONTEXT_TOOLS_UPSTREAM) return rules.contextTools?.has(tool) === true
       const confirm = rules.upstreams.get(upstream)?.confirm
       if (confirm !== undefined) return confirm.some((glob) => matches(glob, tool))
       // MCP's defaults: a tool is destructive unless it says it is read-only or not destructive.

@@ -126,8 +126,17 @@ test('gateway store: the audit keeps a digest, never the arguments, and exports 
   const digest = argumentsDigest({ secret: 'do-not-store' })
   for (let index = 0; index < 5; index++) {
     await store.recordCall({
-      namespace: index % 2 === 0 ? 'a' : 'b', principal: 'token:ci', client: null, upstream: 'hr', tool: 'list_employees', argumentsDigest: digest,
-      outcome: 'ok', code: null, attempts: 1, durationMs: 12.6, approvalId: null
+      namespace: index % 2 === 0 ? 'a' : 'b',
+      principal: 'token:ci',
+      client: null,
+      upstream: 'hr',
+      tool: 'list_employees',
+      argumentsDigest: digest,
+      outcome: 'ok',
+      code: null,
+      attempts: 1,
+      durationMs: 12.6,
+      approvalId: null
     })
   }
   const rows = await sql`select * from gateway_calls`
