@@ -51,6 +51,8 @@ declare module 'fastify' {
       modernContext: AsyncLocalStorage<ModernRequestContext>
       listener: ChangeListener
       counts: () => LiveCounts
+      /** Writes a notification (e.g. notifications/tools/list_changed) to every open 2025-era session stream. */
+      notifySessions: (message: Record<string, unknown>) => void
     }
   }
 }
@@ -448,6 +450,13 @@ export default fp(async (fastify) => {
     bus,
     modernContext,
     listener,
+    notifySessions: (message: Record<string, unknown>) => {
+      for (const session of sessions.all()) {
+        if (session.stream === null || !session.stream.isOpen) continue
+        session.stream.message(message)
+        notificationsSent.inc()
+      }
+    },
     counts: () => {
       let subscriptions = 0
       for (const session of sessions.all()) subscriptions += session.subscriptions.size

@@ -160,7 +160,12 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     if (outcome.reason === 'batch') {
       return reply.code(400).send(jsonRpcError(null, -32600, 'JSON-RPC batches are not supported: send one message per POST.'))
     }
-    if (outcome.reason === 'response' || outcome.reason === 'http-method') return reply.code(202).send()
+    if (outcome.reason === 'response') {
+      // A client's answer to what the gateway asked it mid-call (elicitation, sampling).
+      fastify.gateway?.deliverClientResponse(body, request.principal!)
+      return reply.code(202).send()
+    }
+    if (outcome.reason === 'http-method') return reply.code(202).send()
     if (isJsonRpcRequest(body)) return serveLegacy(request, reply, body)
     mcp.legacy.deliver(body as JSONRPCNotification, { authInfo: authInfoFor(callerOf(request)) })
     return reply.code(202).send()
@@ -177,6 +182,10 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
     const caller = callerOf(request)
+    if (body.method === 'tools/call' && fastify.gateway !== null) {
+      const federated = fastify.gateway.serveLegacyCall(request, reply, body, caller)
+      if (federated !== undefined) return await federated
+    }
     // tools/call and resources/read are answered directly (see plugins/mcp.ts); the rest by the SDK's server.
     const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? mcp.answerResourceRead : undefined
     const answer = direct !== undefined
