@@ -20,7 +20,7 @@ import { ownerPasswordProblem } from './oauth/owner-password.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
 import { SERVER_INFO } from './plugins/mcp.js'
 import { builtInIssuerOf, ConfigError, loadConfig, MAX_JWT_CLOCK_SKEW_SECONDS, type Config } from './schema/config.js'
-import { SCOPES, type Scope } from './schema/principal.js'
+import { SCOPES, scopeNameProblem, type Scope } from './schema/principal.js'
 import { serve } from './server.js'
 
 const USAGE = `Usage: node dist/cli.js <command>
@@ -29,6 +29,8 @@ const USAGE = `Usage: node dist/cli.js <command>
   migrate                      apply pending database migrations and exit
   token create --name NAME [--namespace NS] [--scopes context:read,context:write] [--global-admin]
                                create an API token; printed once, only its hash is stored.
+                               Scopes: context:read|write|delete|admin, and the names the
+                               gateway's upstream rules use (domain:action, e.g. hr:read).
                                context:admin is admin of NS only (default: default);
                                --global-admin makes the token admin of every namespace
   token list                   list tokens (never their secrets)
@@ -98,12 +100,14 @@ async function withDatabase (action: (database: Awaited<ReturnType<typeof openDa
   }
 }
 
+/** --scopes: this server's context scopes, and any other domain:action name the gateway's upstream rules use (hr:read). */
 function parseScopes (value: string | undefined): Scope[] {
   if (value === undefined) return ['context:read', 'context:write', 'context:delete']
-  const scopes = value.split(',').map((scope) => scope.trim()).filter((scope) => scope !== '')
-  const unknown = scopes.filter((scope) => !(SCOPES as readonly string[]).includes(scope))
-  if (unknown.length > 0 || scopes.length === 0) fail(`Unknown scope(s): ${unknown.join(', ') || '(none given)'}. Scopes: ${SCOPES.join(', ')}.`, 2)
-  return scopes as Scope[]
+  const scopes = [...new Set(value.split(',').map((scope) => scope.trim()).filter((scope) => scope !== ''))]
+  if (scopes.length === 0) fail(`Unknown scope(s): (none given). Scopes: ${SCOPES.join(', ')}, and the gateway's (domain:action, e.g. hr:read).`, 2)
+  const problems = scopes.map(scopeNameProblem).filter((problem) => problem !== undefined)
+  if (problems.length > 0) fail(`Unknown scope(s): ${problems.join('; ')}. Scopes: ${SCOPES.join(', ')}, and the gateway's (domain:action, e.g. hr:read).`, 2)
+  return scopes
 }
 
 /** What a token may do, in words: said plainly at creation because "admin" alone does not say where. */

@@ -3,10 +3,12 @@ import { Value } from '@sinclair/typebox/value'
 import type { JWTPayload } from 'jose'
 import type { Config } from '../schema/config.js'
 import { NAMESPACE_PATTERN } from '../schema/key.js'
-import { SCOPES, multiNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
+import { SCOPE_NAME_PATTERN, isScopeName, multiNamespacePrincipal, scopeNameProblem, type Principal, type Scope } from '../schema/principal.js'
 
+// Scope names are an open set (the gateway's upstream rules use hr:read and the like); under
+// context: only this server's own (a typo such as context:wirte is refused).
 export const RoleGrantSchema = Type.Object({
-  scopes: Type.Array(Type.Union(SCOPES.map((scope) => Type.Literal(scope))), { minItems: 1 }),
+  scopes: Type.Array(Type.String({ pattern: SCOPE_NAME_PATTERN, maxLength: 64 }), { minItems: 1 }),
   namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NAMESPACE_PATTERN }))
 }, { additionalProperties: false })
 
@@ -33,7 +35,7 @@ export function roleMapProblems (json: string): string[] {
     const [role, field, index] = error.path.split('/').slice(1).map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'))
     const where = role === undefined ? '' : ` role ${JSON.stringify(role)}${field === undefined ? '' : ` ${field}${index === undefined ? '' : `[${index}]`}`}`
     const message = field === 'scopes' && index !== undefined
-      ? `unknown scope ${JSON.stringify(error.value)}; known scopes are ${SCOPES.join(', ')}`
+      ? typeof error.value === 'string' ? String(scopeNameProblem(error.value)) : 'must be a scope name such as context:read or hr:read'
       : field === 'namespace'
         ? 'must be 1-255 characters of A-Z a-z 0-9 _ . : / -'
         : error.message
@@ -92,16 +94,16 @@ export function rolesOf (claims: JWTPayload, roleClient?: string): Set<string> {
 }
 
 /**
- * OAuth scope values (`scope` string or `scp` string/array) that are scopes of this server — except
- * context:admin, which only a mapped role grants: some identity providers issue any API scope a
- * client asks for.
+ * OAuth scope values (`scope` string or `scp` string/array) that are scope names (context:read,
+ * hr:read; not OpenID's openid or profile) — except context:admin, which only a mapped role grants:
+ * some identity providers issue any API scope a client asks for.
  */
 export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
   const values = [
     ...(typeof claims.scope === 'string' ? claims.scope.split(' ') : []),
     ...(typeof claims.scp === 'string' ? claims.scp.split(' ') : stringsOf(claims.scp))
   ]
-  return new Set(values.filter((value): value is Scope => value !== 'context:admin' && (SCOPES as readonly string[]).includes(value)))
+  return new Set(values.filter((value) => value !== 'context:admin' && isScopeName(value)))
 }
 
 /**
