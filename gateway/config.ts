@@ -1,17 +1,17 @@
 import { readFileSync } from 'node:fs'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { scopeNameProblem } from '../schema/principal.js'
 import { UpstreamApprovalSchema } from './policy.js'
 
 /**
  * The upstreams file (UPSTREAMS_FILE): the MCP servers the gateway federates. A leaf module: it
- * imports nothing of ours but the approval part of an entry (gateway/policy.ts, TypeBox only), so that schema/config.ts can validate the file with the rest of the
+ * imports nothing of ours but leaves (scope names, the approval part of an entry), so that schema/config.ts can validate the file with the rest of the
  * configuration at start (every problem listed, exit 1).
  */
 
 // A name becomes the `<name>__` prefix of tool names: no double underscore, so the split is unambiguous.
 export const UPSTREAM_NAME_PATTERN = '^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$'
-const SCOPE_NAME_PATTERN = '^[A-Za-z0-9_.-]{1,64}(?::[A-Za-z0-9_.*-]{1,64})?$'
 const HEADER_NAME_PATTERN = '^[A-Za-z0-9!#$%&\'*+.^_`|~-]{1,128}$'
 const GLOB = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_./:*?-]+$', description: 'a tool name, or a glob with * and ?' })
 
@@ -37,12 +37,13 @@ export const UpstreamSchema = Type.Object({
   url: Type.String({ pattern: '^https?://[^\\s]+$', description: 'Streamable HTTP endpoint' }),
   headers: Type.Record(Type.String({ pattern: HEADER_NAME_PATTERN }), Type.String({ maxLength: 8192 }), { default: {}, description: 'sent with every request; $' + '{ENV_VAR} is replaced from the environment' }),
   critical: Type.Boolean({ default: false, description: 'true: /ready is degraded while this upstream is down' }),
-  allow: Type.Record(Type.String({ pattern: SCOPE_NAME_PATTERN }), Type.Array(GLOB, { minItems: 1 }), { default: {}, description: 'scope -> tool-name globs it may see and call; nothing else is visible' }),
+  allow: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Type.Array(GLOB, { minItems: 1 }), { default: {}, description: 'scope -> tool-name globs it may see and call; nothing else is visible' }),
   confirm: Type.Optional(Type.Array(GLOB, { description: "tools that need a person's approval; default: those the upstream marks destructive" })),
   timeoutMs: Type.Integer({ minimum: 100, maximum: 3600000, default: 30000, description: 'one attempt of a call; progress notifications restart it' }),
   connectTimeoutMs: Type.Integer({ minimum: 100, maximum: 600000, default: 5000 }),
   concurrency: Type.Integer({ minimum: 1, maximum: 1000, default: 16, description: 'calls in flight to this upstream at once; more wait' }),
   callsPerMinute: Type.Integer({ minimum: 0, maximum: 1000000, default: 0, description: 'per principal, counting every attempt sent upstream; 0: only the principal\'s tier limit applies' }),
+  healthCheckSeconds: Type.Integer({ minimum: 0, maximum: 3600, default: 15, description: 'ping the upstream this often, so /ready knows it is down without waiting for a call; 0: only calls and re-lists tell' }),
   refreshSeconds: Type.Integer({ minimum: 0, maximum: 86400, default: 300, description: 're-list tools this often (besides list_changed); 0: only on list_changed' }),
   retry: Type.Optional(RetrySchema),
   breaker: Type.Optional(BreakerSchema),
@@ -121,6 +122,10 @@ export function loadUpstreams (path: string, env: Record<string, string | undefi
       const expanded = expand(value, env)
       for (const variable of expanded.missing) problems.push(`${where}.headers.${name}: environment variable ${variable} is not set`)
       headers[name] = expanded.value
+    }
+    for (const scope of Object.keys(upstream.allow)) {
+      const problem = scopeNameProblem(scope)
+      if (problem !== undefined) problems.push(`${where}.allow: ${problem}`)
     }
     if (Object.keys(upstream.allow).length === 0) problems.push(`${where}.allow: empty, so no principal could see any of ${upstream.name}'s tools; name at least one scope and its tool globs, e.g. {"${upstream.name}:read": ["list_*"]}`)
     return {

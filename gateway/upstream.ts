@@ -73,6 +73,7 @@ export class Upstream {
   private readonly idle: Pooled[] = []
   private readonly leased = new Set<Pooled>()
   private refreshTimer: NodeJS.Timeout | undefined
+  private healthTimer: NodeJS.Timeout | undefined
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
   private readonly callHeaders = new AsyncLocalStorage<Record<string, string>>()
@@ -92,6 +93,24 @@ export class Upstream {
     if (this.config.refreshSeconds > 0) {
       this.refreshTimer = setInterval(() => { this.refresh().catch(() => {}) }, this.config.refreshSeconds * 1000)
       this.refreshTimer.unref()
+    }
+    if (this.config.healthCheckSeconds > 0) {
+      this.healthTimer = setInterval(() => { this.check().catch(() => {}) }, this.config.healthCheckSeconds * 1000)
+      this.healthTimer.unref()
+    }
+  }
+
+  /** The periodic health check: a ping on the control connection (or a reconnect while down). */
+  async check (): Promise<void> {
+    const client = this.control
+    if (this.closed) return
+    if (client === undefined || this.status === 'down') return await this.refresh()
+    try {
+      await client.ping({ timeout: this.config.connectTimeoutMs })
+      this.markUp()
+    } catch (error) {
+      this.markDown(error)
+      await this.ensureControl()
     }
   }
 
@@ -314,6 +333,7 @@ export class Upstream {
   async close (): Promise<void> {
     this.closed = true
     clearInterval(this.refreshTimer)
+    clearInterval(this.healthTimer)
     clearTimeout(this.retryTimer)
     const clients = [...this.idle, ...this.leased].map((pooled) => pooled.client)
     if (this.control !== undefined) clients.push(this.control)

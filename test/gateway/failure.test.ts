@@ -141,7 +141,7 @@ test('upstream failures: codes, retries, breaker, health, drain', async (t) => {
       const result = await client.callTool({ name: 'flaky__list_employees', arguments: {} })
       return result.isError === true ? undefined : result
     }, { what: 'the half-open probe to close the breaker' })
-    t.notOk(recovered.isError)
+    t.notOk(recovered?.isError)
     await eventually(async () => ((await (await fetch(new URL('/ready', baseUrl))).json()) as { status: string }).status === 'ok', { what: '/ready ok again' })
     t.equal(app.gateway?.upstreams.find((upstream) => upstream.name === 'flaky')?.breaker.state, 'closed')
   })
