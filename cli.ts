@@ -38,7 +38,8 @@ const USAGE = `Usage: node dist/cli.js <command>
   token revoke-jti --jti ID [--expires-at ISO-8601]
                                revoke one JWT by its jti (until it expires; default 30 days),
                                on every instance within AUTH_CACHE_SECONDS (at once with Redis)
-  export [--namespace NS]      write every entry with its history to stdout as NDJSON
+  export [--namespace NS]      write every entry with its history, and the gateway's audit of
+                               upstream calls and its approvals, to stdout as NDJSON
                                (node dist/cli.js export > backup.ndjson); never migrates: the
                                database must have exactly this build's migrations
   import                       restore NDJSON from stdin (node dist/cli.js import < backup.ndjson);
@@ -517,7 +518,8 @@ async function exportCommand (args: string[]): Promise<void> {
     if (mismatch !== null) fail(`Export refused: ${mismatch}.`)
     const options = { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version }
     const summary = viaRunningServer ? await exportThroughFile(sql, options) : await exportBackup(sql, process.stdout, options)
-    process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions.\n`)
+    const gateway = summary.upstreamCalls + summary.approvals === 0 ? '' : `, ${plural(summary.upstreamCalls, 'upstream call')} (audit) and ${plural(summary.approvals, 'approval')}`
+    process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions${gateway}.\n`)
   }, { migrate: false })
 }
 
@@ -564,7 +566,8 @@ async function importCommand (args: string[]): Promise<void> {
       throw error
     }
     bar?.clear()
-    process.stdout.write(`Imported ${summary.imported} entries with ${summary.importedVersions} versions; ${summary.unchanged} were there already, unchanged; ${summary.conflicts} conflicts.\n`)
+    const gateway = summary.importedUpstreamCalls + summary.importedApprovals === 0 ? '' : ` Gateway: ${plural(summary.importedUpstreamCalls, 'upstream call')} and ${plural(summary.importedApprovals, 'approval')} restored.`
+    process.stdout.write(`Imported ${summary.imported} entries with ${summary.importedVersions} versions; ${summary.unchanged} were there already, unchanged; ${summary.conflicts} conflicts.${gateway}\n`)
     if (summary.conflicts > 0) fail(`${summary.conflicts} key(s) differ between the backup and the database and were not changed (listed above).`, 3)
   })
 }

@@ -274,10 +274,19 @@ export function createGatewayStore (sql: postgres.Sql) {
     return Buffer.from(row.secret)
   }
 
+  /** Whether there is anything for `cli export` to write (of one namespace, or any). */
+  async function hasRows (namespace?: string): Promise<boolean> {
+    const [row] = await sql<[{ any: boolean }]>`
+      select exists (select from gateway_calls where ${namespace === undefined ? sql`true` : sql`namespace = ${namespace}`})
+          or exists (select from gateway_approvals where ${namespace === undefined ? sql`true` : sql`namespace = ${namespace}`}) as any`
+    return row.any
+  }
+
   /** Every audit row, then every approval (never their arguments), in pages; for `cli export`. */
-  async function exportRows (rowsPerFetch: number, onCalls: (rows: ExportedCall[]) => Promise<void>, onApprovals: (rows: ExportedApproval[]) => Promise<void>): Promise<void> {
+  async function exportRows (rowsPerFetch: number, onCalls: (rows: ExportedCall[]) => Promise<void>, onApprovals: (rows: ExportedApproval[]) => Promise<void>, namespace?: string): Promise<void> {
     await sql.begin('isolation level repeatable read read only', async (tx) => {
       const q = tx as unknown as postgres.Sql
+      const inNamespace = namespace === undefined ? q`true` : q`namespace = ${namespace}`
       let after: { namespace: string, id: number } | undefined
       for (;;) {
         const rows = await q<Array<{
@@ -298,7 +307,7 @@ export function createGatewayStore (sql: postgres.Sql) {
           select namespace, id, to_char(at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at, principal, client, upstream, tool,
                  arguments_digest, outcome, code, attempts, duration_ms, approval_id
           from gateway_calls
-          where ${after === undefined ? q`true` : q`(namespace, id) > (${after.namespace}, ${after.id})`}
+          where ${inNamespace} and ${after === undefined ? q`true` : q`(namespace, id) > (${after.namespace}, ${after.id})`}
           order by namespace, id limit ${rowsPerFetch}`
         if (rows.length === 0) break
         await onCalls(rows.map((row) => ({
@@ -324,7 +333,7 @@ export function createGatewayStore (sql: postgres.Sql) {
       for (;;) {
         const rows = await q<ApprovalRow[]>`
           select ${columns} from gateway_approvals
-          where ${afterApproval === undefined ? q`true` : q`(namespace, id) > (${afterApproval.namespace}, ${afterApproval.id})`}
+          where ${inNamespace} and ${afterApproval === undefined ? q`true` : q`(namespace, id) > (${afterApproval.namespace}, ${afterApproval.id})`}
           order by namespace, id limit ${rowsPerFetch}`
         if (rows.length === 0) break
         await onApprovals(rows.map((row) => {
@@ -345,7 +354,71 @@ export function createGatewayStore (sql: postgres.Sql) {
     })
   }
 
+  /**
+   * Restores exported rows (`cli import`); rows the database has (same namespace and id) are left
+   * as they are. An approval that was still waiting (pending, approved) comes back expired: its
+   * arguments are not in a backup, so it can never run.
+   */
+  async function importRows (calls: ExportedCall[], approvals: ExportedApproval[]): Promise<{ calls: number, approvals: number }> {
+    return await sql.begin(async (tx) => {
+      const q = tx as unknown as postgres.Sql
+      let insertedCalls = 0
+      if (calls.length > 0) {
+        const rows = await q`
+          insert into gateway_calls (namespace, id, at, principal, client, upstream, tool, arguments_digest, outcome, code, attempts, duration_ms, approval_id)
+          overriding system value
+          select * from jsonb_to_recordset(${q.json(calls.map((call) => ({ ...call, arguments_digest: call.argumentsDigest, duration_ms: call.durationMs, approval_id: call.approvalId })) as unknown as postgres.JSONValue)})
+            as r(namespace text, id bigint, at timestamptz, principal text, client text, upstream text, tool text, arguments_digest text, outcome text, code text,
+                 attempts integer, duration_ms integer, approval_id text)
+          on conflict do nothing
+          returning id`
+        insertedCalls = rows.length
+        // Ids given here must not come back from the identity later.
+        await q`
+          select setval(pg_get_serial_sequence('gateway_calls', 'id'),
+                        greatest((select max(id) from gateway_calls), (select last_value from gateway_calls_id_seq)))`
+      }
+      let insertedApprovals = 0
+      if (approvals.length > 0) {
+        const rows = await q`
+          insert into gateway_approvals (namespace, id, requested_by, client, upstream, tool, arguments, arguments_digest, mode, status, requested_at, expires_at,
+                                         decided_by, decided_at, started_at, completed_at, outcome, outcome_code)
+          select namespace, id, requested_by, client, upstream, tool, null, arguments_digest, mode,
+                 case when status in ('pending', 'approved') then 'expired' else status end,
+                 requested_at, expires_at, decided_by, decided_at, started_at, completed_at, outcome, outcome_code
+          from jsonb_to_recordset(${q.json(approvals.map((approval) => ({
+            namespace: approval.namespace,
+id: approval.id,
+requested_by: approval.requestedBy,
+client: approval.client,
+upstream: approval.upstream,
+            tool: approval.tool,
+arguments_digest: approval.argumentsDigest,
+mode: approval.mode,
+status: approval.status,
+requested_at: approval.requestedAt,
+            expires_at: approval.expiresAt,
+decided_by: approval.decidedBy,
+decided_at: approval.decidedAt,
+started_at: approval.startedAt,
+            completed_at: approval.completedAt,
+outcome: approval.outcome,
+outcome_code: approval.outcomeCode
+          })) as unknown as postgres.JSONValue)})
+            as r(namespace text, id text, requested_by text, client text, upstream text, tool text, arguments_digest text, mode text, status text,
+                 requested_at timestamptz, expires_at timestamptz, decided_by text, decided_at timestamptz, started_at timestamptz, completed_at timestamptz,
+                 outcome jsonb, outcome_code text)
+          on conflict do nothing
+          returning id`
+        insertedApprovals = rows.length
+      }
+      return { calls: insertedCalls, approvals: insertedApprovals }
+    })
+  }
+
   return {
+    hasRows,
+    importRows,
     recordCall,
     createApproval,
     createAnswered,
