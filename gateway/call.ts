@@ -157,25 +157,6 @@ export function createCallPath (deps: CallPathDependencies) {
     return { [identity.header]: await deps.signer.sign(principal, client, identity.audience ?? tool.upstream.config.url, identity.ttlSeconds) }
   }
 
-  function interactionOf (channel: DownstreamChannel): InteractionChannel {
-    const request = channel.request
-    return {
-      protocol: channel.protocol,
-      signal: channel.signal,
-      ...(request !== undefined && channel.elicitationSupported === true && {
-        elicit: async (message: string, requestedSchema: Record<string, unknown>) => {
-          const answer = await request('elicitation/create', { mode: 'form', message, requestedSchema })
-          const action = answer.action === 'accept' || answer.action === 'decline' ? answer.action : 'cancel'
-          const content = typeof answer.content === 'object' && answer.content !== null ? answer.content as Record<string, unknown> : undefined
-          return { action, ...(content !== undefined && { content }) }
-        }
-      }),
-      ...(channel.inputResponses !== undefined && { inputResponses: channel.inputResponses }),
-      ...(channel.requestState !== undefined && { requestState: channel.requestState }),
-      ...(channel.protocol === '2026-07-28' && { inputRequiredSupported: channel.elicitationSupported === true })
-    }
-  }
-
   /**
    * Runs one call of a federated tool for a principal the federation already let see it.
    * `approved`: get_approval runs a call a person approved; the gate already decided.
@@ -250,3 +231,23 @@ function cancelled (tool: FederatedTool): Ended {
 }
 
 export type CallFederated = ReturnType<typeof createCallPath>
+
+/** What the approval gate may use of the client's request to ask a person in-band. */
+export function interactionOf (channel: DownstreamChannel): InteractionChannel {
+  const request = channel.request
+  return {
+    protocol: channel.protocol,
+    signal: channel.signal,
+    ...(request !== undefined && channel.elicitationSupported === true && {
+      elicit: async (message: string, requestedSchema: Record<string, unknown>) => {
+        const answer = await request('elicitation/create', { mode: 'form', message, requestedSchema })
+        const action = answer.action === 'accept' || answer.action === 'decline' ? answer.action : 'cancel'
+        const content = typeof answer.content === 'object' && answer.content !== null ? answer.content as Record<string, unknown> : undefined
+        return { action, ...(content !== undefined && { content }) }
+      }
+    }),
+    ...(channel.inputResponses !== undefined && { inputResponses: channel.inputResponses }),
+    ...(channel.requestState !== undefined && { requestState: channel.requestState }),
+    ...(channel.protocol === '2026-07-28' && { inputRequiredSupported: channel.elicitationSupported === true })
+  }
+}

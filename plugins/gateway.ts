@@ -4,9 +4,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import { createGatewayStore } from '../db/gateway-store.js'
-import { createApprovalGate, createCallAudit, GET_APPROVAL_TOOL, registerApprovalMetrics, type GatewayApprovals } from '../gateway/approvals.js'
+import { argumentsDigest, CONTEXT_TOOLS_UPSTREAM, createApprovalGate, createCallAudit, GET_APPROVAL_TOOL, registerApprovalMetrics, type GatewayApprovals } from '../gateway/approvals.js'
 import { globToRegExp } from '../gateway/access.js'
-import { createCallPath, type DownstreamChannel } from '../gateway/call.js'
+import { createCallPath, interactionOf, type DownstreamChannel } from '../gateway/call.js'
 import { Federation, type FederatedTool } from '../gateway/federation.js'
 import type { CallOutcome, GatedCall, InputRequiredAnswer } from '../gateway/policy.js'
 import { createIdentitySigner } from '../gateway/signed-identity.js'
@@ -35,16 +35,29 @@ export interface Gateway {
   call: (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer> | undefined
   /** A 2025-era tools/call of a tool the gateway owns, answered as JSON or, once something must reach the client mid-call, as an SSE stream. */
   serveLegacyCall: (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest, caller: CallerInfo) => Promise<FastifyReply> | undefined
+  /** A 2025-era initialize that opened a session: its client's capabilities, so later calls in that session know whether it can be asked (elicitation). */
+  noteSession: (sessionId: string, capabilities: unknown) => void
   /** A client's answer (POSTed JSON-RPC response) to a request the gateway sent it mid-call; false when it is not one. */
   deliverClientResponse: (message: unknown, principal: Principal) => boolean
+  /** Whether a context tool is under the approval rule (APPROVE_CONTEXT_TOOLS). */
+  gatesContextTool: (name: string) => boolean
+  /** A gated context tool's call: the gate decides, then `run` runs it (now, or later through get_approval). */
+  callContextTool: (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>
+  /** How an approved context tool call runs (the MCP plugin's registry). */
+  setContextRunner: (runner: ContextRunner) => void
   health: () => UpstreamHealth[]
   /** Listeners told when the tools some principal sees may have changed. */
   onToolsChanged: (listener: () => void) => void
 }
 
+export type ContextRunner = (name: string, args: Record<string, unknown>, principal: Principal, client: string | null) => Promise<ToolCallResult>
+
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The gateway, or null when UPSTREAMS_FILE is not set (then nothing of it runs). */
+    /**
+     * The gateway, or null when neither UPSTREAMS_FILE nor APPROVE_CONTEXT_TOOLS is set (then
+     * nothing of it runs). With APPROVE_CONTEXT_TOOLS alone it has no upstreams, only the gate.
+     */
     gateway: Gateway | null
   }
 }
@@ -65,11 +78,12 @@ interface PendingClientRequest {
  */
 export default fp(async (fastify) => {
   const { config } = fastify
-  const upstreamConfigs = config.upstreams
-  if (upstreamConfigs === undefined) {
+  const contextTools = new Set(config.APPROVE_CONTEXT_TOOLS.split(',').filter((name) => name !== ''))
+  if (config.upstreams === undefined && contextTools.size === 0) {
     fastify.decorate('gateway', null)
     return
   }
+  const upstreamConfigs = config.upstreams ?? []
   const log = fastify.log.child({ component: 'gateway' })
   const registry = fastify.metrics.registry
 
@@ -115,7 +129,8 @@ export default fp(async (fastify) => {
     rules: {
       upstreams: new Map(upstreamConfigs.map((upstream) => [upstream.name, { ...(upstream.confirm !== undefined && { confirm: upstream.confirm }), ...(upstream.approval !== undefined && { approval: upstream.approval }) }])),
       defaultMode: config.APPROVAL_MODE ?? (isLoopbackHost(config.HOST) ? 'in-band' : 'out-of-band'),
-      expiresInSeconds: config.APPROVAL_EXPIRES_SECONDS
+      expiresInSeconds: config.APPROVAL_EXPIRES_SECONDS,
+      contextTools
     },
     log,
     matches: (glob, name) => globToRegExp(glob).test(name)
@@ -172,8 +187,16 @@ export default fp(async (fastify) => {
     }
   }
 
+  let contextRunner: ContextRunner | undefined
+
   /** get_approval's runner: an approved call, from the breaker on (the gate already decided). */
   async function runApproved (call: GatedCall, approvalId: string, channel: DownstreamChannel): Promise<ToolCallResult> {
+    if (call.upstream === CONTEXT_TOOLS_UPSTREAM) {
+      if (contextRunner === undefined) throw new Error('no context tool runner registered')
+      const result = await contextRunner(call.tool, call.arguments, call.principal, call.client)
+      await gate.complete(approvalId, { result, ...(result.isError === true && { code: (result._meta?.['shared-context-mcp/error'] as { code?: never } | undefined)?.code }) })
+      return result
+    }
     const tool = federated.resolve(call.federatedName, call.principal)
     if (tool === undefined) {
       return toolError('MCP_2002', `${call.federatedName}: the upstream no longer offers this tool to you; the approved call (approval ${approvalId}) did not run.`, { reason: 'tool_gone' })
@@ -188,10 +211,20 @@ export default fp(async (fastify) => {
     inputSchema: JSON.parse(JSON.stringify(GET_APPROVAL_TOOL.inputSchema)) as Record<string, unknown>,
     annotations: { title: GET_APPROVAL_TOOL.title, ...GET_APPROVAL_TOOL.annotations }
   }
+  /** get_approval is offered to whoever may call a tool that can wait for approval: a federated one, or a gated context tool. */
+  function offersGetApproval (principal: Principal): boolean {
+    return federated.list(principal).length > 0 || (contextTools.size > 0 && (principal.scopes.has('context:write') || principal.scopes.has('context:delete') || principal.scopes.has('context:admin')))
+  }
+
   const listCache = new WeakMap<object, Array<Record<string, unknown>>>()
+  const onlyGetApproval: Array<Record<string, unknown>> = []
   function list (principal: Principal): Array<Record<string, unknown>> {
     const tools = federated.list(principal)
-    if (tools.length === 0) return tools
+    if (!offersGetApproval(principal)) return tools
+    if (tools.length === 0) {
+      if (onlyGetApproval.length === 0) onlyGetApproval.push(getApprovalListed)
+      return onlyGetApproval
+    }
     let withApproval = listCache.get(tools)
     if (withApproval === undefined) {
       withApproval = [...tools, getApprovalListed]
@@ -200,10 +233,32 @@ export default fp(async (fastify) => {
     return withApproval
   }
 
+  function gatesContextTool (name: string): boolean {
+    return contextTools.has(name) && gate.requires(CONTEXT_TOOLS_UPSTREAM, name, {})
+  }
+
+  async function callContextTool (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> {
+    if (contextRunner === undefined) throw new Error('no context tool runner registered')
+    const decision = await gate.decide({
+      principal,
+      client,
+      upstream: CONTEXT_TOOLS_UPSTREAM,
+      tool: name,
+      federatedName: name,
+      arguments: args,
+      argumentsDigest: argumentsDigest(args),
+      annotations: { readOnlyHint: false, destructiveHint: true }
+    }, interactionOf(channel))
+    if (decision.kind !== 'run') return decision.result
+    const result = await contextRunner(name, args, principal, client)
+    if (decision.approvalId !== undefined) await gate.complete(decision.approvalId, { result })
+    return result
+  }
+
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
     const tool = federated.resolve(name, principal)
     if (tool !== undefined) return counted(() => callFederated(tool, args, principal, client, channel))
-    if (name === GET_APPROVAL_TOOL.name && federated.list(principal).length > 0) {
+    if (name === GET_APPROVAL_TOOL.name && offersGetApproval(principal)) {
       return counted(() => gate.resume(principal, args, (gated, approvalId) => runApproved(gated, approvalId, channel)))
     }
     return undefined
@@ -212,6 +267,15 @@ export default fp(async (fastify) => {
   // ---- 2025-era calls: JSON, or SSE once the call sends the client something mid-call
 
   const pendingClientRequests = new Map<string, PendingClientRequest>()
+  // Session id -> whether its client declared form elicitation (bounded: sessions are bounded too, and idle ones forgotten).
+  const sessionElicitation = new Map<string, boolean>()
+  function noteSession (sessionId: string, capabilities: unknown): void {
+    const elicitation = (capabilities as { elicitation?: { form?: unknown, url?: unknown } } | undefined)?.elicitation
+    // An empty elicitation capability means form (the 2025-06-18 shape); a url-only one does not.
+    const form = elicitation !== undefined && elicitation !== null && (elicitation.form !== undefined || elicitation.url === undefined)
+    if (sessionElicitation.size >= Math.max(1000, config.MCP_SESSIONS_MAX)) sessionElicitation.delete(sessionElicitation.keys().next().value as string)
+    sessionElicitation.set(sessionId, form)
+  }
 
   function deliverClientResponse (message: unknown, principal: Principal): boolean {
     if (typeof message !== 'object' || message === null) return false
@@ -229,7 +293,7 @@ export default fp(async (fastify) => {
     const params = body.params as { name?: unknown, arguments?: unknown, _meta?: { progressToken?: unknown } } | undefined
     if (typeof params?.name !== 'string') return undefined
     const name = params.name
-    const owned = federated.resolve(name, caller.principal) !== undefined || (name === GET_APPROVAL_TOOL.name && federated.list(caller.principal).length > 0)
+    const owned = federated.resolve(name, caller.principal) !== undefined || (name === GET_APPROVAL_TOOL.name && offersGetApproval(caller.principal))
     if (!owned) return undefined
     const args = typeof params.arguments === 'object' && params.arguments !== null && !Array.isArray(params.arguments) ? params.arguments as Record<string, unknown> : {}
     return answerLegacy(request, reply, body, caller, name, args, params._meta?.progressToken)
@@ -280,8 +344,8 @@ export default fp(async (fastify) => {
           }, { once: true })
           send({ jsonrpc: '2.0', id, method, ...(requestParams !== undefined && { params: requestParams }) })
         }),
-        // Stateless clients do not tell which capabilities they declared; a session would.
-        elicitationSupported: false
+        // A stateless POST does not say what its client declared at initialize; a session's does.
+        elicitationSupported: sessionElicitation.get(String(request.headers['mcp-session-id'])) === true
       })
     }
     let answer: Record<string, unknown>
@@ -320,19 +384,25 @@ export default fp(async (fastify) => {
     list,
     call,
     serveLegacyCall,
+    noteSession,
     deliverClientResponse,
+    gatesContextTool,
+    callContextTool,
+    setContextRunner: (runner: ContextRunner) => { contextRunner = runner },
     health,
     onToolsChanged: (listener: () => void) => { toolsChanged.add(listener) }
   })
 
   // Connected in the background: an upstream that is down at start does not keep the server from serving.
   const starting = Promise.all(upstreams.map((upstream) => upstream.start()))
-  fastify.addHook('onReady', async () => {
+  if (upstreams.length > 0) {
+    fastify.addHook('onReady', async () => {
     // Give the upstreams a moment so that the first tools/list usually has them; no longer.
-    let timer: NodeJS.Timeout | undefined
-    await Promise.race([starting, new Promise((resolve) => { timer = setTimeout(resolve, Math.max(...upstreamConfigs.map((upstream) => upstream.connectTimeoutMs))) })])
-    clearTimeout(timer)
-  })
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([starting, new Promise((resolve) => { timer = setTimeout(resolve, Math.max(...upstreamConfigs.map((upstream) => upstream.connectTimeoutMs))) })])
+      clearTimeout(timer)
+    })
+  }
 
   // SIGTERM: the /mcp route refuses new calls; the ones in flight upstream finish (within SHUTDOWN_TIMEOUT_MS), then their audit rows are written.
   fastify.addHook('preClose', async () => {

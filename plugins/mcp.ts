@@ -193,6 +193,8 @@ export default fp(async (fastify) => {
   const maxContentBytes = fastify.config.MAX_CONTENT_BYTES
   const registry = createToolRegistry(allTools)
   const { gateway } = fastify
+  // A context tool call a person approved runs as any other, under the caller's principal and client.
+  gateway?.setContextRunner((name, args, principal, client) => registry.call(name, args, principal, { store, actor: { principal: principal.id, client }, maxContentBytes }))
 
   /** The gateway's view of a 2026-07-28 request (2025-era gateway calls are served by the route; see Gateway.serveLegacyCall). */
   function channelOf (ctx: ServerContext | undefined, params: CallToolParams): DownstreamChannel {
@@ -216,7 +218,11 @@ export default fp(async (fastify) => {
     const { principal, record } = caller
     record.tool = params.name
     try {
-      const federated = gateway?.call(params.name, params.arguments ?? {}, principal, client, channelOf(ctx, params))
+      const federated = gateway === null
+        ? undefined
+        : gateway.gatesContextTool(params.name)
+          ? registry.refusalOf(params.name, params.arguments, principal) ?? gateway.callContextTool(params.name, params.arguments ?? {}, principal, client, channelOf(ctx, params))
+          : gateway.call(params.name, params.arguments ?? {}, principal, client, channelOf(ctx, params))
       if (federated !== undefined) {
         const result = await federated as ToolCallResult
         record.outcome = result.isError === true ? String(toolErrorCode(result)) : 'ok'

@@ -182,9 +182,14 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
     const caller = callerOf(request)
-    if (body.method === 'tools/call' && fastify.gateway !== null) {
-      const federated = fastify.gateway.serveLegacyCall(request, reply, body, caller)
-      if (federated !== undefined) return await federated
+    if (fastify.gateway !== null) {
+      if (body.method === 'tools/call') {
+        const federated = fastify.gateway.serveLegacyCall(request, reply, body, caller)
+        if (federated !== undefined) return await federated
+      } else if (body.method === 'initialize') {
+        const sessionId = reply.getHeader('mcp-session-id')
+        if (typeof sessionId === 'string') fastify.gateway.noteSession(sessionId, (body.params as { capabilities?: unknown } | undefined)?.capabilities)
+      }
     }
     // tools/call and resources/read are answered directly (see plugins/mcp.ts); the rest by the SDK's server.
     const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? mcp.answerResourceRead : undefined
