@@ -3,7 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import type { JWTPayload } from 'jose'
 import type { Config } from '../schema/config.js'
 import { NAMESPACE_PATTERN } from '../schema/key.js'
-import { SCOPE_NAME_PATTERN, isScopeName, multiNamespacePrincipal, scopeNameProblem, type Principal, type Scope } from '../schema/principal.js'
+import { SCOPES, SCOPE_NAME_PATTERN, isContextScope, isScopeName, multiNamespacePrincipal, scopeNameProblem, type Principal, type Scope } from '../schema/principal.js'
 
 // Scope names are an open set (the gateway's upstream rules use hr:read and the like); under
 // context: only this server's own (a typo such as context:wirte is refused).
@@ -42,6 +42,17 @@ export function roleMapProblems (json: string): string[] {
     problems.push(`JWT_ROLE_MAP:${where}: ${message}`)
   }
   return problems
+}
+
+/**
+ * The scopes OAuth clients may ask for and the consent page may grant: the context scopes but
+ * context:admin (only roles and API tokens carry it), then the scope names the gateway's upstream
+ * rules use (UPSTREAMS_FILE `allow`), sorted.
+ */
+export function grantableScopes (config: Pick<Config, 'upstreams'>): string[] {
+  const gateway = new Set<string>()
+  for (const upstream of config.upstreams ?? []) for (const scope of Object.keys(upstream.allow)) if (!isContextScope(scope)) gateway.add(scope)
+  return [...SCOPES.filter((scope) => scope !== 'context:admin'), ...[...gateway].sort()]
 }
 
 /** The audience tokens must carry: JWT_AUDIENCE, else PUBLIC_URL/mcp; undefined when neither is set. */

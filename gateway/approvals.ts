@@ -29,6 +29,8 @@ const REFUSED = 'MCP_2004' as ErrorCode
 const DEFAULT_EXPIRES_SECONDS = 3600
 // How long an in-band question waits for its answer (the client's user is at the screen).
 const IN_BAND_EXPIRES_SECONDS = 600
+// How often an instance clears expired approvals' arguments and forgets used request states past their expiry.
+const SWEEP_INTERVAL_MS = 60_000
 // The most of the arguments a message quotes.
 const ARGUMENTS_SHOWN_CHARS = 500
 
@@ -193,6 +195,16 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
     return codec
   }
 
+  // Expired approvals read as expired anyway; the sweep drops their arguments and old used states,
+  // piggybacking on gate traffic (at most once a minute, never awaited by a call).
+  let lastSweep = now()
+  function sweepNowAndThen (): void {
+    if (now() - lastSweep < SWEEP_INTERVAL_MS) return
+    lastSweep = now()
+    Promise.all([store.expireApprovals(), store.purgeUsedStates()])
+      .catch((error: unknown) => log.warn({ err: error }, 'approvals: the sweep of expired approvals failed'))
+  }
+
   function modeOf (upstream: string, tool: string): ApprovalModeSetting {
     const approval = rules.upstreams.get(upstream)?.approval
     for (const [glob, mode] of Object.entries(approval?.tools ?? {})) if (matches(glob, tool)) return mode
@@ -355,6 +367,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
     },
 
     async decide (call: GatedCall, channel: InteractionChannel): Promise<ApprovalDecision> {
+      sweepNowAndThen()
       if (modeOf(call.upstream, call.tool) === 'in-band') {
         if (channel.protocol === '2025' && channel.elicit !== undefined) return await elicit(call, { ...channel, elicit: channel.elicit })
         if (channel.protocol === '2026-07-28' && (channel.inputRequiredSupported === true || channel.requestState !== undefined)) return await inputRequiredRound(call, channel)

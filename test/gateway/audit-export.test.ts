@@ -21,6 +21,10 @@ async function exportText (sql: Parameters<typeof exportBackup>[0], namespace?: 
   return sink.text
 }
 
+async function * input (text: string): AsyncGenerator<string> {
+  yield text
+}
+
 const lineOf = (text: string) => text.trimEnd().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>)
 
 test('cli export carries the gateway\'s audit and approvals (never arguments); import restores them; old exports still import', async (t) => {
@@ -55,25 +59,25 @@ test('cli export carries the gateway\'s audit and approvals (never arguments); i
   t.same(other.map((line) => line.type), ['header', 'upstream_call', 'end'], '--namespace: that namespace\'s rows only')
 
   const target = await testDatabase(t)
-  const summary = await importBackup(target.sql, [text])
+  const summary = await importBackup(target.sql, input(text))
   t.match(summary, { imported: 1, importedUpstreamCalls: 3, importedApprovals: 2 })
   const targetGateway = createGatewayStore(target.sql)
   t.equal((await targetGateway.findApproval('team', waiting.id))?.status, 'expired', 'a waiting approval comes back expired: its arguments are not in the backup')
   t.match(await targetGateway.findApproval('team', decided.id), { status: 'done', decidedBy: 'cli:bob', outcome: { content: [{ text: 'deleted e42' }] } })
-  const again = await importBackup(target.sql, [text])
+  const again = await importBackup(target.sql, input(text))
   t.match(again, { unchanged: 1, importedUpstreamCalls: 0, importedApprovals: 0 }, 'a second run adds nothing')
   await targetGateway.recordCall({ namespace: 'team', principal: 'p', client: null, upstream: 'hr', tool: 't', argumentsDigest: argumentsDigest({}), outcome: 'ok', code: null, attempts: 1, durationMs: 1, approvalId: null })
   t.equal((await target.sql`select count(*)::int as n from gateway_calls`)[0]?.n, 4, 'new audit rows after an import take new ids')
 
   await t.test('refused: gateway lines under a version-1 header, and counts that do not add up', async (t) => {
     const downgraded = text.replace('"format_version":2', '"format_version":1')
-    await t.rejects(importBackup(target.sql, [downgraded]), /needs format_version 2/)
+    await t.rejects(importBackup(target.sql, input(downgraded)), /needs format_version 2/)
     const cut = lines.filter((line, index) => !(line.type === 'upstream_call' && index === 3)).map((line) => JSON.stringify(line)).join('\n') + '\n'
-    const error = await importBackup(target.sql, [cut]).catch((caught: unknown) => caught)
+    const error = await importBackup(target.sql, input(cut)).catch((caught: unknown) => caught)
     t.ok(error instanceof ImportError)
     t.match((error as Error).message, /the end line counts 3 upstream calls and 2 approvals, but the file holds 2 and 2/)
     const bad = text.replace(argumentsDigest(secret), 'not-a-digest')
-    await t.rejects(importBackup(target.sql, [bad]), /arguments_digest/)
+    await t.rejects(importBackup(target.sql, input(bad)), /arguments_digest/)
   })
 
   await t.test('the CLI says what it exported and imported', async (t) => {
