@@ -1,3 +1,6 @@
+import { ElicitRequestSchema } from '@modelcontextprotocol/sdk/types.js'
+import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js'
+import { StreamableHTTPClientTransport as TransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
 import { runCli } from '../process-helper.js'
@@ -92,6 +95,46 @@ test('approvals through the listening server: pending → a person decides with 
     t.same((await client.callTool({ name: 'get_approval', arguments: { approval_id: id } })).structuredContent, { deleted: 'e1' }, 'its own principal collects it')
   })
 
+  await t.test('2025 in-band: elicitation/create during the call; accept runs it once, decline never (SDK v2 and v1 clients)', async (t) => {
+    const notes = () => hr.runs.get('add_note') ?? 0
+    const answers: Array<'accept' | 'decline'> = ['accept', 'decline', 'accept', 'decline']
+    const questions: string[] = []
+    const answer = (message: unknown) => {
+      questions.push(String(message))
+      const action = answers.shift() ?? 'decline'
+      return action === 'accept' ? { action, content: { approve: true } } : { action }
+    }
+    const v2 = await connectV2(t, baseUrl, writer, { capabilities: { elicitation: { form: {} } } })
+    v2.setRequestHandler('elicitation/create', async (request) => answer((request.params as { message?: unknown }).message) as never)
+    const before = notes()
+    const ran = await v2.callTool({ name: 'hr__add_note', arguments: { id: 'e2', text: 'elicited' } })
+    t.notOk(ran.isError, 'accepted in-band: it ran')
+    t.same(ran.structuredContent, { noted: 'e2' })
+    t.match(questions.at(-1), /Allow hr__add_note \{"id":"e2","text":"elicited"\}\?/)
+    t.equal(notes(), before + 1)
+    const declined = await v2.callTool({ name: 'hr__add_note', arguments: { id: 'e2', text: 'declined' } })
+    t.equal(errorOf(declined)?.code, 'MCP_2004')
+    t.equal(notes(), before + 1, 'declined: never run')
+
+    const v1 = new ClientV1({ name: 'gateway-test-v1', version: '1.0.0' }, { capabilities: { elicitation: {} } })
+    v1.setRequestHandler(ElicitRequestSchema, async (request) => answer(request.params.message) as never)
+    await v1.connect(new TransportV1(new URL('/mcp', baseUrl), { requestInit: { headers: { authorization: `Bearer ${writer}` } } }))
+    t.teardown(() => v1.close())
+    const v1Ran = await v1.callTool({ name: 'hr__add_note', arguments: { id: 'e3', text: 'v1' } })
+    t.notOk(v1Ran.isError, 'the SDK v1 client answers elicitation too')
+    t.equal(notes(), before + 2)
+    const v1Declined = await v1.callTool({ name: 'hr__add_note', arguments: { id: 'e3', text: 'v1 declined' } })
+    t.equal(errorOf(v1Declined as never)?.code, 'MCP_2004')
+    t.equal(notes(), before + 2)
+    const rows = await app.db.sql`select mode, status from gateway_approvals where tool = 'add_note' and mode = 'elicitation' order by requested_at`
+    t.match(rows, [{ status: 'done' }, { status: 'rejected' }, { status: 'done' }, { status: 'rejected' }])
+
+    const stateless = await connectV2(t, baseUrl, writer)
+    const noElicitation = await stateless.callTool({ name: 'hr__add_note', arguments: { id: 'e1', text: 'no elicitation' } })
+    t.equal(errorOf(noElicitation)?.code, 'MCP_2003', 'a client without form elicitation: out-of-band')
+    t.equal(notes(), before + 2)
+  })
+
   await t.test('2026-07-28 in-band: input-required, the client\'s user accepts, the call runs once; declined, never', async (t) => {
     const answers: Array<'accept' | 'decline'> = ['accept', 'decline']
     const questions: string[] = []
@@ -102,15 +145,16 @@ test('approvals through the listening server: pending → a person decides with 
       return action === 'accept' ? { action, content: { approve: true } } : { action }
     })
     const notes = () => hr.runs.get('add_note') ?? 0
+    const before = notes()
     const ran = await client.callTool({ name: 'hr__add_note', arguments: { id: 'e1', text: 'approved in-band' } })
     t.notOk(ran.isError, 'accepted: it ran')
     t.same(ran.structuredContent, { noted: 'e1' })
     t.match(questions[0], /Allow hr__add_note \{"id":"e1","text":"approved in-band"\}\?/)
-    t.equal(notes(), 1)
+    t.equal(notes(), before + 1)
     const declined = await client.callTool({ name: 'hr__add_note', arguments: { id: 'e1', text: 'declined' } })
     t.equal(errorOf(declined)?.code, 'MCP_2004')
-    t.equal(notes(), 1, 'declined: the upstream never called')
-    const rows = await app.db.sql`select mode, status, decided_by from gateway_approvals where tool = 'add_note' order by requested_at`
+    t.equal(notes(), before + 1, 'declined: the upstream never called')
+    const rows = await app.db.sql`select mode, status, decided_by from gateway_approvals where tool = 'add_note' and mode = 'input-required' order by requested_at`
     t.match(rows, [{ mode: 'input-required', status: 'done' }, { mode: 'input-required', status: 'rejected' }])
   })
 })
