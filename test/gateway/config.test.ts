@@ -19,7 +19,7 @@ function fileWith (t: Tap, content: unknown): string {
 
 const HR = { name: 'hr', url: 'http://127.0.0.1:9/mcp', allow: { 'hr:read': ['list_*'] } }
 
-test('UPSTREAMS_FILE: defaults, and ${VAR} in headers from the environment', async (t) => {
+test('UPSTREAMS_FILE: defaults, and environment variables in headers', async (t) => {
   // eslint-disable-next-line no-template-curly-in-string -- the file's own syntax
   const path = fileWith(t, { upstreams: [{ ...HR, headers: { Authorization: 'Bearer ${HR_TOKEN}' } }] })
   const { upstreams, problems } = loadUpstreams(path, { HR_TOKEN: 's3cret' })
