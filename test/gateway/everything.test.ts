@@ -19,6 +19,16 @@ test('server-everything through the gateway', async (t) => {
     t.ok(names.includes(name), `${name} is federated`)
   }
 
+  await t.test('its prompts, namespaced', async (t) => {
+    const prompts = (await client.listPrompts()).prompts.map((prompt) => prompt.name)
+    t.ok(prompts.includes('everything__simple-prompt'))
+    t.ok(prompts.includes('everything__args-prompt'))
+    const prompt = await client.getPrompt({ name: 'everything__args-prompt', arguments: { city: 'Paris' } })
+    t.match(JSON.stringify(prompt.messages), /Paris/)
+    const other = await connectV2(t, gateway.baseUrl, await gateway.token(['hr-read']))
+    t.same((await other.listPrompts()).prompts, [], 'not for a principal without the scope')
+  })
+
   await t.test('echo', async (t) => {
     const result = await client.callTool({ name: 'everything__echo', arguments: { message: 'hello' } })
     t.match((result.content as Array<{ text: string }>)[0]?.text, /hello/)

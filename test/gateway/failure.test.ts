@@ -17,6 +17,7 @@ test('upstream failures: codes, retries, breaker, health, drain', async (t) => {
   const gateway = await startGateway(t, [
     { name: 'hr', url: hr.url, allow: { 'hr:write': ['*'] }, retry, breaker: { failures: 100, openMs: 1000 } },
     { name: 'slow', url: slow.url, allow: { 'hr:write': ['*'] }, retry, timeoutMs: 300 },
+    { name: 'limited', url: hr.url, allow: { 'hr:write': ['list_*'] }, callsPerMinute: 2 },
     { name: 'flaky', url: flaky.url, allow: { 'hr:write': ['*'] }, retry, breaker: { failures: 3, openMs: 400 }, critical: true, connectTimeoutMs: 500 }
   ], { RATE_LIMITS: 'off' })
   const { app, baseUrl } = gateway
@@ -103,6 +104,14 @@ test('upstream failures: codes, retries, breaker, health, drain', async (t) => {
     t.equal(errorOf(result).attempts, 4)
     t.equal(errorOf(result).reason, 'http_503')
     t.equal(hr.callRequests - before, 4)
+  })
+
+  await t.test('callsPerMinute: a principal\'s attempts at an upstream are counted', async (t) => {
+    for (let call = 0; call < 2; call++) t.notOk((await client.callTool({ name: 'limited__list_employees', arguments: {} })).isError)
+    const limited = await client.callTool({ name: 'limited__list_employees', arguments: {} })
+    t.equal(errorCodeOf(limited), 'REQ_1103')
+    const other = await connectV2(t, baseUrl, await gateway.token(['hr-write'], { sub: 'another-user' }))
+    t.notOk((await other.callTool({ name: 'limited__list_employees', arguments: {} })).isError, 'per principal')
   })
 
   await t.test('a stalled upstream: MCP_2001 after timeoutMs, not repeated', async (t) => {
