@@ -45,17 +45,22 @@ test('cli approvals list / approve / reject against the database the server uses
   t.match(again.stderr, /is not pending: it is rejected \(decided by cli:/)
   t.equal((await store.findApprovalById(second.id))?.status, 'rejected', 'a decision is final')
 
-  t.equal((await runCli(env, 'approvals', 'list')).stdout, 'No pending approvals.\n')
-  const all = await runCli(env, 'approvals', 'list', '--all')
+  const [none, all] = await Promise.all([runCli(env, 'approvals', 'list'), runCli(env, 'approvals', 'list', '--all')])
+  t.equal(none.stdout, 'No pending approvals.\n')
   t.match(all.stdout, /\tapproved\t.*decided by cli:bob/)
   t.match(all.stdout, /\trejected\thr__delete_employee\t/, 'a rejected call keeps no arguments')
 
-  const unknown = await runCli(env, 'approvals', 'approve', '--id', 'apr_AAAAAAAAAAAAAAAA')
+  // Independent refusals, run side by side.
+  const [unknown, usage, badId, badName] = await Promise.all([
+    runCli(env, 'approvals', 'approve', '--id', 'apr_AAAAAAAAAAAAAAAA'),
+    runCli(env, 'approvals', 'approve'),
+    runCli(env, 'approvals', 'approve', '--id', "x'; drop table gateway_approvals"),
+    runCli(env, 'approvals', 'reject', '--id', first.id, '--as', 'bob smith')
+  ])
   t.equal(unknown.code, 1)
   t.match(unknown.stderr, /No approval with id/)
-  const usage = await runCli(env, 'approvals', 'approve')
   t.equal(usage.code, 2)
   t.match(usage.stderr, /needs --id/)
-  t.equal((await runCli(env, 'approvals', 'approve', '--id', "x'; drop table gateway_approvals")).code, 2, 'an id that is no approval id is a usage error')
-  t.equal((await runCli(env, 'approvals', 'reject', '--id', first.id, '--as', 'bob smith')).code, 2, '--as is a plain name')
+  t.equal(badId.code, 2, 'an id that is no approval id is a usage error')
+  t.equal(badName.code, 2, '--as is a plain name')
 })
