@@ -1,15 +1,13 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { loadUpstreams } from '../../gateway/config.js'
 import { federatedNameOf, MAX_TOOL_NAME } from '../../gateway/federation.js'
 import { CircuitBreaker, ConcurrencyLimit, backoffDelayMs, classifyFailure } from '../../gateway/resilience.js'
 import { ConfigError, loadConfig } from '../../schema/config.js'
 
-type Tap = Parameters<Parameters<typeof test>[1] & {}>[0]
-
-function fileWith (t: Tap, content: unknown): string {
+function fileWith (t: Test, content: unknown): string {
   const directory = mkdtempSync(join(tmpdir(), 'scm-upstreams-'))
   t.teardown(() => rmSync(directory, { recursive: true, force: true }))
   const path = join(directory, 'upstreams.json')
