@@ -22,9 +22,8 @@ export const CONTEXT_TOOLS_UPSTREAM = '(context)'
 /** The scope of whoever decides approvals outside the model's reach (the web view; the CLI works on the database directly). */
 export const APPROVER_SCOPE = 'approvals:decide'
 
-// Not yet in the catalogue of this branch's schema/errors.ts (G1 adds them): the codes as ErrorCode.
-const PENDING = 'MCP_2003' as ErrorCode
-const REFUSED = 'MCP_2004' as ErrorCode
+const PENDING: ErrorCode = 'MCP_2003'
+const REFUSED: ErrorCode = 'MCP_2004'
 
 const DEFAULT_EXPIRES_SECONDS = 3600
 // How long an in-band question waits for its answer (the client's user is at the screen).
