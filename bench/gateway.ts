@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import autocannon, { type Context, type RequestParams } from 'autocannon'
 import { freePort, killAllChildrenNow, startChild, stopAllChildren, type Child } from './children.js'
@@ -102,6 +102,23 @@ async function run (side: Side, seconds: number, connections: number): Promise<R
   return { requestsPerSecond: result.requests.average, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), responses, failures: failures + result.errors + result.timeouts, sample, cpuUsPerCall }
 }
 
+interface Profile { nodes: Array<{ callFrame: { functionName: string, url: string, lineNumber: number }, hitCount?: number }> }
+
+/** The functions with the most self time in a .cpuprofile (bench/profile.ts has the full summary for the context tools' mix). */
+function selfTimes (profile: Profile, top = 25): string {
+  const totals = new Map<string, number>()
+  let all = 0
+  for (const node of profile.nodes) {
+    const hits = node.hitCount ?? 0
+    all += hits
+    const { functionName, url, lineNumber } = node.callFrame
+    const where = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')
+    const key = `${functionName === '' ? '(anonymous)' : functionName} ${where}:${lineNumber + 1}`
+    totals.set(key, (totals.get(key) ?? 0) + hits)
+  }
+  return ['\nGateway CPU profile, self time:', ...[...totals].sort((a, b) => b[1] - a[1]).slice(0, top).map(([key, hits]) => `${(100 * hits / all).toFixed(1).padStart(5)}%  ${key}`)].join('\n')
+}
+
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.floor(sorted.length / 2)] ?? 0
@@ -143,10 +160,14 @@ async function main (): Promise<void> {
   const databaseUrl = await prepareDatabase(process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test', 10)
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const gatewayPort = await freePort()
+  // BENCH_GATEWAY_PROFILE=1: the gateway runs under --cpu-prof; its hottest functions are printed at the end.
+  const profileDir = join(RESULTS_DIR, 'gateway-profile')
+  const profiling = process.env.BENCH_GATEWAY_PROFILE === '1'
+  if (profiling) await rm(profileDir, { recursive: true, force: true })
   const gatewayChild = startChild({
     name: 'gateway',
     cwd: ROOT,
-    args: [join(ROOT, 'dist/server.js')],
+    args: [...(profiling ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []), join(ROOT, 'dist/server.js')],
     env: { DATABASE_URL: databaseUrl, PORT: String(gatewayPort), HOST: '127.0.0.1', LOG_LEVEL: 'info', AUTH_TOKEN: token, UPSTREAMS_FILE: upstreamsFile, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' },
     logFile: join(RESULTS_DIR, 'gateway-server.log')
   })
@@ -190,6 +211,11 @@ async function main (): Promise<void> {
   console.log(`\nCPU per call, gateway + upstream vs direct: ${verdict.cpuRatioTotal.toFixed(2)}× (goal ≤ 1.3×: ${verdict.cpuRatioTotal <= 1.3 ? 'met' : 'not met'}); the gateway's own CPU is ${verdict.gatewayCpuOverDirect.toFixed(2)}× the upstream's`)
   console.log(`p99 through the gateway ${verdict.p99DeltaMs >= 0 ? '+' : ''}${verdict.p99DeltaMs.toFixed(2)} ms vs direct (goal ≤ 2 ms: ${verdict.p99DeltaMs <= 2 ? 'met' : 'not met'})`)
   await writeFile(join(RESULTS_DIR, 'gateway-latest.json'), JSON.stringify({ finishedAt: new Date().toISOString(), settings: { seconds, rounds, connections }, direct: d, federated: f, verdict }, null, 2) + '\n')
+  if (profiling) {
+    await stopAllChildren()
+    const file = (await readdir(profileDir)).find((name) => name.endsWith('.cpuprofile'))
+    if (file !== undefined) console.log(selfTimes(JSON.parse(await readFile(join(profileDir, file), 'utf8')) as Profile))
+  }
 }
 
 process.on('exit', killAllChildrenNow)
