@@ -149,9 +149,13 @@ test('the gateway, through the listening server, with SDK v1 and v2 clients', as
   })
 
   await t.test('an upstream\'s list_changed reaches clients: new tools appear', async (t) => {
-    const financeReader = await gateway.token(['finance-read'])
+    // context:read too: the 2025-era session stream (GET /mcp) that carries the notification needs it.
+    const financeReader = await gateway.token(['finance-read', 'context-reader'])
     const client = await connectV2(t, baseUrl, financeReader)
+    let notified = 0
+    client.setNotificationHandler('notifications/tools/list_changed', () => { notified++ })
     t.notOk((await client.listTools()).tools.some((tool) => tool.name === 'finance__list_budgets'))
+    await eventually(() => gateway.app.live.counts().streams > 0, { what: 'the session stream to open' })
     finance.addTool({
       name: 'list_budgets',
       title: 'List budgets',
@@ -160,7 +164,8 @@ test('the gateway, through the listening server, with SDK v1 and v2 clients', as
       annotations: { readOnlyHint: true },
       handler: async () => ({ budgets: [] })
     })
-    await eventually(async () => (await client.listTools()).tools.some((tool) => tool.name === 'finance__list_budgets'), { what: 'the new finance tool to be listed' })
+    await eventually(() => notified > 0, { what: 'notifications/tools/list_changed on the 2025-era session stream' })
+    t.ok((await client.listTools()).tools.some((tool) => tool.name === 'finance__list_budgets'), 'the new finance tool is listed')
     const result = await client.callTool({ name: 'finance__list_budgets', arguments: {} })
     t.notOk(result.isError)
   })

@@ -16,7 +16,8 @@ export const ROLE_MAP = {
   'hr-write': { scopes: ['hr:read', 'hr:write'] },
   'finance-read': { scopes: ['finance:read'] },
   'everything-user': { scopes: ['everything:use'] },
-  approver: { scopes: ['approvals:decide'] }
+  approver: { scopes: ['approvals:decide'] },
+  'context-reader': { scopes: ['context:read'] }
 }
 
 /** An UPSTREAMS_FILE in a temporary directory (removed when the test ends); returns its path. */
