@@ -63,7 +63,7 @@ test('the search migration indexes what the store held, and instances starting t
   const instances = Array.from({ length: 3 }, () => createSql(url, { max: 1, connectTimeoutMs: 10_000 }))
   t.teardown(() => Promise.all(instances.map((instance) => instance.end({ timeout: 5 }))))
   const results = await Promise.all(instances.map((instance) => migrate(instance)))
-  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql', '007_search_statement_triggers.sql'], 'applied by one instance only')
+  t.strictSame(results.flatMap((result) => result.applied), ['005_search.sql', '007_search_statement_triggers.sql', '008_gateway.sql'], 'applied by one instance only')
   t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
 
   const found = await store.search('team', { query: 'kubernets', limit: 10 })
