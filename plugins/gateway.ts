@@ -35,6 +35,11 @@ export interface Gateway {
   call: (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer> | undefined
   /** A 2025-era tools/call of a tool the gateway owns, answered as JSON or, once something must reach the client mid-call, as an SSE stream. */
   serveLegacyCall: (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest, caller: CallerInfo) => Promise<FastifyReply> | undefined
+  /**
+   * A 2025-era notifications/cancelled: cancels the caller's gateway call of that request id (in
+   * the same session, if any). SDK clients send it when their call's signal aborts.
+   */
+  cancelClientCall: (requestId: unknown, principal: Principal, sessionId: string | undefined) => void
   /** A 2025-era initialize that opened a session: its client's capabilities, so later calls in that session know whether it can be asked (elicitation). */
   noteSession: (sessionId: string, capabilities: unknown) => void
   /** A client's answer (POSTed JSON-RPC response) to a request the gateway sent it mid-call; false when it is not one. */
@@ -267,6 +272,13 @@ export default fp(async (fastify) => {
   // ---- 2025-era calls: JSON, or SSE once the call sends the client something mid-call
 
   const pendingClientRequests = new Map<string, PendingClientRequest>()
+  // 2025-era gateway calls in flight, by principal, session and the client's request id.
+  const legacyCalls = new Map<string, AbortController>()
+  const legacyCallKey = (principal: Principal, sessionId: unknown, requestId: unknown): string => JSON.stringify([principal.id, typeof sessionId === 'string' ? sessionId : '', requestId])
+  function cancelClientCall (requestId: unknown, principal: Principal, sessionId: string | undefined): void {
+    if (typeof requestId !== 'string' && typeof requestId !== 'number') return
+    legacyCalls.get(legacyCallKey(principal, sessionId, requestId))?.abort(new Error('cancelled by the client'))
+  }
   // Session id -> whether its client declared form elicitation (bounded: sessions are bounded too, and idle ones forgotten).
   const sessionElicitation = new Map<string, boolean>()
   function noteSession (sessionId: string, capabilities: unknown): void {
@@ -305,6 +317,8 @@ export default fp(async (fastify) => {
     const raw = reply.raw
     const onClose = (): void => { if (!raw.writableFinished) controller.abort(new Error('client disconnected')) }
     raw.once('close', onClose)
+    const callKey = legacyCallKey(caller.principal, request.headers['mcp-session-id'], body.id)
+    legacyCalls.set(callKey, controller)
     const accept = request.headers.accept ?? ''
     const canStream = accept.includes('text/event-stream')
     let streaming = false
@@ -360,6 +374,7 @@ export default fp(async (fastify) => {
       answer = { jsonrpc: '2.0', id: body.id, error: { code: -32603, message: 'SRV_9001: the gateway failed to run this call; try again.', data: { code: 'SRV_9001' } } }
     } finally {
       raw.removeListener('close', onClose)
+      if (legacyCalls.get(callKey) === controller) legacyCalls.delete(callKey)
       clearInterval(heartbeat)
       for (const id of openedRequests) pendingClientRequests.delete(id)
     }
@@ -385,6 +400,7 @@ export default fp(async (fastify) => {
     call,
     serveLegacyCall,
     noteSession,
+    cancelClientCall,
     deliverClientResponse,
     gatesContextTool,
     callContextTool,

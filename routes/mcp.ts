@@ -167,6 +167,10 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     }
     if (outcome.reason === 'http-method') return reply.code(202).send()
     if (isJsonRpcRequest(body)) return serveLegacy(request, reply, body)
+    if (fastify.gateway !== null && (body as JSONRPCNotification).method === 'notifications/cancelled') {
+      const sessionId = request.headers['mcp-session-id']
+      fastify.gateway.cancelClientCall((body as JSONRPCNotification).params?.requestId, request.principal!, typeof sessionId === 'string' ? sessionId : undefined)
+    }
     mcp.legacy.deliver(body as JSONRPCNotification, { authInfo: authInfoFor(callerOf(request)) })
     return reply.code(202).send()
   })
