@@ -179,11 +179,6 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       return listed
     },
 
-    /** The tool's annotations, or undefined for an unknown tool. */
-    annotationsOf (name: string): ToolAnnotations | undefined {
-      return byName.get(name)?.definition.annotations
-    },
-
     /**
      * The refusal this call would get (unknown tool thrown; scope or arguments as a tool error), or
      * undefined when it would run: what the approval gate checks before it asks anyone.
