@@ -12,6 +12,7 @@ import rateLimitPlugin from './plugins/rate-limit.js'
 import corsPlugin from './plugins/cors.js'
 import sensiblePlugin from './plugins/sensible.js'
 import livePlugin from './plugins/live.js'
+import gatewayPlugin from './plugins/gateway.js'
 import mcpPlugin from './plugins/mcp.js'
 import metricsPlugin from './plugins/metrics.js'
 import healthRoutes from './routes/health.js'
@@ -274,6 +275,7 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
     await app.register(oauthPlugin, options.oauthFetch === undefined ? {} : { fetch: options.oauthFetch })
     await app.register(authPlugin, { withoutAuthentication: options.withoutAuthentication === true })
     await app.register(livePlugin)
+    await app.register(gatewayPlugin)
     await app.register(mcpPlugin)
 
     await app.register(healthRoutes)

@@ -1,6 +1,6 @@
 import { createReadStream, createWriteStream, fstatSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { finished, pipeline } from 'node:stream/promises'
 import { createInterface } from 'node:readline'
@@ -9,6 +9,8 @@ import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
+import { createGatewayStore, type Approval } from './db/gateway-store.js'
+import { approvalToolName } from './gateway/approvals.js'
 import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
 import { createTokenStore } from './db/token-store.js'
@@ -18,7 +20,7 @@ import { ownerPasswordProblem } from './oauth/owner-password.js'
 import { DEFAULT_NAMESPACE, generateToken, hashToken } from './plugins/auth.js'
 import { SERVER_INFO } from './plugins/mcp.js'
 import { builtInIssuerOf, ConfigError, loadConfig, MAX_JWT_CLOCK_SKEW_SECONDS, type Config } from './schema/config.js'
-import { SCOPES, type Scope } from './schema/principal.js'
+import { SCOPES, scopeNameProblem, type Scope } from './schema/principal.js'
 import { serve } from './server.js'
 
 const USAGE = `Usage: node dist/cli.js <command>
@@ -27,6 +29,8 @@ const USAGE = `Usage: node dist/cli.js <command>
   migrate                      apply pending database migrations and exit
   token create --name NAME [--namespace NS] [--scopes context:read,context:write] [--global-admin]
                                create an API token; printed once, only its hash is stored.
+                               Scopes: context:read|write|delete|admin, and the names the
+                               gateway's upstream rules use (domain:action, e.g. hr:read).
                                context:admin is admin of NS only (default: default);
                                --global-admin makes the token admin of every namespace
   token list                   list tokens (never their secrets)
@@ -34,7 +38,8 @@ const USAGE = `Usage: node dist/cli.js <command>
   token revoke-jti --jti ID [--expires-at ISO-8601]
                                revoke one JWT by its jti (until it expires; default 30 days),
                                on every instance within AUTH_CACHE_SECONDS (at once with Redis)
-  export [--namespace NS]      write every entry with its history to stdout as NDJSON
+  export [--namespace NS]      write every entry with its history, and the gateway's audit of
+                               upstream calls and its approvals, to stdout as NDJSON
                                (node dist/cli.js export > backup.ndjson); never migrates: the
                                database must have exactly this build's migrations
   import                       restore NDJSON from stdin (node dist/cli.js import < backup.ndjson);
@@ -42,6 +47,16 @@ const USAGE = `Usage: node dist/cli.js <command>
                                skipped, a different one is reported as a conflict (exit 3)
 
   The built-in OAuth authorization server (OAUTH_SERVER=on; these work on its tables either way):
+  The gateway's approvals (calls of upstream tools that wait for a person):
+  approvals list [--all]       the pending ones (--all: every approval, newest first): id, who
+                               asked, the call with its arguments, expiry
+  approvals approve --id ID [--as NAME]
+                               approve a pending call: it runs once, when the model asks for it
+                               with get_approval; recorded as decided by NAME (default: your OS
+                               user name)
+  approvals reject --id ID [--as NAME]
+                               reject it: it is cancelled and never runs
+
   oauth set-password           set the owner password the consent page asks for: typed twice
                                (hidden) on a terminal, else the first line of stdin; ends the
                                sign-ins in progress
@@ -86,12 +101,14 @@ async function withDatabase (action: (database: Awaited<ReturnType<typeof openDa
   }
 }
 
+/** --scopes: this server's context scopes, and any other domain:action name the gateway's upstream rules use (hr:read). */
 function parseScopes (value: string | undefined): Scope[] {
   if (value === undefined) return ['context:read', 'context:write', 'context:delete']
-  const scopes = value.split(',').map((scope) => scope.trim()).filter((scope) => scope !== '')
-  const unknown = scopes.filter((scope) => !(SCOPES as readonly string[]).includes(scope))
-  if (unknown.length > 0 || scopes.length === 0) fail(`Unknown scope(s): ${unknown.join(', ') || '(none given)'}. Scopes: ${SCOPES.join(', ')}.`, 2)
-  return scopes as Scope[]
+  const scopes = [...new Set(value.split(',').map((scope) => scope.trim()).filter((scope) => scope !== ''))]
+  if (scopes.length === 0) fail(`Unknown scope(s): (none given). Scopes: ${SCOPES.join(', ')}, and the gateway's (domain:action, e.g. hr:read).`, 2)
+  const problems = scopes.map(scopeNameProblem).filter((problem) => problem !== undefined)
+  if (problems.length > 0) fail(`Unknown scope(s): ${problems.join('; ')}. Scopes: ${SCOPES.join(', ')}, and the gateway's (domain:action, e.g. hr:read).`, 2)
+  return scopes
 }
 
 /** What a token may do, in words: said plainly at creation because "admin" alone does not say where. */
@@ -427,6 +444,63 @@ async function oauthCommand (args: string[]): Promise<void> {
   }
 }
 
+function describeApproval (approval: Approval): string {
+  const call = `${approvalToolName(approval.upstream, approval.tool)}${approval.arguments === null ? '' : ` ${JSON.stringify(approval.arguments)}`}`
+  const decided = approval.decidedBy === null ? '' : `\tdecided by ${approval.decidedBy} at ${approval.decidedAt?.toISOString() ?? ''}`
+  return `${approval.id}\t${approval.status}\t${call}\tasked by ${approval.requestedBy}${approval.client === null ? '' : ` via ${approval.client}`} ` +
+    `at ${approval.requestedAt.toISOString()}\texpires ${approval.expiresAt.toISOString()}${decided}`
+}
+
+/** Who decides: --as NAME, else the OS user running the command, recorded as `cli:NAME`. */
+function deciderOf (name: string | undefined): string {
+  const who = name ?? userInfo().username
+  if (!/^[A-Za-z0-9_.@:-]{1,64}$/.test(who)) fail('--as must be 1-64 characters of A-Z a-z 0-9 _ . @ : -', 2)
+  return `cli:${who}`
+}
+
+async function approvalsCommand (args: string[]): Promise<void> {
+  const [action, ...rest] = args
+  let values: { id?: string, as?: string, all?: boolean }
+  try {
+    values = parseArgs({ args: withJoinedValues(rest, ['id', 'as']), options: { id: { type: 'string' }, as: { type: 'string' }, all: { type: 'boolean' } }, strict: true }).values
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+  }
+  switch (action) {
+    case 'list':
+      await withDatabase(async ({ sql }) => {
+        const store = createGatewayStore(sql)
+        await store.expireApprovals()
+        const approvals = await store.listApprovals({ all: values.all === true })
+        for (const approval of approvals) process.stdout.write(`${describeApproval(approval)}\n`)
+        if (approvals.length === 0) process.stdout.write(values.all === true ? 'No approvals.\n' : 'No pending approvals.\n')
+      })
+      return
+    case 'approve':
+    case 'reject': {
+      const id = values.id ?? fail(`approvals ${action} needs --id ID (node dist/cli.js approvals list shows them)`, 2)
+      if (!/^apr_[A-Za-z0-9]{16}$/.test(id)) fail('--id must be an approval id such as apr_3fZk9QpLx2mWb7Tc (node dist/cli.js approvals list shows them)', 2)
+      const decidedBy = deciderOf(values.as)
+      await withDatabase(async ({ sql }) => {
+        const result = await createGatewayStore(sql).decideApproval(id, action === 'approve' ? 'approved' : 'rejected', decidedBy)
+        if (result.status === 'not_found') fail(`No approval with id "${id}" (node dist/cli.js approvals list shows the pending ones).`)
+        if (result.status === 'not_pending') {
+          const { approval } = result
+          const state = approval.status === 'expired' ? `expired at ${approval.expiresAt.toISOString()}` : `${approval.status}${approval.decidedBy === null ? '' : ` (decided by ${approval.decidedBy})`}`
+          fail(`Approval ${id} is not pending: it is ${state}. Nothing was changed.`)
+        }
+        const { approval } = result
+        process.stdout.write(action === 'approve'
+          ? `Approved ${id}: ${approvalToolName(approval.upstream, approval.tool)} runs once, when the model asks with get_approval (before ${approval.expiresAt.toISOString()}). Recorded as decided by ${decidedBy}.\n`
+          : `Rejected ${id}: ${approvalToolName(approval.upstream, approval.tool)} is cancelled and never runs. Recorded as decided by ${decidedBy}.\n`)
+      })
+      return
+    }
+    default:
+      fail(USAGE, 2)
+  }
+}
+
 async function exportCommand (args: string[]): Promise<void> {
   let namespace: string | undefined
   try {
@@ -440,7 +514,8 @@ async function exportCommand (args: string[]): Promise<void> {
     if (mismatch !== null) fail(`Export refused: ${mismatch}.`)
     const options = { ...(namespace !== undefined && { namespace }), serverVersion: SERVER_INFO.version }
     const summary = viaRunningServer ? await exportThroughFile(sql, options) : await exportBackup(sql, process.stdout, options)
-    process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions.\n`)
+    const gateway = summary.upstreamCalls + summary.approvals === 0 ? '' : `, ${plural(summary.upstreamCalls, 'upstream call')} (audit) and ${plural(summary.approvals, 'approval')}`
+    process.stderr.write(`Exported ${summary.entries} entries with ${summary.versions} versions${gateway}.\n`)
   }, { migrate: false })
 }
 
@@ -487,7 +562,8 @@ async function importCommand (args: string[]): Promise<void> {
       throw error
     }
     bar?.clear()
-    process.stdout.write(`Imported ${summary.imported} entries with ${summary.importedVersions} versions; ${summary.unchanged} were there already, unchanged; ${summary.conflicts} conflicts.\n`)
+    const gateway = summary.importedUpstreamCalls + summary.importedApprovals === 0 ? '' : ` Gateway: ${plural(summary.importedUpstreamCalls, 'upstream call')} and ${plural(summary.importedApprovals, 'approval')} restored.`
+    process.stdout.write(`Imported ${summary.imported} entries with ${summary.importedVersions} versions; ${summary.unchanged} were there already, unchanged; ${summary.conflicts} conflicts.${gateway}\n`)
     if (summary.conflicts > 0) fail(`${summary.conflicts} key(s) differ between the backup and the database and were not changed (listed above).`, 3)
   })
 }
@@ -508,6 +584,9 @@ try {
       break
     case 'oauth':
       await oauthCommand(args)
+      break
+    case 'approvals':
+      await approvalsCommand(args)
       break
     case 'export':
       await exportCommand(args)

@@ -3,10 +3,12 @@ import { Value } from '@sinclair/typebox/value'
 import type { JWTPayload } from 'jose'
 import type { Config } from '../schema/config.js'
 import { NAMESPACE_PATTERN } from '../schema/key.js'
-import { SCOPES, multiNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
+import { SCOPES, SCOPE_NAME_PATTERN, isContextScope, isScopeName, multiNamespacePrincipal, scopeNameProblem, type Principal, type Scope } from '../schema/principal.js'
 
+// Scope names are an open set (the gateway's upstream rules use hr:read and the like); under
+// context: only this server's own (a typo such as context:wirte is refused).
 export const RoleGrantSchema = Type.Object({
-  scopes: Type.Array(Type.Union(SCOPES.map((scope) => Type.Literal(scope))), { minItems: 1 }),
+  scopes: Type.Array(Type.String({ pattern: SCOPE_NAME_PATTERN, maxLength: 64 }), { minItems: 1 }),
   namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NAMESPACE_PATTERN }))
 }, { additionalProperties: false })
 
@@ -33,13 +35,24 @@ export function roleMapProblems (json: string): string[] {
     const [role, field, index] = error.path.split('/').slice(1).map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'))
     const where = role === undefined ? '' : ` role ${JSON.stringify(role)}${field === undefined ? '' : ` ${field}${index === undefined ? '' : `[${index}]`}`}`
     const message = field === 'scopes' && index !== undefined
-      ? `unknown scope ${JSON.stringify(error.value)}; known scopes are ${SCOPES.join(', ')}`
+      ? typeof error.value === 'string' ? String(scopeNameProblem(error.value)) : 'must be a scope name such as context:read or hr:read'
       : field === 'namespace'
         ? 'must be 1-255 characters of A-Z a-z 0-9 _ . : / -'
         : error.message
     problems.push(`JWT_ROLE_MAP:${where}: ${message}`)
   }
   return problems
+}
+
+/**
+ * The scopes OAuth clients may ask for and the consent page may grant: the context scopes but
+ * context:admin (only roles and API tokens carry it), then the scope names the gateway's upstream
+ * rules use (UPSTREAMS_FILE `allow`), sorted.
+ */
+export function grantableScopes (config: Pick<Config, 'upstreams'>): string[] {
+  const gateway = new Set<string>()
+  for (const upstream of config.upstreams ?? []) for (const scope of Object.keys(upstream.allow)) if (!isContextScope(scope)) gateway.add(scope)
+  return [...SCOPES.filter((scope) => scope !== 'context:admin'), ...[...gateway].sort()]
 }
 
 /** The audience tokens must carry: JWT_AUDIENCE, else PUBLIC_URL/mcp; undefined when neither is set. */
@@ -92,16 +105,16 @@ export function rolesOf (claims: JWTPayload, roleClient?: string): Set<string> {
 }
 
 /**
- * OAuth scope values (`scope` string or `scp` string/array) that are scopes of this server — except
- * context:admin, which only a mapped role grants: some identity providers issue any API scope a
- * client asks for.
+ * OAuth scope values (`scope` string or `scp` string/array) that are scope names (context:read,
+ * hr:read; not OpenID's openid or profile) — except context:admin, which only a mapped role grants:
+ * some identity providers issue any API scope a client asks for.
  */
 export function oauthScopesOf (claims: JWTPayload): Set<Scope> {
   const values = [
     ...(typeof claims.scope === 'string' ? claims.scope.split(' ') : []),
     ...(typeof claims.scp === 'string' ? claims.scp.split(' ') : stringsOf(claims.scp))
   ]
-  return new Set(values.filter((value): value is Scope => value !== 'context:admin' && (SCOPES as readonly string[]).includes(value)))
+  return new Set(values.filter((value) => value !== 'context:admin' && isScopeName(value)))
 }
 
 /**

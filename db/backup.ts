@@ -6,6 +6,7 @@ import type postgres from 'postgres'
 import { NO_NUL_PATTERN, Tags } from '../schema/content.js'
 import { Key, Version } from '../schema/key.js'
 import { createMaintenanceStore, type ExportRow, type ImportedKey } from './context-store.js'
+import { createGatewayStore, type ExportedApproval, type ExportedCall } from './gateway-store.js'
 
 // The backup format (NDJSON, UTF-8, one JSON object per line):
 //
@@ -15,6 +16,20 @@ import { createMaintenanceStore, type ExportRow, type ImportedKey } from './cont
 //   {"type":"version","version":1,"action":"create","content":"…","tags":["x"],"actor":"token:ci","client":null,"at":"…"}
 //   … (every version of that key: 1, 2, …, n in order; they belong to the entry line above them)
 //   {"type":"end","entries":1,"versions":3}
+//
+// Format version 2 (written only when the gateway has rows: a server without them writes
+// version 1, which every older server imports) adds, after the last entry, the gateway's audit
+// and approvals, and their counts on the end line:
+//
+//   {"type":"upstream_call","namespace":"team","id":1,"at":"…","principal":"oidc:alice","client":null,"upstream":"hr",
+//      "tool":"list_employees","arguments_digest":"<sha256 hex>","outcome":"ok","code":null,"attempts":1,"duration_ms":12,"approval_id":null}
+//   {"type":"approval","namespace":"team","id":"apr_…","requested_by":"oidc:alice","client":null,"upstream":"hr","tool":"delete_employee",
+//      "arguments_digest":"…","mode":"out-of-band","status":"done","requested_at":"…","expires_at":"…","decided_by":"cli:bob",
+//      "decided_at":"…","started_at":"…","completed_at":"…","outcome":{…},"outcome_code":null}
+//   {"type":"end","entries":1,"versions":3,"upstream_calls":1,"approvals":1}
+//
+// Never the arguments of a call (the audit keeps their digest only; an approval's are dropped):
+// an approval still waiting when it was exported is imported expired, so it can never run.
 //
 // "current" is the key's row as stored: null when the key has history only (it expired and was
 // swept); otherwise at version n (see checkEntry); expires_at "-infinity" marks a deleted key's
@@ -29,7 +44,9 @@ import { createMaintenanceStore, type ExportRow, type ImportedKey } from './cont
 // per statement, never one without its history.
 
 export const BACKUP_FORMAT = 'shared-context-mcp-backup'
-export const BACKUP_FORMAT_VERSION = 1
+export const BACKUP_FORMAT_VERSION = 2
+/** The version of a backup without gateway lines: what older servers read. */
+const BASE_FORMAT_VERSION = 1
 
 const ROWS_PER_FETCH = 200
 const DEFAULT_BATCH_ENTRIES = 500
@@ -91,22 +108,70 @@ export const VersionLineSchema = Type.Object({
   at: Timestamp
 }, { additionalProperties: false })
 
+const Digest = Type.String({ pattern: '^[0-9a-f]{64}$' })
+const Name = Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN })
+
+export const UpstreamCallLineSchema = Type.Object({
+  type: Type.Literal('upstream_call'),
+  namespace: Namespace,
+  id: Type.Integer({ minimum: 1 }),
+  at: Timestamp,
+  principal: Text,
+  client: Nullable(Text),
+  upstream: Name,
+  tool: Name,
+  arguments_digest: Digest,
+  outcome: Name,
+  code: Nullable(Name),
+  attempts: Type.Integer({ minimum: 0, maximum: 1000 }),
+  duration_ms: Type.Integer({ minimum: 0, maximum: 2_147_483_647 }),
+  approval_id: Nullable(Name)
+}, { additionalProperties: false })
+
+export const ApprovalLineSchema = Type.Object({
+  type: Type.Literal('approval'),
+  namespace: Namespace,
+  id: Type.String({ pattern: '^apr_[A-Za-z0-9]{16}$' }),
+  requested_by: Text,
+  client: Nullable(Text),
+  upstream: Name,
+  tool: Name,
+  arguments_digest: Digest,
+  mode: Type.Union([Type.Literal('out-of-band'), Type.Literal('elicitation'), Type.Literal('input-required')]),
+  status: Type.Union(['pending', 'approved', 'rejected', 'expired', 'running', 'done'].map((status) => Type.Literal(status))),
+  requested_at: Timestamp,
+  expires_at: Timestamp,
+  decided_by: Nullable(Text),
+  decided_at: Nullable(Timestamp),
+  started_at: Nullable(Timestamp),
+  completed_at: Nullable(Timestamp),
+  outcome: Nullable(Type.Record(Type.String(), Type.Unknown())),
+  outcome_code: Nullable(Name)
+}, { additionalProperties: false })
+
 export const EndLineSchema = Type.Object({
   type: Type.Literal('end'),
   entries: Type.Integer({ minimum: 0 }),
-  versions: Type.Integer({ minimum: 0 })
+  versions: Type.Integer({ minimum: 0 }),
+  upstream_calls: Type.Optional(Type.Integer({ minimum: 0 })),
+  approvals: Type.Optional(Type.Integer({ minimum: 0 }))
 }, { additionalProperties: false })
 
 export type HeaderLine = Static<typeof HeaderLineSchema>
 type EntryLine = Static<typeof EntryLineSchema>
 type VersionLine = Static<typeof VersionLineSchema>
+type UpstreamCallLine = Static<typeof UpstreamCallLineSchema>
+type ApprovalLine = Static<typeof ApprovalLineSchema>
 
 const checkers = {
   header: TypeCompiler.Compile(HeaderLineSchema),
   entry: TypeCompiler.Compile(EntryLineSchema),
   version: TypeCompiler.Compile(VersionLineSchema),
+  upstream_call: TypeCompiler.Compile(UpstreamCallLineSchema),
+  approval: TypeCompiler.Compile(ApprovalLineSchema),
   end: TypeCompiler.Compile(EndLineSchema)
 }
+const LINE_TYPES = Object.keys(checkers) as Array<keyof typeof checkers>
 
 /** A problem with the backup file, naming its line. */
 export class BackupLineError extends Error {
@@ -135,7 +200,7 @@ export interface ExportOptions {
   rowsPerFetch?: number
 }
 
-export interface ExportSummary { entries: number, versions: number }
+export interface ExportSummary { entries: number, versions: number, upstreamCalls: number, approvals: number }
 
 const MIGRATION_FILE = /^(\d+)_[A-Za-z0-9_-]+\.sql$/
 
@@ -173,16 +238,18 @@ export async function schemaMismatchForExport (sql: postgres.Sql, migrationsDir:
 
 /** Writes the whole store (or one namespace) to `out`, streaming: memory stays bounded by one fetch of rows. */
 export async function exportBackup (sql: postgres.Sql, out: Writable, options: ExportOptions): Promise<ExportSummary> {
+  const gateway = createGatewayStore(sql)
+  const withGateway = await gateway.hasRows(options.namespace)
   const header: HeaderLine = {
     type: 'header',
     format: BACKUP_FORMAT,
-    format_version: BACKUP_FORMAT_VERSION,
+    format_version: withGateway ? BACKUP_FORMAT_VERSION : BASE_FORMAT_VERSION,
     server_version: options.serverVersion,
     exported_at: new Date().toISOString(),
     namespace: options.namespace ?? null
   }
   await writeText(out, `${JSON.stringify(header)}\n`)
-  const summary: ExportSummary = { entries: 0, versions: 0 }
+  const summary: ExportSummary = { entries: 0, versions: 0, upstreamCalls: 0, approvals: 0 }
   await createMaintenanceStore(sql).exportRows(options.namespace, options.rowsPerFetch ?? ROWS_PER_FETCH, async (rows) => {
     let text = ''
     for (const row of rows) {
@@ -198,8 +265,103 @@ export async function exportBackup (sql: postgres.Sql, out: Writable, options: E
     }
     await writeText(out, text)
   })
-  await writeText(out, `${JSON.stringify({ type: 'end', ...summary })}\n`)
+  if (!withGateway) {
+    await writeText(out, `${JSON.stringify({ type: 'end', entries: summary.entries, versions: summary.versions })}\n`)
+    return summary
+  }
+  const rowsPerFetch = options.rowsPerFetch ?? ROWS_PER_FETCH
+  await gateway.exportRows(rowsPerFetch, async (calls) => {
+    summary.upstreamCalls += calls.length
+    await writeText(out, calls.map((call) => `${JSON.stringify(upstreamCallLineOf(call))}\n`).join(''))
+  }, async (approvals) => {
+    summary.approvals += approvals.length
+    await writeText(out, approvals.map((approval) => `${JSON.stringify(approvalLineOf(approval))}\n`).join(''))
+  }, options.namespace)
+  const end: Static<typeof EndLineSchema> = { type: 'end', entries: summary.entries, versions: summary.versions, upstream_calls: summary.upstreamCalls, approvals: summary.approvals }
+  await writeText(out, `${JSON.stringify(end)}\n`)
   return summary
+}
+
+function upstreamCallLineOf (call: ExportedCall): UpstreamCallLine {
+  return {
+    type: 'upstream_call',
+    namespace: call.namespace,
+    id: call.id,
+    at: call.at,
+    principal: call.principal,
+    client: call.client,
+    upstream: call.upstream,
+    tool: call.tool,
+    arguments_digest: call.argumentsDigest,
+    outcome: call.outcome,
+    code: call.code,
+    attempts: call.attempts,
+    duration_ms: call.durationMs,
+    approval_id: call.approvalId
+  }
+}
+
+function approvalLineOf (approval: ExportedApproval): ApprovalLine {
+  return {
+    type: 'approval',
+    namespace: approval.namespace,
+    id: approval.id,
+    requested_by: approval.requestedBy,
+    client: approval.client,
+    upstream: approval.upstream,
+    tool: approval.tool,
+    arguments_digest: approval.argumentsDigest,
+    mode: approval.mode,
+    status: approval.status,
+    requested_at: approval.requestedAt,
+    expires_at: approval.expiresAt,
+    decided_by: approval.decidedBy,
+    decided_at: approval.decidedAt,
+    started_at: approval.startedAt,
+    completed_at: approval.completedAt,
+    outcome: approval.outcome,
+    outcome_code: approval.outcomeCode
+  }
+}
+
+function exportedCallOf (line: UpstreamCallLine): ExportedCall {
+  return {
+    namespace: line.namespace,
+    id: line.id,
+    at: line.at,
+    principal: line.principal,
+    client: line.client,
+    upstream: line.upstream,
+    tool: line.tool,
+    argumentsDigest: line.arguments_digest,
+    outcome: line.outcome,
+    code: line.code,
+    attempts: line.attempts,
+    durationMs: line.duration_ms,
+    approvalId: line.approval_id
+  }
+}
+
+function exportedApprovalOf (line: ApprovalLine): ExportedApproval {
+  return {
+    namespace: line.namespace,
+    id: line.id,
+    requestedBy: line.requested_by,
+    client: line.client,
+    upstream: line.upstream,
+    tool: line.tool,
+    argumentsDigest: line.arguments_digest,
+    mode: line.mode,
+    status: line.status as ExportedApproval['status'],
+    requestedAt: line.requested_at,
+    expiresAt: line.expires_at,
+    decidedBy: line.decided_by,
+    decidedAt: line.decided_at,
+    startedAt: line.started_at,
+    completedAt: line.completed_at,
+    outcome: line.outcome,
+    outcomeCode: line.outcome_code
+  }
 }
 
 function entryLineOf ({ namespace, key, current }: ExportRow): EntryLine {
@@ -268,6 +430,9 @@ export interface ImportSummary {
   importedVersions: number
   unchanged: number
   conflicts: number
+  /** The gateway's audit rows and approvals stored (those the database had already are not counted). */
+  importedUpstreamCalls: number
+  importedApprovals: number
   /** The last line whose key is settled; everything after it was not stored. */
   settledThroughLine: number
 }
@@ -288,9 +453,12 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
   const store = createMaintenanceStore(sql)
   const batchEntries = options.batchEntries ?? DEFAULT_BATCH_ENTRIES
   const batchBytes = options.batchBytes ?? DEFAULT_BATCH_BYTES
-  const summary: ImportSummary = { header: null, entries: 0, imported: 0, importedVersions: 0, unchanged: 0, conflicts: 0, settledThroughLine: 0 }
+  const summary: ImportSummary = { header: null, entries: 0, imported: 0, importedVersions: 0, unchanged: 0, conflicts: 0, importedUpstreamCalls: 0, importedApprovals: 0, settledThroughLine: 0 }
   const progress: ImportProgress = { bytes: 0, lines: 0, entries: 0 }
-  const counted = { entries: 0, versions: 0 }
+  const counted = { entries: 0, versions: 0, upstreamCalls: 0, approvals: 0 }
+  const gateway = createGatewayStore(sql)
+  let gatewayCalls: ExportedCall[] = []
+  let gatewayApprovals: ExportedApproval[] = []
   let batch: PendingEntry[] = []
   let batchSize = 0
   const inBatch = new Map<string, number>()
@@ -312,6 +480,13 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
   // ANALYZE makes the next batch plan again with what is there; it blocks no reader or writer.
   let batches = 0
   const flush = async (throughLine: number): Promise<void> => {
+    if (gatewayCalls.length > 0 || gatewayApprovals.length > 0) {
+      const stored = await gateway.importRows(gatewayCalls, gatewayApprovals)
+      summary.importedUpstreamCalls += stored.calls
+      summary.importedApprovals += stored.approvals
+      gatewayCalls = []
+      gatewayApprovals = []
+    }
     if (batch.length > 0) {
       const pending = batch
       const result = await importWithRetry(store, pending)
@@ -389,11 +564,29 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
           counted.versions++
           break
         }
+        case 'upstream_call':
+        case 'approval': {
+          closeEntry()
+          if (summary.header !== null && summary.header.format_version < BACKUP_FORMAT_VERSION) throw new BackupLineError(number, `a "${line.type}" line needs format_version ${BACKUP_FORMAT_VERSION}; the header says ${summary.header.format_version}`)
+          if (batch.length > 0) await flush(number - 1)
+          if (line.type === 'upstream_call') {
+            gatewayCalls.push(exportedCallOf(line as UpstreamCallLine))
+            counted.upstreamCalls++
+          } else {
+            gatewayApprovals.push(exportedApprovalOf(line as ApprovalLine))
+            counted.approvals++
+          }
+          if (gatewayCalls.length + gatewayApprovals.length >= batchEntries) await flush(number)
+          break
+        }
         case 'end': {
           closeEntry()
           const end = line as Static<typeof EndLineSchema>
           if (end.entries !== counted.entries || end.versions !== counted.versions) {
             throw new BackupLineError(number, `the end line counts ${end.entries} entries and ${end.versions} versions, but the file holds ${counted.entries} and ${counted.versions}: lines are missing or repeated`)
+          }
+          if ((end.upstream_calls ?? 0) !== counted.upstreamCalls || (end.approvals ?? 0) !== counted.approvals) {
+            throw new BackupLineError(number, `the end line counts ${end.upstream_calls ?? 0} upstream calls and ${end.approvals ?? 0} approvals, but the file holds ${counted.upstreamCalls} and ${counted.approvals}: lines are missing or repeated`)
           }
           ended = true // the last batch is stored once the input is known to end here
           break
@@ -429,9 +622,9 @@ function parseLine (text: string, number: number, terminated: boolean): { type: 
     throw new BackupLineError(number, text.trim() === '' ? 'the line is empty' : `not valid JSON (${(error as Error).message})`)
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new BackupLineError(number, 'expected a JSON object')
-  const type = (value as { type?: unknown }).type
-  if (type !== 'header' && type !== 'entry' && type !== 'version' && type !== 'end') {
-    throw new BackupLineError(number, `"type" must be "header", "entry", "version" or "end", got ${JSON.stringify(type)?.slice(0, 40)}`)
+  const type = (value as { type?: unknown }).type as keyof typeof checkers
+  if (!LINE_TYPES.includes(type)) {
+    throw new BackupLineError(number, `"type" must be "header", "entry", "version", "upstream_call", "approval" or "end", got ${JSON.stringify(type)?.slice(0, 40)}`)
   }
   check(checkers[type], value, number)
   for (const [field, text] of Object.entries(value)) {

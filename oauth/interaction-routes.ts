@@ -12,12 +12,13 @@ import { originOf } from '../plugins/host-check.js'
 import { verifyOwnerPassword } from './owner-password.js'
 import { isLoopbackRedirect } from './redirect-uris.js'
 import { pageHeaders, renderConsentPage, renderErrorPage } from './pages.js'
-import { GRANTABLE_SCOPES, INTERACTION_PATH } from './provider.js'
+import { INTERACTION_PATH } from './provider.js'
+import { isContextScope } from '../schema/principal.js'
 
 const ConsentFormSchema = Type.Object({
   csrf: Type.String({ maxLength: 128 }),
   decision: Type.Union([Type.Literal('allow'), Type.Literal('deny')]),
-  scope: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Array(Type.String({ maxLength: 64 }), { maxItems: 10 })])),
+  scope: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Array(Type.String({ maxLength: 64 }), { maxItems: 100 })])),
   namespace: Type.Optional(Type.String({ maxLength: 255 })),
   password: Type.Optional(Type.String({ maxLength: 1024 })),
   token: Type.Optional(Type.String({ maxLength: 16 * 1024 }))
@@ -40,6 +41,8 @@ export interface InteractionRoutesOptions {
   provider: () => ProviderClass
   store: OAuthStore
   resource: string
+  /** The scopes the page may grant: the context ones and the gateway's (grantableScopes in auth/roles.ts). */
+  grantableScopes: readonly string[]
   /** A secret every instance shares (the cookie key): consent forms carry an HMAC of their interaction made with it. */
   formSecret: () => string
   /** The active API token with this value, or null. */
@@ -66,15 +69,19 @@ function requestedScopes (details: Details): Set<string> {
  * The scopes the page offers: those of ours the client asked for (a token never carries more than
  * was asked: oidc-provider filters the grant by the request), or all of them when it asked for none.
  */
-function offeredScopes (details: Details): string[] {
+function offeredScopes (details: Details, grantable: readonly string[]): string[] {
   const requested = requestedScopes(details)
-  const asked = GRANTABLE_SCOPES.filter((scope) => requested.has(scope))
-  return asked.length > 0 ? asked : [...GRANTABLE_SCOPES]
+  const asked = grantable.filter((scope) => requested.has(scope))
+  return asked.length > 0 ? asked : [...grantable]
 }
 
-/** The scopes an API token may hand on: its own, or every grantable one when it is admin. */
-function scopesOfToken (token: ApiTokenRecord): Set<string> {
-  return token.scopes.includes('context:admin') || token.globalAdmin ? new Set(GRANTABLE_SCOPES) : new Set(token.scopes)
+/**
+ * The scopes an API token may hand on: its own; an admin token every grantable context scope too
+ * (context:admin covers no other domain's: an hr:write it lacks it cannot hand on).
+ */
+function scopesOfToken (token: ApiTokenRecord, grantable: readonly string[]): Set<string> {
+  const admin = token.scopes.includes('context:admin') || token.globalAdmin
+  return new Set([...token.scopes, ...(admin ? grantable.filter(isContextScope) : [])])
 }
 
 /**
@@ -129,7 +136,7 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
       clientUrl: clientId.startsWith('https://') ? clientId : undefined,
       redirectHost: URL.parse(redirectUri)?.host ?? redirectUri,
       redirectIsLoopback: isLoopbackRedirect(redirectUri),
-      scopes: offeredScopes(details).map((scope) => ({ scope, checked: chosen === undefined || chosen.has(scope) })),
+      scopes: offeredScopes(details, options.grantableScopes).map((scope) => ({ scope, checked: chosen === undefined || chosen.has(scope) })),
       namespace: form.namespace ?? DEFAULT_NAMESPACE,
       ownerPasswordSet: await store.ownerPasswordHash() !== null,
       signInWith: form.token !== undefined && form.token !== '' ? 'token' : 'password',
@@ -197,8 +204,8 @@ export async function interactionRoutes (fastify: FastifyInstance, options: Inte
     }
     try {
       const { subject, apiToken } = await signIn(request, reply, form)
-      const allowed = apiToken === undefined ? new Set<string>(GRANTABLE_SCOPES) : scopesOfToken(apiToken)
-      const offered = offeredScopes(details)
+      const allowed = apiToken === undefined ? new Set<string>(options.grantableScopes) : scopesOfToken(apiToken, options.grantableScopes)
+      const offered = offeredScopes(details, options.grantableScopes)
       const chosen = [form.scope ?? []].flat().filter((scope) => offered.includes(scope))
       if (chosen.length === 0) throw new PageError('Choose at least one thing the client may do.', 400)
       const refused = chosen.filter((scope) => !allowed.has(scope))

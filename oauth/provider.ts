@@ -2,16 +2,12 @@ import { randomBytes } from 'node:crypto'
 import { createLocalJWKSet, jwtVerify } from 'jose'
 import type { Configuration, KoaContextWithOIDC, default as ProviderClass } from 'oidc-provider'
 import type { OAuthStore } from '../db/oauth-store.js'
-import { SCOPES } from '../schema/principal.js'
 import { createAdapterClass, sha256Hex } from './adapter.js'
 import { pageHeaders, renderErrorPage } from './pages.js'
 import { clientIdUrlAllowed } from './client-id-urls.js'
 import { isLoopbackRedirect, redirectUriProblem } from './redirect-uris.js'
 import { MAX_JWT_CLOCK_SKEW_SECONDS } from '../schema/config.js'
 import { publicJwk, SIGNING_ALGORITHM, type ProviderKeys } from './keys.js'
-
-/** The scopes a client may ask for and the consent page may grant: every scope but context:admin, which only roles and API tokens carry. */
-export const GRANTABLE_SCOPES = SCOPES.filter((scope) => scope !== 'context:admin')
 
 /** Where the built-in authorization server's endpoints live (the issuer is PUBLIC_URL itself). */
 export const OAUTH_ROUTES = {
@@ -44,6 +40,8 @@ export interface ProviderSettings {
   issuer: string
   /** PUBLIC_URL/mcp: the one resource (RFC 8707) tokens are issued for, their audience. */
   resource: string
+  /** The scopes a client may ask for and the consent page may grant (grantableScopes in auth/roles.ts). */
+  scopes: readonly string[]
   store: OAuthStore
   keys: ProviderKeys
   accessTokenSeconds: number
@@ -70,7 +68,7 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
   const { default: Provider, errors } = await import('oidc-provider')
   const { issuer, resource, store } = settings
   const resourceServer = {
-    scope: GRANTABLE_SCOPES.join(' '),
+    scope: settings.scopes.join(' '),
     audience: resource,
     accessTokenTTL: settings.accessTokenSeconds,
     accessTokenFormat: 'jwt' as const,
@@ -134,7 +132,7 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
         // scopes_supported); oidc-provider checks a client's scope against its OpenID scopes only
         // and would refuse the registration. The resource's scopes are granted on the consent page.
         if (typeof metadata.scope === 'string') {
-          const kept = metadata.scope.split(' ').filter((scope) => scope !== '' && !(GRANTABLE_SCOPES as readonly string[]).includes(scope))
+          const kept = metadata.scope.split(' ').filter((scope) => scope !== '' && !settings.scopes.includes(scope))
           if (kept.length > 0) metadata.scope = kept.join(' ')
           else delete metadata.scope
         }
@@ -193,7 +191,7 @@ export async function createProvider (settings: ProviderSettings): Promise<Provi
   provider.use(async (ctx, next) => {
     await next()
     if (ctx.oidc?.route === 'discovery' && typeof ctx.body === 'object' && ctx.body !== null) {
-      (ctx.body as Record<string, unknown>).scopes_supported = [...GRANTABLE_SCOPES, 'offline_access']
+      (ctx.body as Record<string, unknown>).scopes_supported = [...settings.scopes, 'offline_access']
     }
   })
   revokeOwnAccessTokens(provider, settings, errors.UnsupportedTokenType)

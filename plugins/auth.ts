@@ -7,7 +7,7 @@ import { createRevocationChecker } from '../auth/revocation.js'
 import { grantRevocationId } from '../db/oauth-store.js'
 import { builtInIssuerOf, isLoopbackHost, type Config } from '../schema/config.js'
 import { AppError } from '../schema/errors.js'
-import { SCOPES, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
+import { isScopeName, singleNamespacePrincipal, type Principal, type Scope } from '../schema/principal.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -182,7 +182,7 @@ export default fp<AuthPluginOptions>(async (fastify, options) => {
       throw new AppError('AUTH_1003', `This token has been revoked. Ask for a new one, or create one with ${TOKEN_CREATE_HINT} in the server's folder.`)
     }
     const principal = singleNamespacePrincipal(`token:${record.name}`, record.namespace,
-      record.scopes.filter((scope): scope is Scope => (SCOPES as readonly string[]).includes(scope)), record.globalAdmin)
+      record.scopes.filter(isScopeName), record.globalAdmin)
     if (cacheMs > 0) {
       if (tokenCache.size >= TOKEN_CACHE_MAX) tokenCache.clear()
       tokenCache.set(hexHash, { principal, until: now + cacheMs })

@@ -61,6 +61,8 @@ declare module 'fastify' {
       prepareListen: (principal: Principal, body: unknown) => Promise<ListenPreparation>
       listener: ChangeListener
       counts: () => LiveCounts
+      /** Writes a notification (e.g. notifications/tools/list_changed) to every open 2025-era session stream. */
+      notifySessions: (message: Record<string, unknown>) => void
     }
   }
 }
@@ -598,6 +600,13 @@ export default fp(async (fastify) => {
     modernContext,
     prepareListen,
     listener,
+    notifySessions: (message: Record<string, unknown>) => {
+      for (const session of sessions.all()) {
+        if (session.stream === null || !session.stream.isOpen) continue
+        session.stream.message(message)
+        notificationsSent.inc()
+      }
+    },
     counts: () => {
       let subscriptions = 0
       for (const session of sessions.all()) subscriptions += session.subscriptions.size

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
 import { toNodeHandler, type FetchLikeMcpHandler, type NodeMcpRequestHandler } from '@modelcontextprotocol/node'
 import {
+  CLIENT_CAPABILITIES_META_KEY,
   CLIENT_INFO_META_KEY,
   ProtocolError,
   ProtocolErrorCode,
@@ -21,6 +22,7 @@ import { RESOURCE_CACHE_HINTS, RESOURCE_CAPABILITIES, answerLegacyRead, register
 import type { Principal } from '../schema/principal.js'
 import { allTools } from '../tools/index.js'
 import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
+import type { DownstreamChannel } from '../gateway/call.js'
 import { bearerTokenOf } from './auth.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
 
@@ -65,6 +67,12 @@ export const INSTRUCTIONS = [
 /** A client's self-reported name, cut to its first run of printable ASCII (it is stored and shown to models). */
 export function printableToken (text: string): string | null {
   return /^[\x21-\x7e]{1,100}/.exec(text)?.[0] ?? null
+}
+
+/** 2026-07-28 cache hints of the lists the gateway extends: short, and never shared between principals. */
+const GATEWAY_CACHE_HINTS = {
+  'tools/list': { ttlMs: 30_000, cacheScope: 'private' as const },
+  'prompts/list': { ttlMs: 30_000, cacheScope: 'private' as const }
 }
 
 /** What a request did, for its log line: the tool it called and how that ended ('ok' or a catalogue code). */
@@ -187,12 +195,42 @@ export default fp(async (fastify) => {
   const { store } = fastify.db
   const maxContentBytes = fastify.config.MAX_CONTENT_BYTES
   const registry = createToolRegistry(allTools)
+  const { gateway } = fastify
+  // A context tool call a person approved runs as any other, under the caller's principal and client.
+  gateway?.setContextRunner((name, args, principal, client) => registry.call(name, args, principal, { store, actor: { principal: principal.id, client }, maxContentBytes }))
+
+  /** The gateway's view of a 2026-07-28 request (2025-era gateway calls are served by the route; see Gateway.serveLegacyCall). */
+  function channelOf (ctx: ServerContext | undefined, params: CallToolParams): DownstreamChannel {
+    if (ctx === undefined) return { protocol: '2025', signal: new AbortController().signal }
+    const progressToken = (params as { _meta?: { progressToken?: unknown } })._meta?.progressToken
+    const capabilities = (ctx.mcpReq.envelope as Record<string, { elicitation?: unknown } | undefined> | undefined)?.[CLIENT_CAPABILITIES_META_KEY]
+    const requestState = ctx.mcpReq.requestState<unknown>()
+    return {
+      protocol: '2026-07-28',
+      signal: ctx.mcpReq.signal,
+      ...((typeof progressToken === 'string' || typeof progressToken === 'number') && { progressToken }),
+      notify: (method, notificationParams) => { ctx.mcpReq.notify({ method, params: notificationParams } as never).catch(() => {}) },
+      elicitationSupported: capabilities?.elicitation !== undefined,
+      ...(ctx.mcpReq.inputResponses !== undefined && { inputResponses: ctx.mcpReq.inputResponses }),
+      ...(typeof requestState === 'string' && { requestState })
+    }
+  }
 
   /** Runs one tools/call for a caller; failures that are not tool errors are thrown as ProtocolErrors. */
-  async function callTool (params: CallToolParams, caller: CallerInfo, client: string | null): Promise<ToolCallResult> {
+  async function callTool (params: CallToolParams, caller: CallerInfo, client: string | null, ctx?: ServerContext): Promise<ToolCallResult> {
     const { principal, record } = caller
     record.tool = params.name
     try {
+      const federated = gateway === null
+        ? undefined
+        : gateway.gatesContextTool(params.name)
+          ? registry.refusalOf(params.name, params.arguments, principal) ?? gateway.callContextTool(params.name, params.arguments ?? {}, principal, client, channelOf(ctx, params))
+          : gateway.call(params.name, params.arguments ?? {}, principal, client, channelOf(ctx, params))
+      if (federated !== undefined) {
+        const result = await federated as ToolCallResult
+        record.outcome = result.isError === true ? String(toolErrorCode(result)) : 'ok'
+        return result
+      }
       const result = await registry.call(params.name, params.arguments, principal, {
         store,
         actor: { principal: principal.id, client },
@@ -221,17 +259,40 @@ export default fp(async (fastify) => {
 
   function buildServer (): Server {
     const server = new ContextServer(SERVER_INFO, {
-      capabilities: { tools: { listChanged: false }, resources: RESOURCE_CAPABILITIES },
+      capabilities: {
+        tools: { listChanged: gateway !== null },
+        resources: RESOURCE_CAPABILITIES,
+        ...(gateway !== null && { prompts: { listChanged: true } })
+      },
       instructions: INSTRUCTIONS,
-      cacheHints: RESOURCE_CACHE_HINTS
+      // The gateway's lists change with its upstreams: clients may keep them briefly, per principal.
+      cacheHints: gateway === null ? RESOURCE_CACHE_HINTS : { ...RESOURCE_CACHE_HINTS, ...GATEWAY_CACHE_HINTS }
     })
     registerResources(server, resourceDependencies)
-    server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
+    if (gateway === null) {
+      server.setRequestHandler('tools/list', (_request, ctx) => ({ tools: registry.list(callerOf(ctx).principal) }))
+    } else {
+      server.setRequestHandler('tools/list', (_request, ctx) => {
+        const { principal } = callerOf(ctx)
+        return { tools: [...registry.list(principal), ...gateway.list(principal)] as never }
+      })
+      server.setRequestHandler('prompts/list', (_request, ctx) => ({ prompts: gateway.federation.listPrompts(callerOf(ctx).principal) as never }))
+      server.setRequestHandler('prompts/get', async (request, ctx) => {
+        const prompt = gateway.federation.resolvePrompt(request.params.name, callerOf(ctx).principal)
+        if (prompt === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown prompt "${request.params.name.slice(0, 100)}".`, { code: 'REQ_1101' })
+        try {
+          return await prompt.upstream.getPrompt(prompt.prompt, request.params.arguments, ctx.mcpReq.signal) as never
+        } catch (error) {
+          if (error instanceof ProtocolError) throw error
+          throw new ProtocolError(ProtocolErrorCode.InternalError, `MCP_2002: the upstream server "${prompt.upstream.name}" failed or is unreachable; try again later.`, { code: 'MCP_2002' })
+        }
+      })
+    }
     server.setRequestHandler('tools/call', { params: callToolParams }, (params, ctx) => {
       const invalid = invalidCallToolParams(params)
       if (invalid !== undefined) throw invalid
       const caller = callerOf(ctx)
-      return callTool(params as CallToolParams, caller, clientNameOf(ctx, caller))
+      return callTool(params as CallToolParams, caller, clientNameOf(ctx, caller), ctx)
     })
     server.onerror = (error) => fastify.log.debug({ err: error }, 'mcp protocol error')
     return server
@@ -308,6 +369,12 @@ export default fp(async (fastify) => {
 
   fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern })
 
+  // An upstream's tools changed: 2025-era sessions hear it on their streams, 2026-07-28 clients on subscriptions/listen.
+  gateway?.onToolsChanged(() => {
+    live.bus.publish({ kind: 'tools_list_changed' })
+    live.notifySessions({ jsonrpc: '2.0', method: 'notifications/tools/list_changed' })
+  })
+
   // subscriptions/listen streams end with their final result once the calls in flight are answered.
   // The wait leaves part of SHUTDOWN_TIMEOUT_MS for what closing does after it (the pool, the
   // embedded database): the process must exit within the budget, not be cut off at its end.
@@ -329,4 +396,4 @@ export default fp(async (fastify) => {
     await legacyServer.close()
     await modern.close()
   })
-}, { name: 'mcp', dependencies: ['config', 'db', 'live'] })
+}, { name: 'mcp', dependencies: ['config', 'db', 'live', 'gateway'] })

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import fp from 'fastify-plugin'
 import type { default as ProviderClass } from 'oidc-provider'
 import { publishRevokedJti } from '../auth/revocation.js'
+import { grantableScopes } from '../auth/roles.js'
 import { createOAuthStore, type OAuthStore } from '../db/oauth-store.js'
 import { createGrantRevoker, type GrantRevoker } from '../oauth/grants.js'
 import { createStoredKeySet, ensureKeys, KEY_RELOAD_MS, loadProviderKeys, type ProviderKeys, type StoredKeySet } from '../oauth/keys.js'
@@ -69,6 +70,7 @@ export default fp<OAuthPluginOptions>(async (fastify, options) => {
     const built = await createProvider({
       issuer,
       resource,
+      scopes: grantableScopes(config),
       store,
       keys,
       accessTokenSeconds: config.OAUTH_ACCESS_TOKEN_SECONDS,

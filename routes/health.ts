@@ -9,7 +9,14 @@ const Ready = Type.Object({
   database: Type.Union([Type.Literal('ok'), Type.Literal('failed')]),
   redis: Optional,
   identity_provider: Optional,
-  authorization_server: Optional
+  authorization_server: Optional,
+  /** The gateway's upstreams (absent when it is off): a non-critical one down changes nothing else, a critical one makes the status degraded. */
+  upstreams: Type.Optional(Type.Array(Type.Object({
+    name: Type.String(),
+    status: Type.Union([Type.Literal('ok'), Type.Literal('down')]),
+    breaker: Type.Union([Type.Literal('closed'), Type.Literal('open'), Type.Literal('half_open')]),
+    critical: Type.Boolean()
+  })))
 })
 
 /**
@@ -17,7 +24,8 @@ const Ready = Type.Object({
  * database decides (503 when it does not answer within 2 s, or while shutting down): without Redis
  * limits and revocation fall back to this process and PostgreSQL, without the identity
  * provider cached keys keep verifying, and the built-in authorization server whose key table
- * could not be read keeps its current keys — each is reported as `degraded`.
+ * could not be read keeps its current keys — each is reported as `degraded`. Gateway upstreams are
+ * listed one by one; only a critical one that is down (or whose breaker is open) degrades the status.
  */
 export default async function healthRoutes (fastify: FastifyInstance) {
   // Any Host: platform probes (Kubernetes, load balancers) call it by the machine's address. It tells nothing but "up".
@@ -49,9 +57,11 @@ export default async function healthRoutes (fastify: FastifyInstance) {
     const identityProvider = fastify.auth.identityProviderStatus()
     const authorizationServer = fastify.oauth?.status() ?? 'absent' as const
     const database = await databaseAnswers() ? 'ok' as const : 'failed' as const
+    const upstreams = fastify.gateway?.health()
+    const criticalDown = upstreams?.some((upstream) => upstream.critical && upstream.status === 'down') === true
     const status = database === 'failed' || fastify.lifecycle.closing
       ? 'unavailable' as const
-      : [redis, identityProvider, authorizationServer].includes('degraded') ? 'degraded' as const : 'ok' as const
-    return reply.code(status === 'unavailable' ? 503 : 200).send({ status, database, redis, identity_provider: identityProvider, authorization_server: authorizationServer })
+      : criticalDown || [redis, identityProvider, authorizationServer].includes('degraded') ? 'degraded' as const : 'ok' as const
+    return reply.code(status === 'unavailable' ? 503 : 200).send({ status, database, redis, identity_provider: identityProvider, authorization_server: authorizationServer, ...(upstreams !== undefined && { upstreams }) })
   })
 }

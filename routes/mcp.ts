@@ -160,8 +160,17 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     if (outcome.reason === 'batch') {
       return reply.code(400).send(jsonRpcError(null, -32600, 'JSON-RPC batches are not supported: send one message per POST.'))
     }
-    if (outcome.reason === 'response' || outcome.reason === 'http-method') return reply.code(202).send()
+    if (outcome.reason === 'response') {
+      // A client's answer to what the gateway asked it mid-call (elicitation, sampling).
+      fastify.gateway?.deliverClientResponse(body, request.principal!)
+      return reply.code(202).send()
+    }
+    if (outcome.reason === 'http-method') return reply.code(202).send()
     if (isJsonRpcRequest(body)) return serveLegacy(request, reply, body)
+    if (fastify.gateway !== null && (body as JSONRPCNotification).method === 'notifications/cancelled') {
+      const sessionId = request.headers['mcp-session-id']
+      fastify.gateway.cancelClientCall((body as JSONRPCNotification).params?.requestId, request.principal!, typeof sessionId === 'string' ? sessionId : undefined)
+    }
     mcp.legacy.deliver(body as JSONRPCNotification, { authInfo: authInfoFor(callerOf(request)) })
     return reply.code(202).send()
   })
@@ -177,6 +186,15 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
 
   async function serveLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest): Promise<FastifyReply> {
     const caller = callerOf(request)
+    if (fastify.gateway !== null) {
+      if (body.method === 'tools/call') {
+        const federated = fastify.gateway.serveLegacyCall(request, reply, body, caller)
+        if (federated !== undefined) return await federated
+      } else if (body.method === 'initialize') {
+        const sessionId = reply.getHeader('mcp-session-id')
+        if (typeof sessionId === 'string') fastify.gateway.noteSession(sessionId, (body.params as { capabilities?: unknown } | undefined)?.capabilities)
+      }
+    }
     // tools/call and resources/read are answered directly (see plugins/mcp.ts); the rest by the SDK's server.
     const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? mcp.answerResourceRead : undefined
     const answer = direct !== undefined

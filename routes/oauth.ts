@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { grantableScopes } from '../auth/roles.js'
 import { interactionRoutes } from '../oauth/interaction-routes.js'
 import { hashToken } from '../plugins/auth.js'
 
@@ -39,6 +40,7 @@ export default async function oauthRoutes (fastify: FastifyInstance): Promise<vo
     provider: oauth.provider,
     store: oauth.store,
     resource: oauth.resource,
+    grantableScopes: grantableScopes(fastify.config),
     formSecret: oauth.formSecret,
     metrics: fastify.metrics.oauth,
     findApiToken: async (token) => {

@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, HTTPMethods } from 'fastify'
 import { howToGetAToken } from '../plugins/auth.js'
 import { AppError } from '../schema/errors.js'
-import { SCOPES } from '../schema/principal.js'
+import { grantableScopes } from '../auth/roles.js'
 
 const ProtectedResourceMetadata = Type.Object({
   resource: Type.String(),
@@ -52,6 +52,7 @@ export default async function wellKnownRoutes (fastify: FastifyInstance) {
     return
   }
 
+  const scopesSupported = grantableScopes(config)
   for (const url of ['/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp']) {
     fastify.get(url, { config: { checkOrigin: false }, schema: { response: { 200: ProtectedResourceMetadata } } }, async (request, reply) => {
       // Without PUBLIC_URL the resource comes from this request's Host: not for shared caches.
@@ -60,7 +61,7 @@ export default async function wellKnownRoutes (fastify: FastifyInstance) {
         resource: auth.resourceUrl(request).href,
         authorization_servers: [...authorizationServers],
         // context:admin is granted by roles only (never from a requested OAuth scope), so clients should not ask for it.
-        scopes_supported: SCOPES.filter((scope) => scope !== 'context:admin'),
+        scopes_supported: scopesSupported,
         bearer_methods_supported: ['header'],
         resource_name: 'Shared Context'
       }

@@ -3,6 +3,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { rateLimitsProblems } from './rate-limits.js'
 import { jwtConfigProblems } from '../auth/roles.js'
+import { loadUpstreams, type UpstreamConfig } from '../gateway/config.js'
 
 /** The most clock skew a JWT's exp may be given (JWT_CLOCK_SKEW_SECONDS); revocations outlive exp by this much. */
 export const MAX_JWT_CLOCK_SKEW_SECONDS = 300
@@ -53,10 +54,18 @@ export const ConfigSchema = Type.Object({
   MCP_SUBSCRIPTIONS_PER_SESSION: Type.Integer({ minimum: 1, maximum: 100000, default: 1000, description: 'Resources one session may subscribe to' }),
   SEARCH_LANGUAGE: Type.String({ pattern: '^[a-z][a-z0-9_]{0,62}$', default: 'simple', description: 'PostgreSQL text search configuration for search_context: simple (no stemming, any language, code), or english, german, french, ... (stemming and stop words of that language); changing it re-indexes every entry at the next start' }),
   EXPIRY_SWEEP_SECONDS: Type.Integer({ minimum: 0, maximum: 86400, default: 60, description: 'How often each instance deletes entries whose TTL has passed (their history stays); 0 turns the sweep off' }),
+  UPSTREAMS_FILE: Type.Optional(Type.String({ minLength: 1, description: 'JSON file of upstream MCP servers to federate (the gateway); unset: no gateway' })),
+  GATEWAY_IDENTITY_KEY: Type.Optional(Type.String({ minLength: 32, description: 'HMAC key (at least 32 characters) signing the short-lived principal JWT sent to upstreams that ask for one (their `identity` setting)' })),
+  APPROVAL_MODE: Type.Optional(Type.Union([Type.Literal('in-band'), Type.Literal('out-of-band')], { description: "How a person approves calls that need it, unless an upstream's `approval` says otherwise: in-band (the client asks its user: elicitation / input-required) or out-of-band (`cli approvals`); default: in-band on a loopback HOST, else out-of-band" })),
+  APPROVAL_EXPIRES_SECONDS: Type.Integer({ minimum: 10, maximum: 604800, default: 3600, description: 'How long a pending approval waits for a decision before it expires (the call is then cancelled)' }),
+  APPROVE_CONTEXT_TOOLS: Type.String({ default: '', pattern: '^(|(delete_context|restore_context)(,(delete_context|restore_context))?)$', description: 'Comma-separated context tools that need the same approval as destructive upstream tools: delete_context, restore_context' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 }, { additionalProperties: false })
 
-export type Config = Static<typeof ConfigSchema>
+export type Config = Static<typeof ConfigSchema> & {
+  /** The upstreams UPSTREAMS_FILE names, validated at start (absent when the gateway is off). */
+  upstreams?: UpstreamConfig[]
+}
 
 export class ConfigError extends Error {
   readonly problems: string[]
@@ -67,7 +76,7 @@ export class ConfigError extends Error {
   }
 }
 
-const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL', 'REDIS_URL', 'METRICS_TOKEN'])
+const SECRET_KEYS = new Set(['AUTH_TOKEN', 'DATABASE_URL', 'REDIS_URL', 'METRICS_TOKEN', 'GATEWAY_IDENTITY_KEY'])
 
 /**
  * Reads the known variables from `env`, applies defaults and types, and validates them.
@@ -90,8 +99,15 @@ export function loadConfig (env: Record<string, string | undefined>): Config {
   problems.push(...jwtConfigProblems(converted as Partial<Config>))
   problems.push(...rateLimitsProblems((converted as Partial<Config>).RATE_LIMITS))
   problems.push(...oauthServerProblems(converted as Partial<Config>))
+  const upstreamsFile = (converted as Partial<Config>).UPSTREAMS_FILE
+  const gateway = typeof upstreamsFile === 'string' ? loadUpstreams(upstreamsFile, env) : undefined
+  if (gateway !== undefined) {
+    problems.push(...gateway.problems)
+    const identityWanted = gateway.upstreams.some((upstream) => upstream.identity !== undefined)
+    if (identityWanted && (converted as Partial<Config>).GATEWAY_IDENTITY_KEY === undefined) problems.push('GATEWAY_IDENTITY_KEY: required when an upstream has an `identity` setting (it signs the principal JWT sent there)')
+  }
   if (problems.length > 0) throw new ConfigError(problems)
-  return converted as Config
+  return gateway === undefined ? converted as Config : { ...converted as Config, upstreams: gateway.upstreams }
 }
 
 function oauthServerProblems (config: Partial<Config>): string[] {

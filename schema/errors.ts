@@ -15,6 +15,10 @@ export const errorCatalogue = {
   CTX_2003: { status: 413, title: 'content too large' },
   DEP_3001: { status: 503, title: 'database unavailable' },
   DEP_3002: { status: 503, title: 'identity provider unavailable' },
+  MCP_2001: { status: 504, title: 'upstream MCP server timed out' },
+  MCP_2002: { status: 502, title: 'upstream MCP server failed or unreachable' },
+  MCP_2003: { status: 202, title: 'approval pending' },
+  MCP_2004: { status: 403, title: 'approval refused (rejected, expired or cancelled)' },
   SRV_9001: { status: 500, title: 'internal error' },
   SRV_9002: { status: 503, title: 'shutting down' }
 } as const

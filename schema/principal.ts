@@ -1,5 +1,34 @@
+/** This server's own scopes: what the context tools need. Their meaning is fixed. */
 export const SCOPES = ['context:read', 'context:write', 'context:delete', 'context:admin'] as const
-export type Scope = typeof SCOPES[number]
+export type ContextScope = typeof SCOPES[number]
+
+/**
+ * A scope name: `domain:action` in lower case, e.g. context:read or hr:read. The set is open: the
+ * gateway's upstream rules (UPSTREAMS_FILE `allow`) give names such as hr:read their meaning; API
+ * tokens, JWT_ROLE_MAP and the consent page grant them. Under `context:` only this server's own
+ * names exist (a typo there is refused rather than granted as a scope nothing checks).
+ */
+export type Scope = string
+export const SCOPE_PATTERN = '^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$'
+/** SCOPE_PATTERN, with only this server's own names under context: (for TypeBox schemas). */
+export const SCOPE_NAME_PATTERN = `^(?:${SCOPES.join('|')}|(?!context:)[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*)$`
+const SCOPE_NAME = new RegExp(SCOPE_PATTERN)
+const MAX_SCOPE_CHARS = 64
+
+/** Why `name` is no scope name, or undefined when it is one. */
+export function scopeNameProblem (name: string): string | undefined {
+  if (name.length > MAX_SCOPE_CHARS || !SCOPE_NAME.test(name)) return `"${name.slice(0, MAX_SCOPE_CHARS)}" is not a scope name: domain:action in lower case (a-z 0-9 _ -), at most ${MAX_SCOPE_CHARS} characters, e.g. hr:read`
+  if (name.startsWith('context:') && !(SCOPES as readonly string[]).includes(name)) return `unknown scope "${name}"; known scopes are ${SCOPES.join(', ')}, and other domains' domain:action names (e.g. hr:read)`
+  return undefined
+}
+
+export function isScopeName (name: string): boolean {
+  return scopeNameProblem(name) === undefined
+}
+
+export function isContextScope (name: string): name is ContextScope {
+  return (SCOPES as readonly string[]).includes(name)
+}
 
 /** Who is calling: resolved by the auth plugin, used for scope checks, namespacing and audit. */
 export interface Principal {
@@ -7,7 +36,7 @@ export interface Principal {
   id: string
   /** The namespace a tool call acts in when it names none. */
   namespace: string
-  /** Scopes per namespace; context:admin in a namespace's grant allows every scope there. */
+  /** Scopes per namespace; context:admin in a namespace's grant allows every context scope there (never another domain's). */
   grants: ReadonlyMap<string, ReadonlySet<Scope>>
   /** Every scope granted anywhere: decides which tools tools/list shows, and the rate-limit tier. */
   scopes: ReadonlySet<Scope>
@@ -38,11 +67,15 @@ export function multiNamespacePrincipal (id: string, grants: ReadonlyMap<string,
   return { id, namespace: homeNamespace, grants, scopes, globalAdmin }
 }
 
-/** Whether the principal may use `scope` in `namespace`. */
+/**
+ * Whether the principal may use `scope` in `namespace`. context:admin (and a global admin) covers
+ * the context scopes only: an admin of the shared context is not thereby an HR or finance user.
+ */
 export function mayUse (principal: Principal, namespace: string, scope: Scope): boolean {
-  if (principal.globalAdmin) return true
+  const context = isContextScope(scope)
+  if (principal.globalAdmin && context) return true
   const granted = principal.grants.get(namespace)
-  return granted !== undefined && (granted.has(scope) || granted.has('context:admin'))
+  return granted !== undefined && (granted.has(scope) || (context && granted.has('context:admin')))
 }
 
 /** The rate-limit tier of a principal: its strongest scope. */

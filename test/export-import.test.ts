@@ -259,7 +259,7 @@ test('malformed input: the error names the line, and nothing of its batch is sto
   const cases: Array<[string, Array<string | Buffer>, RegExp]> = [
     ['empty input', [], /^line 1: the input is empty/],
     ['no header', [versionA], /^line 1: expected the header line/],
-    ['a newer format', [header.replace('"format_version":1', '"format_version":2'), end(0, 0)], /^line 1: format_version 2 was written by a newer server/],
+    ['a newer format', [header.replace('"format_version":1', '"format_version":3'), end(0, 0)], /^line 1: format_version 3 was written by a newer server/],
     ['not JSON', [header, entryA, '{"type":"version",', end(1, 1)], /^line 3: not valid JSON/],
     ['an empty line', [header, entryA, '', versionA, end(1, 1)], /^line 3: the line is empty/],
     ['an unknown type', [header, '{"type":"comment"}', end(0, 0)], /^line 2: "type" must be/],

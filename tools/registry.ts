@@ -145,6 +145,28 @@ export function createToolRegistry (tools: ToolDefinition[]) {
     return principal.scopes.has(tool.scope) || principal.scopes.has('context:admin')
   }
 
+  function preflight (name: string, args: unknown, principal: Principal): { tool: CompiledTool, namespace: string, input: Record<string, unknown>, refusal?: ToolCallResult } {
+    const tool = byName.get(name)
+    if (tool === undefined) throw new UnknownToolError(name, [...byName.keys()])
+    const scope = tool.definition.scope
+    const named = (args as { namespace?: unknown } | undefined)?.namespace
+    const namespace = typeof named === 'string' ? named : principal.namespace
+    const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
+    const input = (args ?? {}) as Record<string, unknown>
+    if (!mayUse(principal, namespace, scope)) {
+      return { tool, namespace, input, refusal: toolError('AUTH_1004', `${name} needs the ${scope} scope${where}, which this token does not have.`, { required_scope: scope }) }
+    }
+    if (scope !== 'context:read' && principal.writesRefused !== undefined) throw principal.writesRefused
+    if (!tool.check.Check(input)) {
+      return { tool, namespace, input, refusal: toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`) }
+    }
+    const extra = tool.definition.extraScope?.(input)
+    if (extra !== undefined && !mayUse(principal, namespace, extra.scope)) {
+      return { tool, namespace, input, refusal: toolError('AUTH_1004', `${name} ${extra.reason} needs the ${extra.scope} scope${where}, which this token does not have. Nothing was changed.`, { required_scope: extra.scope }) }
+    }
+    return { tool, namespace, input }
+  }
+
   return {
     /** The tools this principal may call, in registration order. */
     list (principal: Principal): ListedTool[] {
@@ -157,25 +179,17 @@ export function createToolRegistry (tools: ToolDefinition[]) {
       return listed
     },
 
+    /**
+     * The refusal this call would get (unknown tool thrown; scope or arguments as a tool error), or
+     * undefined when it would run: what the approval gate checks before it asks anyone.
+     */
+    refusalOf (name: string, args: unknown, principal: Principal): ToolCallResult | undefined {
+      return preflight(name, args, principal).refusal
+    },
+
     async call (name: string, args: unknown, principal: Principal, dependencies: CallDependencies): Promise<ToolCallResult> {
-      const tool = byName.get(name)
-      if (tool === undefined) throw new UnknownToolError(name, [...byName.keys()])
-      const scope = tool.definition.scope
-      const named = (args as { namespace?: unknown } | undefined)?.namespace
-      const namespace = typeof named === 'string' ? named : principal.namespace
-      const where = namespace === principal.namespace ? '' : ` in namespace "${namespace.slice(0, 255)}"`
-      if (!mayUse(principal, namespace, scope)) {
-        return toolError('AUTH_1004', `${name} needs the ${scope} scope${where}, which this token does not have.`, { required_scope: scope })
-      }
-      if (scope !== 'context:read' && principal.writesRefused !== undefined) throw principal.writesRefused
-      const input = args ?? {}
-      if (!tool.check.Check(input)) {
-        return toolError('REQ_1101', `Invalid arguments for ${name}: ${describeValidationError(tool.check, input)}. Nothing was changed.`)
-      }
-      const extra = tool.definition.extraScope?.(input)
-      if (extra !== undefined && !mayUse(principal, namespace, extra.scope)) {
-        return toolError('AUTH_1004', `${name} ${extra.reason} needs the ${extra.scope} scope${where}, which this token does not have. Nothing was changed.`, { required_scope: extra.scope })
-      }
+      const { tool, namespace, input, refusal } = preflight(name, args, principal)
+      if (refusal !== undefined) return refusal
       try {
         const output = await tool.definition.handler({ ...dependencies, namespace }, input)
         return {

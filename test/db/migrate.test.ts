@@ -27,7 +27,7 @@ test('migrate applies, is idempotent, takes new files and guards applied ones', 
   t.match(logged, SHIPPED.map((file) => new RegExp(file.replace('.', '\\.'))))
   const tables = await sql<{ table_name: string }[]>`
     select table_name from information_schema.tables where table_schema = 'public' order by table_name`
-  t.same(tables.map(row => row.table_name), ['api_tokens', 'context_entries', 'context_history', 'context_search', 'context_tags', 'oauth_grant_bindings', 'oauth_keys', 'oauth_owner', 'oauth_payloads', 'revoked_jtis', 'schema_migrations', 'search_settings', 'search_terms'])
+  t.same(tables.map(row => row.table_name), ['api_tokens', 'context_entries', 'context_history', 'context_search', 'context_tags', 'gateway_approvals', 'gateway_calls', 'gateway_state_keys', 'gateway_used_states', 'oauth_grant_bindings', 'oauth_keys', 'oauth_owner', 'oauth_payloads', 'revoked_jtis', 'schema_migrations', 'search_settings', 'search_terms'])
   const original = await readFile(join(migrationsDir, '001_init.sql'), 'utf8')
   const recorded = await sql<MigrationRow[]>`select version, name, checksum from schema_migrations order by version`
   t.same(recorded[0], { version: 1, name: 'init', checksum: createHash('sha256').update(original).digest('hex') })

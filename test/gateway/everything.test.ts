@@ -1,0 +1,84 @@
+import { test } from 'tap'
+import { eventually } from '../eventually.js'
+import { startEverything } from './upstreams/everything.js'
+import { connectV1, connectV2, startGateway } from './gateway-helper.js'
+
+// The reference server behind the gateway: its progress, elicitation and sampling tools, through to the client and back.
+test('server-everything through the gateway', async (t) => {
+  const everything = await startEverything()
+  t.teardown(() => everything.close())
+  const gateway = await startGateway(t, [
+    // No approval for these demo tools (they carry no destructive annotation of their own).
+    { name: 'everything', url: everything.url, allow: { 'everything:use': ['*'] }, confirm: [] }
+  ])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.status === 'ok', { what: 'server-everything connected' })
+  const token = await gateway.token(['everything-user'])
+  const client = await connectV2(t, gateway.baseUrl, token, { capabilities: { elicitation: { form: {} }, sampling: {} } })
+  const names = (await client.listTools()).tools.map((tool) => tool.name)
+  for (const name of ['everything__echo', 'everything__trigger-long-running-operation', 'everything__trigger-elicitation-request', 'everything__trigger-sampling-request']) {
+    t.ok(names.includes(name), `${name} is federated`)
+  }
+
+  await t.test('its prompts, namespaced', async (t) => {
+    const prompts = (await client.listPrompts()).prompts.map((prompt) => prompt.name)
+    t.ok(prompts.includes('everything__simple-prompt'))
+    t.ok(prompts.includes('everything__args-prompt'))
+    const prompt = await client.getPrompt({ name: 'everything__args-prompt', arguments: { city: 'Paris' } })
+    t.match(JSON.stringify(prompt.messages), /Paris/)
+    const other = await connectV2(t, gateway.baseUrl, await gateway.token(['hr-read']))
+    t.same((await other.listPrompts()).prompts, [], 'not for a principal without the scope')
+  })
+
+  await t.test('echo', async (t) => {
+    const result = await client.callTool({ name: 'everything__echo', arguments: { message: 'hello' } })
+    t.match((result.content as Array<{ text: string }>)[0]?.text, /hello/)
+  })
+
+  await t.test('progress of a long-running operation reaches v2 and v1 clients', async (t) => {
+    const progress: number[] = []
+    const result = await client.callTool({ name: 'everything__trigger-long-running-operation', arguments: { duration: 0.3, steps: 3 } }, { onprogress: (update) => progress.push(update.progress) })
+    t.notOk(result.isError)
+    t.same(progress, [1, 2, 3])
+    const v1 = await connectV1(t, gateway.baseUrl, token)
+    const v1Progress: number[] = []
+    await v1.callTool({ name: 'everything__trigger-long-running-operation', arguments: { duration: 0.2, steps: 2 } }, undefined, { onprogress: (update) => v1Progress.push(update.progress) })
+    t.same(v1Progress, [1, 2])
+  })
+
+  await t.test('an elicitation of the upstream is asked of the client, and its answer goes back', async (t) => {
+    const asked: string[] = []
+    client.setRequestHandler('elicitation/create', async (request) => {
+      asked.push(String(request.params.message))
+      return { action: 'accept', content: { name: 'Ada Lovelace', check: true } }
+    })
+    const result = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+    t.equal(asked.length, 1, 'the client was asked once')
+    t.match(JSON.stringify(result.content), /Name: Ada Lovelace/, "the upstream got the client's answer")
+    client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }))
+    const declined = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+    t.match(JSON.stringify(declined.content), /declined/)
+  })
+
+  await t.test('a sampling request of the upstream is answered by the client', async (t) => {
+    client.setRequestHandler('sampling/createMessage', async (request) => {
+      const first = request.params.messages[0]?.content as { text?: string } | undefined
+      return { model: 'test-model', role: 'assistant', content: { type: 'text', text: `sampled: ${first?.text ?? ''}` } }
+    })
+    const result = await client.callTool({ name: 'everything__trigger-sampling-request', arguments: { prompt: 'what is MCP?', maxTokens: 20 } })
+    t.notOk(result.isError)
+    t.match(JSON.stringify(result.content), /sampled: .*what is MCP\?/)
+    t.match(JSON.stringify(result.content), /test-model/)
+  })
+
+  await t.test('a client that cannot be asked: the upstream gets a refusal, the call still answers', async (t) => {
+    // A raw POST that accepts JSON only: nothing can be sent to it mid-call.
+    const response = await fetch(new URL('/mcp', gateway.baseUrl), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'everything__trigger-sampling-request', arguments: { prompt: 'x', maxTokens: 5 } } })
+    })
+    t.equal(response.status, 200)
+    const body = await response.json() as { result?: { isError?: boolean } }
+    t.ok(body.result, 'answered with a result (the upstream reports the refused sampling)')
+  })
+})
