@@ -163,6 +163,12 @@ type VersionLine = Static<typeof VersionLineSchema>
 type UpstreamCallLine = Static<typeof UpstreamCallLineSchema>
 type ApprovalLine = Static<typeof ApprovalLineSchema>
 
+/** A gateway line's row: the line without its `type`. */
+function withoutType<L extends { type: string }> (line: L): Omit<L, 'type'> {
+  const { type: _type, ...row } = line
+  return row
+}
+
 const checkers = {
   header: TypeCompiler.Compile(HeaderLineSchema),
   entry: TypeCompiler.Compile(EntryLineSchema),
@@ -272,96 +278,14 @@ export async function exportBackup (sql: postgres.Sql, out: Writable, options: E
   const rowsPerFetch = options.rowsPerFetch ?? ROWS_PER_FETCH
   await gateway.exportRows(rowsPerFetch, async (calls) => {
     summary.upstreamCalls += calls.length
-    await writeText(out, calls.map((call) => `${JSON.stringify(upstreamCallLineOf(call))}\n`).join(''))
+    await writeText(out, calls.map((call) => `${JSON.stringify({ type: 'upstream_call', ...call })}\n`).join(''))
   }, async (approvals) => {
     summary.approvals += approvals.length
-    await writeText(out, approvals.map((approval) => `${JSON.stringify(approvalLineOf(approval))}\n`).join(''))
+    await writeText(out, approvals.map((approval) => `${JSON.stringify({ type: 'approval', ...approval })}\n`).join(''))
   }, options.namespace)
   const end: Static<typeof EndLineSchema> = { type: 'end', entries: summary.entries, versions: summary.versions, upstream_calls: summary.upstreamCalls, approvals: summary.approvals }
   await writeText(out, `${JSON.stringify(end)}\n`)
   return summary
-}
-
-function upstreamCallLineOf (call: ExportedCall): UpstreamCallLine {
-  return {
-    type: 'upstream_call',
-    namespace: call.namespace,
-    id: call.id,
-    at: call.at,
-    principal: call.principal,
-    client: call.client,
-    upstream: call.upstream,
-    tool: call.tool,
-    arguments_digest: call.argumentsDigest,
-    outcome: call.outcome,
-    code: call.code,
-    attempts: call.attempts,
-    duration_ms: call.durationMs,
-    approval_id: call.approvalId
-  }
-}
-
-function approvalLineOf (approval: ExportedApproval): ApprovalLine {
-  return {
-    type: 'approval',
-    namespace: approval.namespace,
-    id: approval.id,
-    requested_by: approval.requestedBy,
-    client: approval.client,
-    upstream: approval.upstream,
-    tool: approval.tool,
-    arguments_digest: approval.argumentsDigest,
-    mode: approval.mode,
-    status: approval.status,
-    requested_at: approval.requestedAt,
-    expires_at: approval.expiresAt,
-    decided_by: approval.decidedBy,
-    decided_at: approval.decidedAt,
-    started_at: approval.startedAt,
-    completed_at: approval.completedAt,
-    outcome: approval.outcome,
-    outcome_code: approval.outcomeCode
-  }
-}
-
-function exportedCallOf (line: UpstreamCallLine): ExportedCall {
-  return {
-    namespace: line.namespace,
-    id: line.id,
-    at: line.at,
-    principal: line.principal,
-    client: line.client,
-    upstream: line.upstream,
-    tool: line.tool,
-    argumentsDigest: line.arguments_digest,
-    outcome: line.outcome,
-    code: line.code,
-    attempts: line.attempts,
-    durationMs: line.duration_ms,
-    approvalId: line.approval_id
-  }
-}
-
-function exportedApprovalOf (line: ApprovalLine): ExportedApproval {
-  return {
-    namespace: line.namespace,
-    id: line.id,
-    requestedBy: line.requested_by,
-    client: line.client,
-    upstream: line.upstream,
-    tool: line.tool,
-    argumentsDigest: line.arguments_digest,
-    mode: line.mode,
-    status: line.status as ExportedApproval['status'],
-    requestedAt: line.requested_at,
-    expiresAt: line.expires_at,
-    decidedBy: line.decided_by,
-    decidedAt: line.decided_at,
-    startedAt: line.started_at,
-    completedAt: line.completed_at,
-    outcome: line.outcome,
-    outcomeCode: line.outcome_code
-  }
 }
 
 function entryLineOf ({ namespace, key, current }: ExportRow): EntryLine {
@@ -570,10 +494,10 @@ export async function importBackup (sql: postgres.Sql, input: AsyncIterable<Buff
           if (summary.header !== null && summary.header.format_version < BACKUP_FORMAT_VERSION) throw new BackupLineError(number, `a "${line.type}" line needs format_version ${BACKUP_FORMAT_VERSION}; the header says ${summary.header.format_version}`)
           if (batch.length > 0) await flush(number - 1)
           if (line.type === 'upstream_call') {
-            gatewayCalls.push(exportedCallOf(line as UpstreamCallLine))
+            gatewayCalls.push(withoutType(line as UpstreamCallLine))
             counted.upstreamCalls++
           } else {
-            gatewayApprovals.push(exportedApprovalOf(line as ApprovalLine))
+            gatewayApprovals.push(withoutType(line as ApprovalLine) as ExportedApproval)
             counted.approvals++
           }
           if (gatewayCalls.length + gatewayApprovals.length >= batchEntries) await flush(number)

@@ -117,13 +117,30 @@ function approvalOf (row: ApprovalRow): Approval {
   }
 }
 
-export interface ExportedCall extends CallAuditRow { id: number, at: string }
-export interface ExportedApproval extends Omit<Approval, 'arguments' | 'requestedAt' | 'expiresAt' | 'decidedAt' | 'startedAt' | 'completedAt'> {
-  requestedAt: string
-  expiresAt: string
-  decidedAt: string | null
-  startedAt: string | null
-  completedAt: string | null
+/** An audit row as `cli export` writes it: its columns, times as ISO text (the backup's upstream_call line but for `type`). */
+export interface ExportedCall {
+  namespace: string
+  id: number
+  at: string
+  principal: string
+  client: string | null
+  upstream: string
+  tool: string
+  arguments_digest: string
+  outcome: string
+  code: string | null
+  attempts: number
+  duration_ms: number
+  approval_id: string | null
+}
+
+/** An approval as `cli export` writes it: its columns without the arguments, times as ISO text (the backup's approval line but for `type`). */
+export interface ExportedApproval extends Omit<ApprovalRow, 'arguments' | 'requested_at' | 'expires_at' | 'decided_at' | 'started_at' | 'completed_at'> {
+  requested_at: string
+  expires_at: string
+  decided_at: string | null
+  started_at: string | null
+  completed_at: string | null
 }
 
 export function createGatewayStore (sql: postgres.Sql) {
@@ -310,21 +327,7 @@ export function createGatewayStore (sql: postgres.Sql) {
           where ${inNamespace} and ${after === undefined ? q`true` : q`(namespace, id) > (${after.namespace}, ${after.id})`}
           order by namespace, id limit ${rowsPerFetch}`
         if (rows.length === 0) break
-        await onCalls(rows.map((row) => ({
-          namespace: row.namespace,
-          id: Number(row.id),
-          at: row.at,
-          principal: row.principal,
-          client: row.client,
-          upstream: row.upstream,
-          tool: row.tool,
-          argumentsDigest: row.arguments_digest,
-          outcome: row.outcome,
-          code: row.code,
-          attempts: row.attempts,
-          durationMs: row.duration_ms,
-          approvalId: row.approval_id
-        })))
+        await onCalls(rows.map((row) => ({ ...row, id: Number(row.id) })))
         const last = rows.at(-1) as (typeof rows)[number]
         after = { namespace: last.namespace, id: Number(last.id) }
         if (rows.length < rowsPerFetch) break
@@ -336,17 +339,14 @@ export function createGatewayStore (sql: postgres.Sql) {
           where ${inNamespace} and ${afterApproval === undefined ? q`true` : q`(namespace, id) > (${afterApproval.namespace}, ${afterApproval.id})`}
           order by namespace, id limit ${rowsPerFetch}`
         if (rows.length === 0) break
-        await onApprovals(rows.map((row) => {
-          const { arguments: _arguments, requestedAt, expiresAt, decidedAt, startedAt, completedAt, ...rest } = approvalOf(row)
-          return {
-            ...rest,
-            requestedAt: requestedAt.toISOString(),
-            expiresAt: expiresAt.toISOString(),
-            decidedAt: decidedAt?.toISOString() ?? null,
-            startedAt: startedAt?.toISOString() ?? null,
-            completedAt: completedAt?.toISOString() ?? null
-          }
-        }))
+        await onApprovals(rows.map(({ arguments: _arguments, ...row }) => ({
+          ...row,
+          requested_at: row.requested_at.toISOString(),
+          expires_at: row.expires_at.toISOString(),
+          decided_at: row.decided_at?.toISOString() ?? null,
+          started_at: row.started_at?.toISOString() ?? null,
+          completed_at: row.completed_at?.toISOString() ?? null
+        })))
         const last = rows.at(-1) as ApprovalRow
         afterApproval = { namespace: last.namespace, id: last.id }
         if (rows.length < rowsPerFetch) break
@@ -367,7 +367,7 @@ export function createGatewayStore (sql: postgres.Sql) {
         const rows = await q`
           insert into gateway_calls (namespace, id, at, principal, client, upstream, tool, arguments_digest, outcome, code, attempts, duration_ms, approval_id)
           overriding system value
-          select * from jsonb_to_recordset(${q.json(calls.map((call) => ({ ...call, arguments_digest: call.argumentsDigest, duration_ms: call.durationMs, approval_id: call.approvalId })) as unknown as postgres.JSONValue)})
+          select * from jsonb_to_recordset(${q.json(calls as unknown as postgres.JSONValue)})
             as r(namespace text, id bigint, at timestamptz, principal text, client text, upstream text, tool text, arguments_digest text, outcome text, code text,
                  attempts integer, duration_ms integer, approval_id text)
           on conflict do nothing
@@ -386,25 +386,7 @@ export function createGatewayStore (sql: postgres.Sql) {
           select namespace, id, requested_by, client, upstream, tool, null, arguments_digest, mode,
                  case when status in ('pending', 'approved') then 'expired' else status end,
                  requested_at, expires_at, decided_by, decided_at, started_at, completed_at, outcome, outcome_code
-          from jsonb_to_recordset(${q.json(approvals.map((approval) => ({
-            namespace: approval.namespace,
-id: approval.id,
-requested_by: approval.requestedBy,
-client: approval.client,
-upstream: approval.upstream,
-            tool: approval.tool,
-arguments_digest: approval.argumentsDigest,
-mode: approval.mode,
-status: approval.status,
-requested_at: approval.requestedAt,
-            expires_at: approval.expiresAt,
-decided_by: approval.decidedBy,
-decided_at: approval.decidedAt,
-started_at: approval.startedAt,
-            completed_at: approval.completedAt,
-outcome: approval.outcome,
-outcome_code: approval.outcomeCode
-          })) as unknown as postgres.JSONValue)})
+          from jsonb_to_recordset(${q.json(approvals as unknown as postgres.JSONValue)})
             as r(namespace text, id text, requested_by text, client text, upstream text, tool text, arguments_digest text, mode text, status text,
                  requested_at timestamptz, expires_at timestamptz, decided_by text, decided_at timestamptz, started_at timestamptz, completed_at timestamptz,
                  outcome jsonb, outcome_code text)

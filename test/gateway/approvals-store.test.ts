@@ -152,8 +152,8 @@ test('gateway store: the audit keeps a digest, never the arguments, and exports 
   const approvals: unknown[] = []
   await store.exportRows(2, async (page) => { calls.push(...page) }, async (page) => { approvals.push(...page) })
   t.equal(calls.length, 5, 'every audit row, over three pages')
-  t.match(calls[0], { namespace: 'a', upstream: 'hr', tool: 'list_employees', argumentsDigest: digest, outcome: 'ok', attempts: 1, durationMs: 13 })
+  t.match(calls[0], { namespace: 'a', upstream: 'hr', tool: 'list_employees', arguments_digest: digest, outcome: 'ok', attempts: 1, duration_ms: 13 })
   t.equal(approvals.length, 1)
-  t.match(approvals[0], { id: approval.id, status: 'pending', requestedBy: 'oidc:alice' })
+  t.match(approvals[0], { id: approval.id, status: 'pending', requested_by: 'oidc:alice' })
   t.notMatch(JSON.stringify(approvals), /do-not-export/, 'approvals are exported without their arguments')
 })
