@@ -11,6 +11,8 @@ import { publishRevokedJti, revocationKeptUntil } from './auth/revocation.js'
 import { createProgressBar, exportBackup, importBackup, ImportError, schemaMismatchForExport } from './db/backup.js'
 import { createGatewayStore, type Approval } from './db/gateway-store.js'
 import { approvalToolName } from './gateway/approvals.js'
+import { UPSTREAM_NAME_PATTERN } from './gateway/config.js'
+import { identityKeyFor } from './gateway/signed-identity.js'
 import { createOAuthStore } from './db/oauth-store.js'
 import { openDatabase, type OpenOptions } from './db/open.js'
 import { createTokenStore } from './db/token-store.js'
@@ -46,7 +48,6 @@ const USAGE = `Usage: node dist/cli.js <command>
                                keys the database already has are never changed: same state is
                                skipped, a different one is reported as a conflict (exit 3)
 
-  The built-in OAuth authorization server (OAUTH_SERVER=on; these work on its tables either way):
   The gateway's approvals (calls of upstream tools that wait for a person):
   approvals list [--all]       the pending ones (--all: every approval, newest first): id, who
                                asked, the call with its arguments, expiry
@@ -56,7 +57,12 @@ const USAGE = `Usage: node dist/cli.js <command>
                                user name)
   approvals reject --id ID [--as NAME]
                                reject it: it is cancelled and never runs
+  gateway identity-key --upstream NAME
+                               print the key upstream NAME verifies the gateway's principal JWTs
+                               with (its "identity" setting); derived from GATEWAY_IDENTITY_KEY,
+                               different for every upstream
 
+  The built-in OAuth authorization server (OAUTH_SERVER=on; these work on its tables either way):
   oauth set-password           set the owner password the consent page asks for: typed twice
                                (hidden) on a terminal, else the first line of stdin; ends the
                                sign-ins in progress
@@ -458,6 +464,23 @@ function deciderOf (name: string | undefined): string {
   return `cli:${who}`
 }
 
+/** `gateway identity-key --upstream NAME`: the key that upstream verifies its principal JWTs with. */
+function gatewayCommand (args: string[]): void {
+  const [action, ...rest] = args
+  let values: { upstream?: string }
+  try {
+    values = parseArgs({ args: rest, options: { upstream: { type: 'string' } }, strict: true }).values
+  } catch (error) {
+    fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+  }
+  if (action !== 'identity-key') fail(USAGE, 2)
+  const upstream = values.upstream ?? fail('gateway identity-key needs --upstream NAME (an upstream\'s name in UPSTREAMS_FILE)', 2)
+  if (!new RegExp(UPSTREAM_NAME_PATTERN).test(upstream)) fail(`--upstream: ${JSON.stringify(upstream.slice(0, 64))} is not an upstream name`, 2)
+  const masterKey = process.env.GATEWAY_IDENTITY_KEY
+  if (masterKey === undefined || masterKey.length < 32) fail('GATEWAY_IDENTITY_KEY must be set (at least 32 characters), as for the server', 2)
+  process.stdout.write(`${identityKeyFor(masterKey, upstream)}\n`)
+}
+
 async function approvalsCommand (args: string[]): Promise<void> {
   const [action, ...rest] = args
   let values: { id?: string, as?: string, all?: boolean }
@@ -587,6 +610,9 @@ try {
       break
     case 'approvals':
       await approvalsCommand(args)
+      break
+    case 'gateway':
+      gatewayCommand(args)
       break
     case 'export':
       await exportCommand(args)

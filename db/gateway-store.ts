@@ -254,6 +254,19 @@ export function createGatewayStore (sql: postgres.Sql) {
     return rows.length > 0
   }
 
+  /**
+   * An out-of-band approval whose claimed call never reached the upstream (breaker open, rate
+   * limited, the tool gone, cancelled before it was sent) goes back to approved, to be collected
+   * again until it expires. False when it was not such an approval.
+   */
+  async function releaseApproval (id: string): Promise<boolean> {
+    const rows = await sql`
+      update gateway_approvals set status = 'approved', started_at = null
+      where id = ${id} and status = 'running' and mode = 'out-of-band' and arguments is not null
+      returning id`
+    return rows.length > 0
+  }
+
   /** Marks pending and approved-but-uncollected approvals past their expiry as expired and clears their arguments. */
   async function expireApprovals (): Promise<number> {
     const rows = await sql`
@@ -411,6 +424,7 @@ export function createGatewayStore (sql: postgres.Sql) {
     decideApproval,
     claimApproval,
     completeApproval,
+    releaseApproval,
     expireApprovals,
     countPending,
     useState,

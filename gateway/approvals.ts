@@ -8,6 +8,8 @@ import type { ErrorCode } from '../schema/errors.js'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import { createApprovalStateCodec, type ApprovalStateCodec, type StateBinding } from './approval-state.js'
+import { globToRegExp } from './access.js'
+import { federatedNameOf } from './federation.js'
 import type {
   ApprovalDecision, ApprovalGate, ApprovalModeSetting, CallAudit, CallRecord, GatedCall, InputRequiredAnswer, InteractionChannel,
   UpstreamApproval, UpstreamToolAnnotations
@@ -51,11 +53,6 @@ export function canonicalJson (value: unknown): string {
 /** SHA-256 hex of the canonical JSON of a call's arguments: what the audit and approvals keep instead of them. */
 export function argumentsDigest (args: Record<string, unknown>): string {
   return createHash('sha256').update(canonicalJson(args)).digest('hex')
-}
-
-/** `*` (any run of characters) and `?` (one) in a tool-name glob; everything else literal. */
-function globToRegExp (glob: string): RegExp {
-  return new RegExp(`^${glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`)
 }
 
 export interface UpstreamApprovalRule {
@@ -125,34 +122,34 @@ function whatItDoes (federatedName: string, args: Record<string, unknown> | null
   return args === null ? federatedName : `${federatedName} ${shown(args)}`
 }
 
-/** The tool name the model called for an approval: `<upstream>__<tool>`, or the server's own tool's name. */
+/** The tool name the model called for an approval: the federated name of the upstream's tool, or the server's own tool's name. */
 export function approvalToolName (upstream: string, tool: string): string {
-  return upstream === CONTEXT_TOOLS_UPSTREAM ? tool : `${upstream}__${tool}`
+  return upstream === CONTEXT_TOOLS_UPSTREAM ? tool : federatedNameOf(upstream, tool)
 }
 
-function federatedNameOf (approval: Pick<Approval, 'upstream' | 'tool'>): string {
+function toolNameOf (approval: Pick<Approval, 'upstream' | 'tool'>): string {
   return approvalToolName(approval.upstream, approval.tool)
 }
 
 function pendingResult (approval: Approval): ToolCallResult {
-  const what = whatItDoes(federatedNameOf(approval), approval.arguments)
+  const what = whatItDoes(toolNameOf(approval), approval.arguments)
   return toolError(PENDING, `${what} waits for a person's approval (approval ${approval.id}, expires ${approval.expiresAt.toISOString()}). ` +
     `It has not run. Someone with the ${APPROVER_SCOPE} scope decides (node dist/cli.js approvals approve --id ${approval.id}); ` +
     `then call get_approval with approval_id "${approval.id}": if approved, that runs it once and returns its result.`, {
     approval_id: approval.id,
     status: 'pending',
-    tool: federatedNameOf(approval),
+    tool: toolNameOf(approval),
     expires_at: approval.expiresAt.toISOString()
   })
 }
 
 function runningResult (approval: Approval): ToolCallResult {
-  return toolError(PENDING, `The approved call ${federatedNameOf(approval)} (approval ${approval.id}) is running since ${approval.startedAt?.toISOString() ?? 'now'}; ` +
-    'it is never run twice. Call get_approval again for its result.', { approval_id: approval.id, status: 'running', tool: federatedNameOf(approval) })
+  return toolError(PENDING, `The approved call ${toolNameOf(approval)} (approval ${approval.id}) is running since ${approval.startedAt?.toISOString() ?? 'now'}; ` +
+    'it is never run twice. Call get_approval again for its result.', { approval_id: approval.id, status: 'running', tool: toolNameOf(approval) })
 }
 
 function refusedResult (approval: Pick<Approval, 'id' | 'upstream' | 'tool' | 'status' | 'decidedBy' | 'decidedAt' | 'expiresAt'>, status: 'rejected' | 'expired'): ToolCallResult {
-  const name = federatedNameOf(approval)
+  const name = toolNameOf(approval)
   const why = status === 'rejected'
     ? `was rejected by ${approval.decidedBy ?? 'a person'}${approval.decidedAt === null ? '' : ` at ${approval.decidedAt.toISOString()}`}`
     : `expired at ${approval.expiresAt.toISOString()} without being ${approval.decidedAt === null ? 'decided' : 'collected'}`
@@ -330,7 +327,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
       client: approval.client,
       upstream: approval.upstream,
       tool: approval.tool,
-      federatedName: federatedNameOf(approval),
+      federatedName: toolNameOf(approval),
       arguments: args,
       argumentsDigest: approval.argumentsDigest,
       annotations: {}
@@ -356,6 +353,15 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
     }
   }
 
+  async function release (approvalId: string): Promise<boolean> {
+    try {
+      return await store.releaseApproval(approvalId)
+    } catch (error) {
+      log.error({ err: error, approvalId }, 'approval could not be released')
+      return false
+    }
+  }
+
   return {
     requires (upstream: string, tool: string, annotations: UpstreamToolAnnotations): boolean {
       if (upstream === CONTEXT_TOOLS_UPSTREAM) return rules.contextTools?.has(tool) === true
@@ -375,6 +381,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
     },
 
     complete,
+    release,
     resume
   }
 }

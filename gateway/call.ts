@@ -90,14 +90,15 @@ export function createCallPath (deps: CallPathDependencies) {
       }
     }
     let release: (() => void) | undefined
+    let headers: Record<string, string> | undefined
     try {
+      headers = await identityHeaders(tool, principal, client)
       release = await upstream.limit.acquire(channel.signal)
     } catch (error) {
       upstream.breaker.released()
       if (error instanceof LimitWaitAborted) return { attempts: 0, ...cancelled(tool) }
       throw error
     }
-    const headers = await identityHeaders(tool, principal, client)
     const binding: CallBinding = {
       notify: (method, params) => channel.notify?.(method, params ?? {}),
       request: async (method, params) => {
@@ -154,7 +155,9 @@ export function createCallPath (deps: CallPathDependencies) {
   async function identityHeaders (tool: FederatedTool, principal: Principal, client: string | null): Promise<Record<string, string> | undefined> {
     const identity = tool.upstream.config.identity
     if (identity === undefined || deps.signer === undefined) return undefined
-    return { [identity.header]: await deps.signer.sign(principal, client, identity.audience ?? tool.upstream.config.url, identity.ttlSeconds) }
+    // Only the principal's scopes that this upstream's rules name: its other domains are none of its business.
+    const scopes = Object.keys(tool.upstream.config.allow).filter((scope) => principal.scopes.has(scope)).sort()
+    return { [identity.header]: await deps.signer.sign(tool.upstream.name, principal, scopes, client, identity.audience ?? tool.upstream.config.url, identity.ttlSeconds) }
   }
 
   /**
@@ -191,7 +194,8 @@ export function createCallPath (deps: CallPathDependencies) {
       deps.log.warn({ err: error, upstream: tool.upstream.name, tool: tool.tool }, 'gateway call failed')
       ended = { attempts: 1, ...failureAnswer(tool, classifyFailure(error), 1) }
     }
-    if (approvalId !== undefined) {
+    // An approved call that never reached the upstream does not use its approval up.
+    if (approvalId !== undefined && !(ended.attempts === 0 && await gate.release(approvalId))) {
       await gate.complete(approvalId, { result: ended.result, ...(ended.code !== undefined && { code: ended.code }) })
     }
     finish(tool, principal, client, digest, ended, started, approvalId)

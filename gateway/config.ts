@@ -10,8 +10,9 @@ import { UpstreamApprovalSchema } from './policy.js'
  * configuration at start (every problem listed, exit 1).
  */
 
-// A name becomes the `<name>__` prefix of tool names: no double underscore, so the split is unambiguous.
-export const UPSTREAM_NAME_PATTERN = '^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_)){0,31}$'
+// A name becomes the `<name>__` prefix of tool names: no double underscore and no underscore at
+// the end, so the split is unambiguous (hr_ + __x and hr + ___x would both be hr___x).
+export const UPSTREAM_NAME_PATTERN = '^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_|$)){0,31}$'
 const HEADER_NAME_PATTERN = '^[A-Za-z0-9!#$%&\'*+.^_`|~-]{1,128}$'
 const GLOB = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_./:*?-]+$', description: 'a tool name, or a glob with * and ?' })
 

@@ -84,6 +84,8 @@ export interface ApprovalGate {
   decide (call: GatedCall, channel: InteractionChannel): Promise<ApprovalDecision>
   /** After an approved call ran (exactly once): its outcome, so asking again returns it. */
   complete (approvalId: string, outcome: { result: ToolCallResult, code?: ErrorCode }): Promise<void>
+  /** After an approved call that never reached the upstream: true if the approval can be collected again (out-of-band), false if it was used up. */
+  release (approvalId: string): Promise<boolean>
 }
 
 export type CallOutcome = 'ok' | 'tool_error' | 'timeout' | 'upstream_error' | 'unreachable' | 'breaker_open' | 'rate_limited' | 'denied' | 'pending' | 'rejected' | 'expired' | 'cancelled'

@@ -92,6 +92,8 @@ export class ConcurrencyLimit {
       return this.releaser()
     }
     if (signal?.aborted === true) throw new LimitWaitAborted()
+    // A releaser hands its slot straight to the first waiter (`active` stays as it is), so that
+    // an acquire running before the waiter resumes cannot take the slot as well.
     await new Promise<void>((resolve, reject) => {
       const wake = (): void => {
         signal?.removeEventListener('abort', abandon)
@@ -105,7 +107,6 @@ export class ConcurrencyLimit {
       this.waiting.push(wake)
       signal?.addEventListener('abort', abandon, { once: true })
     })
-    this.active++
     return this.releaser()
   }
 
@@ -114,8 +115,9 @@ export class ConcurrencyLimit {
     return () => {
       if (released) return
       released = true
-      this.active--
-      this.waiting.shift()?.()
+      const next = this.waiting.shift()
+      if (next !== undefined) next()
+      else this.active--
     }
   }
 }
@@ -157,6 +159,10 @@ export interface FailureKind {
   reason: string
 }
 
+// SdkErrorCode values of @modelcontextprotocol/client.
+const SDK_REQUEST_TIMEOUT = 'REQUEST_TIMEOUT'
+const SDK_CONNECTION_CLOSED = 'CONNECTION_CLOSED'
+const SDK_ERA_NEGOTIATION_FAILED = 'ERA_NEGOTIATION_FAILED'
 const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT', 'ECONNABORTED'])
 const MAYBE_SENT_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'ETIMEDOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'])
 
@@ -186,6 +192,11 @@ function httpStatusOf (error: unknown): number | undefined {
 export function classifyFailure (error: unknown): FailureKind {
   if (error instanceof UpstreamTimeout) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
   const codes = causeCodes(error)
+  // The SDK client's own errors: a request (the call, or the connection's initialize) unanswered
+  // within its timeout, the connection gone, the protocol version not agreed.
+  if (codes.includes(SDK_REQUEST_TIMEOUT)) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
+  if (codes.includes(SDK_ERA_NEGOTIATION_FAILED)) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: 'negotiation_failed' }
+  if (codes.includes(SDK_CONNECTION_CLOSED)) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: 'connection_closed' }
   const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
   if (notSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: notSent.toLowerCase() }
   const maybeSent = codes.find((code) => MAYBE_SENT_CODES.has(code))
@@ -203,7 +214,9 @@ export function classifyFailure (error: unknown): FailureKind {
   if (name === 'TypeError' && /fetch failed/i.test(message)) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: 'fetch_failed' }
   if (/SSE stream disconnected|terminated|other side closed|socket hang up/i.test(message)) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: 'disconnected' }
   if (/Connection closed/i.test(message)) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: 'connection_closed' }
-  return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: 'error' }
+  // Only a JSON-RPC error (a numeric code) is the upstream's answer; anything else failed here.
+  if (typeof (error as { code?: unknown } | null)?.code === 'number') return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: 'error' }
+  return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: 'local' }
 }
 
 /** An attempt that got no answer within the upstream's timeoutMs. */

@@ -5,14 +5,13 @@ import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import { createGatewayStore } from '../db/gateway-store.js'
 import { argumentsDigest, CONTEXT_TOOLS_UPSTREAM, createApprovalGate, createCallAudit, GET_APPROVAL_TOOL, registerApprovalMetrics, type GatewayApprovals } from '../gateway/approvals.js'
-import { globToRegExp } from '../gateway/access.js'
 import { createCallPath, interactionOf, type DownstreamChannel } from '../gateway/call.js'
 import { Federation, type FederatedTool } from '../gateway/federation.js'
 import type { CallOutcome, GatedCall, InputRequiredAnswer } from '../gateway/policy.js'
 import { createIdentitySigner } from '../gateway/signed-identity.js'
 import { Upstream } from '../gateway/upstream.js'
 import type { BreakerState } from '../gateway/resilience.js'
-import { isLoopbackHost } from '../schema/config.js'
+import { isLoopbackHost, type Config } from '../schema/config.js'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { CallerInfo } from './mcp.js'
@@ -133,12 +132,11 @@ export default fp(async (fastify) => {
     store,
     rules: {
       upstreams: new Map(upstreamConfigs.map((upstream) => [upstream.name, { ...(upstream.confirm !== undefined && { confirm: upstream.confirm }), ...(upstream.approval !== undefined && { approval: upstream.approval }) }])),
-      defaultMode: config.APPROVAL_MODE ?? (isLoopbackHost(config.HOST) ? 'in-band' : 'out-of-band'),
+      defaultMode: config.APPROVAL_MODE ?? defaultApprovalMode(config),
       expiresInSeconds: config.APPROVAL_EXPIRES_SECONDS,
       contextTools
     },
-    log,
-    matches: (glob, name) => globToRegExp(glob).test(name)
+    log
   })
   const audit = createCallAudit(store, log, approvalMetrics)
 
@@ -204,7 +202,9 @@ export default fp(async (fastify) => {
     }
     const tool = federated.resolve(call.federatedName, call.principal)
     if (tool === undefined) {
-      return toolError('MCP_2002', `${call.federatedName}: the upstream no longer offers this tool to you; the approved call (approval ${approvalId}) did not run.`, { reason: 'tool_gone' })
+      const result = toolError('MCP_2002', `${call.federatedName}: the upstream does not offer this tool to you now; the approved call (approval ${approvalId}) did not run.`, { reason: 'tool_gone' })
+      if (!await gate.release(approvalId)) await gate.complete(approvalId, { result, code: 'MCP_2002' })
+      return result
     }
     return await callFederated(tool, call.arguments, call.principal, call.client, channel, { approvalId }) as ToolCallResult
   }
@@ -431,3 +431,15 @@ export default fp(async (fastify) => {
     await Promise.allSettled(upstreams.map((upstream) => upstream.close()))
   })
 }, { name: 'gateway', dependencies: ['config', 'db', 'metrics'] })
+
+/**
+ * In-band approval (the client asks, and answers) only where the server is this machine's alone:
+ * no PUBLIC_URL, or a loopback one, on a loopback HOST. A server behind a proxy on 127.0.0.1 with a
+ * public PUBLIC_URL is a remote deploy: its approvals are out-of-band, by a person.
+ */
+export function defaultApprovalMode (config: Config): 'in-band' | 'out-of-band' {
+  if (!isLoopbackHost(config.HOST)) return 'out-of-band'
+  if (config.PUBLIC_URL === undefined) return 'in-band'
+  const host = URL.parse(config.PUBLIC_URL)?.hostname.replace(/^\[|\]$/g, '')
+  return host !== undefined && isLoopbackHost(host) ? 'in-band' : 'out-of-band'
+}

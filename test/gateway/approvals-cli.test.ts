@@ -1,6 +1,7 @@
 import { test } from 'tap'
 import { createGatewayStore } from '../../db/gateway-store.js'
 import { argumentsDigest } from '../../gateway/approvals.js'
+import { identityKeyFor } from '../../gateway/signed-identity.js'
 import { testDatabase } from '../db-helper.js'
 import { runCli } from '../process-helper.js'
 
@@ -63,4 +64,21 @@ test('cli approvals list / approve / reject against the database the server uses
   t.match(usage.stderr, /needs --id/)
   t.equal(badId.code, 2, 'an id that is no approval id is a usage error')
   t.equal(badName.code, 2, '--as is a plain name')
+})
+
+test('gateway identity-key prints the key one upstream verifies its principal JWTs with', async (t) => {
+  const masterKey = 'gateway-identity-key-0123456789abcdef'
+  const [hr, finance, missing, badName] = await Promise.all([
+    runCli({ GATEWAY_IDENTITY_KEY: masterKey }, 'gateway', 'identity-key', '--upstream', 'hr'),
+    runCli({ GATEWAY_IDENTITY_KEY: masterKey }, 'gateway', 'identity-key', '--upstream', 'finance'),
+    runCli({}, 'gateway', 'identity-key', '--upstream', 'hr'),
+    runCli({ GATEWAY_IDENTITY_KEY: masterKey }, 'gateway', 'identity-key', '--upstream', 'hr__x')
+  ])
+  t.equal(hr.code, 0)
+  t.equal(hr.stdout, `${identityKeyFor(masterKey, 'hr')}\n`, 'the key the gateway signs hr\'s JWTs with')
+  t.not(hr.stdout, finance.stdout, 'every upstream has its own')
+  t.notMatch(hr.stdout, new RegExp(masterKey), 'GATEWAY_IDENTITY_KEY itself is never printed')
+  t.equal(missing.code, 2)
+  t.match(missing.stderr, /GATEWAY_IDENTITY_KEY must be set/)
+  t.equal(badName.code, 2, 'a name that is no upstream name is a usage error')
 })

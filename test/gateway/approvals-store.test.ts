@@ -85,6 +85,20 @@ test('gateway store: approvals move pending → approved → running → done on
     t.ok((await store.listApprovals({ all: true })).some((listed) => listed.id === approval.id), '--all lists it')
   })
 
+  await t.test('a claimed call that never reached the upstream goes back to approved; an in-band one does not', async (t) => {
+    const approval = await store.createApproval(request())
+    await store.decideApproval(approval.id, 'approved', 'cli:bob')
+    t.ok(await store.claimApproval('team', approval.id, 'oidc:alice'))
+    t.ok(await store.releaseApproval(approval.id), 'released')
+    t.equal((await store.findApproval('team', approval.id))?.status, 'approved')
+    const again = await store.claimApproval('team', approval.id, 'oidc:alice')
+    t.same(again?.arguments, args, 'claimed again, with its arguments')
+    t.ok(await store.completeApproval(approval.id, { content: [] }, null))
+    t.notOk(await store.releaseApproval(approval.id), 'a done approval is never released')
+    const inBand = await store.createAnswered(request({ mode: 'elicitation' }), 'the client\'s user (in-band)')
+    t.notOk(await store.releaseApproval(inBand.id), 'an in-band one is not released: the client asks again')
+  })
+
   await t.test('unknown ids', async (t) => {
     t.same(await store.decideApproval('apr_AAAAAAAAAAAAAAAA', 'approved', 'cli:bob'), { status: 'not_found' })
     t.equal(await store.findApproval('team', 'apr_AAAAAAAAAAAAAAAA'), null)

@@ -6,6 +6,8 @@ import { loadUpstreams } from '../../gateway/config.js'
 import { federatedNameOf, MAX_TOOL_NAME } from '../../gateway/federation.js'
 import { CircuitBreaker, ConcurrencyLimit, backoffDelayMs, classifyFailure } from '../../gateway/resilience.js'
 import { ConfigError, loadConfig } from '../../schema/config.js'
+import { defaultApprovalMode } from '../../plugins/gateway.js'
+import { SdkError, SdkErrorCode } from '@modelcontextprotocol/client'
 
 function fileWith (t: Test, content: unknown): string {
   const directory = mkdtempSync(join(tmpdir(), 'scm-upstreams-'))
@@ -38,6 +40,7 @@ test('UPSTREAMS_FILE: every problem listed, secrets never shown, the server refu
   })
   const { problems } = loadUpstreams(path, {})
   t.ok(problems.some((problem) => /upstreams\[2\]\.name/.test(problem)), 'a name with "__"')
+  t.match(loadUpstreams(fileWith(t, { upstreams: [{ ...HR, name: 'hr_' }] }), {}).problems, [/upstreams\[0\]\.name/], 'a name ending in "_" (hr_ + _x and hr + x_ would meet)')
   t.ok(problems.some((problem) => /upstreams\[2\]\.url/.test(problem)), 'a URL that is not HTTP')
   t.ok(problems.some((problem) => /upstreams\[2\]\.timeoutMs/.test(problem)), 'a timeout below the minimum')
   t.ok(problems.some((problem) => /upstreams\[2\]/.test(problem) && /additional|extra/i.test(problem)), 'an unknown field')
@@ -128,4 +131,34 @@ test('failure classification: what may be repeated', async (t) => {
   t.match(classifyFailure({ data: { status: 502 } }), { transient: true, mayHaveReached: true })
   t.match(classifyFailure({ data: { status: 500 } }), { transient: false })
   t.match(classifyFailure(new Error('Invalid params')), { kind: 'upstream_error', transient: false })
+  t.match(classifyFailure(Object.assign(new Error('Invalid params'), { code: -32602 })), { kind: 'upstream_error', reason: 'error' }, 'a JSON-RPC error: the upstream answered')
+  t.match(classifyFailure(new Error('something of ours')), { kind: 'upstream_error', reason: 'local' }, 'an error without a JSON-RPC code is no answer of the upstream')
+  t.match(classifyFailure(new SdkError(SdkErrorCode.RequestTimeout, 'Request timed out')), { kind: 'timeout' }, "the SDK client's request timeout (a stalled initialize too) is a timeout")
+  t.match(classifyFailure(new SdkError(SdkErrorCode.ConnectionClosed, 'Connection closed')), { kind: 'unreachable', transient: true })
+})
+
+test('concurrency limit: a released slot goes to the first waiter, not to an acquire that runs before it resumes', async (t) => {
+  const limit = new ConcurrencyLimit(1)
+  const held = await limit.acquire()
+  const waiter = limit.acquire()
+  held()
+  let late = false
+  const latecomer = limit.acquire().then((release) => { late = true; return release })
+  const release = await waiter
+  t.equal(limit.inFlight, 1, 'the waiter holds the one slot')
+  t.equal(late, false, 'and the latecomer waits')
+  release()
+  ;(await latecomer)()
+  t.equal(late, true, 'then the latecomer gets it')
+  t.equal(limit.inFlight, 0)
+})
+
+test('the default approval mode: in-band only where the server is this machine\'s alone', async (t) => {
+  const cases: Array<[Record<string, string>, string]> = [
+    [{ HOST: '127.0.0.1' }, 'in-band'],
+    [{ HOST: '127.0.0.1', PUBLIC_URL: 'http://localhost:3000' }, 'in-band'],
+    [{ HOST: '127.0.0.1', PUBLIC_URL: 'https://ctx.example.com' }, 'out-of-band'],
+    [{ HOST: '0.0.0.0', AUTH_TOKEN: 'a'.repeat(40) }, 'out-of-band']
+  ]
+  for (const [env, mode] of cases) t.equal(defaultApprovalMode(loadConfig(env)), mode, JSON.stringify(env))
 })

@@ -1,6 +1,7 @@
 import { McpError } from '@modelcontextprotocol/sdk/types.js'
 import { ProtocolError } from '@modelcontextprotocol/client'
 import { jwtVerify } from 'jose'
+import { identityKeyFor } from '../../gateway/signed-identity.js'
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
 import { startFinance } from './upstreams/finance.js'
@@ -98,8 +99,12 @@ test('the gateway, through the listening server, with SDK v1 and v2 clients', as
     t.notOk(JSON.stringify(headers).includes(hrReader), 'nor any header carries the caller\'s token')
     const identity = headers[0]?.['x-gateway-principal']
     t.type(identity, 'string')
-    const { payload } = await jwtVerify(String(identity), new TextEncoder().encode(IDENTITY_KEY), { audience: 'hr-upstream', issuer: 'https://ctx.example.com' })
+    const { payload } = await jwtVerify(String(identity), new TextEncoder().encode(identityKeyFor(IDENTITY_KEY, 'hr')), { audience: 'hr-upstream', issuer: 'https://ctx.example.com' })
     t.equal(payload.sub, 'oidc:user-hr-read', 'the JWT names the principal')
+    t.equal(payload.scope, 'hr:read', 'with only the scopes the upstream\'s rules name')
+    for (const [key, what] of [[IDENTITY_KEY, 'GATEWAY_IDENTITY_KEY itself'], [identityKeyFor(IDENTITY_KEY, 'finance'), 'another upstream\'s key']] as const) {
+      await t.rejects(jwtVerify(String(identity), new TextEncoder().encode(key)), `it does not verify with ${what}: no upstream can sign for another`)
+    }
     t.ok((payload.exp ?? 0) - (payload.iat ?? 0) <= 60, 'short-lived')
   })
 
