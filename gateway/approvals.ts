@@ -252,7 +252,21 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
   }
 
   async function elicit (call: GatedCall, channel: InteractionChannel & { elicit: NonNullable<InteractionChannel['elicit']> }): Promise<ApprovalDecision> {
-    const answer = await channel.elicit(question(call), ConfirmSchema)
+    // A question left unanswered, an error answer or the client gone counts as "cancel": nothing runs.
+    let timer: NodeJS.Timeout | undefined
+    const unanswered = new Promise<{ action: 'cancel' }>((resolve) => {
+      timer = setTimeout(() => resolve({ action: 'cancel' }), IN_BAND_EXPIRES_SECONDS * 1000)
+      channel.signal.addEventListener('abort', () => resolve({ action: 'cancel' }), { once: true })
+    })
+    let answer: Awaited<ReturnType<typeof channel.elicit>>
+    try {
+      answer = await Promise.race([channel.elicit(question(call), ConfirmSchema), unanswered])
+    } catch (error) {
+      log.warn({ err: error, upstream: call.upstream, tool: call.tool }, 'the approval question got an error answer')
+      answer = { action: 'cancel' }
+    } finally {
+      clearTimeout(timer)
+    }
     if (answer.action === 'accept' && answer.content?.approve === true) return await approvedInBand(call, 'elicitation')
     return await refusedInBand(call, 'elicitation', answer.action === 'accept' ? 'no' : answer.action)
   }
