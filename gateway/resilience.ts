@@ -192,13 +192,14 @@ function httpStatusOf (error: unknown): number | undefined {
 export function classifyFailure (error: unknown): FailureKind {
   if (error instanceof UpstreamTimeout) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
   const codes = causeCodes(error)
-  // The SDK client's own errors: a request (the call, or the connection's initialize) unanswered
-  // within its timeout, the connection gone, the protocol version not agreed.
+  const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
+  if (notSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: notSent.toLowerCase() }
+  // The SDK client's own errors (their causes, above, say more when there are any): a request (the
+  // call, or the connection's initialize) unanswered within its timeout, the protocol version not
+  // agreed, the connection gone.
   if (codes.includes(SDK_REQUEST_TIMEOUT)) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
   if (codes.includes(SDK_ERA_NEGOTIATION_FAILED)) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: 'negotiation_failed' }
   if (codes.includes(SDK_CONNECTION_CLOSED)) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: 'connection_closed' }
-  const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
-  if (notSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: notSent.toLowerCase() }
   const maybeSent = codes.find((code) => MAYBE_SENT_CODES.has(code))
   if (maybeSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: maybeSent.toLowerCase() }
   const status = httpStatusOf(error)
