@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { freePort } from '../scripts/free-port.js'
+export { freePort }
 
 // The servers under test, each a child process on its own loopback port. Every child is tracked
 // so that it is killed however the benchmark ends.
@@ -24,17 +25,6 @@ const children = new Set<Child>()
 const KILL_GRACE_MS = 3000
 
 /** A free loopback port (the OS picks one; a small race with other processes is acceptable here). */
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 export function startChild (spec: ChildSpec): Child {
   const log = openSync(spec.logFile, 'w')

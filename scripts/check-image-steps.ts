@@ -19,12 +19,12 @@ import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { chmodSync, chownSync, cpSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { basename, dirname, join, posix, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseToml } from 'smol-toml'
 import { finalStage, parseDockerfile, type Stage } from './dockerfile-model.js'
+import { freePort } from './free-port.js'
 
 const dockerignore = createRequire(import.meta.url)('@balena/dockerignore') as typeof import('@balena/dockerignore').default
 
@@ -213,16 +213,6 @@ function checkRuntimeTree (state: StageState): void {
   const sources = readdirSync(app).filter((name) => name.endsWith('.ts'))
   if (sources.length > 0) fail(`runtime stage: TypeScript sources copied in (${sources.join(', ')}); only dist/ is needed`)
   log('runtime tree: production dependencies present; no compiler, dev dependencies or sources; dist/db/pglite-template.tar present')
-}
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const address = server.address()
-  server.close()
-  if (address === null || typeof address === 'string') fail('could not find a free port')
-  return address.port
 }
 
 interface Server {

@@ -17,11 +17,11 @@
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { authorizeInBrowser } from '../test/oauth/oauth-helper.js'
+import { freePort } from './free-port.js'
 
 const SUITE = '@modelcontextprotocol/conformance@0.2.0-alpha.12'
 const SCENARIOS = ['authorization-server-metadata-endpoint', 'authorization-code-grant']
@@ -33,17 +33,6 @@ const { loadConfig } = await import(dist('schema/config.js')) as typeof import('
 const { hashOwnerPassword } = await import(dist('oauth/owner-password.js')) as typeof import('../oauth/owner-password.js')
 
 interface Check { id: string, name: string, status: string, description?: string, errorMessage?: string, details?: { body?: unknown } }
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
 
 async function json (response: Response, what: string): Promise<Record<string, unknown>> {
   const body = await response.text()

@@ -17,10 +17,10 @@
  */
 import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { freePort } from './free-port.js'
 
 const SUITE = '@modelcontextprotocol/conformance@0.2.0-alpha.12'
 const RUNS: ReadonlyArray<{ specVersion: string, scenarios: string[] }> = [
@@ -37,17 +37,6 @@ const { buildApp, loggerOptions } = await import(dist('app.js')) as typeof impor
 const { loadConfig } = await import(dist('schema/config.js')) as typeof import('../schema/config.js')
 
 interface Check { id: string, name: string, status: string, errorMessage?: string }
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
 
 /** One scenario under one spec version; resolves with the suite's exit code. */
 async function runScenario (url: string, scenario: string, specVersion: string, outputDir: string): Promise<number> {

@@ -1,6 +1,5 @@
 import { execFile } from 'node:child_process'
 import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
@@ -11,6 +10,7 @@ import { createSql, DatabaseTlsError, TlsSettingsError, waitForDatabase, type Tl
 import { openDatabase } from '../../db/open.js'
 import { loadConfig } from '../../schema/config.js'
 import { TEST_TOKEN } from '../helper.js'
+import { freePort } from '../../scripts/free-port.js'
 
 const run = promisify(execFile)
 const PG_BIN = '/usr/lib/postgresql/15/bin'
@@ -23,15 +23,6 @@ const asPostgres = process.getuid?.() === 0 ? ['runuser', '-u', 'postgres', '--'
 async function runAsPostgres (command: string, args: string[]): Promise<void> {
   const [file, ...prefix] = [...asPostgres, command]
   await run(file as string, [...prefix, ...args])
-}
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  const address = server.address()
-  await new Promise(resolve => server.close(resolve))
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
 }
 
 interface Cluster {

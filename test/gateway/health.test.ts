@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { test } from 'tap'
 import { buildApp } from '../../app.js'
@@ -12,6 +12,7 @@ import { TcpProxy, viaProxy } from '../tcp-proxy.js'
 import { startFinance } from './upstreams/finance.js'
 import { startHr } from './upstreams/hr.js'
 import { writeUpstreamsFile } from './gateway-helper.js'
+import { freePort } from '../../scripts/free-port.js'
 
 type Tap = Parameters<typeof testDatabase>[0]
 type Part = 'redis' | 'jwks' | 'hr' | 'finance' | 'database'
@@ -29,15 +30,6 @@ const MATRIX: Array<{ case: string, down: Part[], status: 'ok' | 'degraded' | 'u
   { case: 'database down', down: ['database'], status: 'unavailable', http: 503 },
   { case: 'everything down', down: ['redis', 'jwks', 'hr', 'finance', 'database'], status: 'unavailable', http: 503 }
 ]
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const address = server.address()
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
-}
 
 /** The machine's Redis (REDIS_URL, as CI sets it), else a redis-server of this test's own. */
 async function redisUrl (t: Tap): Promise<string> {

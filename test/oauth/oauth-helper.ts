@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { createServer } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import { buildApp, type BuildOptions } from '../../app.js'
 import { hashOwnerPassword } from '../../oauth/owner-password.js'
 import { loadConfig } from '../../schema/config.js'
 import { testDatabase } from '../db-helper.js'
+import { freePort } from '../../scripts/free-port.js'
 
 type Tap = Parameters<typeof testDatabase>[0]
 
@@ -16,17 +16,6 @@ export interface OAuthServer {
   url: string
   /** url + /mcp — the resource. */
   resource: string
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
 }
 
 /**

@@ -1,20 +1,11 @@
 import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { createServer } from 'node:net'
+import { freePort } from '../../../scripts/free-port.js'
 
 /** The MCP reference server (@modelcontextprotocol/server-everything) in streamableHttp mode, as a child process on loopback. */
 export interface Everything {
   url: string
   close: () => Promise<void>
-}
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const address = server.address()
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  if (address === null || typeof address === 'string') throw new Error('no port')
-  return address.port
 }
 
 export async function startEverything (): Promise<Everything> {
