@@ -307,7 +307,9 @@ export default fp(async (fastify) => {
     const name = params.name
     const owned = federated.resolve(name, caller.principal) !== undefined || (name === GET_APPROVAL_TOOL.name && offersGetApproval(caller.principal))
     if (!owned) return undefined
-    const args = typeof params.arguments === 'object' && params.arguments !== null && !Array.isArray(params.arguments) ? params.arguments as Record<string, unknown> : {}
+    // Arguments that are no object go the common way, whose params check refuses them (REQ_1101): never to the upstream.
+    if (params.arguments !== undefined && (typeof params.arguments !== 'object' || params.arguments === null || Array.isArray(params.arguments))) return undefined
+    const args = (params.arguments ?? {}) as Record<string, unknown>
     return answerLegacy(request, reply, body, caller, name, args, params._meta?.progressToken)
   }
 

@@ -63,6 +63,16 @@ test('the gateway, through the listening server, with SDK v1 and v2 clients', as
     t.notOk(JSON.stringify(invoices._meta ?? {}).includes('"finance"'), "the upstream's envelope keys (its serverInfo) are not passed on as ours")
   })
 
+  await t.test('arguments that are no object are refused before anything reaches the upstream', async (t) => {
+    const before = hr.callHeaders.length
+    for (const args of ['x', [1], 42, null]) {
+      const response = await postMcp(baseUrl, hrReader, { jsonrpc: '2.0', id: 8, method: 'tools/call', params: { name: 'hr__list_employees', arguments: args } })
+      const body = await response.json() as { error?: { code: number, data?: { code?: string } } }
+      t.match(body.error, { code: -32602, data: { code: 'REQ_1101' } }, `arguments ${JSON.stringify(args)}: invalid params, REQ_1101`)
+    }
+    t.equal(hr.callHeaders.length, before, 'the upstream was never called')
+  })
+
   await t.test('cross-domain denied: the same refusal as an unknown tool', async (t) => {
     const hidden = await postMcp(baseUrl, hrReader, { jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'finance__list_invoices', arguments: {} } })
     const unknown = await postMcp(baseUrl, hrReader, { jsonrpc: '2.0', id: 7, method: 'tools/call', params: { name: 'finance__list_invoicez', arguments: {} } })
