@@ -75,6 +75,21 @@ test('sessions are bounded: per principal (the longest idle is replaced), in tot
   t.equal(registry.get(kept.id), kept, 'an active one stays')
 })
 
+/** A session subscribed to `key` whose stream saw version 1 and then went away: its last event id. */
+async function streamUntilFirstVersion (app: Instance['app'], url: string, key: string): Promise<{ session: string, lastId: string | undefined }> {
+  const session = await initializeSession(url)
+  if (session === null) throw new Error('no session')
+  await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf(key) })
+  const first = await openRawStream(url, session)
+  await eventually(() => app.live.counts().streams === 1, { what: 'the stream' })
+  await callTool(app, 'write_context', { key, content: 'one' })
+  await eventually(() => /"shared-context-mcp\/version":1/.test(first.text()), { what: 'version 1' })
+  const lastId = [...first.text().matchAll(/^id: (\S+)$/gm)].at(-1)?.[1]
+  first.abort()
+  await eventually(() => app.live.counts().streams === 0, { what: 'the aborted stream to be released' })
+  return { session, lastId }
+}
+
 async function one (t: Parameters<typeof instances>[0], env: Record<string, string> = {}): Promise<Instance> {
   const [found] = (await instances(t, 1, env)).instances
   if (found === undefined) throw new Error('instance missing')
@@ -127,17 +142,8 @@ test('a subscription sees only what its principal may read; a revoked token\'s s
 
 test('Last-Event-ID: a stream opened again gets what it missed, from the history', async (t) => {
   const { app, url } = await one(t)
-  const session = await initializeSession(url)
-  if (session === null) throw new Error('no session')
-  await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf('resume/key') })
-  const first = await openRawStream(url, session)
-  await eventually(() => app.live.counts().streams === 1, { what: 'the stream' })
-  await callTool(app, 'write_context', { key: 'resume/key', content: 'one' })
-  await eventually(() => /"shared-context-mcp\/version":1/.test(first.text()), { what: 'version 1' })
-  const lastId = [...first.text().matchAll(/^id: (\S+)$/gm)].at(-1)?.[1]
+  const { session, lastId } = await streamUntilFirstVersion(app, url, 'resume/key')
   t.type(lastId, 'string', 'the event had an id')
-  first.abort()
-  await eventually(() => app.live.counts().streams === 0, { what: 'the aborted stream to be released' })
 
   await callTool(app, 'append_context', { key: 'resume/key', content: 'two' })
   await callTool(app, 'append_context', { key: 'resume/key', content: 'three' })
@@ -155,16 +161,7 @@ test('Last-Event-ID while a transaction elsewhere holds the horizon: the missed 
   const { database, instances: [found] } = await instances(t, 1)
   if (found === undefined) throw new Error('instance missing')
   const { app, url } = found
-  const session = await initializeSession(url)
-  if (session === null) throw new Error('no session')
-  await sessionRpc(url, session, 'resources/subscribe', { uri: uriOf('held/key') })
-  const first = await openRawStream(url, session)
-  await eventually(() => app.live.counts().streams === 1, { what: 'the stream' })
-  await callTool(app, 'write_context', { key: 'held/key', content: 'one' })
-  await eventually(() => /"shared-context-mcp\/version":1/.test(first.text()), { what: 'version 1' })
-  const lastId = [...first.text().matchAll(/^id: (\S+)$/gm)].at(-1)?.[1]
-  first.abort()
-  await eventually(() => app.live.counts().streams === 0, { what: 'the aborted stream to be released' })
+  const { session, lastId } = await streamUntilFirstVersion(app, url, 'held/key')
 
   // A transaction with an id, left open: the feed serves nothing written after it began.
   const holder = await database.sql.reserve()
