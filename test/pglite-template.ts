@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path'
 import { createDataDirTemplate } from '../db/embedded.js'
 
 // Apart from db-helper.ts, which follows the test backend's settings: a test that only needs an embedded
-// database imports this and runs in the embedded pass alone (scripts/backend-tests.ts).
+// database imports this: it is on PGlite on every pass, so CI runs it once (scripts/embedded-pass-tests.ts).
 
 let template: Promise<Blob> | undefined
 

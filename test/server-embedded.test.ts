@@ -6,7 +6,7 @@ import { test } from 'tap'
 import { callToolOverHttp, servingUrl, startServer, waitFor } from './process-helper.js'
 
 // server.ts started as an operator starts it, with the embedded database in DATA_DIR or with none.
-// Nothing here uses the test database or Redis, so CI runs this file once (scripts/backend-tests.ts).
+// Nothing here uses the test database or Redis, so CI runs this file once (scripts/embedded-pass-tests.ts).
 const AUTH_TOKEN = 'server-test-token-0123456789abcdef0123456789'
 
 /** Ports of the TCP sockets the process listens on (from /proc: its socket inodes in its network namespace's tables). */

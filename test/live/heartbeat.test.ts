@@ -12,8 +12,8 @@ import { loadConfig } from '../../schema/config.js'
 import { eventually } from '../eventually.js'
 import { pgliteTemplate } from '../pglite-template.js'
 
-// Nothing here depends on the database server, so this file runs in the embedded pass only
-// (it imports no helper that follows the test backend's settings: scripts/backend-tests.ts).
+// Nothing here depends on the database server, so CI runs this file once, on PGlite whichever pass
+// (it imports no helper that follows the test backend's settings: scripts/embedded-pass-tests.ts).
 const TOKEN = 'heartbeat-token-0123456789abcdef0123456789'
 const URI = 'context://default/long/lived'
 
