@@ -36,9 +36,25 @@ export function createUpstreamFetch (): { fetch: typeof fetch, close: () => void
           if (value === undefined) continue
           for (const one of Array.isArray(value) ? value : [value]) responseHeaders.append(name, one)
         }
-        const nullBody = status === 101 || status === 204 || status === 205 || status === 304
-        if (nullBody) response.resume()
-        resolve(new Response(nullBody ? null : Readable.toWeb(response) as ReadableStream<Uint8Array>, { status, statusText: response.statusMessage ?? '', headers: responseHeaders }))
+        const init = { status, statusText: response.statusMessage ?? '', headers: responseHeaders }
+        if (status === 101 || status === 204 || status === 205 || status === 304) {
+          response.resume()
+          resolve(new Response(null, init))
+          return
+        }
+        // An SSE answer streams (progress, requests of the upstream); a JSON one is read whole here,
+        // which spares it the web stream the SDK would read it through.
+        if (!/^application\/json\s*(;|$)/i.test(response.headers['content-type'] ?? '')) {
+          resolve(new Response(Readable.toWeb(response) as ReadableStream<Uint8Array>, init))
+          return
+        }
+        const chunks: Buffer[] = []
+        response.on('data', (chunk: Buffer) => chunks.push(chunk))
+        response.once('end', () => resolve(new Response(Buffer.concat(chunks), init)))
+        response.once('close', () => {
+          if (!response.complete) reject(new TypeError('terminated'))
+        })
+        response.once('error', (error) => reject(error.name === 'AbortError' ? error : new TypeError('terminated', { cause: error })))
       })
       request.end(body ?? undefined)
     })
