@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import autocannon, { type Context, type RequestParams } from 'autocannon'
 import { freePort, killAllChildrenNow, startChild, stopAllChildren, type Child } from './children.js'
@@ -14,6 +15,13 @@ import { PEERS_DIR, ROOT } from './servers.js'
 // production configuration: static token, rate limits on, metrics on, a log line per request),
 // interleaved round by round. Reports each side's latency and the CPU time per call of each process
 // (from /proc): the gateway's own, and the upstream's, which both sides pay.
+//
+// The CPU ratio is (gateway CPU + upstream CPU) per call through the gateway over the upstream's
+// CPU per call when called directly: what federating a call costs the machine, all in. Each round
+// runs both sides one after the other (the order alternates), and the medians over the rounds are
+// compared, so load from other processes weighs on both sides alike; the load average is printed
+// with the numbers. Through the gateway the upstream speaks whichever protocol line the gateway
+// negotiated with it (2026-07-28 for the bench upstream); the direct side speaks 2025-11-25.
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
 
@@ -171,16 +179,37 @@ async function main (): Promise<void> {
     env: { DATABASE_URL: databaseUrl, PORT: String(gatewayPort), HOST: '127.0.0.1', LOG_LEVEL: 'info', AUTH_TOKEN: token, UPSTREAMS_FILE: upstreamsFile, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' },
     logFile: join(RESULTS_DIR, 'gateway-server.log')
   })
+  // BENCH_GATEWAY_BASELINE=path/to/other/dist/server.js: a second gateway (another build, say main's)
+  // with the same configuration, run as a third side in the same interleaved rounds: before/after
+  // numbers under the same load.
+  const baselineServer = process.env.BENCH_GATEWAY_BASELINE
+  const baselinePort = baselineServer === undefined ? 0 : await freePort()
+  const baselineChild = baselineServer === undefined
+    ? undefined
+    : startChild({
+      name: 'baseline gateway',
+      cwd: ROOT,
+      args: [baselineServer],
+      env: { DATABASE_URL: databaseUrl, PORT: String(baselinePort), HOST: '127.0.0.1', LOG_LEVEL: 'info', AUTH_TOKEN: token, UPSTREAMS_FILE: upstreamsFile, RATE_LIMITS: 'admin=100000000/h 10000000/m; default=100000000/h 10000000/m; ip=10000000/m' },
+      logFile: join(RESULTS_DIR, 'gateway-baseline-server.log')
+    })
   const direct: Side = { label: 'direct', url: `http://127.0.0.1:${upstreamPort}/mcp`, headers: {}, tool: 'lookup_employee', processes: [{ name: 'upstream', child: upstream }] }
   const federated: Side = { label: 'through the gateway', url: `http://127.0.0.1:${gatewayPort}/mcp`, headers: { authorization: `Bearer ${token}` }, tool: 'bench__lookup_employee', processes: [{ name: 'gateway', child: gatewayChild }, { name: 'upstream', child: upstream }] }
-  await waitForAnswer(direct)
-  await waitForAnswer(federated)
+  const baseline: Side | undefined = baselineChild === undefined
+    ? undefined
+    : { label: 'baseline gateway', url: `http://127.0.0.1:${baselinePort}/mcp`, headers: { authorization: `Bearer ${token}` }, tool: 'bench__lookup_employee', processes: [{ name: 'gateway', child: baselineChild }, { name: 'upstream', child: upstream }] }
+  const sides = baseline === undefined ? [direct, federated] : [direct, federated, baseline]
+  for (const side of sides) await waitForAnswer(side)
 
-  console.log(`Gateway mix: ${connections} connections, ${seconds} s per run, ${rounds} rounds, one read-only upstream tool`)
-  for (const side of [direct, federated]) await run(side, 2, connections) // warm-up
-  const results = new Map<Side, Run[]>([[direct, []], [federated, []]])
+  const loadAverage = (): string => loadavg().map((value) => value.toFixed(2)).join(' ')
+  const loadBefore = loadAverage()
+  console.log(`Gateway mix: ${connections} connections, ${seconds} s per run, ${rounds} rounds, one read-only upstream tool; load average ${loadBefore}`)
+  for (const side of sides) await run(side, 2, connections) // warm-up
+  const results = new Map<Side, Run[]>(sides.map((side) => [side, []]))
   for (let round = 1; round <= rounds; round++) {
-    for (const side of round % 2 === 1 ? [direct, federated] : [federated, direct]) {
+    // Each round starts with the next side, so none always runs first (or last).
+    const shift = (round - 1) % sides.length
+    for (const side of [...sides.slice(shift), ...sides.slice(0, shift)]) {
       const result = await run(side, seconds, connections)
       results.get(side)?.push(result)
       const cpu = Object.entries(result.cpuUsPerCall).map(([name, us]) => `${name} ${us.toFixed(0)} µs`).join(', ')
@@ -202,15 +231,21 @@ async function main (): Promise<void> {
     cpuRatioTotal: directCpu === 0 ? 0 : totalCpu / directCpu,
     gatewayCpuOverDirect: directCpu === 0 ? 0 : gatewayCpu / directCpu,
     p99DeltaMs: f.p99Ms - d.p99Ms,
-    goals: 'CPU per call ≤ 1.3× direct; p99 within 2 ms of direct'
+    goals: 'CPU per call ≤ 1.3× direct; p99 within 2 ms of direct',
+    cpuRatio: '(gateway + upstream CPU per call through the gateway) / (upstream CPU per call called directly), medians of interleaved rounds'
   }
+  const loadAfter = loadAverage()
   console.log('\n| gateway mix (medians) | req/s | p50 ms | p99 ms | gateway CPU µs/call | upstream CPU µs/call | failures |')
   console.log('|---|---|---|---|---|---|---|')
   console.log(`| direct | ${d.requestsPerSecond.toFixed(0)} | ${d.p50Ms.toFixed(2)} | ${d.p99Ms.toFixed(2)} | — | ${directCpu.toFixed(0)} | ${d.failures} |`)
   console.log(`| through the gateway | ${f.requestsPerSecond.toFixed(0)} | ${f.p50Ms.toFixed(2)} | ${f.p99Ms.toFixed(2)} | ${gatewayCpu.toFixed(0)} | ${(f.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${f.failures} |`)
+  const b = baseline === undefined ? undefined : summary(baseline)
+  if (b !== undefined) console.log(`| baseline gateway | ${b.requestsPerSecond.toFixed(0)} | ${b.p50Ms.toFixed(2)} | ${b.p99Ms.toFixed(2)} | ${(b.cpuUsPerCall.gateway ?? 0).toFixed(0)} | ${(b.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${b.failures} |`)
   console.log(`\nCPU per call, gateway + upstream vs direct: ${verdict.cpuRatioTotal.toFixed(2)}× (goal ≤ 1.3×: ${verdict.cpuRatioTotal <= 1.3 ? 'met' : 'not met'}); the gateway's own CPU is ${verdict.gatewayCpuOverDirect.toFixed(2)}× the upstream's`)
+  if (b !== undefined && directCpu > 0) console.log(`Baseline gateway: CPU per call, gateway + upstream vs direct ${(((b.cpuUsPerCall.gateway ?? 0) + (b.cpuUsPerCall.upstream ?? 0)) / directCpu).toFixed(2)}×, p99 ${(b.p99Ms - d.p99Ms >= 0 ? '+' : '')}${(b.p99Ms - d.p99Ms).toFixed(2)} ms vs direct`)
+  console.log(`Load average before ${loadBefore}, after ${loadAfter}`)
   console.log(`p99 through the gateway ${verdict.p99DeltaMs >= 0 ? '+' : ''}${verdict.p99DeltaMs.toFixed(2)} ms vs direct (goal ≤ 2 ms: ${verdict.p99DeltaMs <= 2 ? 'met' : 'not met'})`)
-  await writeFile(join(RESULTS_DIR, 'gateway-latest.json'), JSON.stringify({ finishedAt: new Date().toISOString(), settings: { seconds, rounds, connections }, direct: d, federated: f, verdict }, null, 2) + '\n')
+  await writeFile(join(RESULTS_DIR, 'gateway-latest.json'), JSON.stringify({ finishedAt: new Date().toISOString(), settings: { seconds, rounds, connections }, loadAverage: { before: loadBefore, after: loadAfter }, direct: d, federated: f, ...(b !== undefined && { baseline: b }), verdict }, null, 2) + '\n')
   if (profiling) {
     await stopAllChildren()
     const file = (await readdir(profileDir)).find((name) => name.endsWith('.cpuprofile'))

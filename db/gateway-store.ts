@@ -148,11 +148,51 @@ export function createGatewayStore (sql: postgres.Sql) {
     case when status in ('pending', 'approved') and expires_at <= now() then 'expired' else status end as status,
     requested_at, expires_at, decided_by, decided_at, started_at, completed_at, outcome, outcome_code`
 
+  // Audit rows are written in batches: while one insert is in flight, the rows of the calls that
+  // end meanwhile wait and go together in the next statement, so a busy gateway pays one round trip
+  // per batch rather than one per call. Each call's promise settles when its own row's batch does.
+  let waiting: Array<{ call: CallAuditRow, settle: (error?: unknown) => void }> = []
+  let writing = false
+
+  async function writeWaiting (): Promise<void> {
+    writing = true
+    while (waiting.length > 0) {
+      const batch = waiting
+      waiting = []
+      const rows = batch.map(({ call }) => ({
+        namespace: call.namespace,
+        principal: call.principal,
+        client: call.client,
+        upstream: call.upstream,
+        tool: call.tool,
+        arguments_digest: call.argumentsDigest,
+        outcome: call.outcome,
+        code: call.code,
+        attempts: call.attempts,
+        duration_ms: Math.max(0, Math.round(call.durationMs)),
+        approval_id: call.approvalId
+      }))
+      try {
+        await sql`
+          insert into gateway_calls (namespace, principal, client, upstream, tool, arguments_digest, outcome, code, attempts, duration_ms, approval_id)
+          select namespace, principal, client, upstream, tool, arguments_digest, outcome, code, attempts, duration_ms, approval_id
+          from rows from (jsonb_to_recordset(${sql.json(rows as unknown as postgres.JSONValue)})
+            as (namespace text, principal text, client text, upstream text, tool text, arguments_digest text, outcome text, code text,
+                attempts integer, duration_ms integer, approval_id text)) with ordinality as r
+          order by r.ordinality`
+        for (const { settle } of batch) settle()
+      } catch (error) {
+        for (const { settle } of batch) settle(error)
+      }
+    }
+    writing = false
+  }
+
   async function recordCall (call: CallAuditRow): Promise<void> {
-    await sql`
-      insert into gateway_calls (namespace, principal, client, upstream, tool, arguments_digest, outcome, code, attempts, duration_ms, approval_id)
-      values (${call.namespace}, ${call.principal}, ${call.client}, ${call.upstream}, ${call.tool}, ${call.argumentsDigest}, ${call.outcome},
-              ${call.code}, ${call.attempts}, ${Math.max(0, Math.round(call.durationMs))}, ${call.approvalId})`
+    await new Promise<void>((resolve, reject) => {
+      waiting.push({ call, settle: (error) => { if (error === undefined) resolve(); else reject(error) } })
+      if (!writing) writeWaiting().catch(() => {})
+    })
   }
 
   /** A new approval: pending (out-of-band) until someone decides; in-band ones are created running (see createAnswered). */

@@ -8,6 +8,7 @@ import {
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
 import { CircuitBreaker, ConcurrencyLimit, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
+import { createUpstreamFetch } from './upstream-fetch.js'
 
 /** What an upstream call can reach on the client's side while it runs: notifications and requests, passed on. */
 export interface CallBinding {
@@ -77,6 +78,7 @@ export class Upstream {
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
   private readonly callHeaders = new AsyncLocalStorage<Record<string, string>>()
+  private readonly http = createUpstreamFetch()
 
   constructor (readonly config: UpstreamConfig, private readonly events: UpstreamEvents) {
     this.breaker = new CircuitBreaker(config.breaker, (state) => events.breakerChanged(this, state))
@@ -196,15 +198,16 @@ export class Upstream {
     client.onerror = () => {}
     const headers = this.config.headers
     const callHeaders = this.callHeaders
+    const upstreamFetch = this.http.fetch
     const transport = new StreamableHTTPClientTransport(new URL(this.config.url), {
       requestInit: { headers },
       // Per-call headers (the signed principal JWT) ride on the call's async context.
       fetch: (url, init) => {
         const extra = callHeaders.getStore()
-        if (extra === undefined) return fetch(url, init)
+        if (extra === undefined) return upstreamFetch(url, init)
         const merged = new Headers(init?.headers)
         for (const [name, value] of Object.entries(extra)) merged.set(name, value)
-        return fetch(url, { ...init, headers: merged })
+        return upstreamFetch(url, { ...init, headers: merged })
       },
       reconnectionOptions: { maxRetries: 0, initialReconnectionDelay: 1000, maxReconnectionDelay: 1000, reconnectionDelayGrowFactor: 1 }
     })
@@ -339,5 +342,6 @@ export class Upstream {
     if (this.control !== undefined) clients.push(this.control)
     this.idle.length = 0
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
+    this.http.close()
   }
 }

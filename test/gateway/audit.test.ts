@@ -65,3 +65,21 @@ test('call audit: one row per call with the digest; a failed write is logged and
   t.notMatch(JSON.stringify(logged?.object ?? {}), /sales/, 'and never the arguments')
   t.match(await lostRegistry.getSingleMetricAsString('scm_gateway_pending_approvals'), /scm_gateway_pending_approvals Nan/, 'an unreadable database reads as NaN')
 })
+
+test('call audit: rows of calls that end while a write is in flight go together in the next one, in the order the calls ended; a refused batch fails each of its calls and no other', async (t) => {
+  const { sql } = await testDatabase(t)
+  const store = createGatewayStore(sql)
+  const rows = Array.from({ length: 25 }, (_, index) => ({ ...call, tool: `tool_${index}`, code: null, approvalId: null }))
+  await Promise.all(rows.map((row) => store.recordCall(row)))
+  const written = await sql<Array<{ tool: string }>>`select tool from gateway_calls order by id`
+  t.same(written.map((row) => row.tool), rows.map((row) => row.tool), 'every row, in order')
+
+  // A row the table refuses (a digest that is no SHA-256) fails the batch it is in, and only that one.
+  const first = store.recordCall({ ...rows[0]!, tool: 'alone' })
+  const refused = [store.recordCall({ ...rows[0]!, tool: 'bad', argumentsDigest: 'nope' }), store.recordCall({ ...rows[0]!, tool: 'same_batch' })]
+  await first
+  for (const write of refused) await t.rejects(write, { message: /gateway_calls_digest/ })
+  await store.recordCall({ ...rows[0]!, tool: 'after' })
+  const tools = (await sql<Array<{ tool: string }>>`select tool from gateway_calls order by id`).map((row) => row.tool)
+  t.same(tools.slice(25), ['alone', 'after'], 'the next batch is written')
+})
