@@ -22,6 +22,73 @@ export const CHANGE_CHANNEL = 'context_changes'
 
 export interface ChangeNotice { namespace: string, key: string, version: number, action: HistoryAction }
 
+// The hot statements as fixed text, prepared once per connection: read_context of the current
+// version, and write_context without a ttl as a plain write or a compare-and-set. Each is the
+// statement the fragments in createContextStore build for that case (same text, same parameters
+// in the same order: bench/sql-check.ts compares the first two with the benchmark floor's copy);
+// building them from fragments on every call was most of the driver's CPU on the hot path.
+const READ_CURRENT_SQL = `
+  select key, content, version, tags, created_at, updated_at, updated_by, client, expires_at
+  from context_entries
+  where namespace = $1 and key = $2 and (expires_at is null or expires_at > now())`
+
+const OUTCOME_HISTORY_AND_NOTIFY_SQL = (first: number) => `
+  outcome as (
+    select c.*, c.inserted or coalesce(p.expired, false) as created
+    from changed c left join previous p on true
+  ), logged as (
+    insert into context_history (namespace, key, version, action, content, tags, actor, client, at, txid)
+    select namespace, key, version, case when created then 'create' else $${first}::text end, content, tags,
+           $${first + 1}, $${first + 2}, updated_at, feed_txid
+    from outcome
+    returning namespace, key, version, action
+  ), notified as (
+    select pg_notify($${first + 3}, json_build_object('namespace', namespace, 'key', key, 'version', version, 'action', action)::text) as sent
+    from logged
+  )
+  select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous, (select count(*) from notified) as notified
+  from (select 1) as one left join outcome o on true`
+
+const LOCKED_PREVIOUS_SQL = `
+  previous as materialized (
+    select version, expires_at <= now() as expired, octet_length(content) as bytes
+    from context_entries where namespace = $1 and key = $2
+    for update
+  )`
+
+/** Parameters: namespace, key, namespace, key, content, namespace, key, tags, principal, client, tags, 'update', principal, client, channel. */
+const WRITE_UPSERT_SQL = `
+  with ${LOCKED_PREVIOUS_SQL}, changed as (
+    insert into context_entries as e
+      (namespace, key, content, version, tags, created_at, updated_at, updated_by, client, expires_at, feed_txid)
+    values ($3, $4, $5, coalesce(
+      (select version from previous),
+      (select max(h.version) from context_history h where h.namespace = $6 and h.key = $7),
+      0) + 1,
+      coalesce($8::text[], '{}'), now(), now(), $9, $10, null::timestamptz, pg_current_xact_id())
+    on conflict (namespace, key) do update set
+      content = excluded.content,
+      version = e.version + 1,
+      tags = coalesce($11::text[], case when e.expires_at <= now() then '{}' else e.tags end),
+      created_at = case when e.expires_at <= now() then now() else e.created_at end,
+      updated_at = now(), updated_by = excluded.updated_by, client = excluded.client,
+      expires_at = excluded.expires_at, feed_txid = greatest(pg_current_xact_id(), e.feed_txid)
+    where e.version = (select version from previous)
+    returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, (e.xmax = 0) as inserted
+  ), ${OUTCOME_HISTORY_AND_NOTIFY_SQL(12)}`
+
+/** Parameters: namespace, key, content, tags, principal, client, namespace, key, expected version, 'update', principal, client, channel. */
+const WRITE_COMPARE_AND_SET_SQL = `
+  with ${LOCKED_PREVIOUS_SQL}, changed as (
+    update context_entries e set
+      content = $3, version = e.version + 1, tags = coalesce($4::text[], e.tags),
+      updated_at = now(), updated_by = $5, client = $6, expires_at = null::timestamptz,
+      feed_txid = greatest(pg_current_xact_id(), e.feed_txid)
+    where e.namespace = $7 and e.key = $8 and e.version = $9
+      and (e.expires_at is null or e.expires_at > now())
+    returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, false as inserted
+  ), ${OUTCOME_HISTORY_AND_NOTIFY_SQL(10)}`
+
 export interface Entry {
   key: string
   content: string
@@ -305,10 +372,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
 
   async function read (namespace: string, key: string, version?: number): Promise<Entry | null> {
     const rows = version === undefined
-      ? await sql<EntryRow[]>`
-          select key, content, version, tags, created_at, updated_at, updated_by, client, expires_at
-          from context_entries
-          where namespace = ${namespace} and key = ${key} and ${notExpired}`
+      ? await sql.unsafe<EntryRow[]>(READ_CURRENT_SQL, [namespace, key], { prepare: true })
       : await sql<EntryRow[]>`
           select h.key, h.content, h.version, h.tags, h.at as updated_at, h.actor as updated_by, h.client,
                  null::timestamptz as expires_at,
@@ -336,7 +400,12 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     // Three shapes: a compare-and-set on an existing version is a plain UPDATE (it must never
     // insert); otherwise an upsert, which for "create only" (expected 0) may only take over an
     // absent (expired or deleted) row.
-    const change = expectedVersion !== undefined && expectedVersion > 0
+    // Without a ttl, a plain write and a compare-and-set go out as fixed text (WRITE_UPSERT_SQL,
+    // WRITE_COMPARE_AND_SET_SQL); the fragments below build the other shapes.
+    const hotShape = writeOptions.ttlSeconds !== undefined || expectedVersion === 0
+      ? undefined
+      : expectedVersion === undefined ? WRITE_UPSERT_SQL : WRITE_COMPARE_AND_SET_SQL
+    const change = () => expectedVersion !== undefined && expectedVersion > 0
       ? sql`
           update context_entries e set
             content = ${content}, version = e.version + 1, tags = coalesce(${tags}::text[], e.tags),
@@ -361,12 +430,17 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           returning e.namespace, e.key, e.content, e.version, e.tags, e.updated_at, e.feed_txid, (e.xmax = 0) as inserted`
 
     return await settle(async () => {
-      const [row] = await sql<WrittenRow[]>`
-        with ${lockedPrevious(namespace, key)}, changed as (
-          ${change}
-        ), ${outcomeAndHistory('update', actor)}
-        select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous, ${notifiedCount}
-        from (select 1) as one left join outcome o on true`
+      const [row] = hotShape === undefined
+        ? await sql<WrittenRow[]>`
+          with ${lockedPrevious(namespace, key)}, changed as (
+            ${change()}
+          ), ${outcomeAndHistory('update', actor)}
+          select o.version, o.updated_at, o.created, exists (select 1 from previous) as had_previous, ${notifiedCount}
+          from (select 1) as one left join outcome o on true`
+        : await sql.unsafe<WrittenRow[]>(hotShape, hotShape === WRITE_UPSERT_SQL
+          ? [namespace, key, namespace, key, content, namespace, key, tags, actor.principal, actor.client, tags, 'update', actor.principal, actor.client, CHANGE_CHANNEL]
+          : [namespace, key, content, tags, actor.principal, actor.client, namespace, key, expectedVersion!, 'update', actor.principal, actor.client, CHANGE_CHANNEL],
+        { prepare: true })
       if (row?.version != null && row.updated_at !== null) {
         return { status: row.created === true ? 'created' : 'updated', version: row.version, updatedAt: row.updated_at.toISOString() }
       }

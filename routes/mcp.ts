@@ -117,22 +117,38 @@ function isJsonRpcRequest (body: unknown): body is JSONRPCRequest {
 export default async function mcpRoutes (fastify: FastifyInstance) {
   const { config, mcp } = fastify
 
+  const { authenticateHook } = fastify.auth
+  const { limitPrincipal } = fastify.rateLimits
+  const { sessionGate } = fastify.live
+
   // Host and Origin were checked for every route before this (plugins/host-check.ts).
-  // Callback style: an async hook costs a promise per request.
-  fastify.addHook('onRequest', (_request, reply, done) => {
+  // One hook for what every /mcp request passes before its body is read: refused while shutting
+  // down, then authenticated (an address that keeps failing authentication is refused before its
+  // token is looked up). Callback style: an async hook costs a promise per request; and each
+  // hook Fastify runs costs its own step, so the steps share one.
+  fastify.addHook('onRequest', (request, reply, done) => {
     if (fastify.lifecycle.closing) {
       reply.header('retry-after', '5')
       done(new AppError('SRV_9002', 'The server is shutting down; retry in a few seconds.'))
       return
     }
-    done()
+    authenticateHook(request, reply, done)
   })
-  // An address that keeps failing authentication is refused before its token is looked up.
-  fastify.addHook('onRequest', fastify.auth.authenticateHook)
+
+  /** POST /mcp's preHandler: the principal's rate limits, then the live-session gate (which may answer itself). */
+  function admitCall (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
+    limitPrincipal(request, reply, (error) => {
+      if (error !== undefined) {
+        done(error)
+        return
+      }
+      sessionGate(request, reply, done)
+    })
+  }
 
   fastify.post('/mcp', {
     bodyLimit: maxBodyBytes(config),
-    preHandler: [fastify.rateLimits.limitPrincipal, fastify.live.sessionGate]
+    preHandler: admitCall
   }, async (request, reply) => {
     const body = request.body
     if (nestedDeeperThan(body, MAX_BODY_DEPTH)) {
@@ -226,6 +242,6 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
   }
 
   // Live updates of 2025-era sessions (plugins/live.ts): the session's SSE stream, and ending a session.
-  fastify.get('/mcp', { preHandler: fastify.rateLimits.limitPrincipal }, fastify.live.serveStream)
+  fastify.get('/mcp', { preHandler: limitPrincipal }, fastify.live.serveStream)
   fastify.delete('/mcp', fastify.live.endSession)
 }
