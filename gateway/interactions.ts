@@ -162,7 +162,7 @@ export function createInteractions (options: InteractionsOptions): Interactions 
         ns: entry.binding.namespace,
         t: entry.binding.tool,
         d: entry.binding.argumentsDigest,
-        exp: Math.floor((now() + holdMs) / 1000)
+        exp: Math.ceil((now() + holdMs) / 1000)
       }, undefined as unknown as ServerContext)
       clearTimeout(entry.timer)
       entry.timer = setTimeout(() => {
