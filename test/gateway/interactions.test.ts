@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto'
+import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
+import { Type } from '@sinclair/typebox'
 import { test } from 'tap'
 import type { DownstreamChannel } from '../../gateway/call.js'
 import { createInteractions, type Interactions } from '../../gateway/interactions.js'
@@ -6,7 +8,8 @@ import type { InputRequiredAnswer } from '../../gateway/policy.js'
 import type { Principal } from '../../schema/principal.js'
 import type { ToolCallResult } from '../../tools/registry.js'
 import { eventually } from '../eventually.js'
-import { errorCodeOf } from './gateway-helper.js'
+import { connectV2, errorCodeOf, startGateway } from './gateway-helper.js'
+import { startDomainServer } from './upstreams/domain-server.js'
 
 // The held-call machinery without an upstream: `work` stands for the federated call and asks through its channel.
 const key = randomBytes(32)
@@ -99,4 +102,41 @@ test('what the client did not declare, or too many held calls, is refused to the
   t.match(JSON.stringify(second.content), /refused: too many/)
   held.close()
   t.equal(held.size, 0, 'close cancels the calls held between rounds')
+})
+
+// A 2026-07-28 upstream that answers input-required: the gateway's upstream client fulfils it by asking
+// its own client, which (2026-07-28 too) gets input-required from the gateway, answers, and the answer goes up.
+test('a 2026-07-28 upstream asking a 2026-07-28 client, through the gateway', async (t) => {
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'confirm_name',
+      title: 'Confirm a name',
+      description: 'Asks the user for a name, then answers with it.',
+      inputSchema: Type.Object({}),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async (_args, ctx) => {
+        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
+        if (answer.kind !== 'elicit') {
+          return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] } }) } }) as never
+        }
+        return { action: answer.action, name: answer.content?.name ?? null }
+      }
+    }]
+  })
+  t.teardown(() => upstream.close())
+  const gateway = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'] }, confirm: [] }])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.status === 'ok', { what: 'the 2026-07-28 upstream connected' })
+  t.equal(gateway.app.gateway?.upstreams[0]?.protocol, '2026-07-28')
+  const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user']), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  const asked: string[] = []
+  client.setRequestHandler('elicitation/create', async (request) => {
+    asked.push(String(request.params.message))
+    return { action: 'accept', content: { name: 'Ada' } }
+  })
+  const result = await client.callTool({ name: 'ask__confirm_name', arguments: {} })
+  t.same(asked, ['Your name?'], "the upstream's question reached the client")
+  t.same(result.structuredContent, { action: 'accept', name: 'Ada' }, 'and its answer reached the upstream')
+  t.equal(upstream.runs.get('confirm_name'), 2, 'the upstream ran its two rounds')
 })
