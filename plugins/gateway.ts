@@ -262,7 +262,7 @@ export default fp(async (fastify) => {
   }
 
   // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
-  const interactions = createInteractions({ stateKey: () => store.stateKey(), log })
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
 
   /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
   function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {

@@ -10,6 +10,7 @@ import type { ToolCallResult } from '../../tools/registry.js'
 import { eventually } from '../eventually.js'
 import { connectV2, errorCodeOf, startGateway } from './gateway-helper.js'
 import { startDomainServer } from './upstreams/domain-server.js'
+import { startEverything } from './upstreams/everything.js'
 
 // The held-call machinery without an upstream: `work` stands for the federated call and asks through its channel.
 const key = randomBytes(32)
@@ -139,4 +140,20 @@ test('a 2026-07-28 upstream asking a 2026-07-28 client, through the gateway', as
   t.same(asked, ['Your name?'], "the upstream's question reached the client")
   t.same(result.structuredContent, { action: 'accept', name: 'Ada' }, 'and its answer reached the upstream')
   t.equal(upstream.runs.get('confirm_name'), 2, 'the upstream ran its two rounds')
+})
+
+test('a held upstream call the 2026-07-28 client never answers is cancelled after GATEWAY_INPUT_WAIT_SECONDS', async (t) => {
+  const everything = await startEverything()
+  t.teardown(() => everything.close())
+  const gateway = await startGateway(t, [{ name: 'everything', url: everything.url, allow: { 'everything:use': ['*'] }, confirm: [] }], { GATEWAY_INPUT_WAIT_SECONDS: '1' })
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.status === 'ok', { what: 'server-everything connected' })
+  const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user']), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  const first = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} }, { allowInputRequired: true }) as unknown as InputRequiredAnswer
+  t.equal(first.resultType, 'input_required', "the upstream's question came back as input-required")
+  const { sql } = gateway.app.db
+  const outcomes = async (): Promise<string[]> => (await sql<Array<{ outcome: string }>>`select outcome from gateway_calls where tool = 'trigger-elicitation-request'`).map((row) => row.outcome)
+  t.same(await outcomes(), [], 'while held, the call has not ended')
+  await eventually(async () => (await outcomes()).includes('cancelled'), { what: 'the held call cancelled and audited' })
+  const late = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {}, inputResponses: {}, requestState: first.requestState } as never, { allowInputRequired: true }) as unknown as ToolCallResult
+  t.ok(['MCP_2005', 'REQ_1101'].includes(String(errorCodeOf(late))), 'a late answer is refused')
 })
