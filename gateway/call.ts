@@ -21,6 +21,8 @@ export interface DownstreamChannel {
   request?: (method: string, params: Record<string, unknown> | undefined) => Promise<Record<string, unknown>>
   /** Whether the client declared form elicitation (known for clients with a session). */
   elicitationSupported?: boolean
+  /** Whether the client declared sampling (2026-07-28: from the request's capabilities). */
+  samplingSupported?: boolean
   inputResponses?: Record<string, unknown>
   requestState?: string
 }

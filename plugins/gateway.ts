@@ -7,6 +7,7 @@ import { createGatewayStore } from '../db/gateway-store.js'
 import { argumentsDigest, CONTEXT_TOOLS_UPSTREAM, createApprovalGate, createCallAudit, GET_APPROVAL_TOOL, registerApprovalMetrics, type GatewayApprovals } from '../gateway/approvals.js'
 import { createCallPath, interactionOf, type DownstreamChannel } from '../gateway/call.js'
 import { Federation, type FederatedTool } from '../gateway/federation.js'
+import { createInteractions } from '../gateway/interactions.js'
 import type { CallOutcome, GatedCall, InputRequiredAnswer } from '../gateway/policy.js'
 import { createIdentitySigner } from '../gateway/signed-identity.js'
 import { Upstream } from '../gateway/upstream.js'
@@ -260,10 +261,25 @@ export default fp(async (fastify) => {
     return result
   }
 
+  // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
+
+  /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
+  function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {
+    const binding = { principal, tool: name, argumentsDigest: argumentsDigest(args) }
+    if (interactions.owns(channel.requestState)) return counted(() => interactions.resume(binding, channel))
+    return counted(() => interactions.start(binding, channel, work))
+  }
+
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
+    const rounds = channel.protocol === '2026-07-28' && channel.request === undefined
     const tool = federated.resolve(name, principal)
-    if (tool !== undefined) return counted(() => callFederated(tool, args, principal, client, channel))
+    if (tool !== undefined) {
+      if (rounds) return multiRound(name, args, principal, channel, (held) => callFederated(tool, args, principal, client, held))
+      return counted(() => callFederated(tool, args, principal, client, channel))
+    }
     if (name === GET_APPROVAL_TOOL.name && offersGetApproval(principal)) {
+      if (rounds) return multiRound(name, args, principal, channel, (held) => gate.resume(principal, args, (gated, approvalId) => runApproved(gated, approvalId, held)))
       return counted(() => gate.resume(principal, args, (gated, approvalId) => runApproved(gated, approvalId, channel)))
     }
     return undefined
@@ -424,6 +440,8 @@ export default fp(async (fastify) => {
 
   // SIGTERM: the /mcp route refuses new calls; the ones in flight upstream finish (within SHUTDOWN_TIMEOUT_MS), then their audit rows are written.
   fastify.addHook('preClose', async () => {
+    // Calls held for a client's answer cannot get one now (new requests are refused): cancelled upstream.
+    interactions.close()
     const deadline = Date.now() + config.SHUTDOWN_TIMEOUT_MS
     while (inFlight() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
     if (inFlight() > 0) log.warn({ calls: inFlight() }, 'shutdown: upstream calls still running at SHUTDOWN_TIMEOUT_MS')

@@ -203,7 +203,7 @@ export default fp(async (fastify) => {
   function channelOf (ctx: ServerContext | undefined, params: CallToolParams): DownstreamChannel {
     if (ctx === undefined) return { protocol: '2025', signal: new AbortController().signal }
     const progressToken = (params as { _meta?: { progressToken?: unknown } })._meta?.progressToken
-    const capabilities = (ctx.mcpReq.envelope as Record<string, { elicitation?: unknown } | undefined> | undefined)?.[CLIENT_CAPABILITIES_META_KEY]
+    const capabilities = (ctx.mcpReq.envelope as Record<string, { elicitation?: unknown, sampling?: unknown } | undefined> | undefined)?.[CLIENT_CAPABILITIES_META_KEY]
     const requestState = ctx.mcpReq.requestState<unknown>()
     return {
       protocol: '2026-07-28',
@@ -211,6 +211,7 @@ export default fp(async (fastify) => {
       ...((typeof progressToken === 'string' || typeof progressToken === 'number') && { progressToken }),
       notify: (method, notificationParams) => { ctx.mcpReq.notify({ method, params: notificationParams } as never).catch(() => {}) },
       elicitationSupported: capabilities?.elicitation !== undefined,
+      samplingSupported: capabilities?.sampling !== undefined,
       ...(ctx.mcpReq.inputResponses !== undefined && { inputResponses: ctx.mcpReq.inputResponses }),
       ...(typeof requestState === 'string' && { requestState })
     }

@@ -58,6 +58,7 @@ export const ConfigSchema = Type.Object({
   GATEWAY_IDENTITY_KEY: Type.Optional(Type.String({ minLength: 32, description: 'HMAC key (at least 32 characters) signing the short-lived principal JWT sent to upstreams that ask for one (their `identity` setting)' })),
   APPROVAL_MODE: Type.Optional(Type.Union([Type.Literal('in-band'), Type.Literal('out-of-band')], { description: "How a person approves calls that need it, unless an upstream's `approval` says otherwise: in-band (the client asks its user: elicitation / input-required) or out-of-band (`cli approvals`); default: in-band on a loopback HOST without a public PUBLIC_URL, else out-of-band" })),
   APPROVAL_EXPIRES_SECONDS: Type.Integer({ minimum: 10, maximum: 604800, default: 3600, description: 'How long a pending approval waits for a decision before it expires (the call is then cancelled)' }),
+  GATEWAY_INPUT_WAIT_SECONDS: Type.Integer({ minimum: 1, maximum: 3600, default: 600, description: 'How long an upstream call that asked a 2026-07-28 client something (elicitation, sampling) is held for its answer before it is cancelled upstream' }),
   APPROVE_CONTEXT_TOOLS: Type.String({ default: '', pattern: '^(|(delete_context|restore_context)(,(delete_context|restore_context))?)$', description: 'Comma-separated context tools that need the same approval as destructive upstream tools: delete_context, restore_context' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 }, { additionalProperties: false })

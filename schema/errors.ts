@@ -19,6 +19,7 @@ export const errorCatalogue = {
   MCP_2002: { status: 502, title: 'upstream MCP server failed or unreachable' },
   MCP_2003: { status: 202, title: 'approval pending' },
   MCP_2004: { status: 403, title: 'approval refused (rejected, expired or cancelled)' },
+  MCP_2005: { status: 409, title: 'the upstream call waiting for this answer is not held here (another instance, or it ended)' },
   SRV_9001: { status: 500, title: 'internal error' },
   SRV_9002: { status: 503, title: 'shutting down' }
 } as const

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
 import { startEverything } from './upstreams/everything.js'
-import { connectV1, connectV2, startGateway } from './gateway-helper.js'
+import { connectV1, connectV2, errorCodeOf, startGateway } from './gateway-helper.js'
 
 // The reference server behind the gateway: its progress, elicitation and sampling tools, through to the client and back.
 test('server-everything through the gateway', async (t) => {
@@ -80,5 +80,71 @@ test('server-everything through the gateway', async (t) => {
     t.equal(response.status, 200)
     const body = await response.json() as { result?: { isError?: boolean } }
     t.ok(body.result, 'answered with a result (the upstream reports the refused sampling)')
+  })
+})
+
+// 2026-07-28 clients cannot be sent requests mid-call: the gateway answers input-required and the retry carries the answers.
+test('server-everything through the gateway, for a 2026-07-28 client', async (t) => {
+  const everything = await startEverything()
+  t.teardown(() => everything.close())
+  const gateway = await startGateway(t, [
+    { name: 'everything', url: everything.url, allow: { 'everything:use': ['*'] }, confirm: [] }
+  ])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.status === 'ok', { what: 'server-everything connected' })
+  const token = await gateway.token(['everything-user'])
+  const client = await connectV2(t, gateway.baseUrl, token, { negotiate: true, capabilities: { elicitation: { form: {} }, sampling: {} } })
+  t.equal(client.getNegotiatedProtocolVersion(), '2026-07-28')
+
+  await t.test('elicitation: accepted and declined answers reach the upstream', async (t) => {
+    const asked: string[] = []
+    client.setRequestHandler('elicitation/create', async (request) => {
+      asked.push(String(request.params.message))
+      return { action: 'accept', content: { name: 'Ada Lovelace', check: true } }
+    })
+    const result = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+    t.equal(asked.length, 1, 'the client was asked once')
+    t.match(JSON.stringify(result.content), /Name: Ada Lovelace/, "the upstream got the client's answer")
+    client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }))
+    const declined = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+    t.match(JSON.stringify(declined.content), /declined/)
+  })
+
+  await t.test('sampling: the client answers, the upstream gets it', async (t) => {
+    client.setRequestHandler('sampling/createMessage', async (request) => {
+      const first = request.params.messages[0]?.content as { text?: string } | undefined
+      return { model: 'test-model', role: 'assistant', content: { type: 'text', text: `sampled: ${first?.text ?? ''}` } }
+    })
+    const result = await client.callTool({ name: 'everything__trigger-sampling-request', arguments: { prompt: 'what is MCP?', maxTokens: 20 } })
+    t.notOk(result.isError)
+    t.match(JSON.stringify(result.content), /sampled: .*what is MCP\?/)
+    t.match(JSON.stringify(result.content), /test-model/)
+  })
+
+  await t.test('forged, tampered, rebound and replayed states are refused', async (t) => {
+    const name = 'everything__trigger-elicitation-request'
+    const manual = { allowInputRequired: true } as const
+    const first = await client.callTool({ name, arguments: {} }, manual) as unknown as { resultType?: string, inputRequests?: Record<string, { method: string }>, requestState?: string }
+    t.equal(first.resultType, 'input_required')
+    const keys = Object.keys(first.inputRequests ?? {})
+    t.equal(keys.length, 1)
+    t.equal(first.inputRequests?.[keys[0] as string]?.method, 'elicitation/create')
+    const state = first.requestState as string
+    const inputResponses = { [keys[0] as string]: { action: 'accept', content: { name: 'Grace Hopper', check: true } } }
+    const retry = async (requestState: string, args: Record<string, unknown> = {}): Promise<{ isError?: boolean, content?: unknown, _meta?: Record<string, unknown> }> =>
+      await client.callTool({ name, arguments: args, inputResponses, requestState } as never, manual) as never
+
+    const forged = await retry(`gwi1.${Buffer.from('{"i":"x"}').toString('base64url')}`)
+    t.equal(errorCodeOf(forged), 'REQ_1101', 'a forged state is refused')
+    const flipped = state.slice(0, -2) + (state.at(-2) === 'A' ? 'B' : 'A') + state.at(-1)
+    t.equal(errorCodeOf(await retry(flipped)), 'REQ_1101', 'a tampered state is refused')
+    const other = await retry(state, { unexpected: true })
+    t.equal(errorCodeOf(other), 'REQ_1101', 'a state for other arguments is refused')
+    t.match(JSON.stringify(other.content), /another call/)
+
+    const answered = await retry(state)
+    t.notOk(answered.isError)
+    t.match(JSON.stringify(answered.content), /Name: Grace Hopper/, 'the genuine state delivers the answer')
+    const replayed = await retry(state)
+    t.equal(errorCodeOf(replayed), 'MCP_2005', 'a replay is refused: that upstream call has ended')
   })
 })

@@ -93,6 +93,8 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
           },
           log: async (data) => { await ctx.mcpReq.log('info', data, options.name) }
         })
+        // A 2026-07-28 multi-round-trip answer goes out as the tool returned it.
+        if (output.resultType === 'input_required') return output as never
         return { content: [{ type: 'text' as const, text: JSON.stringify(output) }], structuredContent: output }
       })
     }
