@@ -4,6 +4,9 @@ import {
   StreamableHTTPClientTransport,
   type CallToolResult,
   type Prompt,
+  type ReadResourceResult,
+  type Resource,
+  type ResourceTemplateType,
   type Tool
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
@@ -30,11 +33,17 @@ export type UpstreamStatus = 'ok' | 'down'
 export interface UpstreamCatalog {
   tools: Tool[]
   prompts: Prompt[]
+  resources: Resource[]
+  resourceTemplates: ResourceTemplateType[]
 }
 
+/** At most this many resources (and as many templates) of one upstream are federated; the rest are not listed. */
+export const MAX_RESOURCES = 1000
+const MAX_LIST_PAGES = 50
+
 export interface UpstreamEvents {
-  /** The tool (or prompt) list changed: after a list_changed notification, a periodic re-list, or a reconnect. */
-  catalogChanged: (upstream: Upstream) => void
+  /** The tool, prompt or resource list changed: after a list_changed notification, a periodic re-list, or a reconnect. */
+  catalogChanged: (upstream: Upstream, changed: Array<'tools' | 'prompts' | 'resources'>) => void
   breakerChanged: (upstream: Upstream, state: BreakerState) => void
   log: (level: 'debug' | 'info' | 'warn', data: Record<string, unknown>, message: string) => void
 }
@@ -66,7 +75,7 @@ export class Upstream {
   status: UpstreamStatus = 'down'
   /** The protocol version the control connection negotiated (undefined until connected). */
   protocol: string | undefined
-  catalog: UpstreamCatalog = { tools: [], prompts: [] }
+  catalog: UpstreamCatalog = { tools: [], prompts: [], resources: [], resourceTemplates: [] }
   lastError: string | undefined
   private control: Client | undefined
   private connecting: Promise<void> | undefined
@@ -134,7 +143,7 @@ export class Upstream {
     }
   }
 
-  /** Re-lists tools and prompts (list_changed, the periodic timer, tests). */
+  /** Re-lists tools, prompts and resources (list_changed, the periodic timer, tests). */
   async refresh (): Promise<void> {
     if (this.closed) return
     const client = this.control
@@ -153,9 +162,16 @@ export class Upstream {
     const capabilities = client.getServerCapabilities() ?? {}
     const tools = capabilities.tools === undefined ? [] : (await client.listTools(undefined, { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' })).tools
     const prompts = capabilities.prompts === undefined ? [] : (await client.listPrompts(undefined, { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' })).prompts
-    const changed = JSON.stringify(tools) !== JSON.stringify(this.catalog.tools) || JSON.stringify(prompts) !== JSON.stringify(this.catalog.prompts)
-    this.catalog = { tools, prompts }
-    if (changed) this.events.catalogChanged(this)
+    const options = { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' as const }
+    const resources = capabilities.resources === undefined ? [] : await allPages((cursor) => client.listResources(cursor === undefined ? undefined : { cursor }, options).then((page) => ({ items: page.resources, nextCursor: page.nextCursor })))
+    const resourceTemplates = capabilities.resources === undefined ? [] : await allPages((cursor) => client.listResourceTemplates(cursor === undefined ? undefined : { cursor }, options).then((page) => ({ items: page.resourceTemplates, nextCursor: page.nextCursor })))
+    const before = this.catalog
+    const changed: Array<'tools' | 'prompts' | 'resources'> = []
+    if (JSON.stringify(tools) !== JSON.stringify(before.tools)) changed.push('tools')
+    if (JSON.stringify(prompts) !== JSON.stringify(before.prompts)) changed.push('prompts')
+    if (JSON.stringify([resources, resourceTemplates]) !== JSON.stringify([before.resources, before.resourceTemplates])) changed.push('resources')
+    this.catalog = { tools, prompts, resources, resourceTemplates }
+    if (changed.length > 0) this.events.catalogChanged(this, changed)
   }
 
   markUp (): void {
@@ -189,7 +205,8 @@ export class Upstream {
       ...(control && {
         listChanged: {
           tools: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } },
-          prompts: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } }
+          prompts: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } },
+          resources: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } }
         }
       })
     })
@@ -325,6 +342,19 @@ export class Upstream {
     }
   }
 
+  /** resources/read on a pooled connection. */
+  async readResource (uri: string, signal: AbortSignal): Promise<ReadResourceResult> {
+    const pooled = await this.lease(undefined)
+    let healthy = false
+    try {
+      const result = await pooled.client.readResource({ uri }, { signal, timeout: this.config.timeoutMs })
+      healthy = true
+      return result
+    } finally {
+      this.giveBack(pooled, healthy)
+    }
+  }
+
   /** Calls whose connections are leased right now. */
   get inFlight (): number {
     return this.leased.size
@@ -340,4 +370,17 @@ export class Upstream {
     this.idle.length = 0
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
   }
+}
+
+/** Every page of a paginated list, up to MAX_RESOURCES items. */
+async function allPages<T> (page: (cursor: string | undefined) => Promise<{ items: T[], nextCursor?: string | undefined }>): Promise<T[]> {
+  const items: T[] = []
+  let cursor: string | undefined
+  for (let pages = 0; pages < MAX_LIST_PAGES && items.length < MAX_RESOURCES; pages++) {
+    const next = await page(cursor)
+    items.push(...next.items)
+    if (next.nextCursor === undefined || next.nextCursor === cursor) break
+    cursor = next.nextCursor
+  }
+  return items.slice(0, MAX_RESOURCES)
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import type { JSONRPCRequest } from '@modelcontextprotocol/server'
+import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client'
+import { ProtocolError as ServerProtocolError, ProtocolErrorCode as ServerProtocolErrorCode, type JSONRPCRequest, type ReadResourceResult } from '@modelcontextprotocol/server'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram } from 'prom-client'
@@ -10,7 +11,8 @@ import { Federation, type FederatedTool } from '../gateway/federation.js'
 import type { CallOutcome, GatedCall, InputRequiredAnswer } from '../gateway/policy.js'
 import { createIdentitySigner } from '../gateway/signed-identity.js'
 import { Upstream } from '../gateway/upstream.js'
-import type { BreakerState } from '../gateway/resilience.js'
+import { classifyFailure, type BreakerState } from '../gateway/resilience.js'
+import { LEGACY_RESOURCE_NOT_FOUND, type FederatedResources } from '../live/resources.js'
 import { isLoopbackHost, type Config } from '../schema/config.js'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
@@ -50,9 +52,13 @@ export interface Gateway {
   /** How an approved context tool call runs (the MCP plugin's registry). */
   setContextRunner: (runner: ContextRunner) => void
   health: () => UpstreamHealth[]
-  /** Listeners told when the tools some principal sees may have changed. */
-  onToolsChanged: (listener: () => void) => void
+  /** The upstreams' resources, for resources/list, resources/templates/list and resources/read. */
+  resources: FederatedResources
+  /** Listeners told which lists (tools, prompts, resources) some principal sees may have changed. */
+  onListsChanged: (listener: (changed: ListKind[]) => void) => void
 }
+
+export type ListKind = 'tools' | 'prompts' | 'resources'
 
 export type ContextRunner = (name: string, args: Record<string, unknown>, principal: Principal, client: string | null) => Promise<ToolCallResult>
 
@@ -96,12 +102,12 @@ export default fp(async (fastify) => {
   const retries = new Counter({ name: 'scm_gateway_retries_total', help: 'Attempts of federated calls repeated after a transient failure, by upstream and reason.', labelNames: ['upstream', 'reason'], registers: [registry] })
   const breakerGauge = new Gauge({ name: 'scm_gateway_breaker_state', help: 'Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open.', labelNames: ['upstream'], registers: [registry] })
 
-  const toolsChanged = new Set<() => void>()
+  const listsChanged = new Set<(changed: ListKind[]) => void>()
   const holder: { federation?: Federation } = {}
   const upstreams = upstreamConfigs.map((upstreamConfig) => new Upstream(upstreamConfig, {
-    catalogChanged: () => {
+    catalogChanged: (_upstream, changed) => {
       holder.federation?.rebuild()
-      for (const listener of toolsChanged) listener()
+      for (const listener of listsChanged) listener(changed)
     },
     breakerChanged: (upstream, state) => {
       breakerGauge.set({ upstream: upstream.name }, BREAKER_VALUES[state])
@@ -385,6 +391,20 @@ export default fp(async (fastify) => {
     return reply
   }
 
+  /**
+   * An upstream's resources/read. Its "not found" answers as ours does (null), so that a resource
+   * gone from the upstream looks like any unknown one; any other failure is MCP_2002.
+   */
+  async function readUpstreamResource (upstream: Upstream, uri: string, signal: AbortSignal): Promise<ReadResourceResult | null> {
+    try {
+      return await upstream.readResource(uri, signal)
+    } catch (error) {
+      if (error instanceof ProtocolError && (error.code === LEGACY_RESOURCE_NOT_FOUND || error.code === ProtocolErrorCode.InvalidParams)) return null
+      log.warn({ upstream: upstream.name, reason: classifyFailure(error).reason }, 'upstream resources/read failed')
+      throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the upstream server "${upstream.name}" failed or is unreachable; try again later.`, { code: 'MCP_2002' })
+    }
+  }
+
   function health (): UpstreamHealth[] {
     return upstreams.map((upstream) => ({
       name: upstream.name,
@@ -408,7 +428,15 @@ export default fp(async (fastify) => {
     callContextTool,
     setContextRunner: (runner: ContextRunner) => { contextRunner = runner },
     health,
-    onToolsChanged: (listener: () => void) => { toolsChanged.add(listener) }
+    resources: {
+      list: (principal: Principal) => federated.listResources(principal),
+      templates: (principal: Principal) => federated.listResourceTemplates(principal),
+      read: (principal: Principal, uri: string, signal: AbortSignal) => {
+        const upstream = federated.resolveResource(uri, principal)
+        return upstream === undefined ? undefined : readUpstreamResource(upstream, uri, signal)
+      }
+    },
+    onListsChanged: (listener: (changed: ListKind[]) => void) => { listsChanged.add(listener) }
   })
 
   // Connected in the background: an upstream that is down at start does not keep the server from serving.
