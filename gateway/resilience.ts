@@ -151,7 +151,7 @@ export function sleep (ms: number, signal?: AbortSignal): Promise<void> {
 export interface FailureKind {
   /** timeout: no answer in time; unreachable: no working connection; upstream_error: it answered with a failure. */
   kind: 'timeout' | 'unreachable' | 'upstream_error'
-  /** Worth another attempt (connection refused/reset, DNS, connect timeout, HTTP 502/503/504). */
+  /** Worth another attempt (connection refused/reset, DNS, connect timeout, HTTP 502/503/504) — if safe, see mayHaveReached. */
   transient: boolean
   /** Whether the request may have reached the upstream (then only read-only or idempotent calls are repeated). */
   mayHaveReached: boolean
@@ -204,9 +204,9 @@ export function classifyFailure (error: unknown): FailureKind {
   if (maybeSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: maybeSent.toLowerCase() }
   const status = httpStatusOf(error)
   if (status !== undefined) {
-    // 503: the server refused the request without handling it; 502/504: a proxy in between may have passed it on.
-    if (status === 503) return { kind: 'upstream_error', transient: true, mayHaveReached: false, reason: 'http_503' }
-    if (status === 502 || status === 504) return { kind: 'upstream_error', transient: true, mayHaveReached: true, reason: `http_${status}` }
+    // Worth another attempt, but only of a safe call: an application may answer 503 after its side
+    // effects, and a proxy's 502/504 may come after it passed the request on.
+    if (status === 502 || status === 503 || status === 504) return { kind: 'upstream_error', transient: true, mayHaveReached: true, reason: `http_${status}` }
     if (status === 404) return { kind: 'upstream_error', transient: true, mayHaveReached: false, reason: 'http_404' }
     return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: `http_${status}` }
   }

@@ -48,11 +48,11 @@ export interface DomainPrompt {
 }
 
 /**
- * Fault modes of tools/call: answer 502 or 503 without running the tool, drop the connection
+ * Fault modes of tools/call: answer 502, 503 or 504 without running the tool, drop the connection
  * before running it (`reset`), run it and then drop the connection instead of answering
  * (`reset-after`), or accept the request and never answer (`stall`).
  */
-export type Fault = 'http-502' | 'http-503' | 'reset' | 'reset-after' | 'stall'
+export type Fault = 'http-502' | 'http-503' | 'http-504' | 'reset' | 'reset-after' | 'stall'
 
 export interface DomainServer {
   url: string
@@ -161,7 +161,8 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
           switch (fault.fault) {
             case 'http-502':
             case 'http-503':
-              response.writeHead(fault.fault === 'http-502' ? 502 : 503, { 'content-type': 'text/plain' })
+            case 'http-504':
+              response.writeHead(Number(fault.fault.slice('http-'.length)), { 'content-type': 'text/plain' })
               response.end('upstream fault')
               return
             case 'reset':
