@@ -190,6 +190,7 @@ function httpStatusOf (error: unknown): number | undefined {
  * server answered (JSON-RPC errors) are `upstream_error`, not transient, and reached.
  */
 export function classifyFailure (error: unknown): FailureKind {
+  if (error instanceof UpstreamClosed) return { kind: 'unreachable', transient: false, mayHaveReached: false, reason: 'shutting_down' }
   if (error instanceof UpstreamTimeout) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
   const codes = causeCodes(error)
   const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
@@ -225,5 +226,13 @@ export class UpstreamTimeout extends Error {
   constructor (readonly timeoutMs: number) {
     super(`no answer within ${timeoutMs} ms`)
     this.name = 'UpstreamTimeout'
+  }
+}
+
+/** A call that the gateway would not start, or cut off, because the server is shutting down. */
+export class UpstreamClosed extends Error {
+  constructor () {
+    super('the server is shutting down')
+    this.name = 'UpstreamClosed'
   }
 }

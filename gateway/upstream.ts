@@ -10,7 +10,7 @@ import {
   type Tool
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
-import { CircuitBreaker, ConcurrencyLimit, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
+import { CircuitBreaker, ConcurrencyLimit, UpstreamClosed, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
 
 /** What an upstream call can reach on the client's side while it runs: notifications and requests, passed on. */
 export interface CallBinding {
@@ -85,6 +85,10 @@ export class Upstream {
   private healthTimer: NodeJS.Timeout | undefined
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
+  /** Draining (shutdown began): no new call or connection; the calls in flight may finish. */
+  private draining = false
+  /** The calls in flight, so that a drain cut short can abort them. */
+  private readonly calls = new Set<AbortController>()
   private readonly callHeaders = new AsyncLocalStorage<Record<string, string>>()
 
   constructor (readonly config: UpstreamConfig, private readonly events: UpstreamEvents) {
@@ -132,6 +136,10 @@ export class Upstream {
     if (this.closed) return
     try {
       const client = await this.newClient(true)
+      if (this.closed) {
+        await client.close().catch(() => {})
+        return
+      }
       const old = this.control
       this.control = client
       if (old !== undefined) old.close().catch(() => {})
@@ -231,9 +239,14 @@ export class Upstream {
 
   /** A pooled call connection with this call's binding installed. */
   private async lease (binding: CallBinding | undefined): Promise<Pooled> {
+    if (this.closed || this.draining) throw new UpstreamClosed()
     let pooled = this.idle.pop()
     if (pooled === undefined) {
       const client = await this.newClient(false)
+      if (this.closed) {
+        await client.close().catch(() => {})
+        throw new UpstreamClosed()
+      }
       const entry: Pooled = { client, binding: undefined }
       const forward = (method: string) => async (request: { params?: Record<string, unknown> }) => {
         if (entry.binding === undefined) throw new NoCallInProgress(method)
@@ -298,7 +311,14 @@ export class Upstream {
             }
           }
         }
-    const pooled = await this.lease(binding)
+    let pooled: Pooled
+    try {
+      pooled = await this.lease(binding)
+    } catch (error) {
+      options.signal.removeEventListener('abort', stop)
+      throw error
+    }
+    this.calls.add(controller)
     let healthy = true
     try {
       arm()
@@ -318,6 +338,7 @@ export class Upstream {
         healthy = false
         throw new UpstreamTimeout(this.config.timeoutMs)
       }
+      if (controller.signal.reason instanceof UpstreamClosed) throw controller.signal.reason
       const failure = classifyFailure(error)
       // A connection whose transport failed (or whose session the upstream forgot) is not reused.
       healthy = failure.kind === 'upstream_error' && !failure.transient
@@ -325,6 +346,7 @@ export class Upstream {
     } finally {
       clearTimeout(timer)
       options.signal.removeEventListener('abort', stop)
+      this.calls.delete(controller)
       this.giveBack(pooled, healthy && !controller.signal.aborted)
     }
   }
@@ -358,6 +380,16 @@ export class Upstream {
   /** Calls whose connections are leased right now. */
   get inFlight (): number {
     return this.leased.size
+  }
+
+  /** Shutdown began: refuse new calls and connections from now on. */
+  drain (): void {
+    this.draining = true
+  }
+
+  /** The drain's deadline came: cancel the calls still in flight (the upstream is told, notifications/cancelled). */
+  abortCalls (): void {
+    for (const controller of this.calls) controller.abort(new UpstreamClosed())
   }
 
   async close (): Promise<void> {

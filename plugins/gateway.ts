@@ -14,6 +14,7 @@ import { Upstream } from '../gateway/upstream.js'
 import { classifyFailure, type BreakerState } from '../gateway/resilience.js'
 import { LEGACY_RESOURCE_NOT_FOUND, type FederatedResources } from '../live/resources.js'
 import { isLoopbackHost, type Config } from '../schema/config.js'
+import { SHUTDOWN_RESERVE_MS, drainDeadline } from './shutdown-deadline.js'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { CallerInfo } from './mcp.js'
@@ -450,11 +451,21 @@ export default fp(async (fastify) => {
     })
   }
 
-  // SIGTERM: the /mcp route refuses new calls; the ones in flight upstream finish (within SHUTDOWN_TIMEOUT_MS), then their audit rows are written.
+  // SIGTERM: the /mcp route refuses new calls, and the upstreams new connections; the calls in
+  // flight upstream may finish until the drain deadline (shared with the MCP plugin's, within
+  // SHUTDOWN_TIMEOUT_MS), then those still running are cancelled upstream and answered; then
+  // their audit rows are written.
   fastify.addHook('preClose', async () => {
-    const deadline = Date.now() + config.SHUTDOWN_TIMEOUT_MS
+    for (const upstream of upstreams) upstream.drain()
+    const deadline = drainDeadline(config)
     while (inFlight() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
-    if (inFlight() > 0) log.warn({ calls: inFlight() }, 'shutdown: upstream calls still running at SHUTDOWN_TIMEOUT_MS')
+    if (inFlight() > 0) {
+      log.warn({ calls: inFlight() }, 'shutdown: upstream calls still running at the drain deadline are cancelled')
+      for (const upstream of upstreams) upstream.abortCalls()
+      // Cancelled, they end at once (answered MCP_2002, audited); the reserve bounds this wait.
+      const cutOff = Date.now() + SHUTDOWN_RESERVE_MS / 2
+      while (inFlight() > 0 && Date.now() < cutOff) await new Promise((resolve) => setTimeout(resolve, 20))
+    }
     await Promise.allSettled([...pendingWrites])
   })
   fastify.addHook('onClose', async () => {

@@ -25,6 +25,7 @@ import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResul
 import type { DownstreamChannel } from '../gateway/call.js'
 import { bearerTokenOf } from './auth.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
+import { drainDeadline } from './shutdown-deadline.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -118,9 +119,6 @@ class ContextServer extends Server {
     return method === 'tools/call' ? handler : super._wrapHandler(method, handler)
   }
 }
-
-/** What shutdown keeps of SHUTDOWN_TIMEOUT_MS for closing after the calls in flight have had their time. */
-const SHUTDOWN_RESERVE_MS = 2000
 
 const CallToolParamsSchema = Type.Object({
   name: Type.String({ maxLength: 256 }),
@@ -386,8 +384,8 @@ export default fp(async (fastify) => {
   // embedded database): the process must exit within the budget, not be cut off at its end.
   fastify.addHook('preClose', async () => {
     if (inFlight.modernCalls > 0) {
-      const budgetMs = fastify.config.SHUTDOWN_TIMEOUT_MS
-      const waitMs = Math.max(budgetMs / 2, budgetMs - SHUTDOWN_RESERVE_MS)
+      // Shared with the gateway's drain (which may have run first): one budget for both.
+      const waitMs = Math.max(0, drainDeadline(fastify.config) - Date.now())
       let timer: NodeJS.Timeout | undefined
       await new Promise<void>((resolve) => {
         inFlight.drained = resolve
