@@ -1,8 +1,11 @@
 import type { Principal } from '../schema/principal.js'
+import { globsOf, type AllowEntry, type AllowKind } from './config.js'
 
 /**
- * Access to upstream tools: deny by default. A principal sees and calls `<upstream>__<tool>` only
- * if one of its scopes is named in the upstream's `allow` with a glob matching the tool's name.
+ * Access to upstream tools, prompts and resources: deny by default. A principal sees and calls
+ * `<upstream>__<tool>` only if one of its scopes is named in the upstream's `allow` with a glob
+ * matching the tool's name; prompts (by name) and resources (by URI) likewise, with the globs of
+ * their own kind.
  * Scopes are an open set here (hr:read, finance:read …): whatever the principal was granted.
  */
 
@@ -18,8 +21,8 @@ export function matchesAny (name: string, globs: readonly RegExp[]): boolean {
 
 export type AllowRules = ReadonlyArray<{ scope: string, globs: RegExp[] }>
 
-export function compileAllow (allow: Record<string, string[]>): AllowRules {
-  return Object.entries(allow).map(([scope, globs]) => ({ scope, globs: globs.map(globToRegExp) }))
+export function compileAllow (allow: Record<string, AllowEntry>, kind: AllowKind): AllowRules {
+  return Object.entries(allow).map(([scope, entry]) => ({ scope, globs: globsOf(entry, kind).map(globToRegExp) }))
 }
 
 /** The scopes that allow a tool (computed once per listing, so a call checks a set). */

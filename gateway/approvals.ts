@@ -6,7 +6,7 @@ import { Counter, Gauge, type Registry } from 'prom-client'
 import { APPROVAL_ID_PATTERN, type Approval, type GatewayStore, type NewApproval } from '../db/gateway-store.js'
 import type { ErrorCode } from '../schema/errors.js'
 import type { Principal } from '../schema/principal.js'
-import { toolError, type ToolCallResult } from '../tools/registry.js'
+import { TOOL_ERROR_META_KEY, toolError, type ToolCallResult } from '../tools/registry.js'
 import { createApprovalStateCodec, type ApprovalStateCodec, type StateBinding } from './approval-state.js'
 import { globToRegExp } from './access.js'
 import { federatedNameOf } from './federation.js'
@@ -358,7 +358,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
 
   async function complete (approvalId: string, outcome: { result: ToolCallResult, code?: ErrorCode }): Promise<void> {
     try {
-      if (!await store.completeApproval(approvalId, outcome.result, outcome.code ?? null)) {
+      if (!await store.completeApproval(approvalId, storedOutcome(outcome.result), outcome.code ?? null)) {
         log.warn({ approvalId }, 'approval outcome not stored: the approval was not running')
       }
     } catch (error) {
@@ -450,6 +450,29 @@ export function createCallAudit (store: Pick<GatewayStore, 'recordCall'>, log: L
         metrics?.auditFailed()
         log.error({ err: error, upstream: call.upstream, tool: call.tool, outcome: call.outcome }, 'gateway audit row could not be written')
       }
+    }
+  }
+}
+
+/**
+ * An approval keeps the result of the call it ran, for a later get_approval, up to this size; a
+ * larger one (the upstream's data, which the database need not hold) only as its size and digest.
+ */
+export const MAX_STORED_OUTCOME_BYTES = 16_384
+
+/** What an approval stores of the result of its call: the result itself when small, else what it was. */
+export function storedOutcome (result: ToolCallResult): ToolCallResult {
+  const text = JSON.stringify(result)
+  const bytes = Buffer.byteLength(text)
+  if (bytes <= MAX_STORED_OUTCOME_BYTES) return result
+  const sha256 = createHash('sha256').update(text).digest('hex')
+  const failed = result.isError === true
+  return {
+    ...(failed && { isError: true }),
+    content: [{ type: 'text', text: `The approved call ran${failed ? ' and failed' : ''}. Its result (${bytes} bytes, sha256 ${sha256}) was returned when it ran; results over ${MAX_STORED_OUTCOME_BYTES} bytes are not kept.` }],
+    _meta: {
+      ...(failed && result._meta?.[TOOL_ERROR_META_KEY] !== undefined && { [TOOL_ERROR_META_KEY]: result._meta[TOOL_ERROR_META_KEY] }),
+      'shared-context-mcp/approval-outcome': { kept: false, bytes, sha256 }
     }
   }
 }

@@ -15,6 +15,28 @@ import { UpstreamApprovalSchema } from './policy.js'
 export const UPSTREAM_NAME_PATTERN = '^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_|$)){0,31}$'
 const HEADER_NAME_PATTERN = '^[A-Za-z0-9!#$%&\'*+.^_`|~-]{1,128}$'
 const GLOB = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_./:*?-]+$', description: 'a tool name, or a glob with * and ?' })
+const URI_GLOB = Type.String({ minLength: 1, maxLength: 512, pattern: '^[\\x21-\\x7e]+$', description: "an upstream resource's URI (or URI template), or a glob of them with * and ?" })
+
+/**
+ * What one scope may see of an upstream. The short form, a list of globs, names tools only (its
+ * prompts and resources stay hidden); the long form names each kind separately.
+ */
+export const AllowEntrySchema = Type.Union([
+  Type.Array(GLOB, { minItems: 1 }),
+  Type.Object({
+    tools: Type.Optional(Type.Array(GLOB)),
+    prompts: Type.Optional(Type.Array(GLOB, { description: 'prompt-name globs' })),
+    resources: Type.Optional(Type.Array(URI_GLOB, { description: 'resource URI globs; a resource template is shown when a glob matches its uriTemplate text' }))
+  }, { additionalProperties: false, minProperties: 1 })
+])
+export type AllowEntry = Static<typeof AllowEntrySchema>
+export type AllowKind = 'tools' | 'prompts' | 'resources'
+
+/** The globs of one kind an allow entry names (the short form names tools only). */
+export function globsOf (entry: AllowEntry, kind: AllowKind): readonly string[] {
+  if (Array.isArray(entry)) return kind === 'tools' ? entry : []
+  return entry[kind] ?? []
+}
 
 export const RetrySchema = Type.Object({
   attempts: Type.Integer({ minimum: 0, maximum: 10, default: 3, description: 'retries after the first attempt, for transient failures of calls that are safe to repeat' }),
@@ -38,7 +60,7 @@ export const UpstreamSchema = Type.Object({
   url: Type.String({ pattern: '^https?://[^\\s]+$', description: 'Streamable HTTP endpoint' }),
   headers: Type.Record(Type.String({ pattern: HEADER_NAME_PATTERN }), Type.String({ maxLength: 8192 }), { default: {}, description: 'sent with every request; $' + '{ENV_VAR} is replaced from the environment' }),
   critical: Type.Boolean({ default: false, description: 'true: /ready is degraded while this upstream is down' }),
-  allow: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Type.Array(GLOB, { minItems: 1 }), { default: {}, description: 'scope -> tool-name globs it may see and call; nothing else is visible' }),
+  allow: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), AllowEntrySchema, { default: {}, description: 'scope -> tool-name globs it may see and call, or { tools, prompts, resources } globs; nothing else is visible' }),
   confirm: Type.Optional(Type.Array(GLOB, { description: "tools that need a person's approval; default: those the upstream marks destructive" })),
   timeoutMs: Type.Integer({ minimum: 100, maximum: 3600000, default: 30000, description: 'one attempt of a call; progress notifications restart it' }),
   connectTimeoutMs: Type.Integer({ minimum: 100, maximum: 600000, default: 5000 }),

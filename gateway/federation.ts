@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Prompt, Tool } from '@modelcontextprotocol/client'
 import type { Principal } from '../schema/principal.js'
 import type { UpstreamToolAnnotations } from './policy.js'
-import { compileAllow, globToRegExp, matchesAny, mayCall, scopeKey, scopesAllowing } from './access.js'
+import { compileAllow, mayCall, scopeKey, scopesAllowing, type AllowRules } from './access.js'
 import type { Upstream } from './upstream.js'
 
 /** Model APIs take tool names of 1-64 characters of [A-Za-z0-9_-]. */
@@ -18,8 +18,6 @@ export interface FederatedTool {
   annotations: UpstreamToolAnnotations
   /** Scopes whose allow rules match this tool. */
   allowing: ReadonlySet<string>
-  /** Whether the upstream's `confirm` globs name it (undefined: no globs configured, the gate decides by annotations). */
-  confirmByConfig: boolean | undefined
   /** Whether repeating the call is harmless: read-only or idempotent by the upstream's annotations. */
   safeToRepeat: boolean
   listed: Record<string, unknown>
@@ -31,6 +29,41 @@ export interface FederatedPrompt {
   prompt: string
   allowing: ReadonlySet<string>
   listed: Record<string, unknown>
+}
+
+/** One upstream resource as clients see it: its upstream's URI, kept as is, and `<upstream>__<name>`. */
+export interface FederatedResource {
+  uri: string
+  upstream: Upstream
+  allowing: ReadonlySet<string>
+  listed: Record<string, unknown>
+}
+
+/** One upstream resource template: shown to the scopes whose resource globs match its text; a URI it matches is read from its upstream. */
+interface FederatedTemplate {
+  upstream: Upstream
+  pattern: RegExp
+  /** The upstream's resource rules: a URI read through a template must itself be allowed. */
+  rules: AllowRules
+  allowing: ReadonlySet<string>
+  listed: Record<string, unknown>
+}
+
+/** Our own resources' scheme: no upstream resource may take a URI of it. */
+const OWN_SCHEME = 'context://'
+
+/** An RFC 6570 URI template as an anchored RegExp of the URIs it can expand to (loosely: any value per expression). */
+export function templatePattern (template: string): RegExp {
+  let source = ''
+  for (const part of template.split(/(\{[^}]*\})/)) {
+    if (part.startsWith('{') && part.endsWith('}')) {
+      const operator = part[1]
+      source += operator === '+' || operator === '#' ? '.*' : operator === '?' || operator === '&' ? '(?:[?&][^#]*)?' : '[^/?#]*'
+    } else {
+      source += part.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')
+    }
+  }
+  return new RegExp(`^${source}$`)
 }
 
 /**
@@ -56,14 +89,22 @@ function annotationsOf (tool: Tool): UpstreamToolAnnotations {
 }
 
 /**
- * The federated catalogue: every upstream's tools and prompts under their federated names, and
- * per scope set the list a principal sees. Rebuilt whenever an upstream's list changes.
+ * The federated catalogue: every upstream's tools, prompts and resources under their federated
+ * names, and per scope set the lists a principal sees. Rebuilt whenever an upstream's list changes.
+ * A name or URI two upstreams share goes to the first of them in UPSTREAMS_FILE; an upstream
+ * resource in our own context:// scheme is not federated.
  */
 export class Federation {
   private tools = new Map<string, FederatedTool>()
   private prompts = new Map<string, FederatedPrompt>()
-  private readonly listCache = new Map<string, Array<Record<string, unknown>>>()
-  private readonly promptCache = new Map<string, Array<Record<string, unknown>>>()
+  private resources = new Map<string, FederatedResource>()
+  private templates: FederatedTemplate[] = []
+  private readonly listCaches = {
+    tools: new Map<string, Array<Record<string, unknown>>>(),
+    prompts: new Map<string, Array<Record<string, unknown>>>(),
+    resources: new Map<string, Array<Record<string, unknown>>>(),
+    templates: new Map<string, Array<Record<string, unknown>>>()
+  }
 
   constructor (private readonly upstreams: readonly Upstream[]) {
     this.rebuild()
@@ -72,9 +113,13 @@ export class Federation {
   rebuild (): void {
     const tools = new Map<string, FederatedTool>()
     const prompts = new Map<string, FederatedPrompt>()
+    const resources = new Map<string, FederatedResource>()
+    const templates: FederatedTemplate[] = []
+    const templateTexts = new Set<string>()
     for (const upstream of this.upstreams) {
-      const rules = compileAllow(upstream.config.allow)
-      const confirm = upstream.config.confirm?.map(globToRegExp)
+      const toolRules = compileAllow(upstream.config.allow, 'tools')
+      const promptRules = compileAllow(upstream.config.allow, 'prompts')
+      const resourceRules = compileAllow(upstream.config.allow, 'resources')
       for (const tool of upstream.catalog.tools) {
         const federatedName = federatedNameOf(upstream.name, tool.name)
         if (tools.has(federatedName)) continue
@@ -85,8 +130,7 @@ export class Federation {
           upstream,
           tool: tool.name,
           annotations,
-          allowing: scopesAllowing(rules, tool.name),
-          confirmByConfig: confirm === undefined ? undefined : matchesAny(tool.name, confirm),
+          allowing: scopesAllowing(toolRules, tool.name),
           safeToRepeat: annotations.readOnlyHint === true || annotations.idempotentHint === true,
           listed: {
             name: federatedName,
@@ -101,19 +145,41 @@ export class Federation {
       }
       for (const prompt of upstream.catalog.prompts as Prompt[]) {
         const federatedName = federatedNameOf(upstream.name, prompt.name)
+        if (prompts.has(federatedName)) continue
         prompts.set(federatedName, {
           federatedName,
           upstream,
           prompt: prompt.name,
-          allowing: scopesAllowing(rules, prompt.name),
+          allowing: scopesAllowing(promptRules, prompt.name),
           listed: { ...prompt, name: federatedName, description: `[${upstream.name}] ${prompt.description ?? prompt.name}` }
+        })
+      }
+      for (const resource of upstream.catalog.resources) {
+        if (resource.uri.startsWith(OWN_SCHEME) || resources.has(resource.uri)) continue
+        resources.set(resource.uri, {
+          uri: resource.uri,
+          upstream,
+          allowing: scopesAllowing(resourceRules, resource.uri),
+          listed: { ...resource, name: `${upstream.name}${SEPARATOR}${resource.name}`, description: `[${upstream.name}] ${resource.description ?? resource.name}` }
+        })
+      }
+      for (const template of upstream.catalog.resourceTemplates) {
+        if (template.uriTemplate.startsWith(OWN_SCHEME) || templateTexts.has(template.uriTemplate)) continue
+        templateTexts.add(template.uriTemplate)
+        templates.push({
+          upstream,
+          pattern: templatePattern(template.uriTemplate),
+          rules: resourceRules,
+          allowing: scopesAllowing(resourceRules, template.uriTemplate),
+          listed: { ...template, name: `${upstream.name}${SEPARATOR}${template.name}`, description: `[${upstream.name}] ${template.description ?? template.name}` }
         })
       }
     }
     this.tools = tools
     this.prompts = prompts
-    this.listCache.clear()
-    this.promptCache.clear()
+    this.resources = resources
+    this.templates = templates
+    for (const cache of Object.values(this.listCaches)) cache.clear()
   }
 
   /**
@@ -130,23 +196,45 @@ export class Federation {
     return prompt !== undefined && mayCall(principal, prompt.allowing) ? prompt : undefined
   }
 
+  /**
+   * The upstream that serves this URI to this principal: the one that listed it, or else the first
+   * whose template matches it, the URI itself allowed by that upstream's resource globs. Undefined
+   * for an unknown URI and a hidden one alike.
+   */
+  resolveResource (uri: string, principal: Principal): Upstream | undefined {
+    if (uri.startsWith(OWN_SCHEME)) return undefined
+    const listed = this.resources.get(uri)
+    if (listed !== undefined) return mayCall(principal, listed.allowing) ? listed.upstream : undefined
+    for (const template of this.templates) {
+      if (template.pattern.test(uri) && mayCall(principal, scopesAllowing(template.rules, uri))) return template.upstream
+    }
+    return undefined
+  }
+
   /** The upstream tools this principal sees, as tools/list entries (of upstreams currently known). */
   list (principal: Principal): Array<Record<string, unknown>> {
-    const key = scopeKey(principal)
-    let listed = this.listCache.get(key)
-    if (listed === undefined) {
-      listed = [...this.tools.values()].filter((tool) => mayCall(principal, tool.allowing)).map((tool) => tool.listed)
-      this.listCache.set(key, listed)
-    }
-    return listed
+    return this.visible('tools', principal, this.tools.values())
   }
 
   listPrompts (principal: Principal): Array<Record<string, unknown>> {
+    return this.visible('prompts', principal, this.prompts.values())
+  }
+
+  listResources (principal: Principal): Array<Record<string, unknown>> {
+    return this.visible('resources', principal, this.resources.values())
+  }
+
+  listResourceTemplates (principal: Principal): Array<Record<string, unknown>> {
+    return this.visible('templates', principal, this.templates.values())
+  }
+
+  private visible (kind: keyof Federation['listCaches'], principal: Principal, entries: Iterable<{ allowing: ReadonlySet<string>, listed: Record<string, unknown> }>): Array<Record<string, unknown>> {
+    const cache = this.listCaches[kind]
     const key = scopeKey(principal)
-    let listed = this.promptCache.get(key)
+    let listed = cache.get(key)
     if (listed === undefined) {
-      listed = [...this.prompts.values()].filter((prompt) => mayCall(principal, prompt.allowing)).map((prompt) => prompt.listed)
-      this.promptCache.set(key, listed)
+      listed = [...entries].filter((entry) => mayCall(principal, entry.allowing)).map((entry) => entry.listed)
+      cache.set(key, listed)
     }
     return listed
   }

@@ -151,7 +151,7 @@ export function sleep (ms: number, signal?: AbortSignal): Promise<void> {
 export interface FailureKind {
   /** timeout: no answer in time; unreachable: no working connection; upstream_error: it answered with a failure. */
   kind: 'timeout' | 'unreachable' | 'upstream_error'
-  /** Worth another attempt (connection refused/reset, DNS, connect timeout, HTTP 502/503/504). */
+  /** Worth another attempt (connection refused/reset, DNS, connect timeout, HTTP 502/503/504) — if safe, see mayHaveReached. */
   transient: boolean
   /** Whether the request may have reached the upstream (then only read-only or idempotent calls are repeated). */
   mayHaveReached: boolean
@@ -190,6 +190,7 @@ function httpStatusOf (error: unknown): number | undefined {
  * server answered (JSON-RPC errors) are `upstream_error`, not transient, and reached.
  */
 export function classifyFailure (error: unknown): FailureKind {
+  if (error instanceof UpstreamClosed) return { kind: 'unreachable', transient: false, mayHaveReached: false, reason: 'shutting_down' }
   if (error instanceof UpstreamTimeout) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
   const codes = causeCodes(error)
   const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
@@ -204,9 +205,9 @@ export function classifyFailure (error: unknown): FailureKind {
   if (maybeSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: true, reason: maybeSent.toLowerCase() }
   const status = httpStatusOf(error)
   if (status !== undefined) {
-    // 503: the server refused the request without handling it; 502/504: a proxy in between may have passed it on.
-    if (status === 503) return { kind: 'upstream_error', transient: true, mayHaveReached: false, reason: 'http_503' }
-    if (status === 502 || status === 504) return { kind: 'upstream_error', transient: true, mayHaveReached: true, reason: `http_${status}` }
+    // Worth another attempt, but only of a safe call: an application may answer 503 after its side
+    // effects, and a proxy's 502/504 may come after it passed the request on.
+    if (status === 502 || status === 503 || status === 504) return { kind: 'upstream_error', transient: true, mayHaveReached: true, reason: `http_${status}` }
     if (status === 404) return { kind: 'upstream_error', transient: true, mayHaveReached: false, reason: 'http_404' }
     return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: `http_${status}` }
   }
@@ -225,5 +226,13 @@ export class UpstreamTimeout extends Error {
   constructor (readonly timeoutMs: number) {
     super(`no answer within ${timeoutMs} ms`)
     this.name = 'UpstreamTimeout'
+  }
+}
+
+/** A call that the gateway would not start, or cut off, because the server is shutting down. */
+export class UpstreamClosed extends Error {
+  constructor () {
+    super('the server is shutting down')
+    this.name = 'UpstreamClosed'
   }
 }

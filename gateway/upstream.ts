@@ -4,10 +4,13 @@ import {
   StreamableHTTPClientTransport,
   type CallToolResult,
   type Prompt,
+  type ReadResourceResult,
+  type Resource,
+  type ResourceTemplateType,
   type Tool
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
-import { CircuitBreaker, ConcurrencyLimit, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
+import { CircuitBreaker, ConcurrencyLimit, UpstreamClosed, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
 import { createUpstreamFetch } from './upstream-fetch.js'
 
 /** What an upstream call can reach on the client's side while it runs: notifications and requests, passed on. */
@@ -31,11 +34,17 @@ export type UpstreamStatus = 'ok' | 'down'
 export interface UpstreamCatalog {
   tools: Tool[]
   prompts: Prompt[]
+  resources: Resource[]
+  resourceTemplates: ResourceTemplateType[]
 }
 
+/** At most this many resources (and as many templates) of one upstream are federated; the rest are not listed. */
+export const MAX_RESOURCES = 1000
+const MAX_LIST_PAGES = 50
+
 export interface UpstreamEvents {
-  /** The tool (or prompt) list changed: after a list_changed notification, a periodic re-list, or a reconnect. */
-  catalogChanged: (upstream: Upstream) => void
+  /** The tool, prompt or resource list changed: after a list_changed notification, a periodic re-list, or a reconnect. */
+  catalogChanged: (upstream: Upstream, changed: Array<'tools' | 'prompts' | 'resources'>) => void
   breakerChanged: (upstream: Upstream, state: BreakerState) => void
   log: (level: 'debug' | 'info' | 'warn', data: Record<string, unknown>, message: string) => void
 }
@@ -67,7 +76,7 @@ export class Upstream {
   status: UpstreamStatus = 'down'
   /** The protocol version the control connection negotiated (undefined until connected). */
   protocol: string | undefined
-  catalog: UpstreamCatalog = { tools: [], prompts: [] }
+  catalog: UpstreamCatalog = { tools: [], prompts: [], resources: [], resourceTemplates: [] }
   lastError: string | undefined
   private control: Client | undefined
   private connecting: Promise<void> | undefined
@@ -77,6 +86,10 @@ export class Upstream {
   private healthTimer: NodeJS.Timeout | undefined
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
+  /** Draining (shutdown began): no new call or connection; the calls in flight may finish. */
+  private draining = false
+  /** The calls in flight, so that a drain cut short can abort them. */
+  private readonly calls = new Set<AbortController>()
   private readonly callHeaders = new AsyncLocalStorage<Record<string, string>>()
   private readonly http = createUpstreamFetch()
 
@@ -125,6 +138,10 @@ export class Upstream {
     if (this.closed) return
     try {
       const client = await this.newClient(true)
+      if (this.closed) {
+        await client.close().catch(() => {})
+        return
+      }
       const old = this.control
       this.control = client
       if (old !== undefined) old.close().catch(() => {})
@@ -136,7 +153,7 @@ export class Upstream {
     }
   }
 
-  /** Re-lists tools and prompts (list_changed, the periodic timer, tests). */
+  /** Re-lists tools, prompts and resources (list_changed, the periodic timer, tests). */
   async refresh (): Promise<void> {
     if (this.closed) return
     const client = this.control
@@ -155,9 +172,16 @@ export class Upstream {
     const capabilities = client.getServerCapabilities() ?? {}
     const tools = capabilities.tools === undefined ? [] : (await client.listTools(undefined, { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' })).tools
     const prompts = capabilities.prompts === undefined ? [] : (await client.listPrompts(undefined, { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' })).prompts
-    const changed = JSON.stringify(tools) !== JSON.stringify(this.catalog.tools) || JSON.stringify(prompts) !== JSON.stringify(this.catalog.prompts)
-    this.catalog = { tools, prompts }
-    if (changed) this.events.catalogChanged(this)
+    const options = { timeout: this.config.connectTimeoutMs, cacheMode: 'refresh' as const }
+    const resources = capabilities.resources === undefined ? [] : await allPages((cursor) => client.listResources(cursor === undefined ? undefined : { cursor }, options).then((page) => ({ items: page.resources, nextCursor: page.nextCursor })))
+    const resourceTemplates = capabilities.resources === undefined ? [] : await allPages((cursor) => client.listResourceTemplates(cursor === undefined ? undefined : { cursor }, options).then((page) => ({ items: page.resourceTemplates, nextCursor: page.nextCursor })))
+    const before = this.catalog
+    const changed: Array<'tools' | 'prompts' | 'resources'> = []
+    if (JSON.stringify(tools) !== JSON.stringify(before.tools)) changed.push('tools')
+    if (JSON.stringify(prompts) !== JSON.stringify(before.prompts)) changed.push('prompts')
+    if (JSON.stringify([resources, resourceTemplates]) !== JSON.stringify([before.resources, before.resourceTemplates])) changed.push('resources')
+    this.catalog = { tools, prompts, resources, resourceTemplates }
+    if (changed.length > 0) this.events.catalogChanged(this, changed)
   }
 
   markUp (): void {
@@ -191,7 +215,8 @@ export class Upstream {
       ...(control && {
         listChanged: {
           tools: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } },
-          prompts: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } }
+          prompts: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } },
+          resources: { autoRefresh: false, debounceMs: 50, onChanged: () => { this.refresh().catch(() => {}) } }
         }
       })
     })
@@ -217,9 +242,14 @@ export class Upstream {
 
   /** A pooled call connection with this call's binding installed. */
   private async lease (binding: CallBinding | undefined): Promise<Pooled> {
+    if (this.closed || this.draining) throw new UpstreamClosed()
     let pooled = this.idle.pop()
     if (pooled === undefined) {
       const client = await this.newClient(false)
+      if (this.closed) {
+        await client.close().catch(() => {})
+        throw new UpstreamClosed()
+      }
       const entry: Pooled = { client, binding: undefined }
       const forward = (method: string) => async (request: { params?: Record<string, unknown> }) => {
         if (entry.binding === undefined) throw new NoCallInProgress(method)
@@ -284,7 +314,14 @@ export class Upstream {
             }
           }
         }
-    const pooled = await this.lease(binding)
+    let pooled: Pooled
+    try {
+      pooled = await this.lease(binding)
+    } catch (error) {
+      options.signal.removeEventListener('abort', stop)
+      throw error
+    }
+    this.calls.add(controller)
     let healthy = true
     try {
       arm()
@@ -304,6 +341,7 @@ export class Upstream {
         healthy = false
         throw new UpstreamTimeout(this.config.timeoutMs)
       }
+      if (controller.signal.reason instanceof UpstreamClosed) throw controller.signal.reason
       const failure = classifyFailure(error)
       // A connection whose transport failed (or whose session the upstream forgot) is not reused.
       healthy = failure.kind === 'upstream_error' && !failure.transient
@@ -311,6 +349,7 @@ export class Upstream {
     } finally {
       clearTimeout(timer)
       options.signal.removeEventListener('abort', stop)
+      this.calls.delete(controller)
       this.giveBack(pooled, healthy && !controller.signal.aborted)
     }
   }
@@ -328,9 +367,32 @@ export class Upstream {
     }
   }
 
+  /** resources/read on a pooled connection. */
+  async readResource (uri: string, signal: AbortSignal): Promise<ReadResourceResult> {
+    const pooled = await this.lease(undefined)
+    let healthy = false
+    try {
+      const result = await pooled.client.readResource({ uri }, { signal, timeout: this.config.timeoutMs })
+      healthy = true
+      return result
+    } finally {
+      this.giveBack(pooled, healthy)
+    }
+  }
+
   /** Calls whose connections are leased right now. */
   get inFlight (): number {
     return this.leased.size
+  }
+
+  /** Shutdown began: refuse new calls and connections from now on. */
+  drain (): void {
+    this.draining = true
+  }
+
+  /** The drain's deadline came: cancel the calls still in flight (the upstream is told, notifications/cancelled). */
+  abortCalls (): void {
+    for (const controller of this.calls) controller.abort(new UpstreamClosed())
   }
 
   async close (): Promise<void> {
@@ -344,4 +406,17 @@ export class Upstream {
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
     this.http.close()
   }
+}
+
+/** Every page of a paginated list, up to MAX_RESOURCES items. */
+async function allPages<T> (page: (cursor: string | undefined) => Promise<{ items: T[], nextCursor?: string | undefined }>): Promise<T[]> {
+  const items: T[] = []
+  let cursor: string | undefined
+  for (let pages = 0; pages < MAX_LIST_PAGES && items.length < MAX_RESOURCES; pages++) {
+    const next = await page(cursor)
+    items.push(...next.items)
+    if (next.nextCursor === undefined || next.nextCursor === cursor) break
+    cursor = next.nextCursor
+  }
+  return items.slice(0, MAX_RESOURCES)
 }

@@ -70,8 +70,17 @@ export function parseResourceUri (uri: string): { namespace: string, key: string
   }
 }
 
+/** The gateway's upstream resources (plugins/gateway.ts), beside ours; see there. */
+export interface FederatedResources {
+  list: (principal: Principal) => Array<Record<string, unknown>>
+  templates: (principal: Principal) => Array<Record<string, unknown>>
+  /** The upstream's answer, or undefined when no upstream serves this URI to this principal (unknown and hidden alike). */
+  read: (principal: Principal, uri: string, signal: AbortSignal) => Promise<ReadResourceResult | null> | undefined
+}
+
 export interface ResourceDependencies {
   store: ContextStore
+  federated?: FederatedResources
   /** The caller of a request (throws when there is none). */
   principalOf: (ctx: ServerContext) => Principal
   /** Logs a failure that is not the caller's (catalogue code SRV_9001 or a dependency). */
@@ -87,7 +96,15 @@ function protocolErrorOf (error: unknown, method: string, deps: ResourceDependen
   return new ProtocolError(ProtocolErrorCode.InternalError, `${appError.code}: ${appError.message}`, { code: appError.code })
 }
 
-async function listResources (principal: Principal, cursor: string | undefined, store: ContextStore): Promise<ListResourcesResult> {
+/** Ours, paginated; the upstreams' (all of them, bounded at listing) on the first page. */
+async function listResources (principal: Principal, cursor: string | undefined, deps: ResourceDependencies): Promise<ListResourcesResult> {
+  const own = await listOwnResources(principal, cursor, deps.store)
+  if (cursor !== undefined || deps.federated === undefined) return own
+  const federated = deps.federated.list(principal)
+  return federated.length === 0 ? own : { ...own, resources: [...own.resources, ...federated as ListResourcesResult['resources']] }
+}
+
+async function listOwnResources (principal: Principal, cursor: string | undefined, store: ContextStore): Promise<ListResourcesResult> {
   const namespace = principal.namespace
   if (!mayUse(principal, namespace, 'context:read')) return { resources: [] }
   const afterKey = cursor === undefined ? undefined : decodeCursor(CURSOR_KIND, cursor, isKey)
@@ -106,10 +123,11 @@ async function listResources (principal: Principal, cursor: string | undefined, 
   }
 }
 
-function listTemplates (principal: Principal): ListResourceTemplatesResult {
-  if (!principal.scopes.has('context:read') && !principal.scopes.has('context:admin')) return { resourceTemplates: [] }
+function listTemplates (principal: Principal, federated: FederatedResources | undefined): ListResourceTemplatesResult {
+  const theirs = (federated?.templates(principal) ?? []) as ListResourceTemplatesResult['resourceTemplates']
+  if (!principal.scopes.has('context:read') && !principal.scopes.has('context:admin')) return { resourceTemplates: theirs }
   return {
-    resourceTemplates: [{
+    resourceTemplates: [...theirs, {
       uriTemplate: RESOURCE_URI_TEMPLATE,
       name: 'context-entry',
       title: 'Shared context entry',
@@ -118,6 +136,13 @@ function listTemplates (principal: Principal): ListResourceTemplatesResult {
       mimeType: 'text/plain'
     }]
   }
+}
+
+/** An entry's text, or an upstream resource's, or null when the caller can see no such resource. */
+async function readAny (principal: Principal, uri: string, deps: ResourceDependencies, signal: AbortSignal): Promise<ReadResourceResult | null> {
+  const federated = deps.federated?.read(principal, uri, signal)
+  if (federated !== undefined) return await federated
+  return await readResource(principal, uri, deps.store)
 }
 
 /** An entry's current text, or null when the caller cannot see such an entry (unknown, expired, deleted, or another namespace). */
@@ -145,19 +170,19 @@ export async function readResource (principal: Principal, uri: string, store: Co
 
 /** Registers resources/list, resources/templates/list and resources/read on a server (it must advertise RESOURCE_CAPABILITIES). */
 export function registerResources (server: Server, deps: ResourceDependencies): void {
-  const { store, principalOf } = deps
+  const { principalOf } = deps
   server.setRequestHandler('resources/list', async (request, ctx) => {
     try {
-      return await listResources(principalOf(ctx), request.params?.cursor, store)
+      return await listResources(principalOf(ctx), request.params?.cursor, deps)
     } catch (error) {
       throw protocolErrorOf(error, 'resources/list', deps)
     }
   })
-  server.setRequestHandler('resources/templates/list', (_request, ctx) => listTemplates(principalOf(ctx)))
+  server.setRequestHandler('resources/templates/list', (_request, ctx) => listTemplates(principalOf(ctx), deps.federated))
   server.setRequestHandler('resources/read', async (request, ctx) => {
     let result: ReadResourceResult | null
     try {
-      result = await readResource(principalOf(ctx), request.params.uri, store)
+      result = await readAny(principalOf(ctx), request.params.uri, deps, ctx.mcpReq.signal)
     } catch (error) {
       throw protocolErrorOf(error, 'resources/read', deps)
     }
@@ -184,13 +209,13 @@ const checkReadParams = TypeCompiler.Compile(ReadParams)
  * (the 2026-07-28 rule of SEP-2164), but the 2025 revisions a client negotiated by initialize
  * define -32002 for an unknown resource. Same reader, same data { uri }.
  */
-export async function answerLegacyRead (request: JSONRPCRequest, principal: Principal, deps: ResourceDependencies): Promise<JsonRpcResponse> {
+export async function answerLegacyRead (request: JSONRPCRequest, principal: Principal, deps: ResourceDependencies, signal: AbortSignal): Promise<JsonRpcResponse> {
   const params = request.params
   if (!checkReadParams.Check(params)) {
     return { jsonrpc: '2.0', id: request.id, error: { code: ProtocolErrorCode.InvalidParams, message: 'Invalid params for resources/read: uri (a string) is required.', data: { code: 'REQ_1101' } } }
   }
   try {
-    const result = await readResource(principal, params.uri, deps.store)
+    const result = await readAny(principal, params.uri, deps, signal)
     if (result === null) {
       return { jsonrpc: '2.0', id: request.id, error: { code: LEGACY_RESOURCE_NOT_FOUND, message: notFoundMessage(params.uri), data: { uri: params.uri, code: 'CTX_2001' } } }
     }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import type { JSONRPCRequest } from '@modelcontextprotocol/server'
+import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client'
+import { ProtocolError as ServerProtocolError, ProtocolErrorCode as ServerProtocolErrorCode, type JSONRPCRequest, type ReadResourceResult } from '@modelcontextprotocol/server'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram } from 'prom-client'
@@ -11,8 +12,10 @@ import { createInteractions } from '../gateway/interactions.js'
 import type { CallOutcome, GatedCall, InputRequiredAnswer } from '../gateway/policy.js'
 import { createIdentitySigner } from '../gateway/signed-identity.js'
 import { Upstream } from '../gateway/upstream.js'
-import type { BreakerState } from '../gateway/resilience.js'
+import { classifyFailure, type BreakerState } from '../gateway/resilience.js'
+import { LEGACY_RESOURCE_NOT_FOUND, type FederatedResources } from '../live/resources.js'
 import { isLoopbackHost, type Config } from '../schema/config.js'
+import { SHUTDOWN_RESERVE_MS, drainDeadline } from './shutdown-deadline.js'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { CallerInfo } from './mcp.js'
@@ -51,9 +54,13 @@ export interface Gateway {
   /** How an approved context tool call runs (the MCP plugin's registry). */
   setContextRunner: (runner: ContextRunner) => void
   health: () => UpstreamHealth[]
-  /** Listeners told when the tools some principal sees may have changed. */
-  onToolsChanged: (listener: () => void) => void
+  /** The upstreams' resources, for resources/list, resources/templates/list and resources/read. */
+  resources: FederatedResources
+  /** Listeners told which lists (tools, prompts, resources) some principal sees may have changed. */
+  onListsChanged: (listener: (changed: ListKind[]) => void) => void
 }
+
+export type ListKind = 'tools' | 'prompts' | 'resources'
 
 export type ContextRunner = (name: string, args: Record<string, unknown>, principal: Principal, client: string | null) => Promise<ToolCallResult>
 
@@ -97,12 +104,12 @@ export default fp(async (fastify) => {
   const retries = new Counter({ name: 'scm_gateway_retries_total', help: 'Attempts of federated calls repeated after a transient failure, by upstream and reason.', labelNames: ['upstream', 'reason'], registers: [registry] })
   const breakerGauge = new Gauge({ name: 'scm_gateway_breaker_state', help: 'Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open.', labelNames: ['upstream'], registers: [registry] })
 
-  const toolsChanged = new Set<() => void>()
+  const listsChanged = new Set<(changed: ListKind[]) => void>()
   const holder: { federation?: Federation } = {}
   const upstreams = upstreamConfigs.map((upstreamConfig) => new Upstream(upstreamConfig, {
-    catalogChanged: () => {
+    catalogChanged: (_upstream, changed) => {
       holder.federation?.rebuild()
-      for (const listener of toolsChanged) listener()
+      for (const listener of listsChanged) listener(changed)
     },
     breakerChanged: (upstream, state) => {
       breakerGauge.set({ upstream: upstream.name }, BREAKER_VALUES[state])
@@ -401,6 +408,20 @@ export default fp(async (fastify) => {
     return reply
   }
 
+  /**
+   * An upstream's resources/read. Its "not found" answers as ours does (null), so that a resource
+   * gone from the upstream looks like any unknown one; any other failure is MCP_2002.
+   */
+  async function readUpstreamResource (upstream: Upstream, uri: string, signal: AbortSignal): Promise<ReadResourceResult | null> {
+    try {
+      return await upstream.readResource(uri, signal)
+    } catch (error) {
+      if (error instanceof ProtocolError && (error.code === LEGACY_RESOURCE_NOT_FOUND || error.code === ProtocolErrorCode.InvalidParams)) return null
+      log.warn({ upstream: upstream.name, reason: classifyFailure(error).reason }, 'upstream resources/read failed')
+      throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the upstream server "${upstream.name}" failed or is unreachable; try again later.`, { code: 'MCP_2002' })
+    }
+  }
+
   function health (): UpstreamHealth[] {
     return upstreams.map((upstream) => ({
       name: upstream.name,
@@ -424,7 +445,15 @@ export default fp(async (fastify) => {
     callContextTool,
     setContextRunner: (runner: ContextRunner) => { contextRunner = runner },
     health,
-    onToolsChanged: (listener: () => void) => { toolsChanged.add(listener) }
+    resources: {
+      list: (principal: Principal) => federated.listResources(principal),
+      templates: (principal: Principal) => federated.listResourceTemplates(principal),
+      read: (principal: Principal, uri: string, signal: AbortSignal) => {
+        const upstream = federated.resolveResource(uri, principal)
+        return upstream === undefined ? undefined : readUpstreamResource(upstream, uri, signal)
+      }
+    },
+    onListsChanged: (listener: (changed: ListKind[]) => void) => { listsChanged.add(listener) }
   })
 
   // Connected in the background: an upstream that is down at start does not keep the server from serving.
@@ -438,13 +467,23 @@ export default fp(async (fastify) => {
     })
   }
 
-  // SIGTERM: the /mcp route refuses new calls; the ones in flight upstream finish (within SHUTDOWN_TIMEOUT_MS), then their audit rows are written.
+  // SIGTERM: the /mcp route refuses new calls, and the upstreams new connections; the calls in
+  // flight upstream may finish until the drain deadline (shared with the MCP plugin's, within
+  // SHUTDOWN_TIMEOUT_MS), then those still running are cancelled upstream and answered; then
+  // their audit rows are written.
   fastify.addHook('preClose', async () => {
     // Calls held for a client's answer cannot get one now (new requests are refused): cancelled upstream.
     interactions.close()
-    const deadline = Date.now() + config.SHUTDOWN_TIMEOUT_MS
+    for (const upstream of upstreams) upstream.drain()
+    const deadline = drainDeadline(config)
     while (inFlight() > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
-    if (inFlight() > 0) log.warn({ calls: inFlight() }, 'shutdown: upstream calls still running at SHUTDOWN_TIMEOUT_MS')
+    if (inFlight() > 0) {
+      log.warn({ calls: inFlight() }, 'shutdown: upstream calls still running at the drain deadline are cancelled')
+      for (const upstream of upstreams) upstream.abortCalls()
+      // Cancelled, they end at once (answered MCP_2002, audited); the reserve bounds this wait.
+      const cutOff = Date.now() + SHUTDOWN_RESERVE_MS / 2
+      while (inFlight() > 0 && Date.now() < cutOff) await new Promise((resolve) => setTimeout(resolve, 20))
+    }
     await Promise.allSettled([...pendingWrites])
   })
   fastify.addHook('onClose', async () => {

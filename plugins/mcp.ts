@@ -25,6 +25,7 @@ import { UnknownToolError, createToolRegistry, toolErrorCode, type ToolCallResul
 import type { DownstreamChannel } from '../gateway/call.js'
 import { bearerTokenOf } from './auth.js'
 import { MultiplexTransport, type JsonRpcResponse } from './mcp-multiplex-transport.js'
+import { drainDeadline } from './shutdown-deadline.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -72,7 +73,8 @@ export function printableToken (text: string): string | null {
 /** 2026-07-28 cache hints of the lists the gateway extends: short, and never shared between principals. */
 const GATEWAY_CACHE_HINTS = {
   'tools/list': { ttlMs: 30_000, cacheScope: 'private' as const },
-  'prompts/list': { ttlMs: 30_000, cacheScope: 'private' as const }
+  'prompts/list': { ttlMs: 30_000, cacheScope: 'private' as const },
+  'resources/templates/list': { ttlMs: 30_000, cacheScope: 'private' as const }
 }
 
 /** What a request did, for its log line: the tool it called and how that ended ('ok' or a catalogue code). */
@@ -117,9 +119,6 @@ class ContextServer extends Server {
     return method === 'tools/call' ? handler : super._wrapHandler(method, handler)
   }
 }
-
-/** What shutdown keeps of SHUTDOWN_TIMEOUT_MS for closing after the calls in flight have had their time. */
-const SHUTDOWN_RESERVE_MS = 2000
 
 const CallToolParamsSchema = Type.Object({
   name: Type.String({ maxLength: 256 }),
@@ -255,7 +254,8 @@ export default fp(async (fastify) => {
   const resourceDependencies: ResourceDependencies = {
     store,
     principalOf: (ctx) => callerOf(ctx).principal,
-    logFailure: (error, method) => fastify.log.error({ err: error, method }, 'resource request failed')
+    logFailure: (error, method) => fastify.log.error({ err: error, method }, 'resource request failed'),
+    ...(gateway !== null && { federated: gateway.resources })
   }
 
   function buildServer (): Server {
@@ -366,14 +366,18 @@ export default fp(async (fastify) => {
   }
 
   fastify.decorateRequest('callRecord', null)
-  const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo) => answerLegacyRead(request, caller.principal, resourceDependencies)
+  // An upstream read is bounded by its upstream's timeoutMs.
+  const neverAborted = new AbortController().signal
+  const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo) => answerLegacyRead(request, caller.principal, resourceDependencies, neverAborted)
 
   fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern })
 
-  // An upstream's tools changed: 2025-era sessions hear it on their streams, 2026-07-28 clients on subscriptions/listen.
-  gateway?.onToolsChanged(() => {
-    live.bus.publish({ kind: 'tools_list_changed' })
-    live.notifySessions({ jsonrpc: '2.0', method: 'notifications/tools/list_changed' })
+  // An upstream's lists changed: 2025-era sessions hear it on their streams, 2026-07-28 clients on subscriptions/listen.
+  gateway?.onListsChanged((changed) => {
+    for (const kind of changed) {
+      live.bus.publish({ kind: `${kind}_list_changed` })
+      live.notifySessions({ jsonrpc: '2.0', method: `notifications/${kind}/list_changed` })
+    }
   })
 
   // subscriptions/listen streams end with their final result once the calls in flight are answered.
@@ -381,8 +385,8 @@ export default fp(async (fastify) => {
   // embedded database): the process must exit within the budget, not be cut off at its end.
   fastify.addHook('preClose', async () => {
     if (inFlight.modernCalls > 0) {
-      const budgetMs = fastify.config.SHUTDOWN_TIMEOUT_MS
-      const waitMs = Math.max(budgetMs / 2, budgetMs - SHUTDOWN_RESERVE_MS)
+      // Shared with the gateway's drain (which may have run first): one budget for both.
+      const waitMs = Math.max(0, drainDeadline(fastify.config) - Date.now())
       let timer: NodeJS.Timeout | undefined
       await new Promise<void>((resolve) => {
         inFlight.drained = resolve

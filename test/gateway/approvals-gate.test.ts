@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { createGatewayStore } from '../../db/gateway-store.js'
 import { createApprovalStateCodec } from '../../gateway/approval-state.js'
-import { CONTEXT_TOOLS_UPSTREAM, argumentsDigest, createApprovalGate, type ApprovedCallRunner } from '../../gateway/approvals.js'
+import { CONTEXT_TOOLS_UPSTREAM, MAX_STORED_OUTCOME_BYTES, argumentsDigest, createApprovalGate, storedOutcome, type ApprovedCallRunner } from '../../gateway/approvals.js'
 import type { ApprovalDecision, GatedCall, InteractionChannel } from '../../gateway/policy.js'
 import { singleNamespacePrincipal, type Principal } from '../../schema/principal.js'
 import type { ToolCallResult } from '../../tools/registry.js'
@@ -67,6 +67,28 @@ test('approval gate', async (t) => {
     t.notOk(gate.requires('fin', 'void_invoice', { destructiveHint: true }), 'and only they')
     t.ok(gate.requires(CONTEXT_TOOLS_UPSTREAM, 'delete_context', { destructiveHint: true }))
     t.notOk(gate.requires(CONTEXT_TOOLS_UPSTREAM, 'restore_context', { destructiveHint: true }), 'only the listed context tools')
+  })
+
+  await t.test('a large result is returned when the approved call runs, but the approval keeps only its size and digest', async (t) => {
+    const decision = await gate.decide(gatedCall(alice, { id: 'big' }), legacyChannel)
+    const id = decision.kind === 'answer' ? String(decision.approvalId) : ''
+    t.equal((await store.decideApproval(id, 'approved', 'cli:bob')).status, 'decided')
+    const big = { content: [{ type: 'text' as const, text: 'x'.repeat(MAX_STORED_OUTCOME_BYTES) }], structuredContent: { rows: 'secret payroll data' } }
+    const run: ApprovedCallRunner = async (_call, approvalId) => {
+      await gate.complete(approvalId, { result: big })
+      return big
+    }
+    t.same(await gate.resume(alice, { approval_id: id }, run), big, 'the caller that ran it gets the whole result')
+    const later = await gate.resume(alice, { approval_id: id }, run)
+    const text = (later.content as Array<{ text: string }>)[0]?.text ?? ''
+    t.match(text, /The approved call ran\. Its result \(\d+ bytes, sha256 [0-9a-f]{64}\) was returned when it ran/)
+    t.notOk(JSON.stringify(later).includes('secret payroll data'), 'the result itself is not kept')
+    const stored = await store.findApproval(alice.namespace, id)
+    t.notOk(JSON.stringify(stored?.outcome).includes('secret payroll data'), 'nor in the database')
+    t.equal(later.isError, undefined, 'a success stays a success')
+    t.same(storedOutcome({ content: [{ type: 'text', text: 'small' }] }), { content: [{ type: 'text', text: 'small' }] }, 'a small result is kept as it is')
+    const failed = storedOutcome({ isError: true, content: [{ type: 'text', text: 'y'.repeat(MAX_STORED_OUTCOME_BYTES) }], _meta: { 'shared-context-mcp/error': { code: 'MCP_2002', message: 'm' } } })
+    t.equal(toolErrorOf(failed)?.code, 'MCP_2002', 'a large failure keeps its code')
   })
 
   await t.test('out-of-band approved: pending, then get_approval runs it exactly once and returns the stored outcome after', async (t) => {

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test, type Test } from 'tap'
-import { loadUpstreams } from '../../gateway/config.js'
+import { globsOf, loadUpstreams } from '../../gateway/config.js'
 import { federatedNameOf, MAX_TOOL_NAME } from '../../gateway/federation.js'
 import { CircuitBreaker, ConcurrencyLimit, backoffDelayMs, classifyFailure } from '../../gateway/resilience.js'
 import { ConfigError, loadConfig } from '../../schema/config.js'
@@ -55,6 +55,18 @@ test('UPSTREAMS_FILE: every problem listed, secrets never shown, the server refu
   t.match(secretProblems, /headers\.Authorization/)
   t.notMatch(secretProblems, /42/, 'a header value is never shown')
   t.throws(() => loadConfig({ UPSTREAMS_FILE: fileWith(t, { upstreams: [{ ...HR, identity: {} }] }) }), /GATEWAY_IDENTITY_KEY: required/)
+})
+
+test('UPSTREAMS_FILE allow: the short form names tools, the long form each kind; both validated', async (t) => {
+  const path = fileWith(t, { upstreams: [{ ...HR, allow: { 'hr:read': ['list_*'], 'hr:docs': { resources: ['hr://handbook', 'hr://employees/{id}?x=1'], prompts: ['onboarding'] } } }] })
+  const { upstreams, problems } = loadUpstreams(path, {})
+  t.same(problems, [])
+  const allow = upstreams[0]!.allow
+  t.same([globsOf(allow['hr:read']!, 'tools'), globsOf(allow['hr:read']!, 'prompts'), globsOf(allow['hr:read']!, 'resources')], [['list_*'], [], []], 'a list: tools only')
+  t.same([globsOf(allow['hr:docs']!, 'tools'), globsOf(allow['hr:docs']!, 'prompts'), globsOf(allow['hr:docs']!, 'resources')], [[], ['onboarding'], ['hr://handbook', 'hr://employees/{id}?x=1']])
+  for (const bad of [{ tool: ['x'] }, {}, { resources: ['has space'] }, { prompts: ['bad name!'] }]) {
+    t.match(loadUpstreams(fileWith(t, { upstreams: [{ ...HR, allow: { 'hr:read': bad } }] }), {}).problems, [/upstreams\[0\]\.allow\.hr:read/], `refused: ${JSON.stringify(bad)}`)
+  }
 })
 
 test('federated names: <upstream>__<tool> within 64 characters of [A-Za-z0-9_-], never colliding', async (t) => {
@@ -127,7 +139,8 @@ test('failure classification: what may be repeated', async (t) => {
   t.match(classifyFailure(fetchFailure('ECONNREFUSED')), { kind: 'unreachable', transient: true, mayHaveReached: false })
   t.match(classifyFailure(fetchFailure('ENOTFOUND')), { transient: true, mayHaveReached: false })
   t.match(classifyFailure(fetchFailure('ECONNRESET')), { kind: 'unreachable', transient: true, mayHaveReached: true })
-  t.match(classifyFailure({ data: { status: 503 } }), { transient: true, mayHaveReached: false })
+  t.match(classifyFailure({ data: { status: 503 } }), { transient: true, mayHaveReached: true }, 'a 503 may come after side effects')
+  t.match(classifyFailure({ data: { status: 504 } }), { transient: true, mayHaveReached: true })
   t.match(classifyFailure({ data: { status: 502 } }), { transient: true, mayHaveReached: true })
   t.match(classifyFailure({ data: { status: 500 } }), { transient: false })
   t.match(classifyFailure(new Error('Invalid params')), { kind: 'upstream_error', transient: false })

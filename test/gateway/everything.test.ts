@@ -9,7 +9,7 @@ test('server-everything through the gateway', async (t) => {
   t.teardown(() => everything.close())
   const gateway = await startGateway(t, [
     // No approval for these demo tools (they carry no destructive annotation of their own).
-    { name: 'everything', url: everything.url, allow: { 'everything:use': ['*'] }, confirm: [] }
+    { name: 'everything', url: everything.url, allow: { 'everything:use': { tools: ['*'], prompts: ['*'], resources: ['demo://resource/static/*', 'demo://resource/dynamic/text/*'] } }, confirm: [] }
   ])
   await eventually(() => gateway.app.gateway?.upstreams[0]?.status === 'ok', { what: 'server-everything connected' })
   const token = await gateway.token(['everything-user'])
@@ -27,6 +27,24 @@ test('server-everything through the gateway', async (t) => {
     t.match(JSON.stringify(prompt.messages), /Paris/)
     const other = await connectV2(t, gateway.baseUrl, await gateway.token(['hr-read']))
     t.same((await other.listPrompts()).prompts, [], 'not for a principal without the scope')
+  })
+
+  await t.test('its resources, namespaced, within the resource globs', async (t) => {
+    const resources = (await client.listResources()).resources
+    t.ok(resources.length > 0, 'its static resources are listed')
+    t.ok(resources.every((resource) => resource.uri.startsWith('demo://resource/static/') && resource.name.startsWith('everything__')), 'only those the globs allow, under everything__ names')
+    const first = resources[0]!
+    const read = await client.readResource({ uri: first.uri })
+    t.equal(read.contents[0]?.uri, first.uri, 'read from the upstream')
+    const templates = (await client.listResourceTemplates()).resourceTemplates.map((template) => template.uriTemplate)
+    t.ok(templates.some((template) => template.startsWith('demo://resource/dynamic/text/')), 'its text template')
+    t.notOk(templates.some((template) => template.startsWith('demo://resource/dynamic/blob/')), 'not the blob one the globs leave out')
+    const dynamic = await client.readResource({ uri: 'demo://resource/dynamic/text/7' })
+    t.match((dynamic.contents[0] as { text?: string }).text, /7/, 'a URI of the template is read from the upstream')
+    const blob = await client.readResource({ uri: 'demo://resource/dynamic/blob/7' }).then(() => null, (error: { code: number }) => error)
+    t.ok(blob !== null, 'a URI outside the globs is not found')
+    const other = await connectV1(t, gateway.baseUrl, await gateway.token(['hr-read']))
+    t.same((await other.listResources()).resources, [], 'not for a principal without the scope')
   })
 
   await t.test('echo', async (t) => {

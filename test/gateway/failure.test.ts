@@ -34,12 +34,23 @@ test('upstream failures: codes, retries, breaker, health, drain', async (t) => {
     t.equal(runs('list_employees') - before.runs, 1)
   })
 
-  await t.test('503 on a non-idempotent call: retried too, since the upstream refused it unhandled', async (t) => {
-    const before = runs('add_note')
+  await t.test('503 on a non-idempotent call: not repeated (an application may answer 503 after its side effects) — MCP_2002', async (t) => {
+    const before = hr.callRequests
     hr.fail('http-503', 1)
     const result = await client.callTool({ name: 'hr__add_note', arguments: { id: 'e1', text: 'hi' } })
+    t.equal(errorCodeOf(result), 'MCP_2002')
+    t.equal(errorOf(result).attempts, 1)
+    t.equal(errorOf(result).reason, 'http_503')
+    t.equal(hr.callRequests - before, 1, 'one attempt only')
+  })
+
+  await t.test('504 on a read-only call: retried (repeating it is safe)', async (t) => {
+    const before = { runs: runs('list_employees'), requests: hr.callRequests }
+    hr.fail('http-504', 1)
+    const result = await client.callTool({ name: 'hr__list_employees', arguments: {} })
     t.notOk(result.isError)
-    t.equal(runs('add_note') - before, 1)
+    t.equal(hr.callRequests - before.requests, 2, 'the refused attempt, then the one that ran')
+    t.equal(runs('list_employees') - before.runs, 1)
   })
 
   await t.test('502 on a non-idempotent call: not repeated (a proxy may have passed it on) — MCP_2002', async (t) => {

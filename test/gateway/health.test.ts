@@ -59,6 +59,7 @@ test('/ready: the review\'s health matrix', async (t) => {
   await Promise.all([database.start(), redis.start()])
   t.teardown(() => database.stop())
   t.teardown(() => redis.stop())
+  const METRICS_TOKEN = 'ready-details-metrics-token-0123456789'
   const upstreamsFile = writeUpstreamsFile(t, [
     { name: 'hr', url: hr.url, allow: { 'hr:read': ['*'] }, critical: false, healthCheckSeconds: 1, connectTimeoutMs: 500, breaker: { failures: 1, openMs: 500 } },
     { name: 'finance', url: finance.url, allow: { 'finance:read': ['*'] }, critical: true, healthCheckSeconds: 1, connectTimeoutMs: 500, breaker: { failures: 1, openMs: 500 } }
@@ -79,6 +80,7 @@ test('/ready: the review\'s health matrix', async (t) => {
       OIDC_ISSUER: idp.issuer,
       PUBLIC_URL: 'https://ctx.example.com',
       UPSTREAMS_FILE: upstreamsFile,
+      METRICS_TOKEN,
       LOG_LEVEL: 'silent'
     }))
     t.teardown(() => app.close())
@@ -114,7 +116,7 @@ test('/ready: the review\'s health matrix', async (t) => {
       type Ready = { status: string, redis: string, identity_provider: string, database: string, upstreams: Array<{ name: string, status: string, critical: boolean }> }
       const expectedUpstreams = (ready: Ready): boolean => ready.upstreams.every((upstream) => upstream.status === (down.has(upstream.name as Part) ? 'down' : 'ok'))
       const ready = await eventually(async () => {
-        const response = await app.inject({ method: 'GET', url: '/ready' })
+        const response = await app.inject({ method: 'GET', url: '/ready', headers: { authorization: `Bearer ${METRICS_TOKEN}` } })
         const body = response.json() as Ready
         const settled = response.statusCode === row.http && body.status === row.status && expectedUpstreams(body) &&
           body.redis === (down.has('redis') ? 'degraded' : 'ok') && body.identity_provider === (down.has('jwks') ? 'degraded' : 'ok')
@@ -124,7 +126,16 @@ test('/ready: the review\'s health matrix', async (t) => {
       t.same(ready?.upstreams.map((upstream) => [upstream.name, upstream.status, upstream.critical]), [
         ['hr', down.has('hr') ? 'down' : 'ok', false],
         ['finance', down.has('finance') ? 'down' : 'ok', true]
-      ], 'every upstream listed, down or ok')
+      ], 'every upstream listed, down or ok, to whoever holds METRICS_TOKEN')
+      const anonymous = await app.inject({ method: 'GET', url: '/ready' })
+      const body = anonymous.json<Ready & { upstream_summary: unknown }>()
+      t.equal(anonymous.statusCode, row.http, 'the same status code without credentials')
+      t.equal(body.status, row.status)
+      t.equal(body.upstreams, undefined, 'but no upstream listed')
+      t.same(body.upstream_summary, { ok: 2 - ['hr', 'finance'].filter((name) => down.has(name as Part)).length, down: ['hr', 'finance'].filter((name) => down.has(name as Part)).length, critical_down: down.has('finance') ? 1 : 0 }, 'only counted')
+      t.notMatch(anonymous.body, /finance|"hr"/, 'no upstream name')
+      const wrong = await app.inject({ method: 'GET', url: '/ready', headers: { authorization: 'Bearer not-the-metrics-token' } })
+      t.equal(wrong.json<Ready>().upstreams, undefined, 'nor with a wrong token')
     })
   }
   // Back to all up, on both apps: each recovers by itself (and closes quickly once its pool is healthy again).

@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { Socket } from 'node:net'
 import { toNodeHandler } from '@modelcontextprotocol/node'
-import { McpServer, createMcpHandler, fromJsonSchema, type ServerContext, type ToolAnnotations } from '@modelcontextprotocol/server'
+import { McpServer, ResourceTemplate, createMcpHandler, fromJsonSchema, type ServerContext, type ToolAnnotations } from '@modelcontextprotocol/server'
 import type { TObject } from '@sinclair/typebox'
 
 /**
@@ -32,12 +32,27 @@ export interface DomainTool {
   handler: (args: Record<string, unknown>, ctx: ToolContext) => Promise<Record<string, unknown>>
 }
 
+/** A static resource (`uri`) or a template of them (`uriTemplate`, read by `text` of the URI). */
+export interface DomainResource {
+  name: string
+  uri?: string
+  uriTemplate?: string
+  text: (uri: string) => string
+}
+
+/** A prompt without arguments. */
+export interface DomainPrompt {
+  name: string
+  description: string
+  text: string
+}
+
 /**
- * Fault modes of tools/call: answer 502 or 503 without running the tool, drop the connection
+ * Fault modes of tools/call: answer 502, 503 or 504 without running the tool, drop the connection
  * before running it (`reset`), run it and then drop the connection instead of answering
  * (`reset-after`), or accept the request and never answer (`stall`).
  */
-export type Fault = 'http-502' | 'http-503' | 'reset' | 'reset-after' | 'stall'
+export type Fault = 'http-502' | 'http-503' | 'http-504' | 'reset' | 'reset-after' | 'stall'
 
 export interface DomainServer {
   url: string
@@ -54,14 +69,20 @@ export interface DomainServer {
   /** tools/call requests that reached the HTTP server, faulted or not. */
   readonly callRequests: number
   addTool: (tool: DomainTool) => void
+  /** Adds a resource and tells clients (resources/list_changed). */
+  addResource: (resource: DomainResource) => void
+  /** resources/read requests that reached the server, by URI. */
+  readonly reads: string[]
   /** Stops listening and drops every connection (the port then refuses); `start` listens again on the same port. */
   kill: () => Promise<void>
   start: () => Promise<void>
   close: () => Promise<void>
 }
 
-export async function startDomainServer (options: { name: string, era: '2025' | '2026-07-28', tools: DomainTool[], port?: number }): Promise<DomainServer> {
+export async function startDomainServer (options: { name: string, era: '2025' | '2026-07-28', tools: DomainTool[], resources?: DomainResource[], prompts?: DomainPrompt[], port?: number }): Promise<DomainServer> {
   const tools = [...options.tools]
+  const resources = [...options.resources ?? []]
+  const reads: string[] = []
   const runs = new Map<string, number>()
   const cancelled: string[] = []
   const callHeaders: IncomingHttpHeaders[] = []
@@ -70,7 +91,18 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
   const requestHeaders = new AsyncLocalStorage<IncomingHttpHeaders>()
 
   function buildServer (): McpServer {
-    const server = new McpServer({ name: options.name, version: '1.0.0' }, { capabilities: { tools: { listChanged: true }, logging: {} } })
+    const server = new McpServer({ name: options.name, version: '1.0.0' }, { capabilities: { tools: { listChanged: true }, resources: { listChanged: true }, prompts: { listChanged: true }, logging: {} } })
+    for (const resource of resources) {
+      const read = async (uri: URL) => {
+        reads.push(uri.href)
+        return { contents: [{ uri: uri.href, mimeType: 'text/plain', text: resource.text(uri.href) }] }
+      }
+      if (resource.uriTemplate !== undefined) server.registerResource(resource.name, new ResourceTemplate(resource.uriTemplate, { list: undefined }), { mimeType: 'text/plain' }, read)
+      else server.registerResource(resource.name, resource.uri ?? '', { mimeType: 'text/plain', description: `${resource.name} of ${options.name}` }, read)
+    }
+    for (const prompt of options.prompts ?? []) {
+      server.registerPrompt(prompt.name, { description: prompt.description }, () => ({ messages: [{ role: 'user' as const, content: { type: 'text' as const, text: prompt.text } }] }))
+    }
     for (const tool of tools) {
       server.registerTool(tool.name, {
         title: tool.title,
@@ -131,7 +163,8 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
           switch (fault.fault) {
             case 'http-502':
             case 'http-503':
-              response.writeHead(fault.fault === 'http-502' ? 502 : 503, { 'content-type': 'text/plain' })
+            case 'http-504':
+              response.writeHead(Number(fault.fault.slice('http-'.length)), { 'content-type': 'text/plain' })
               response.end('upstream fault')
               return
             case 'reset':
@@ -190,6 +223,11 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
       tools.push(tool)
       mcp.notify.toolsChanged()
     },
+    addResource: (resource) => {
+      resources.push(resource)
+      mcp.notify.resourcesChanged()
+    },
+    reads,
     kill,
     start,
     close: async () => {

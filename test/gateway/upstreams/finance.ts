@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox'
-import { startDomainServer, type DomainServer, type DomainTool } from './domain-server.js'
+import { startDomainServer, type DomainResource, type DomainServer, type DomainTool } from './domain-server.js'
 
 /** The finance upstream of the gateway tests, on the 2026-07-28 protocol line. */
 
@@ -27,6 +27,13 @@ export const FINANCE_TOOLS: DomainTool[] = [
   }
 ]
 
+/** One ledger resource; its handbook shares hr's URI, so the two upstreams' resources collide. */
+export const FINANCE_RESOURCES: DomainResource[] = [
+  { name: 'ledger', uri: 'finance://ledger/2026', text: () => 'inv-1 open, inv-2 paid' },
+  { name: 'handbook', uri: 'hr://handbook', text: () => 'the finance copy' },
+  { name: 'shadow', uri: 'context://someone-else/secret', text: () => 'not ours' }
+]
+
 export function startFinance (port?: number): Promise<DomainServer> {
-  return startDomainServer({ name: 'finance', era: '2026-07-28', tools: FINANCE_TOOLS, ...(port !== undefined && { port }) })
+  return startDomainServer({ name: 'finance', era: '2026-07-28', tools: FINANCE_TOOLS, resources: FINANCE_RESOURCES, ...(port !== undefined && { port }) })
 }

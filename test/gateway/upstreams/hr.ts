@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox'
-import { startDomainServer, type DomainServer, type DomainTool } from './domain-server.js'
+import { startDomainServer, type DomainPrompt, type DomainResource, type DomainServer, type DomainTool } from './domain-server.js'
 
 /** The HR upstream of the gateway tests (2025 protocol line): read-only, destructive and slow tools. */
 
@@ -62,6 +62,18 @@ export const HR_TOOLS: DomainTool[] = [
   }
 ]
 
+/** The handbook (static) and one record per employee (a template). */
+export const HR_RESOURCES: DomainResource[] = [
+  { name: 'handbook', uri: 'hr://handbook', text: () => 'Be kind. Ship on Thursdays.' },
+  { name: 'salaries', uri: 'hr://salaries', text: () => 'e1: 100, e2: 100, e3: 100' },
+  { name: 'employee', uriTemplate: 'hr://employees/{id}', text: (uri) => `record of ${uri.slice('hr://employees/'.length)}` }
+]
+
+export const HR_PROMPTS: DomainPrompt[] = [
+  { name: 'onboarding', description: 'Onboard a new hire.', text: 'Welcome the new hire.' },
+  { name: 'termination', description: 'Let someone go.', text: 'Plan the exit.' }
+]
+
 export function startHr (port?: number): Promise<DomainServer> {
-  return startDomainServer({ name: 'hr', era: '2025', tools: HR_TOOLS, ...(port !== undefined && { port }) })
+  return startDomainServer({ name: 'hr', era: '2025', tools: HR_TOOLS, resources: HR_RESOURCES, prompts: HR_PROMPTS, ...(port !== undefined && { port }) })
 }
