@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { checkAnswer, makeCall } from './calls.js'
@@ -38,6 +38,7 @@ interface ServerSpec {
 }
 
 export async function startServers (databaseUrl: string, settings: Settings, resultsDir: string): Promise<Server[]> {
+  await mkdir(resultsDir, { recursive: true })
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const common = { DATABASE_URL: databaseUrl, DB_POOL_MAX: String(settings.dbPoolMax) }
   // a and n log at info, the default: one JSON line per request, into bench/results/server-<id>.log
