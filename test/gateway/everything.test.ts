@@ -1,7 +1,36 @@
-import { test } from 'tap'
+import { test, type Test } from 'tap'
 import { eventually } from '../eventually.js'
 import { startEverything } from './upstreams/everything.js'
 import { connectV1, connectV2, errorCodeOf, startGateway } from './gateway-helper.js'
+
+type V2Client = Awaited<ReturnType<typeof connectV2>>
+
+/** server-everything's elicitation tool through the gateway: an accepted answer and a declined one reach the upstream. */
+async function elicitationRoundTrip (t: Test, client: V2Client): Promise<void> {
+  const asked: string[] = []
+  client.setRequestHandler('elicitation/create', async (request) => {
+    asked.push(String(request.params.message))
+    return { action: 'accept', content: { name: 'Ada Lovelace', check: true } }
+  })
+  const result = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+  t.equal(asked.length, 1, 'the client was asked once')
+  t.match(JSON.stringify(result.content), /Name: Ada Lovelace/, "the upstream got the client's answer")
+  client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }))
+  const declined = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
+  t.match(JSON.stringify(declined.content), /declined/)
+}
+
+/** server-everything's sampling tool through the gateway: the client's answer reaches the upstream. */
+async function samplingRoundTrip (t: Test, client: V2Client): Promise<void> {
+  client.setRequestHandler('sampling/createMessage', async (request) => {
+    const first = request.params.messages[0]?.content as { text?: string } | undefined
+    return { model: 'test-model', role: 'assistant', content: { type: 'text', text: `sampled: ${first?.text ?? ''}` } }
+  })
+  const result = await client.callTool({ name: 'everything__trigger-sampling-request', arguments: { prompt: 'what is MCP?', maxTokens: 20 } })
+  t.notOk(result.isError)
+  t.match(JSON.stringify(result.content), /sampled: .*what is MCP\?/)
+  t.match(JSON.stringify(result.content), /test-model/)
+}
 
 // The reference server behind the gateway: its progress, elicitation and sampling tools, through to the client and back.
 test('server-everything through the gateway', async (t) => {
@@ -64,28 +93,11 @@ test('server-everything through the gateway', async (t) => {
   })
 
   await t.test('an elicitation of the upstream is asked of the client, and its answer goes back', async (t) => {
-    const asked: string[] = []
-    client.setRequestHandler('elicitation/create', async (request) => {
-      asked.push(String(request.params.message))
-      return { action: 'accept', content: { name: 'Ada Lovelace', check: true } }
-    })
-    const result = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
-    t.equal(asked.length, 1, 'the client was asked once')
-    t.match(JSON.stringify(result.content), /Name: Ada Lovelace/, "the upstream got the client's answer")
-    client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }))
-    const declined = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
-    t.match(JSON.stringify(declined.content), /declined/)
+    await elicitationRoundTrip(t, client)
   })
 
   await t.test('a sampling request of the upstream is answered by the client', async (t) => {
-    client.setRequestHandler('sampling/createMessage', async (request) => {
-      const first = request.params.messages[0]?.content as { text?: string } | undefined
-      return { model: 'test-model', role: 'assistant', content: { type: 'text', text: `sampled: ${first?.text ?? ''}` } }
-    })
-    const result = await client.callTool({ name: 'everything__trigger-sampling-request', arguments: { prompt: 'what is MCP?', maxTokens: 20 } })
-    t.notOk(result.isError)
-    t.match(JSON.stringify(result.content), /sampled: .*what is MCP\?/)
-    t.match(JSON.stringify(result.content), /test-model/)
+    await samplingRoundTrip(t, client)
   })
 
   await t.test('a client that cannot be asked: the upstream gets a refusal, the call still answers', async (t) => {
@@ -114,28 +126,11 @@ test('server-everything through the gateway, for a 2026-07-28 client', async (t)
   t.equal(client.getNegotiatedProtocolVersion(), '2026-07-28')
 
   await t.test('elicitation: accepted and declined answers reach the upstream', async (t) => {
-    const asked: string[] = []
-    client.setRequestHandler('elicitation/create', async (request) => {
-      asked.push(String(request.params.message))
-      return { action: 'accept', content: { name: 'Ada Lovelace', check: true } }
-    })
-    const result = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
-    t.equal(asked.length, 1, 'the client was asked once')
-    t.match(JSON.stringify(result.content), /Name: Ada Lovelace/, "the upstream got the client's answer")
-    client.setRequestHandler('elicitation/create', async () => ({ action: 'decline' }))
-    const declined = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {} })
-    t.match(JSON.stringify(declined.content), /declined/)
+    await elicitationRoundTrip(t, client)
   })
 
   await t.test('sampling: the client answers, the upstream gets it', async (t) => {
-    client.setRequestHandler('sampling/createMessage', async (request) => {
-      const first = request.params.messages[0]?.content as { text?: string } | undefined
-      return { model: 'test-model', role: 'assistant', content: { type: 'text', text: `sampled: ${first?.text ?? ''}` } }
-    })
-    const result = await client.callTool({ name: 'everything__trigger-sampling-request', arguments: { prompt: 'what is MCP?', maxTokens: 20 } })
-    t.notOk(result.isError)
-    t.match(JSON.stringify(result.content), /sampled: .*what is MCP\?/)
-    t.match(JSON.stringify(result.content), /test-model/)
+    await samplingRoundTrip(t, client)
   })
 
   await t.test('forged, tampered, rebound and replayed states are refused', async (t) => {
