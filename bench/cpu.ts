@@ -19,3 +19,10 @@ export function cpuMicros (pid: number): number {
 }
 
 export const CPU_TICK_MICROS = 1_000_000 / TICKS_PER_SECOND
+
+/** Read and write system calls made so far by `pid` (all its threads), from /proc/<pid>/io. */
+export function syscallCounts (pid: number): { reads: number, writes: number } {
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8')
+  const field = (name: string): number => Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1] ?? Number.NaN)
+  return { reads: field('syscr'), writes: field('syscw') }
+}

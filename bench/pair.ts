@@ -1,7 +1,7 @@
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { killAllChildrenNow, stopAllChildren } from './children.js'
-import { cpuMicros } from './cpu.js'
+import { cpuMicros, syscallCounts } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { runLoad, stopLoad, type LoadResult } from './load.js'
 import { ROOT, logTail, startServers, waitUntilServing, type Server } from './servers.js'
@@ -13,16 +13,25 @@ import { checkFloorSql } from './sql-check.js'
 // time per request. On a machine that other work shares, `npm run bench`'s interleaved rounds see
 // different moments (a server's CPU per request rose by half when the load average did); side by
 // side, both servers share every moment, so their ratio holds still even when the absolute
-// figures do not. Prints each round and the median ratios (first / second).
+// figures do not. Prints each round (with the read and write system calls per request, which no
+// load moves) and the median ratios (first / second).
 
-async function measured (server: Server, durationSeconds: number, connections: number, keys: number, writeRatio: number): Promise<LoadResult & { cpuUsPerRequest: number }> {
+async function measured (server: Server, durationSeconds: number, connections: number, keys: number, writeRatio: number): Promise<LoadResult & { cpuUsPerRequest: number, readsPerRequest: number, writesPerRequest: number }> {
   const pid = server.child.process.pid
   if (pid === undefined) throw new Error(`${server.label} has no process id`)
   const before = cpuMicros(pid)
+  const callsBefore = syscallCounts(pid)
   const result = await runLoad(server, { durationSeconds, connections, keys, writeRatio })
   if (server.child.exit !== undefined) throw new Error(`${server.label} exited (${server.child.exit}) during the run:\n${await logTail(server)}`)
   const cpuUs = cpuMicros(pid) - before
-  return { ...result, cpuUsPerRequest: result.responses === 0 ? 0 : cpuUs / result.responses }
+  const callsAfter = syscallCounts(pid)
+  const per = (count: number) => result.responses === 0 ? 0 : count / result.responses
+  return {
+    ...result,
+    cpuUsPerRequest: per(cpuUs),
+    readsPerRequest: per(callsAfter.reads - callsBefore.reads),
+    writesPerRequest: per(callsAfter.writes - callsBefore.writes)
+  }
 }
 
 function median (values: number[]): number {
@@ -51,7 +60,7 @@ async function main (): Promise<void> {
     ratios.cpu.push(x.cpuUsPerRequest / y.cpuUsPerRequest)
     ratios.rps.push(x.requestsPerSecond / y.requestsPerSecond)
     ratios.p99.push(x.p99Ms / y.p99Ms)
-    const line = (r: typeof x) => `${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, ${r.cpuUsPerRequest.toFixed(0)} µs/req, errors ${r.totalErrors}`
+    const line = (r: typeof x) => `${r.requestsPerSecond.toFixed(0)} req/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, ${r.cpuUsPerRequest.toFixed(0)} µs/req, syscalls r/w ${r.readsPerRequest.toFixed(2)}/${r.writesPerRequest.toFixed(2)}, errors ${r.totalErrors}`
     console.log(`  round ${round}: ${first.id} ${line(x)} | ${second.id} ${line(y)} | CPU ${first.id}/${second.id} ${(x.cpuUsPerRequest / y.cpuUsPerRequest).toFixed(3)}; load average ${loadavg()[0]?.toFixed(1)}`)
     if (x.totalErrors + y.totalErrors > 0) console.log(`    problems: ${[...x.samples, ...y.samples].join('; ')}`)
   }
