@@ -245,6 +245,26 @@ test('bad input is refused and changes nothing', async (t) => {
     }
   })
 
+  t.test('a body with a __proto__ or constructor key, spelt plainly or escaped, is HTTP 400 REQ_1101', async (t) => {
+    const write = (args: string) => `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_context","arguments":${args}}}`
+    const poisoned = [
+      write('{"key":"proto/new","content":"x","__proto__":{"polluted":true}}'),
+      write('{"key":"proto/new","content":"x","\\u005f_proto__":{"polluted":true}}'),
+      write('{"key":"proto/new","content":"x","constructor":{"prototype":{"polluted":true}}}'),
+      write('{"key":"proto/new","content":"x","\\u0063onstructor":{"prototype":{"polluted":true}}}')
+    ]
+    for (const payload of poisoned) httpError(t, await post(app, payload), 400, 'REQ_1101')
+    t.equal(({} as Record<string, unknown>).polluted, undefined, 'no prototype was touched')
+    await fails(t, app, 'read_context', { key: 'proto/new' }, 'CTX_2001')
+    // The words inside a value, and escapes elsewhere, are fine: only keys can poison.
+    const call = (name: string, args: string) => `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"${name}","arguments":${args}}}`
+    const escaped = await post(app, call('read_context', '{"key":"seed/do\\u0063"}'))
+    t.equal(escaped.json().result?.structuredContent?.content, 'original v2', 'an escaped key is decoded and read')
+    const words = await post(app, call('search_context', '{"query":"constructor __proto__"}'))
+    t.equal(words.statusCode, 200)
+    t.not(words.json().result?.isError, true, 'the words in a value are only words')
+  })
+
   t.test('a wrong Content-Type is HTTP 415 REQ_1101', async (t) => {
     const message = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_context","arguments":{"key":"ct/new","content":"x"}}}'
     t.match(httpError(t, await post(app, message, { 'content-type': 'application/xml' }), 415, 'REQ_1101'), /Content-Type/)
