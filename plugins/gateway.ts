@@ -99,7 +99,7 @@ export default fp(async (fastify) => {
   const log = fastify.log.child({ component: 'gateway' })
   const registry = fastify.metrics.registry
 
-  const calls = new Counter({ name: 'scm_gateway_calls_total', help: 'Calls of federated tools, by upstream, tool and outcome (ok, tool_error, timeout, upstream_error, unreachable, breaker_open, rate_limited, pending, rejected, expired, cancelled).', labelNames: ['upstream', 'tool', 'outcome'], registers: [registry] })
+  const calls = new Counter({ name: 'scm_gateway_calls_total', help: 'Calls of federated tools, by upstream, tool and outcome (ok, input_required, tool_error, timeout, upstream_error, unreachable, breaker_open, rate_limited, pending, rejected, expired, cancelled).', labelNames: ['upstream', 'tool', 'outcome'], registers: [registry] })
   const duration = new Histogram({ name: 'scm_gateway_call_duration_seconds', help: 'Time of a federated call, retries and backoff included, by upstream.', labelNames: ['upstream'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [registry] })
   const retries = new Counter({ name: 'scm_gateway_retries_total', help: 'Attempts of federated calls repeated after a transient failure, by upstream and reason.', labelNames: ['upstream', 'reason'], registers: [registry] })
   const breakerGauge = new Gauge({ name: 'scm_gateway_breaker_state', help: 'Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open.', labelNames: ['upstream'], registers: [registry] })
@@ -269,7 +269,7 @@ export default fp(async (fastify) => {
   }
 
   // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
-  const interactions = createInteractions({ stateKey: () => store.stateKey(), holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
 
   /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
   function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {
@@ -278,10 +278,27 @@ export default fp(async (fastify) => {
     return counted(() => interactions.start(binding, channel, work))
   }
 
+  /**
+   * A 2026-07-28 upstream's input-required reaches a 2026-07-28 client as it is, under a signed
+   * state any instance can verify (gateway/interactions.ts, relay), for its tools that need no
+   * approval (a gated tool's approval question has a state of its own, which refuses a relayed one).
+   */
+  function relayable (tool: FederatedTool, channel: DownstreamChannel): boolean {
+    if (gate.requires(tool.upstream.name, tool.tool, tool.annotations)) return false
+    return tool.upstream.protocol === '2026-07-28' || interactions.relays(channel.requestState)
+  }
+
+  function relayRound (tool: FederatedTool, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> {
+    const binding = { principal, upstream: tool.upstream.name, tool: tool.federatedName, argumentsDigest: argumentsDigest(args) }
+    const { inputResponses: _answers, requestState: _state, ...rest } = channel
+    return interactions.relay(binding, channel, (upstreamInput) => callFederated(tool, args, principal, client, { ...rest, upstreamInput }))
+  }
+
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
     const rounds = channel.protocol === '2026-07-28' && channel.request === undefined
     const tool = federated.resolve(name, principal)
     if (tool !== undefined) {
+      if (rounds && relayable(tool, channel)) return counted(() => relayRound(tool, args, principal, client, channel))
       if (rounds) return multiRound(name, args, principal, channel, (held) => callFederated(tool, args, principal, client, held))
       return counted(() => callFederated(tool, args, principal, client, channel))
     }
