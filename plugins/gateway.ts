@@ -43,6 +43,12 @@ export interface Gateway {
    * the same session, if any). SDK clients send it when their call's signal aborts.
    */
   cancelClientCall: (requestId: unknown, principal: Principal, sessionId: string | undefined) => void
+  /**
+   * A 2025-era request answered by the route (resources/read): its signal aborts when the client
+   * disconnects or cancels it (notifications/cancelled of its id), as a gateway tools/call's does,
+   * so a federated read is cancelled upstream. `end` once answered.
+   */
+  watchLegacyRequest: (request: FastifyRequest, reply: FastifyReply, requestId: unknown) => { signal: AbortSignal, end: () => void }
   /** A 2025-era initialize that opened a session: its client's capabilities, so later calls in that session know whether it can be asked (elicitation). */
   noteSession: (sessionId: string, capabilities: unknown) => void
   /** A client's answer (POSTed JSON-RPC response) to a request the gateway sent it mid-call; false when it is not one. */
@@ -319,6 +325,21 @@ export default fp(async (fastify) => {
     if (typeof requestId !== 'string' && typeof requestId !== 'number') return
     legacyCalls.get(legacyCallKey(principal, sessionId, requestId))?.abort(new Error('cancelled by the client'))
   }
+  function watchLegacyRequest (request: FastifyRequest, reply: FastifyReply, requestId: unknown): { signal: AbortSignal, end: () => void } {
+    const controller = new AbortController()
+    const raw = reply.raw
+    const onClose = (): void => { if (!raw.writableFinished) controller.abort(new Error('client disconnected')) }
+    raw.once('close', onClose)
+    const key = legacyCallKey(request.principal!, request.headers['mcp-session-id'], requestId)
+    legacyCalls.set(key, controller)
+    return {
+      signal: controller.signal,
+      end: () => {
+        raw.removeListener('close', onClose)
+        if (legacyCalls.get(key) === controller) legacyCalls.delete(key)
+      }
+    }
+  }
   // Session id -> whether its client declared form elicitation (bounded: sessions are bounded too, and idle ones forgotten).
   const sessionElicitation = new Map<string, boolean>()
   function noteSession (sessionId: string, capabilities: unknown): void {
@@ -434,6 +455,7 @@ export default fp(async (fastify) => {
       return await upstream.readResource(uri, signal)
     } catch (error) {
       if (error instanceof ProtocolError && (error.code === LEGACY_RESOURCE_NOT_FOUND || error.code === ProtocolErrorCode.InvalidParams)) return null
+      if (signal.aborted) throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the read of ${upstream.name}'s resource was cancelled by the client.`, { code: 'MCP_2002', reason: 'cancelled' })
       log.warn({ upstream: upstream.name, reason: classifyFailure(error).reason }, 'upstream resources/read failed')
       throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the upstream server "${upstream.name}" failed or is unreachable; try again later.`, { code: 'MCP_2002' })
     }
@@ -457,6 +479,7 @@ export default fp(async (fastify) => {
     serveLegacyCall,
     noteSession,
     cancelClientCall,
+    watchLegacyRequest,
     deliverClientResponse,
     gatesContextTool,
     callContextTool,

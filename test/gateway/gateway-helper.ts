@@ -8,7 +8,11 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../../app.js'
 import { loadConfig } from '../../schema/config.js'
 import { build, TEST_TOKEN } from '../helper.js'
+import { eventually } from '../eventually.js'
 import { startOidcProvider, type OidcProvider } from '../oidc-provider.js'
+import type { DomainServer } from './upstreams/domain-server.js'
+import { startFinance } from './upstreams/finance.js'
+import { startHr } from './upstreams/hr.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -64,6 +68,26 @@ export async function startGateway (t: Tap, upstreams: unknown[], env: Record<st
     env: appEnv,
     token: (roles, claims = {}) => idp.sign({ realm_access: { roles }, sub: `user-${roles.join('+') || 'none'}`, ...claims })
   }
+}
+
+/**
+ * The hr (2025 line) and finance (2026-07-28) test upstreams, stopped when the test ends, and a
+ * gateway in front of them (`upstreams` names their URLs), once every upstream is connected and
+ * `ready` holds for it.
+ */
+export async function startDomainGateway (
+  t: Tap,
+  upstreams: (urls: { hr: string, finance: string }) => unknown[],
+  env: Record<string, string> = {},
+  ready: (upstream: NonNullable<FastifyInstance['gateway']>['upstreams'][number]) => boolean = () => true
+): Promise<Gateway & { hr: DomainServer, finance: DomainServer }> {
+  const hr = await startHr()
+  const finance = await startFinance()
+  t.teardown(() => hr.close())
+  t.teardown(() => finance.close())
+  const gateway = await startGateway(t, upstreams({ hr: hr.url, finance: finance.url }), env)
+  await eventually(() => gateway.app.gateway?.upstreams.every((upstream) => upstream.status === 'ok' && ready(upstream)), { what: 'every upstream connected' })
+  return { ...gateway, hr, finance }
 }
 
 /** Another instance of the same gateway: same configuration, same database, its own port; closed when the test ends. */
