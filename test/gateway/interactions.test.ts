@@ -116,8 +116,8 @@ test('what the client did not declare, or too many held calls, is refused to the
   t.equal(held.size, 0, 'close cancels the calls held between rounds')
 })
 
-// A 2026-07-28 upstream that answers input-required: the gateway's upstream client fulfils it by asking
-// its own client, which (2026-07-28 too) gets input-required from the gateway, answers, and the answer goes up.
+// A 2026-07-28 upstream that answers input-required: the gateway relays it to its 2026-07-28 client
+// (gateway/interactions.ts, relay; test/gateway/relayed-input.test.ts), whose SDK answers it, and the answer goes up.
 test('a 2026-07-28 upstream asking a 2026-07-28 client, through the gateway', async (t) => {
   const upstream = await startDomainServer({
     name: 'ask',
