@@ -1,12 +1,56 @@
-import { randomBytes } from 'node:crypto'
-import { createRequestStateCodec, type RequestStateCodec, type ServerContext } from '@modelcontextprotocol/server'
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 
-// The request state of a 2026-07-28 input-required approval question. It travels through the
-// client, so it is signed (HMAC-SHA256, the SDK's codec, with a key every instance reads from the
-// database) and bound to the call it asks about: who asked, which upstream tool, the digest of the
-// exact arguments, and an expiry. Its id lets the store accept each state once (replay refused).
+// Request states of the gateway's 2026-07-28 input-required answers. They travel through the
+// client, so each is signed (HMAC-SHA256, with a key every instance reads from the database, and a
+// label per kind of state so that one kind never verifies as another) and carries its expiry.
+//
+// The approval question's state (createApprovalStateCodec) is bound to the call it asks about:
+// who asked, which upstream tool, the digest of the exact arguments, and an expiry. Its id lets the
+// store accept each state once (replay refused).
 
-/** What a signed state says: short field names, since it rides every retry. */
+/** What verifying a signed state found. */
+export type Verified<T> = { ok: true, payload: T, exp: number } | { ok: false, reason: 'malformed' | 'signature' | 'expired' }
+
+/** Seals a JSON payload with an expiry into a wire string, and opens it again (no request context involved). */
+export interface SignedStateCodec<T> {
+  mint: (payload: T, expiresAtSeconds: number) => string
+  verify: (state: string) => Verified<T>
+}
+
+/**
+ * `base64url(JSON { p, exp }) "." base64url(HMAC)`, keyed by HMAC(key, label). The expiry is checked
+ * with `now`; the payload's own fields are the caller's to check.
+ */
+export function createSignedStateCodec<T> (key: Uint8Array, label: string, now: () => number = Date.now): SignedStateCodec<T> {
+  if (key.byteLength < 32) throw new RangeError('a request-state key must have at least 32 bytes')
+  const derived = createHmac('sha256', key).update(`shared-context-mcp request state: ${label}`).digest()
+  const mac = (body: string): Buffer => createHmac('sha256', derived).update(body).digest()
+  return {
+    mint (payload, expiresAtSeconds) {
+      const body = Buffer.from(JSON.stringify({ p: payload, exp: expiresAtSeconds })).toString('base64url')
+      return `${body}.${mac(body).toString('base64url')}`
+    },
+    verify (state) {
+      const dot = state.lastIndexOf('.')
+      if (dot <= 0) return { ok: false, reason: 'malformed' }
+      const body = state.slice(0, dot)
+      const given = Buffer.from(state.slice(dot + 1), 'base64url')
+      const expected = mac(body)
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'signature' }
+      let envelope: { p?: unknown, exp?: unknown }
+      try {
+        envelope = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as typeof envelope
+      } catch {
+        return { ok: false, reason: 'malformed' }
+      }
+      if (typeof envelope !== 'object' || envelope === null || typeof envelope.exp !== 'number' || typeof envelope.p !== 'object' || envelope.p === null) return { ok: false, reason: 'malformed' }
+      if (envelope.exp * 1000 <= now()) return { ok: false, reason: 'expired' }
+      return { ok: true, payload: envelope.p as T, exp: envelope.exp }
+    }
+  }
+}
+
+/** What a signed approval state says: short field names, since it rides every retry. */
 interface StatePayload {
   /** State id: recorded as used when the answer is accepted. */
   sid: string
@@ -17,8 +61,6 @@ interface StatePayload {
   t: string
   /** SHA-256 hex of the canonical arguments. */
   d: string
-  /** Expiry, Unix seconds (the codec checks its own copy; this one dates the used-state record). */
-  exp: number
 }
 
 export interface StateBinding {
@@ -36,14 +78,11 @@ export interface ApprovalStateCodec {
   verify: (state: string, binding: StateBinding) => Promise<VerifiedState>
 }
 
-const MAX_STATE_CHARS = 4096
-
-// The codec takes a ServerContext only for its optional `bind` callback, which is not used: the
-// binding is part of the signed payload instead, so that a mismatch can be told from a forgery.
-const NO_CONTEXT = undefined as unknown as ServerContext
+/** Longest request state a client may echo back (what we mint is far shorter). */
+export const MAX_STATE_CHARS = 4096
 
 export function createApprovalStateCodec (key: Uint8Array, ttlSeconds: number, now: () => number = Date.now): ApprovalStateCodec {
-  const codec: RequestStateCodec<StatePayload> = createRequestStateCodec<StatePayload>({ key, ttlSeconds })
+  const codec = createSignedStateCodec<StatePayload>(key, 'approval question v1', now)
   return {
     async mint (binding) {
       const payload: StatePayload = {
@@ -52,25 +91,19 @@ export function createApprovalStateCodec (key: Uint8Array, ttlSeconds: number, n
         ns: binding.namespace,
         u: binding.upstream,
         t: binding.tool,
-        d: binding.argumentsDigest,
-        exp: Math.floor(now() / 1000) + ttlSeconds
+        d: binding.argumentsDigest
       }
-      return await codec.mint(payload)
+      return codec.mint(payload, Math.floor(now() / 1000) + ttlSeconds)
     },
     async verify (state, binding) {
       if (typeof state !== 'string' || state.length > MAX_STATE_CHARS) return { ok: false, reason: 'malformed' }
-      let payload: StatePayload
-      try {
-        payload = await codec.verify(state, NO_CONTEXT)
-      } catch (error) {
-        const reason = (error as Error).message
-        return { ok: false, reason: reason === 'mac' ? 'signature' : reason === 'expired' ? 'expired' : 'malformed' }
-      }
-      if (typeof payload !== 'object' || payload === null || typeof payload.sid !== 'string' || typeof payload.exp !== 'number') return { ok: false, reason: 'malformed' }
-      if (payload.exp * 1000 <= now()) return { ok: false, reason: 'expired' }
+      const verified = codec.verify(state)
+      if (!verified.ok) return verified
+      const payload = verified.payload
+      if (typeof payload.sid !== 'string') return { ok: false, reason: 'malformed' }
       if (payload.p !== binding.principal || payload.ns !== binding.namespace || payload.u !== binding.upstream ||
           payload.t !== binding.tool || payload.d !== binding.argumentsDigest) return { ok: false, reason: 'mismatch' }
-      return { ok: true, stateId: payload.sid, expiresAt: new Date(payload.exp * 1000) }
+      return { ok: true, stateId: payload.sid, expiresAt: new Date(verified.exp * 1000) }
     }
   }
 }

@@ -5,6 +5,7 @@ import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
 import type { ApprovalGate, CallAudit, CallOutcome, InputRequiredAnswer, InteractionChannel } from './policy.js'
 import { LimitWaitAborted, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
+import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
 import type { CallBinding } from './upstream.js'
 
@@ -25,6 +26,12 @@ export interface DownstreamChannel {
   samplingSupported?: boolean
   inputResponses?: Record<string, unknown>
   requestState?: string
+  /**
+   * A relayed round (gateway/interactions.ts, relay): the upstream's input-required comes back as
+   * the call's result instead of being fulfilled, and a retry carries the client's answers and the
+   * upstream's own state to it.
+   */
+  upstreamInput?: UpstreamInput
 }
 
 export interface GatewayMetrics {
@@ -120,10 +127,10 @@ export function createCallPath (deps: CallPathDependencies) {
           return { attempts: attempts - 1, outcome: 'rate_limited', code: 'REQ_1103', result: toolError('REQ_1103', `${tool.federatedName}: this principal's calls to "${upstream.name}" are limited to ${upstream.config.callsPerMinute} a minute; wait a minute and try again.`, { upstream: upstream.name }) }
         }
         try {
-          const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }) }) as ToolCallResult)
+          const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
           upstream.breaker.succeeded()
           upstream.markUp()
-          return { attempts, result, outcome: result.isError === true ? 'tool_error' : 'ok', ...(result.isError === true && { code: toolErrorCode(result) }) }
+          return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
         } catch (error) {
           if (channel.signal.aborted) {
             upstream.breaker.released()
@@ -230,6 +237,12 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
   const kept = Object.fromEntries(Object.entries(meta).filter(([key]) => !key.startsWith('io.modelcontextprotocol/')))
   const { _meta: _dropped, ...rest } = result
   return Object.keys(kept).length === 0 ? rest as ToolCallResult : { ...rest, _meta: kept } as ToolCallResult
+}
+
+/** An upstream's answer: a success, a tool error, or (a relayed round) its own input-required. */
+function outcomeOf (result: ToolCallResult): CallOutcome {
+  if (result.isError === true) return 'tool_error'
+  return (result as { resultType?: unknown }).resultType === 'input_required' ? 'input_required' : 'ok'
 }
 
 function cancelled (tool: FederatedTool): Ended {

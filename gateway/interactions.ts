@@ -1,24 +1,38 @@
-import { createHmac, randomBytes } from 'node:crypto'
-import { createRequestStateCodec, inputRequired, type RequestStateCodec, type ServerContext } from '@modelcontextprotocol/server'
+import { randomBytes } from 'node:crypto'
+import { inputRequired } from '@modelcontextprotocol/server'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
+import { createSignedStateCodec, type SignedStateCodec } from './approval-state.js'
 import type { InputRequiredAnswer } from './policy.js'
 
-// 2026-07-28 clients cannot be sent requests mid-call. When the upstream asks for elicitation or
-// sampling during a federated call (on either line: a 2026-07-28 upstream's input-required is
-// fulfilled by the gateway's upstream client, which hands it to the same request handler), the
-// upstream call is held here, on this instance, and the client gets an input-required result
-// naming the upstream's requests. Its request state is signed (HMAC, a key derived from the one
-// approvals use) and bound to the principal, the tool it called, the digest of its arguments, the
-// held call, this instance and an expiry; each state is accepted once. The retry delivers the
-// answers to the waiting upstream requests and the call goes on: its result, or a further
-// input-required. A retry that lands on another instance cannot reach the held call: it answers
-// MCP_2005 (call the tool again). A held call nobody answers is cancelled upstream after holdMs.
+// 2026-07-28 clients cannot be sent requests mid-call. Two ways to ask them what an upstream asks
+// during a federated call:
+//
+// Relayed (stateless): a 2026-07-28 upstream answers input-required itself. Its `inputRequests`
+// go to the client as they are, and its own `requestState` rides inside ours, which is signed
+// (HMAC, a key every instance reads from the database) and bound to the principal, the upstream,
+// the tool, the digest of its arguments, the keys the upstream asked, and an expiry. The client's
+// retry, on whichever instance it lands, verifies that state, records it as used in the database
+// (each state is accepted once), and calls the same upstream tool again with the client's answers
+// and the upstream's own requestState. Nothing is held between rounds.
+//
+// Held (this instance): a 2025-line upstream sends elicitation or sampling requests during the
+// call. The upstream call is held here, and the client gets an input-required result naming the
+// upstream's requests, with a signed request state bound to the principal, the tool, the digest
+// of its arguments, the held call, this instance and an expiry; each state is accepted once. The
+// retry delivers the answers to the waiting upstream requests and the call goes on: its result, or
+// a further input-required. A retry that lands on another instance cannot reach the held call: it
+// answers MCP_2005 (call the tool again). A held call nobody answers is cancelled upstream after
+// holdMs.
 
-/** Interaction states start so; approval states (gateway/approval-state.ts) do not. */
+/** Held-call states start so, relayed ones with RELAY_PREFIX; approval states (gateway/approval-state.ts) with neither. */
 const STATE_PREFIX = 'gwi1.'
+const RELAY_PREFIX = 'gwr1.'
 const MAX_STATE_CHARS = 4096
+/** A relayed state carries the upstream's own: the longest of those we relay, and of what we accept back. */
+const MAX_UPSTREAM_STATE_CHARS = 8192
+const MAX_RELAY_STATE_CHARS = 16_384
 const DEFAULT_HOLD_MS = 600_000
 const DEFAULT_MAX_PER_PRINCIPAL = 16
 const LOST: 'MCP_2005' = 'MCP_2005'
@@ -34,7 +48,21 @@ interface StatePayload {
   /** The tool the client called and the digest of its arguments. */
   t: string
   d: string
-  exp: number
+}
+
+interface RelayPayload {
+  /** State id: recorded as used (in the database) when the retry is accepted. */
+  sid: string
+  p: string
+  ns: string
+  /** The upstream, the federated tool the client called and the digest of its arguments. */
+  u: string
+  t: string
+  d: string
+  /** The keys of the upstream's inputRequests: only their answers go back to it. */
+  k: string[]
+  /** The upstream's own requestState, returned to it byte for byte. */
+  s?: string
 }
 
 /** What a round is bound to: who called which tool with which arguments. */
@@ -44,6 +72,17 @@ export interface InteractionBinding {
   argumentsDigest: string
 }
 
+/** A relayed round is bound to the upstream as well. */
+export interface RelayBinding extends InteractionBinding {
+  upstream: string
+}
+
+/** What a relayed round's upstream call carries: the client's answers to the upstream's requests, and the upstream's own state. */
+export interface UpstreamInput {
+  inputResponses?: Record<string, unknown>
+  requestState?: string
+}
+
 export interface InteractionsOptions {
   /** The request-state key every instance shares (approvals' key; this module derives its own from it). */
   stateKey: () => Promise<Uint8Array>
@@ -51,8 +90,17 @@ export interface InteractionsOptions {
   /** How long a held upstream call waits for the client's answer before it is cancelled. */
   holdMs?: number
   maxPerPrincipal?: number
+  /** Records a relayed state as used; false if it was used before (a replay). Shared by every instance (the database). */
+  useState: (namespace: string, stateId: string, expiresAt: Date) => Promise<boolean>
   log: { warn: (data: Record<string, unknown>, message: string) => void }
   now?: () => number
+}
+
+/** An upstream's own input-required answer (2026-07-28), as the SDK client hands it back when asked to. */
+interface UpstreamInputRequired {
+  resultType: 'input_required'
+  inputRequests?: Record<string, unknown>
+  requestState?: string
 }
 
 type Work = (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>
@@ -86,10 +134,24 @@ export interface Interactions {
   start: (binding: InteractionBinding, channel: DownstreamChannel, work: Work) => Promise<ToolCallResult | InputRequiredAnswer>
   /** A retry carrying one of this module's states: the answers go to the held call, which goes on. */
   resume: (binding: InteractionBinding, channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>
+  /** Whether a request state is a relayed round's (gateway/interactions.ts, relay). */
+  relays: (requestState: string | undefined) => boolean
+  /**
+   * A call of a 2026-07-28 upstream's tool for a 2026-07-28 client: `run` calls the upstream (with
+   * the client's answers and the upstream's state, on a retry carrying a relayed state); an
+   * input-required answer of the upstream goes back to the client under a signed state of ours.
+   */
+  relay: (binding: RelayBinding, channel: DownstreamChannel, run: (input: UpstreamInput) => Promise<ToolCallResult | InputRequiredAnswer>) => Promise<ToolCallResult | InputRequiredAnswer>
   /** Cancels every held call waiting for a client (shutdown). */
   close: () => void
   /** Held calls right now. */
   readonly size: number
+}
+
+const REFUSALS = {
+  malformed: 'its requestState is not one this server issued',
+  signature: 'its requestState does not carry this server\'s signature',
+  expired: 'its requestState has expired'
 }
 
 function bad (tool: string, why: string): ToolCallResult {
@@ -102,17 +164,19 @@ export function createInteractions (options: InteractionsOptions): Interactions 
   const maxPerPrincipal = options.maxPerPrincipal ?? DEFAULT_MAX_PER_PRINCIPAL
   const now = options.now ?? Date.now
   const held = new Map<string, Held>()
-  let codec: Promise<RequestStateCodec<StatePayload>> | undefined
+  let codecs: Promise<{ held: SignedStateCodec<StatePayload>, relayed: SignedStateCodec<RelayPayload> }> | undefined
 
-  function codecOf (): Promise<RequestStateCodec<StatePayload>> {
-    codec ??= (async () => {
-      // Its own key: an approval state never verifies as an interaction state, nor the reverse.
-      const key = createHmac('sha256', await options.stateKey()).update('gateway interactions v1').digest()
-      return createRequestStateCodec<StatePayload>({ key, ttlSeconds: Math.ceil(holdMs / 1000) })
+  /** The two codecs, each with its own label: an approval, held or relayed state never verifies as another kind. */
+  function codecsOf (): Promise<{ held: SignedStateCodec<StatePayload>, relayed: SignedStateCodec<RelayPayload> }> {
+    codecs ??= (async () => {
+      const key = await options.stateKey()
+      return { held: createSignedStateCodec<StatePayload>(key, 'gateway interactions v1', now), relayed: createSignedStateCodec<RelayPayload>(key, 'gateway relayed input v1', now) }
     })()
-    codec.catch(() => { codec = undefined })
-    return codec
+    codecs.catch(() => { codecs = undefined })
+    return codecs
   }
+
+  const expiry = (): number => Math.ceil((now() + holdMs) / 1000)
 
   function heldBy (principal: string): number {
     let count = 0
@@ -154,16 +218,15 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       }
       entry.asked.clear()
       entry.round = round
-      const state = await (await codecOf()).mint({
+      const state = (await codecsOf()).held.mint({
         i: instanceId,
         c: entry.id,
         r: round,
         p: entry.binding.principal,
         ns: entry.binding.namespace,
         t: entry.binding.tool,
-        d: entry.binding.argumentsDigest,
-        exp: Math.ceil((now() + holdMs) / 1000)
-      }, undefined as unknown as ServerContext)
+        d: entry.binding.argumentsDigest
+      }, expiry())
       clearTimeout(entry.timer)
       entry.timer = setTimeout(() => {
         options.log.warn({ tool: entry.binding.tool, principal: entry.binding.principal }, 'gateway: a held upstream call got no answer in time; cancelled')
@@ -211,6 +274,68 @@ export function createInteractions (options: InteractionsOptions): Interactions 
     }
   }
 
+  /** The client's retry of a relayed round: what goes back to the upstream, or the refusal. */
+  async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput } | { refused: ToolCallResult }> {
+    const tool = binding.tool
+    const refuse = (why: string): { refused: ToolCallResult } => ({ refused: bad(tool, why) })
+    if (raw.length > MAX_RELAY_STATE_CHARS) return refuse(REFUSALS.malformed)
+    const verified = (await codecsOf()).relayed.verify(raw.slice(RELAY_PREFIX.length))
+    if (!verified.ok) {
+      options.log.warn({ tool, principal: binding.principal.id, reason: verified.reason }, 'gateway: a relayed answer was refused')
+      return refuse(REFUSALS[verified.reason])
+    }
+    const payload = verified.payload
+    if (typeof payload.sid !== 'string' || !Array.isArray(payload.k) || (payload.s !== undefined && typeof payload.s !== 'string')) return refuse(REFUSALS.malformed)
+    if (payload.p !== binding.principal.id || payload.ns !== binding.principal.namespace || payload.u !== binding.upstream || payload.t !== tool || payload.d !== binding.argumentsDigest) {
+      options.log.warn({ tool, principal: binding.principal.id, reason: 'mismatch' }, 'gateway: a relayed answer was refused')
+      return refuse('its requestState was issued for another call (caller, tool or arguments differ)')
+    }
+    // Accepted once, whichever instance it reaches: a replay is refused before the upstream sees it.
+    if (!await options.useState(binding.principal.namespace, `relay:${payload.sid}`, new Date(verified.exp * 1000))) {
+      options.log.warn({ tool, principal: binding.principal.id, reason: 'replayed' }, 'gateway: a relayed answer was refused')
+      return refuse('its requestState was answered before (each round is answered once)')
+    }
+    const inputResponses: Record<string, unknown> = {}
+    for (const key of payload.k) if (typeof key === 'string' && responses !== undefined && Object.hasOwn(responses, key)) inputResponses[key] = responses[key]
+    return { input: { inputResponses, ...(payload.s !== undefined && { requestState: payload.s }) } }
+  }
+
+  /** The upstream's input-required, as ours: its requests as they are, its state inside our signed one. */
+  async function relayedQuestion (binding: RelayBinding, channel: DownstreamChannel, asked: UpstreamInputRequired): Promise<ToolCallResult | InputRequiredAnswer> {
+    const tool = binding.tool
+    const requests = asked.inputRequests ?? {}
+    if (typeof requests !== 'object' || requests === null || Array.isArray(requests)) return upstreamRefused(binding, 'an input-required answer without valid inputRequests')
+    const supports: Record<string, boolean | undefined> = { 'elicitation/create': channel.elicitationSupported, 'sampling/createMessage': channel.samplingSupported }
+    for (const request of Object.values(requests)) {
+      const method = (request as { method?: unknown } | null)?.method
+      if (typeof method !== 'string' || supports[method] !== true) {
+        return upstreamRefused(binding, `a request this client did not declare it can answer (${typeof method === 'string' ? method.slice(0, 64) : 'no method'})`)
+      }
+    }
+    if (asked.requestState !== undefined && (typeof asked.requestState !== 'string' || asked.requestState.length > MAX_UPSTREAM_STATE_CHARS)) {
+      return upstreamRefused(binding, `a requestState longer than ${MAX_UPSTREAM_STATE_CHARS} characters`)
+    }
+    const { relayed } = await codecsOf()
+    return inputRequired({
+      inputRequests: requests as never,
+      requestState: RELAY_PREFIX + relayed.mint({
+        sid: randomBytes(16).toString('base64url'),
+        p: binding.principal.id,
+        ns: binding.principal.namespace,
+        u: binding.upstream,
+        t: tool,
+        d: binding.argumentsDigest,
+        k: Object.keys(requests),
+        ...(asked.requestState !== undefined && { s: asked.requestState })
+      }, expiry())
+    }) as InputRequiredAnswer
+  }
+
+  function upstreamRefused (binding: RelayBinding, what: string): ToolCallResult {
+    options.log.warn({ tool: binding.tool, upstream: binding.upstream }, 'gateway: an upstream\'s input-required answer was not relayed')
+    return toolError('MCP_2002', `${binding.tool}: the upstream server "${binding.upstream}" answered with ${what}; it was not passed on. Try again later.`, { upstream: binding.upstream, reason: 'input_required_refused' })
+  }
+
   return {
     owns: (requestState) => typeof requestState === 'string' && requestState.startsWith(STATE_PREFIX),
 
@@ -232,20 +357,31 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       return await nextStop(entry, channel)
     },
 
+    relays: (requestState) => typeof requestState === 'string' && requestState.startsWith(RELAY_PREFIX),
+
+    async relay (binding, channel, run) {
+      let input: UpstreamInput = {}
+      if (typeof channel.requestState === 'string' && channel.requestState.startsWith(RELAY_PREFIX)) {
+        const accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
+        if ('refused' in accepted) return accepted.refused
+        input = accepted.input
+      }
+      const result = await run(input)
+      if ((result as { resultType?: unknown }).resultType !== 'input_required') return result
+      return await relayedQuestion(binding, channel, result as unknown as UpstreamInputRequired)
+    },
+
     async resume (binding, channel) {
       const raw = channel.requestState ?? ''
       const tool = binding.tool
       if (raw.length > MAX_STATE_CHARS) return bad(tool, 'its requestState is not one this server issued')
-      let payload: StatePayload
-      try {
-        payload = await (await codecOf()).verify(raw.slice(STATE_PREFIX.length), undefined as unknown as ServerContext)
-      } catch (error) {
-        const reason = (error as Error).message
-        options.log.warn({ tool, principal: binding.principal.id, reason }, 'gateway: an interaction answer was refused')
-        return bad(tool, reason === 'mac' ? 'its requestState does not carry this server\'s signature' : reason === 'expired' ? 'its requestState has expired' : 'its requestState is not one this server issued')
+      const verified = (await codecsOf()).held.verify(raw.slice(STATE_PREFIX.length))
+      if (!verified.ok) {
+        options.log.warn({ tool, principal: binding.principal.id, reason: verified.reason }, 'gateway: an interaction answer was refused')
+        return bad(tool, REFUSALS[verified.reason])
       }
-      if (typeof payload !== 'object' || payload === null || typeof payload.c !== 'string' || typeof payload.r !== 'string') return bad(tool, 'its requestState is not one this server issued')
-      if (payload.exp * 1000 <= now()) return bad(tool, 'its requestState has expired')
+      const payload = verified.payload
+      if (typeof payload.c !== 'string' || typeof payload.r !== 'string') return bad(tool, REFUSALS.malformed)
       if (payload.p !== binding.principal.id || payload.ns !== binding.principal.namespace || payload.t !== tool || payload.d !== binding.argumentsDigest) {
         return bad(tool, 'its requestState was issued for another call (caller, tool or arguments differ)')
       }

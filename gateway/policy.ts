@@ -88,7 +88,7 @@ export interface ApprovalGate {
   release (approvalId: string): Promise<boolean>
 }
 
-export type CallOutcome = 'ok' | 'tool_error' | 'timeout' | 'upstream_error' | 'unreachable' | 'breaker_open' | 'rate_limited' | 'denied' | 'pending' | 'rejected' | 'expired' | 'cancelled'
+export type CallOutcome = 'ok' | 'input_required' | 'tool_error' | 'timeout' | 'upstream_error' | 'unreachable' | 'breaker_open' | 'rate_limited' | 'denied' | 'pending' | 'rejected' | 'expired' | 'cancelled'
 
 export interface CallRecord {
   principal: string

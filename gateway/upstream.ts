@@ -27,6 +27,11 @@ export interface UpstreamCallOptions {
   binding?: CallBinding
   /** Extra headers for this call's HTTP requests (the signed principal JWT). */
   headers?: Record<string, string>
+  /**
+   * A relayed round (2026-07-28 upstreams): the upstream's input-required is returned, not
+   * fulfilled; the client's answers and the upstream's state, if given, go with the call.
+   */
+  input?: { inputResponses?: Record<string, unknown>, requestState?: string }
 }
 
 export type UpstreamStatus = 'ok' | 'down'
@@ -325,7 +330,8 @@ export class Upstream {
     let healthy = true
     try {
       arm()
-      const run = () => pooled.client.callTool({ name, arguments: args }, {
+      const run = () => pooled.client.callTool({ name, arguments: args, ...relayedParams(options.input) }, {
+        ...(options.input !== undefined && { allowInputRequired: true }),
         signal: controller.signal,
         // The SDK's own timeout cannot pause while the client is asked something; ours (above) can.
         timeout: 2_147_483_647,
@@ -405,6 +411,15 @@ export class Upstream {
     this.idle.length = 0
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
     this.http.close()
+  }
+}
+
+/** A relayed round's tools/call params: the client's answers and the upstream's own state (2026-07-28). */
+function relayedParams (input: UpstreamCallOptions['input']): Record<string, unknown> {
+  if (input === undefined) return {}
+  return {
+    ...(input.inputResponses !== undefined && { inputResponses: input.inputResponses }),
+    ...(input.requestState !== undefined && { requestState: input.requestState })
   }
 }
 

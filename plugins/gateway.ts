@@ -43,6 +43,12 @@ export interface Gateway {
    * the same session, if any). SDK clients send it when their call's signal aborts.
    */
   cancelClientCall: (requestId: unknown, principal: Principal, sessionId: string | undefined) => void
+  /**
+   * A 2025-era request answered by the route (resources/read): its signal aborts when the client
+   * disconnects or cancels it (notifications/cancelled of its id), as a gateway tools/call's does,
+   * so a federated read is cancelled upstream. `end` once answered.
+   */
+  watchLegacyRequest: (request: FastifyRequest, reply: FastifyReply, requestId: unknown) => { signal: AbortSignal, end: () => void }
   /** A 2025-era initialize that opened a session: its client's capabilities, so later calls in that session know whether it can be asked (elicitation). */
   noteSession: (sessionId: string, capabilities: unknown) => void
   /** A client's answer (POSTed JSON-RPC response) to a request the gateway sent it mid-call; false when it is not one. */
@@ -99,7 +105,7 @@ export default fp(async (fastify) => {
   const log = fastify.log.child({ component: 'gateway' })
   const registry = fastify.metrics.registry
 
-  const calls = new Counter({ name: 'scm_gateway_calls_total', help: 'Calls of federated tools, by upstream, tool and outcome (ok, tool_error, timeout, upstream_error, unreachable, breaker_open, rate_limited, pending, rejected, expired, cancelled).', labelNames: ['upstream', 'tool', 'outcome'], registers: [registry] })
+  const calls = new Counter({ name: 'scm_gateway_calls_total', help: 'Calls of federated tools, by upstream, tool and outcome (ok, input_required, tool_error, timeout, upstream_error, unreachable, breaker_open, rate_limited, pending, rejected, expired, cancelled).', labelNames: ['upstream', 'tool', 'outcome'], registers: [registry] })
   const duration = new Histogram({ name: 'scm_gateway_call_duration_seconds', help: 'Time of a federated call, retries and backoff included, by upstream.', labelNames: ['upstream'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [registry] })
   const retries = new Counter({ name: 'scm_gateway_retries_total', help: 'Attempts of federated calls repeated after a transient failure, by upstream and reason.', labelNames: ['upstream', 'reason'], registers: [registry] })
   const breakerGauge = new Gauge({ name: 'scm_gateway_breaker_state', help: 'Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open.', labelNames: ['upstream'], registers: [registry] })
@@ -269,7 +275,7 @@ export default fp(async (fastify) => {
   }
 
   // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
-  const interactions = createInteractions({ stateKey: () => store.stateKey(), holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
 
   /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
   function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {
@@ -278,10 +284,27 @@ export default fp(async (fastify) => {
     return counted(() => interactions.start(binding, channel, work))
   }
 
+  /**
+   * A 2026-07-28 upstream's input-required reaches a 2026-07-28 client as it is, under a signed
+   * state any instance can verify (gateway/interactions.ts, relay), for its tools that need no
+   * approval (a gated tool's approval question has a state of its own, which refuses a relayed one).
+   */
+  function relayable (tool: FederatedTool, channel: DownstreamChannel): boolean {
+    if (gate.requires(tool.upstream.name, tool.tool, tool.annotations)) return false
+    return tool.upstream.protocol === '2026-07-28' || interactions.relays(channel.requestState)
+  }
+
+  function relayRound (tool: FederatedTool, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> {
+    const binding = { principal, upstream: tool.upstream.name, tool: tool.federatedName, argumentsDigest: argumentsDigest(args) }
+    const { inputResponses: _answers, requestState: _state, ...rest } = channel
+    return interactions.relay(binding, channel, (upstreamInput) => callFederated(tool, args, principal, client, { ...rest, upstreamInput }))
+  }
+
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
     const rounds = channel.protocol === '2026-07-28' && channel.request === undefined
     const tool = federated.resolve(name, principal)
     if (tool !== undefined) {
+      if (rounds && relayable(tool, channel)) return counted(() => relayRound(tool, args, principal, client, channel))
       if (rounds) return multiRound(name, args, principal, channel, (held) => callFederated(tool, args, principal, client, held))
       return counted(() => callFederated(tool, args, principal, client, channel))
     }
@@ -301,6 +324,21 @@ export default fp(async (fastify) => {
   function cancelClientCall (requestId: unknown, principal: Principal, sessionId: string | undefined): void {
     if (typeof requestId !== 'string' && typeof requestId !== 'number') return
     legacyCalls.get(legacyCallKey(principal, sessionId, requestId))?.abort(new Error('cancelled by the client'))
+  }
+  function watchLegacyRequest (request: FastifyRequest, reply: FastifyReply, requestId: unknown): { signal: AbortSignal, end: () => void } {
+    const controller = new AbortController()
+    const raw = reply.raw
+    const onClose = (): void => { if (!raw.writableFinished) controller.abort(new Error('client disconnected')) }
+    raw.once('close', onClose)
+    const key = legacyCallKey(request.principal!, request.headers['mcp-session-id'], requestId)
+    legacyCalls.set(key, controller)
+    return {
+      signal: controller.signal,
+      end: () => {
+        raw.removeListener('close', onClose)
+        if (legacyCalls.get(key) === controller) legacyCalls.delete(key)
+      }
+    }
   }
   // Session id -> whether its client declared form elicitation (bounded: sessions are bounded too, and idle ones forgotten).
   const sessionElicitation = new Map<string, boolean>()
@@ -417,6 +455,7 @@ export default fp(async (fastify) => {
       return await upstream.readResource(uri, signal)
     } catch (error) {
       if (error instanceof ProtocolError && (error.code === LEGACY_RESOURCE_NOT_FOUND || error.code === ProtocolErrorCode.InvalidParams)) return null
+      if (signal.aborted) throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the read of ${upstream.name}'s resource was cancelled by the client.`, { code: 'MCP_2002', reason: 'cancelled' })
       log.warn({ upstream: upstream.name, reason: classifyFailure(error).reason }, 'upstream resources/read failed')
       throw new ServerProtocolError(ServerProtocolErrorCode.InternalError, `MCP_2002: the upstream server "${upstream.name}" failed or is unreachable; try again later.`, { code: 'MCP_2002' })
     }
@@ -440,6 +479,7 @@ export default fp(async (fastify) => {
     serveLegacyCall,
     noteSession,
     cancelClientCall,
+    watchLegacyRequest,
     deliverClientResponse,
     gatesContextTool,
     callContextTool,

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import type { ServerResponse } from 'node:http'
-import { classifyInboundRequest, type ServerEventBus } from '@modelcontextprotocol/server'
+import { classifyInboundRequest, type ServerEvent, type ServerEventBus } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -447,8 +447,11 @@ export default fp(async (fastify) => {
   // ---- 2026-07-28 subscriptions/listen: the SDK serves the stream; this bus feeds it
 
   const modernContext = new AsyncLocalStorage<ModernRequestContext>()
+  /** Each open listen stream's notify: what is published in process (the gateway's upstream list changes) reaches them all; the SDK filters. */
+  const published = new Set<(event: ServerEvent) => void>()
   const bus: ServerEventBus = {
-    publish: () => {}, // changes come from the history, never from in-process publishers
+    // Changes of the context come from the history (the hub below); only the gateway publishes here.
+    publish: (event) => { for (const notify of published) notify(event) },
     subscribe: (listener) => {
       const context = modernContext.getStore()
       const params = (context?.body as { params?: { notifications?: unknown } } | undefined)?.params
@@ -480,6 +483,7 @@ export default fp(async (fastify) => {
         listener(event)
         notificationsSent.inc()
       }
+      published.add(notify)
       const sink = (batch: ChangeBatch): void => {
         if (stream.closed) return
         let listChanged = false
@@ -499,6 +503,7 @@ export default fp(async (fastify) => {
       return () => {
         if (stream.closed) return
         stream.closed = true
+        published.delete(notify)
         for (const leave of stream.following.values()) leave()
         stream.following.clear()
         listenStreams.delete(stream)

@@ -35,7 +35,7 @@ declare module 'fastify' {
       /** Answers a 2025-era tools/call (the hot path); see answerToolCall below. */
       answerToolCall: (request: JSONRPCRequest, caller: CallerInfo) => Promise<JsonRpcResponse>
       /** Answers a 2025-era resources/read (its not-found code differs from the 2026-07-28 one the SDK sends). */
-      answerResourceRead: (request: JSONRPCRequest, caller: CallerInfo) => Promise<JsonRpcResponse>
+      answerResourceRead: (request: JSONRPCRequest, caller: CallerInfo, signal?: AbortSignal) => Promise<JsonRpcResponse>
       /** Serves 2026-07-28 traffic (and its validation-ladder rejections) through the SDK's own handler. */
       serveModern: NodeMcpRequestHandler
     }
@@ -366,9 +366,9 @@ export default fp(async (fastify) => {
   }
 
   fastify.decorateRequest('callRecord', null)
-  // An upstream read is bounded by its upstream's timeoutMs.
+  // An upstream read is bounded by its upstream's timeoutMs, and cancelled with `signal` (the route's, when a gateway runs).
   const neverAborted = new AbortController().signal
-  const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo) => answerLegacyRead(request, caller.principal, resourceDependencies, neverAborted)
+  const answerResourceRead = (request: JSONRPCRequest, caller: CallerInfo, signal: AbortSignal = neverAborted) => answerLegacyRead(request, caller.principal, resourceDependencies, signal)
 
   fastify.decorate('mcp', { legacy, answerToolCall, answerResourceRead, serveModern })
 

@@ -212,7 +212,7 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
       }
     }
     // tools/call and resources/read are answered directly (see plugins/mcp.ts); the rest by the SDK's server.
-    const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? mcp.answerResourceRead : undefined
+    const direct = body.method === 'tools/call' ? mcp.answerToolCall : body.method === 'resources/read' ? readWatched(request, reply) : undefined
     const answer = direct !== undefined
       ? await direct(body, caller)
       : await mcp.legacy.exchange(body, { authInfo: authInfoFor(caller) }, (abort) => {
@@ -228,6 +228,20 @@ export default async function mcpRoutes (fastify: FastifyInstance) {
     const status = httpStatusOf(answer)
     if (status === 503) reply.header('retry-after', '2')
     return reply.code(status).send(withCatalogueCode(answer))
+  }
+
+  /** resources/read; with a gateway, cancelled (upstream too) when the client disconnects or cancels it. */
+  function readWatched (request: FastifyRequest, reply: FastifyReply): typeof mcp.answerResourceRead {
+    const gateway = fastify.gateway
+    if (gateway === null) return mcp.answerResourceRead
+    return async (body, caller) => {
+      const watch = gateway.watchLegacyRequest(request, reply, body.id)
+      try {
+        return await mcp.answerResourceRead(body, caller, watch.signal)
+      } finally {
+        watch.end()
+      }
+    }
   }
 
   async function serveModern (request: FastifyRequest, reply: FastifyReply): Promise<void> {

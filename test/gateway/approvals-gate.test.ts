@@ -203,10 +203,10 @@ test('approval gate', async (t) => {
       return answer.kind === 'answer' ? String(toolErrorOf(answer.result)?.message) : ''
     }
     t.match(await refusedFor(gate.decide(call, modern({ requestState: 'v1.forged.sig', inputResponses: accept }))), /not one this server issued|signature/, 'forged')
-    const [prefix, body, mac] = state.split('.') as [string, string, string]
+    const [body, mac] = state.split('.') as [string, string]
     const decoded = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as { p: { d: string } }
     decoded.p.d = argumentsDigest({ id: 'someone-else' })
-    const tampered = `${prefix}.${Buffer.from(JSON.stringify(decoded)).toString('base64url')}.${mac}`
+    const tampered = `${Buffer.from(JSON.stringify(decoded)).toString('base64url')}.${mac}`
     t.match(await refusedFor(gate.decide(call, modern({ requestState: tampered, inputResponses: accept }))), /signature/, 'tampered payload')
     const otherKey = createApprovalStateCodec(Buffer.alloc(32, 7), 600)
     const foreign = await otherKey.mint({ principal: alice.id, namespace: 'team', upstream: 'hr', tool: 'ask_delete', argumentsDigest: call.argumentsDigest })

@@ -4,31 +4,25 @@ import { jwtVerify } from 'jose'
 import { identityKeyFor } from '../../gateway/signed-identity.js'
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
-import { startFinance } from './upstreams/finance.js'
-import { EMPLOYEES, startHr } from './upstreams/hr.js'
-import { connectV1, connectV2, errorCodeOf, postMcp, startGateway } from './gateway-helper.js'
+import { EMPLOYEES } from './upstreams/hr.js'
+import { connectV1, connectV2, errorCodeOf, postMcp, startDomainGateway } from './gateway-helper.js'
 
 const IDENTITY_KEY = 'gateway-identity-key-0123456789abcdef'
 
 // One gateway for the file: hr (2025 line) and finance (2026-07-28) behind it.
 test('the gateway, through the listening server, with SDK v1 and v2 clients', async (t) => {
-  const hr = await startHr()
-  const finance = await startFinance()
-  t.teardown(() => hr.close())
-  t.teardown(() => finance.close())
-  const gateway = await startGateway(t, [
+  const gateway = await startDomainGateway(t, (urls) => [
     {
       name: 'hr',
-      url: hr.url,
+      url: urls.hr,
       // eslint-disable-next-line no-template-curly-in-string -- the file's own syntax, expanded by the gateway
       headers: { Authorization: 'Bearer ${HR_UPSTREAM_TOKEN}' },
       allow: { 'hr:read': ['list_*', 'slow_*'], 'hr:write': ['*'] },
       identity: { audience: 'hr-upstream' }
     },
-    { name: 'finance', url: finance.url, allow: { 'finance:read': ['list_*'] }, critical: true }
+    { name: 'finance', url: urls.finance, allow: { 'finance:read': ['list_*'] }, critical: true }
   ], { HR_UPSTREAM_TOKEN: 'hr-upstream-secret', GATEWAY_IDENTITY_KEY: IDENTITY_KEY })
-  const { app, baseUrl } = gateway
-  await eventually(() => app.gateway?.upstreams.every((upstream) => upstream.status === 'ok'), { what: 'both upstreams connected' })
+  const { app, baseUrl, hr, finance } = gateway
   t.equal(app.gateway?.upstreams.find((upstream) => upstream.name === 'hr')?.protocol, '2025-11-25', 'hr speaks the 2025 line')
   t.equal(app.gateway?.upstreams.find((upstream) => upstream.name === 'finance')?.protocol, '2026-07-28', 'finance speaks 2026-07-28')
 

@@ -5,8 +5,14 @@ import { Client as ClientV2, StreamableHTTPClientTransport as TransportV2 } from
 import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport as TransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import type { FastifyInstance } from 'fastify'
-import { build } from '../helper.js'
+import { buildApp } from '../../app.js'
+import { loadConfig } from '../../schema/config.js'
+import { build, TEST_TOKEN } from '../helper.js'
+import { eventually } from '../eventually.js'
 import { startOidcProvider, type OidcProvider } from '../oidc-provider.js'
+import type { DomainServer } from './upstreams/domain-server.js'
+import { startFinance } from './upstreams/finance.js'
+import { startHr } from './upstreams/hr.js'
 
 type Tap = Parameters<typeof build>[0]
 
@@ -36,13 +42,15 @@ export interface Gateway {
   idp: OidcProvider
   /** A Keycloak-shaped access token carrying these realm roles. */
   token: (roles: string[], claims?: Record<string, unknown>) => Promise<string>
+  /** The environment the app was built with (its DATABASE_URL aside). */
+  env: Record<string, string>
 }
 
 /** The app as a gateway in front of `upstreams`, listening on loopback, accepting JWTs of a local issuer. */
 export async function startGateway (t: Tap, upstreams: unknown[], env: Record<string, string> = {}): Promise<Gateway> {
   const idp = await startOidcProvider({ audience: 'https://ctx.example.com/mcp' })
   t.teardown(() => idp.close())
-  const app = await build(t, {
+  const appEnv = {
     UPSTREAMS_FILE: writeUpstreamsFile(t, upstreams),
     OIDC_ISSUER: idp.issuer,
     PUBLIC_URL: 'https://ctx.example.com',
@@ -50,14 +58,45 @@ export async function startGateway (t: Tap, upstreams: unknown[], env: Record<st
     JWT_ROLE_MAP: JSON.stringify(ROLE_MAP),
     RATE_LIMITS: 'off',
     ...env
-  })
+  }
+  const app = await build(t, appEnv)
   const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' })
   return {
     app,
     baseUrl,
     idp,
+    env: appEnv,
     token: (roles, claims = {}) => idp.sign({ realm_access: { roles }, sub: `user-${roles.join('+') || 'none'}`, ...claims })
   }
+}
+
+/**
+ * The hr (2025 line) and finance (2026-07-28) test upstreams, stopped when the test ends, and a
+ * gateway in front of them (`upstreams` names their URLs), once every upstream is connected and
+ * `ready` holds for it.
+ */
+export async function startDomainGateway (
+  t: Tap,
+  upstreams: (urls: { hr: string, finance: string }) => unknown[],
+  env: Record<string, string> = {},
+  ready: (upstream: NonNullable<FastifyInstance['gateway']>['upstreams'][number]) => boolean = () => true
+): Promise<Gateway & { hr: DomainServer, finance: DomainServer }> {
+  const hr = await startHr()
+  const finance = await startFinance()
+  t.teardown(() => hr.close())
+  t.teardown(() => finance.close())
+  const gateway = await startGateway(t, upstreams({ hr: hr.url, finance: finance.url }), env)
+  await eventually(() => gateway.app.gateway?.upstreams.every((upstream) => upstream.status === 'ok' && ready(upstream)), { what: 'every upstream connected' })
+  return { ...gateway, hr, finance }
+}
+
+/** Another instance of the same gateway: same configuration, same database, its own port; closed when the test ends. */
+export async function startAnotherInstance (t: Tap, gateway: Gateway): Promise<Gateway> {
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent', ...gateway.env, DATABASE_URL: String(gateway.app.config.DATABASE_URL) }))
+  t.teardown(() => app.close())
+  await app.ready()
+  const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' })
+  return { ...gateway, app, baseUrl }
 }
 
 export interface V2Options {

@@ -31,8 +31,19 @@ function askingWork (seen: { signal?: AbortSignal }) {
   }
 }
 
+/** Used states in memory (the plugin keeps them in the database). */
+function usedStates (): (namespace: string, stateId: string) => Promise<boolean> {
+  const used = new Set<string>()
+  return async (namespace, stateId) => {
+    const id = `${namespace}\u0000${stateId}`
+    if (used.has(id)) return false
+    used.add(id)
+    return true
+  }
+}
+
 function interactions (extra: Partial<Parameters<typeof createInteractions>[0]> = {}): Interactions {
-  return createInteractions({ stateKey: async () => key, log: quiet, ...extra })
+  return createInteractions({ stateKey: async () => key, useState: usedStates(), log: quiet, ...extra })
 }
 
 test('an answer that reaches another instance is MCP_2005, and nothing is delivered', async (t) => {
@@ -105,8 +116,8 @@ test('what the client did not declare, or too many held calls, is refused to the
   t.equal(held.size, 0, 'close cancels the calls held between rounds')
 })
 
-// A 2026-07-28 upstream that answers input-required: the gateway's upstream client fulfils it by asking
-// its own client, which (2026-07-28 too) gets input-required from the gateway, answers, and the answer goes up.
+// A 2026-07-28 upstream that answers input-required: the gateway relays it to its 2026-07-28 client
+// (gateway/interactions.ts, relay; test/gateway/relayed-input.test.ts), whose SDK answers it, and the answer goes up.
 test('a 2026-07-28 upstream asking a 2026-07-28 client, through the gateway', async (t) => {
   const upstream = await startDomainServer({
     name: 'ask',
@@ -156,4 +167,25 @@ test('a held upstream call the 2026-07-28 client never answers is cancelled afte
   await eventually(async () => (await outcomes()).includes('cancelled'), { what: 'the held call cancelled and audited' })
   const late = await client.callTool({ name: 'everything__trigger-elicitation-request', arguments: {}, inputResponses: {}, requestState: first.requestState } as never, { allowInputRequired: true }) as unknown as ToolCallResult
   t.ok(['MCP_2005', 'REQ_1101'].includes(String(errorCodeOf(late))), 'a late answer is refused')
+})
+
+test('a relayed state is refused once expired, on any instance; only the asked keys go back to the upstream', async (t) => {
+  const relayBinding = { ...binding, upstream: 'up' }
+  const asking = async (): Promise<InputRequiredAnswer> => inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Name?', requestedSchema: { type: 'object', properties: {} } }) }, requestState: 'theirs' }) as InputRequiredAnswer
+  const first = await interactions({ instanceId: 'a' }).relay(relayBinding, channel(), asking) as InputRequiredAnswer
+  t.match(first.requestState, /^gwr1\./)
+  const inputs: unknown[] = []
+  const answering = async (input: unknown): Promise<ToolCallResult> => {
+    inputs.push(input)
+    return { content: [{ type: 'text', text: 'done' }] }
+  }
+  const later = interactions({ instanceId: 'b', now: () => Date.now() + 3_600_000 })
+  const expired = await later.relay(relayBinding, channel({ requestState: first.requestState, inputResponses: { name: { action: 'decline' } } }), answering) as ToolCallResult
+  t.equal(errorCodeOf(expired), 'REQ_1101')
+  t.match(JSON.stringify(expired), /expired/)
+  t.same(inputs, [], 'the upstream was not called')
+  const other = interactions({ instanceId: 'b' })
+  const done = await other.relay(relayBinding, channel({ requestState: first.requestState, inputResponses: { name: { action: 'decline' }, smuggled: { action: 'accept' } } }), answering) as ToolCallResult
+  t.notOk(done.isError)
+  t.same(inputs, [{ inputResponses: { name: { action: 'decline' } }, requestState: 'theirs' }], 'the answer to the asked key and the upstream\'s state')
 })

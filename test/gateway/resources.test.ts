@@ -1,31 +1,26 @@
 import { test } from 'tap'
 import { eventually } from '../eventually.js'
-import { startFinance } from './upstreams/finance.js'
-import { startHr } from './upstreams/hr.js'
-import { ROLE_MAP, connectV1, connectV2, postMcp, startGateway } from './gateway-helper.js'
+import { ROLE_MAP, connectV1, connectV2, postMcp, startDomainGateway } from './gateway-helper.js'
 
 interface RpcError { code: number, message: string, data?: Record<string, unknown> }
 
 // Upstream resources and prompts, federated with their own allow globs: hr (2025 line) first, finance (2026-07-28) second.
 test('upstream resources and prompts through the gateway', async (t) => {
-  const hr = await startHr()
-  const finance = await startFinance()
-  t.teardown(() => hr.close())
-  t.teardown(() => finance.close())
-  const gateway = await startGateway(t, [
+  const gateway = await startDomainGateway(t, (urls) => [
     {
       name: 'hr',
-      url: hr.url,
+      url: urls.hr,
+      // Long enough that only a cancellation ends the hanging reads below.
+      timeoutMs: 600_000,
       allow: {
         'hr:read': { tools: ['list_*'], resources: ['hr://handbook', 'hr://employees/*'], prompts: ['onboarding'] },
         // The short form names tools only: no prompt or resource of hr for hr:audit.
         'hr:audit': ['*']
       }
     },
-    { name: 'finance', url: finance.url, allow: { 'finance:read': { tools: ['list_*'], resources: ['*'] } } }
-  ], { JWT_ROLE_MAP: JSON.stringify({ ...ROLE_MAP, 'hr-audit': { scopes: ['hr:audit'] } }) })
-  const { app, baseUrl } = gateway
-  await eventually(() => app.gateway?.upstreams.every((upstream) => upstream.status === 'ok' && upstream.catalog.resources.length > 0), { what: 'both upstreams listed' })
+    { name: 'finance', url: urls.finance, timeoutMs: 600_000, allow: { 'finance:read': { tools: ['list_*'], resources: ['*'] } } }
+  ], { JWT_ROLE_MAP: JSON.stringify({ ...ROLE_MAP, 'hr-audit': { scopes: ['hr:audit'] } }) }, (upstream) => upstream.catalog.resources.length > 0)
+  const { app, baseUrl, hr, finance } = gateway
   const hrReader = await gateway.token(['hr-read'])
   const financeReader = await gateway.token(['finance-read'])
 
@@ -83,6 +78,37 @@ test('upstream resources and prompts through the gateway', async (t) => {
     t.same([hr.reads.length, finance.reads.length], readsBefore, 'no hidden read reached an upstream')
   })
 
+  await t.test('a 2025-line client\'s federated read is cancelled upstream when it disconnects, or cancels it', async (t) => {
+    for (const [upstream, uri, token] of [[hr, 'hr://employees/slow', hrReader], [finance, 'finance://slow', financeReader]] as const) {
+      upstream.addResource({ name: 'slow', uri, text: () => 'late', hangs: true })
+      // hr's read goes through its template (a stateless 2025 upstream sends no list_changed); finance lists the new one.
+      if (upstream === finance) await eventually(() => app.gateway?.upstreams.some((listing) => listing.catalog.resources.some((resource) => resource.uri === uri)), { what: `${uri} federated` })
+      const readsOf = (): number => upstream.reads.filter((read) => read === uri).length
+      const disconnecting = new AbortController()
+      const pending = fetch(new URL('/mcp', baseUrl), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'resources/read', params: { uri } }),
+        signal: disconnecting.signal
+      }).then(() => 'answered', () => 'aborted')
+      await eventually(() => readsOf() === 1, { what: `the read of ${uri} to reach the upstream` })
+      t.same(upstream.readsCancelled, [], 'the read hangs until cancelled')
+      disconnecting.abort()
+      t.equal(await pending, 'aborted')
+      await eventually(() => upstream.readsCancelled.filter((read) => read === uri).length === 1, { what: `the upstream read of ${uri} cancelled after the disconnect` })
+
+      // The SDK v1 client's abort sends notifications/cancelled in its session; its POST stays open.
+      const v1 = await connectV1(t, baseUrl, token)
+      const cancelling = new AbortController()
+      const read = v1.readResource({ uri }, { signal: cancelling.signal }).then(() => 'read', () => 'cancelled')
+      await eventually(() => readsOf() === 2, { what: `the second read of ${uri} to reach the upstream` })
+      t.equal(upstream.readsCancelled.length, 1, 'the second read hangs until cancelled')
+      cancelling.abort()
+      t.equal(await read, 'cancelled')
+      await eventually(() => upstream.readsCancelled.filter((read) => read === uri).length === 2, { what: `the upstream read of ${uri} cancelled after notifications/cancelled` })
+    }
+  })
+
   await t.test('prompts: their own globs, not the tool globs', async (t) => {
     const reader = await connectV2(t, baseUrl, hrReader)
     t.same((await reader.listPrompts()).prompts.map((prompt) => prompt.name), ['hr__onboarding'])
@@ -96,15 +122,25 @@ test('upstream resources and prompts through the gateway', async (t) => {
     t.same((await writer.listPrompts()).prompts, [], 'hr:audit (tools: *) sees no prompt')
   })
 
-  await t.test('an upstream\'s resources/list_changed reaches clients', async (t) => {
+  await t.test('an upstream\'s resources/list_changed reaches clients, on both lines', async (t) => {
     // context:read too: the 2025-era session stream (GET /mcp) that carries the notification needs it.
-    const client = await connectV2(t, baseUrl, await gateway.token(['finance-read', 'context-reader']))
+    const token = await gateway.token(['finance-read', 'context-reader'])
+    const client = await connectV2(t, baseUrl, token)
     let notified = 0
     client.setNotificationHandler('notifications/resources/list_changed', () => { notified++ })
     t.notOk((await client.listResources()).resources.some((resource) => resource.uri === 'finance://policy'))
     await eventually(() => app.live.counts().streams > 0, { what: 'the session stream to open' })
+    // A 2026-07-28 client hears it on its subscriptions/listen stream.
+    const modern = await connectV2(t, baseUrl, token, { negotiate: true })
+    let heard = 0
+    modern.setNotificationHandler('notifications/resources/list_changed', () => { heard++ })
+    const subscription = await modern.listen({ resourcesListChanged: true })
+    t.teardown(() => subscription.close())
+    t.match(subscription.honoredFilter, { resourcesListChanged: true })
+    await eventually(() => app.live.counts().listenStreams > 0, { what: 'the listen stream to open' })
     finance.addResource({ name: 'policy', uri: 'finance://policy', text: () => 'Pay on time.' })
     await eventually(() => notified > 0, { what: 'notifications/resources/list_changed on the 2025-era session stream' })
+    await eventually(() => heard > 0, { what: 'notifications/resources/list_changed on the 2026-07-28 listen stream' })
     t.ok((await client.listResources()).resources.some((resource) => resource.uri === 'finance://policy' && resource.name === 'finance__policy'), 'the new resource is listed')
     const read = await client.readResource({ uri: 'finance://policy' })
     t.same(read.contents.map((content) => (content as { text?: string }).text), ['Pay on time.'])

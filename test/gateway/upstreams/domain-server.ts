@@ -38,6 +38,8 @@ export interface DomainResource {
   uri?: string
   uriTemplate?: string
   text: (uri: string) => string
+  /** A slow resource: its read answers only once its signal aborts (then it is recorded in readsCancelled). */
+  hangs?: boolean
 }
 
 /** A prompt without arguments. */
@@ -73,6 +75,8 @@ export interface DomainServer {
   addResource: (resource: DomainResource) => void
   /** resources/read requests that reached the server, by URI. */
   readonly reads: string[]
+  /** Reads of hanging resources whose signal aborted (the gateway passed a cancellation on), by URI. */
+  readonly readsCancelled: string[]
   /** Stops listening and drops every connection (the port then refuses); `start` listens again on the same port. */
   kill: () => Promise<void>
   start: () => Promise<void>
@@ -83,6 +87,7 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
   const tools = [...options.tools]
   const resources = [...options.resources ?? []]
   const reads: string[] = []
+  const readsCancelled: string[] = []
   const runs = new Map<string, number>()
   const cancelled: string[] = []
   const callHeaders: IncomingHttpHeaders[] = []
@@ -93,8 +98,13 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
   function buildServer (): McpServer {
     const server = new McpServer({ name: options.name, version: '1.0.0' }, { capabilities: { tools: { listChanged: true }, resources: { listChanged: true }, prompts: { listChanged: true }, logging: {} } })
     for (const resource of resources) {
-      const read = async (uri: URL) => {
+      const read = async (uri: URL, ...rest: unknown[]) => {
         reads.push(uri.href)
+        if (resource.hangs === true) {
+          const signal = (rest.at(-1) as ServerContext).mcpReq.signal
+          await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+          readsCancelled.push(uri.href)
+        }
         return { contents: [{ uri: uri.href, mimeType: 'text/plain', text: resource.text(uri.href) }] }
       }
       if (resource.uriTemplate !== undefined) server.registerResource(resource.name, new ResourceTemplate(resource.uriTemplate, { list: undefined }), { mimeType: 'text/plain' }, read)
@@ -228,6 +238,7 @@ export async function startDomainServer (options: { name: string, era: '2025' | 
       mcp.notify.resourcesChanged()
     },
     reads,
+    readsCancelled,
     kill,
     start,
     close: async () => {
