@@ -659,7 +659,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         -- below it), so that a query walks only when it clearly pays; the walk stops after
         -- WALK_SLACK times the rows that density needs.
         select case when h.low > 0 and c.reltuples > 0
-                     and ${WALK_ROW_COST}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.low < h.low / h.probed * c.reltuples
+                     and ${WALK_ROW_COST}::float8 * ${MAX_RANKED + 1}::int * h.probed / nullif(h.low, 0) < h.low / nullif(h.probed, 0) * c.reltuples
                     then ceil(${WALK_SLACK}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.low)::bigint else 0 end as walk_rows
         from (select probed::float8 as probed, hits - 2 * sqrt(hits) as low from probe) h
         cross join (select reltuples::float8 as reltuples from pg_class where oid = 'context_search'::regclass) c
