@@ -10,7 +10,7 @@ import { generateNotes, type Note } from '../../test/fixtures/notes.js'
 
 // The search benchmark's database: `entries` generated notes (test/fixtures/notes.ts) in the
 // schema of the release before search, then the search migrations (005, 007), then the later ones
-// (009, the tag index), each step applied while a reader and a writer keep working on the table,
+// (009, the tag index; 010, the recency index), each step applied while a reader and a writer keep working on the table,
 // timed: what README "Upgrading" reports as the migrations' locks.
 
 export const SEARCH_BENCH_DATABASE = 'scm_bench_search'

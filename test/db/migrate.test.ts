@@ -15,6 +15,9 @@ interface MigrationRow { version: number, name: string, checksum: string }
 // The migrations this build ships, in order: every test expects each of them applied exactly once.
 const SHIPPED = (await readdir(migrationsDir)).filter((file) => /^\d+_[A-Za-z0-9_-]+\.sql$/.test(file)).sort()
 const SHIPPED_VERSIONS = SHIPPED.map((file) => Number(file.split('_')[0]))
+/** File names for migrations after every shipped one. */
+const AFTER_SHIPPED = Math.max(...SHIPPED_VERSIONS) + 1
+const laterFile = (offset: number, name: string) => `${String(AFTER_SHIPPED + offset).padStart(3, '0')}_${name}.sql`
 
 test('migrate applies, is idempotent, takes new files and guards applied ones', async (t) => {
   const { sql } = await testDatabaseUrlForEmptyDb(t)
@@ -37,9 +40,9 @@ test('migrate applies, is idempotent, takes new files and guards applied ones', 
   t.same(await migrate(sql), { applied: [] }, 'a second run applies nothing')
 
   await cp(migrationsDir, scratch, { recursive: true })
-  await writeFile(join(scratch, '010_notes.sql'), 'create table notes (id int primary key);\ninsert into notes values (1);\n')
+  await writeFile(join(scratch, laterFile(0, 'notes')), 'create table notes (id int primary key);\ninsert into notes values (1);\n')
   await writeFile(join(scratch, 'README.md'), 'not a migration')
-  t.same(await migrate(sql, { dir: scratch }), { applied: ['010_notes.sql'] }, 'only the new file runs, several statements at once')
+  t.same(await migrate(sql, { dir: scratch }), { applied: [laterFile(0, 'notes')] }, 'only the new file runs, several statements at once')
   t.same(await sql`select id from notes`, [{ id: 1 }])
 
   await rm(join(scratch, '001_init.sql'))
@@ -49,11 +52,11 @@ test('migrate applies, is idempotent, takes new files and guards applied ones', 
   t.same(await migrate(sql, { dir: scratch }), { applied: [] }, 'CRLF line endings are no change')
 
   await writeFile(join(scratch, '001_init.sql'), original + '\n-- edited later\n')
-  await writeFile(join(scratch, '011_more.sql'), 'create table more (id int);\n')
+  await writeFile(join(scratch, laterFile(1, 'more')), 'create table more (id int);\n')
   const error = await migrate(sql, { dir: scratch }).then(() => null, (err: unknown) => err)
   t.ok(error instanceof MigrationChecksumError, 'a changed applied migration is refused')
   t.match((error as Error).message, /001_init\.sql.*changed.*new migration/s)
-  t.same((await sql<MigrationRow[]>`select version from schema_migrations order by version`).map(row => row.version), [...SHIPPED_VERSIONS, 10],
+  t.same((await sql<MigrationRow[]>`select version from schema_migrations order by version`).map(row => row.version), [...SHIPPED_VERSIONS, AFTER_SHIPPED],
     'nothing applied after the checksum error')
 })
 

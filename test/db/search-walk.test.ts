@@ -1,0 +1,73 @@
+import type postgres from 'postgres'
+import { test } from 'tap'
+import { createContextStore, createMaintenanceStore, MAX_RANKED, type ImportedKey, type SearchPage, type SearchPosition } from '../../db/context-store.js'
+import { testDatabase } from '../db-helper.js'
+
+// A broad query's candidates come from walking the namespace newest first (migration 010's
+// index) when the newest entries match densely enough, and from the vector index otherwise; the
+// walk gives up after a bounded number of rows and the index's matches are visited after all.
+// Whichever way, the result is the same: the best of the MAX_RANKED most recent matches.
+
+const NS = 'walk'
+const ENTRIES = 2000
+
+/** Entry i, written i seconds after the start: a larger i is newer. */
+function entry (i: number, content: string): ImportedKey {
+  const at = new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString()
+  return {
+    namespace: NS,
+    key: `walk/${String(i).padStart(4, '0')}`,
+    current: { version: 1, content, tags: [], created_at: at, updated_at: at, updated_by: 'importer', client: null, expires_at: null },
+    history: [{ version: 1, action: 'create', content, tags: [], actor: 'importer', client: null, at }]
+  }
+}
+
+function content (i: number): string {
+  const words = ['filler text']
+  // wombat: the 600 newest, and the 5 oldest say it four times (they would rank first if ranked).
+  if (i >= ENTRIES - 600) words.push('a wombat')
+  if (i < 5) words.push('wombat wombat wombat wombat')
+  // ocelot: the 128 newest and every 20th older one, 222 in all: dense at first, sparse after.
+  if (i >= ENTRIES - 128 || i % 20 === 0) words.push('an ocelot')
+  return words.join(' ')
+}
+
+async function allPages (store: ReturnType<typeof createContextStore>, query: string): Promise<{ keys: string[], partial: boolean }> {
+  const keys: string[] = []
+  let partial = false
+  let after: SearchPosition | undefined
+  for (let pages = 0; pages < 100; pages++) {
+    const page: SearchPage = await store.search(NS, { query, limit: 50, ...(after !== undefined && { after }) })
+    if (page.status !== 'ok') throw new Error(`search ${query}: ${page.status}`)
+    keys.push(...page.items.map((item) => item.key))
+    partial ||= page.partial
+    if (page.next === null) break
+    after = page.next
+  }
+  return { keys, partial }
+}
+
+test('broad and dense-then-sparse queries rank the most recent matches, walked or not', async (t) => {
+  const { sql } = await testDatabase(t)
+  const maintenance = createMaintenanceStore(sql as postgres.Sql)
+  const all = Array.from({ length: ENTRIES }, (_, i) => entry(i, content(i)))
+  for (let start = 0; start < all.length; start += 500) await maintenance.importBatch(all.slice(start, start + 500))
+  await sql`analyze context_search` // the walk is judged against the table's row count
+  const store = createContextStore(sql as postgres.Sql, { maxContentBytes: 10_000 })
+
+  const wombat = await allPages(store, 'wombat')
+  t.equal(wombat.partial, true, 'more than MAX_RANKED match')
+  t.equal(wombat.keys.length, MAX_RANKED, 'MAX_RANKED ranked')
+  const newest = all.slice(ENTRIES - MAX_RANKED).map((e) => e.key)
+  t.strictSame([...wombat.keys].sort(), newest, 'exactly the most recent matches')
+  t.equal(new Set(wombat.keys).size, wombat.keys.length, 'each once')
+
+  const ocelot = await allPages(store, 'ocelot')
+  const expected = all.filter((_, i) => i >= ENTRIES - 128 || i % 20 === 0).map((e) => e.key)
+  t.equal(expected.length, 222)
+  t.equal(ocelot.partial, false, 'all of them ranked')
+  t.strictSame([...ocelot.keys].sort(), expected, 'the walk gave up and every match was found')
+
+  const narrowed = await allPages(store, 'wombat ocelot')
+  t.strictSame([...narrowed.keys].sort(), all.filter((_, i) => content(i).includes('wombat') && content(i).includes('ocelot')).map((e) => e.key), 'both words')
+})
