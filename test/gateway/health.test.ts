@@ -60,9 +60,11 @@ test('/ready: the review\'s health matrix', async (t) => {
   t.teardown(() => database.stop())
   t.teardown(() => redis.stop())
   const METRICS_TOKEN = 'ready-details-metrics-token-0123456789'
+  // Down here means killed (refused at once), never stalled: the ping's timeout only has to outlast
+  // a busy machine (at 500 ms a loaded CI run saw a healthy upstream flap to down between two reads).
   const upstreamsFile = writeUpstreamsFile(t, [
-    { name: 'hr', url: hr.url, allow: { 'hr:read': ['*'] }, critical: false, healthCheckSeconds: 1, connectTimeoutMs: 500, breaker: { failures: 1, openMs: 500 } },
-    { name: 'finance', url: finance.url, allow: { 'finance:read': ['*'] }, critical: true, healthCheckSeconds: 1, connectTimeoutMs: 500, breaker: { failures: 1, openMs: 500 } }
+    { name: 'hr', url: hr.url, allow: { 'hr:read': ['*'] }, critical: false, healthCheckSeconds: 1, connectTimeoutMs: 3000, breaker: { failures: 1, openMs: 500 } },
+    { name: 'finance', url: finance.url, allow: { 'finance:read': ['*'] }, critical: true, healthCheckSeconds: 1, connectTimeoutMs: 3000, breaker: { failures: 1, openMs: 500 } }
   ])
 
   // The identity provider's state is read at start (its keys are then cached): one app per state.
