@@ -93,6 +93,17 @@ export class LogDestination {
     this.out.flushSync()
   }
 
+  /** pino's logger.flush(). */
+  flush (callback?: (error?: Error) => void): void {
+    try {
+      this.flushSync()
+    } catch (error) {
+      callback?.(error as Error)
+      return
+    }
+    callback?.()
+  }
+
   private writeLines (): void {
     if (this.lines.length === 0) return
     const batch = this.lines.join('')

@@ -658,7 +658,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         -- table's rows. The density is taken low (two standard deviations of the probe's count
         -- below it), so that a query walks only when it clearly pays; the walk stops after
         -- WALK_SLACK times the rows that density needs.
-        select case when h.low > 0 and c.reltuples > 0
+        -- (A namespace whose probe saw fewer than PROBE_ROWS entries was read whole: nothing to walk.)
+        select case when h.low > 0 and c.reltuples > 0 and h.probed >= ${PROBE_ROWS}
                      and ${WALK_ROW_COST}::float8 * ${MAX_RANKED + 1}::int * h.probed / nullif(h.low, 0) < h.low / nullif(h.probed, 0) * c.reltuples
                     then ceil(${WALK_SLACK}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.low)::bigint else 0 end as walk_rows
         from (select probed::float8 as probed, hits - 2 * sqrt(hits) as low from probe) h
@@ -676,6 +677,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           limit (select walk_rows from route)
         ) s
         where s.search_vector @@ f.query and (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
+        -- No ORDER BY needed: the lateral subquery does not depend on f (one row), so the rows come
+        -- in its order, newest first, and the first MAX_RANKED + 1 matches are the most recent ones.
         limit ${MAX_RANKED + 1}
       ), candidates as materialized (
         -- At most MAX_RANKED + 1 matches, the most recently written (the extra one says there were

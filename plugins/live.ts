@@ -451,7 +451,16 @@ export default fp(async (fastify) => {
   const published = new Set<(event: ServerEvent) => void>()
   const bus: ServerEventBus = {
     // Changes of the context come from the history (the hub below); only the gateway publishes here.
-    publish: (event) => { for (const notify of published) notify(event) },
+    publish: (event) => {
+      for (const notify of published) {
+        try {
+          notify(event)
+        } catch (error) {
+          // One stream's failure must not keep the event from the others, nor reach the publisher.
+          fastify.log.warn({ err: error }, 'a listen stream could not take an event')
+        }
+      }
+    },
     subscribe: (listener) => {
       const context = modernContext.getStore()
       const params = (context?.body as { params?: { notifications?: unknown } } | undefined)?.params

@@ -114,8 +114,11 @@ test('gateway store: approvals move pending → approved → running → done on
     t.notOk(await store.useState('team', 'state-1', expiresAt), 'second use refused (a replay)')
     const concurrent = await Promise.all(Array.from({ length: 8 }, () => store.useState('team', 'state-2', expiresAt)))
     t.equal(concurrent.filter(Boolean).length, 1, 'one of 8 concurrent uses accepted')
-    await store.useState('team', 'state-old', new Date(Date.now() - 1000))
-    t.ok(await store.purgeUsedStates() >= 1, 'states past their expiry are purged')
+    await store.useState('team', 'state-old', new Date(Date.now() - 11 * 60_000))
+    await store.useState('team', 'state-just-expired', new Date(Date.now() - 1000))
+    t.ok(await store.purgeUsedStates() >= 1, 'states long past their expiry are purged')
+    t.ok(await store.useState('team', 'state-old', expiresAt), 'the purged one is forgotten (using it again is a first use)')
+    t.notOk(await store.useState('team', 'state-just-expired', expiresAt), 'one just past its expiry is kept a while (instances whose clock is behind the database may still take it)')
     t.ok(await store.useState('team', 'state-1', expiresAt) === false, 'an unexpired used state is kept')
 
     const [key, again] = await Promise.all([store.stateKey(), store.stateKey()])
