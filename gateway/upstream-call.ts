@@ -232,28 +232,38 @@ export class LeanUpstreamClient {
     const method = typeof message.method === 'string' ? message.method : undefined
     const headers = this.headersFor(session, method, name, options.headers)
     headers['content-length'] = String(Buffer.byteLength(body))
+    const { signal } = options
     return new Promise<Answer>((resolve, reject) => {
+      if (signal.aborted) {
+        reject(signal.reason)
+        return
+      }
       let settled = false
+      // The signal closes the request (http.request's own signal option costs more per request).
+      const abort = (): void => fail(signal.reason)
       const fail = (error: unknown, destroy = true): void => {
         if (settled) return
         settled = true
+        signal.removeEventListener('abort', abort)
         if (destroy) request.destroy()
         reject(error)
       }
       const succeed = (answer: Answer): void => {
         if (settled) return
         settled = true
+        signal.removeEventListener('abort', abort)
         resolve(answer)
       }
-      const request = (this.secure ? https : http).request(this.url, { method: 'POST', headers, agent: this.agent, signal: options.signal })
-      request.once('error', (error) => {
+      const request = (this.secure ? https : http).request(this.url, { method: 'POST', headers, agent: this.agent })
+      signal.addEventListener('abort', abort, { once: true })
+      request.on('error', (error) => {
         fail(options.signal.aborted ? options.signal.reason : error.name === 'AbortError' ? error : new TypeError('fetch failed', { cause: error }))
       })
       request.once('response', (response) => {
         const status = response.statusCode ?? 500
         const type = response.headers['content-type'] ?? ''
         response.setEncoding('utf8')
-        response.once('error', (error) => fail(options.signal.aborted ? options.signal.reason : new TypeError('terminated', { cause: error })))
+        response.on('error', (error) => fail(options.signal.aborted ? options.signal.reason : new TypeError('terminated', { cause: error })))
         if (status < 200 || status >= 300) {
           let text = ''
           response.on('data', (chunk: string) => { if (text.length < ERROR_BODY_CHARS) text += chunk })
