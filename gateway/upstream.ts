@@ -68,9 +68,12 @@ class NoCallInProgress extends Error {
 /**
  * One upstream MCP server: SDK v2 clients on whichever protocol line it speaks (negotiated with
  * `server/discover`, falling back to initialize), its tool and prompt lists, its breaker and its
- * concurrency limit. Each call leases a connection of its own from a small pool (at most
- * `concurrency` of them), so requests the upstream sends during a call — elicitation, sampling,
- * logging — belong to exactly one call. A separate control connection lists and hears list_changed.
+ * concurrency limit. A control connection lists and hears list_changed. Tool calls go through the
+ * lean client (gateway/upstream-call.ts) on the line the control connection negotiated: what the
+ * upstream sends during a call — progress, logging, elicitation, sampling — comes in that call's
+ * own answer stream, so it belongs to exactly one call. Before the control connection negotiated,
+ * and for prompts/get and resources/read, a call leases an SDK connection of its own from a small
+ * pool (at most `concurrency` of them).
  */
 export class Upstream {
   readonly breaker: CircuitBreaker
