@@ -110,7 +110,7 @@ export class LeanUpstreamClient {
   /** tools/call on the line `protocol` (the control connection's negotiated version). */
   async callTool (protocol: string, name: string, args: JsonObject, options: LeanCallOptions): Promise<CallToolResult> {
     if (protocol === ENVELOPE_PROTOCOL) return await this.callEnvelope(name, args, options)
-    const session = await this.openSession(protocol, options)
+    const session = await this.openSession(protocol)
     try {
       const result = await this.roundTrip(session, { name, arguments: args }, options)
       return resultOf(result)
@@ -152,26 +152,27 @@ export class LeanUpstreamClient {
     }
   }
 
-  private openSession (protocol: string, options: LeanCallOptions): Promise<Session> {
+  private openSession (protocol: string): Promise<Session> {
     if (this.session === undefined) {
-      const opening = this.initialize(protocol, options.headers)
+      // Shared by the calls of every principal: opened without this call's own headers (the principal's JWT).
+      const opening = this.initialize(protocol)
       this.session = opening
       opening.catch(() => { if (this.session === opening) this.session = undefined })
     }
     return this.session
   }
 
-  private async initialize (protocol: string, extra: Record<string, string> | undefined): Promise<Session> {
+  private async initialize (protocol: string): Promise<Session> {
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(new Error(`initialize unanswered within ${this.options.connectTimeoutMs} ms`)), this.options.connectTimeoutMs)
     try {
       const id = `init-${++this.nextId}`
-      const answer = await this.post({ jsonrpc: '2.0', id, method: 'initialize', params: { protocolVersion: protocol, capabilities: this.options.capabilities, clientInfo: this.options.clientInfo } }, id, { protocolVersion: protocol, sessionId: undefined }, { signal: controller.signal, ...(extra !== undefined && { headers: extra }) }, undefined)
+      const answer = await this.post({ jsonrpc: '2.0', id, method: 'initialize', params: { protocolVersion: protocol, capabilities: this.options.capabilities, clientInfo: this.options.clientInfo } }, id, { protocolVersion: protocol, sessionId: undefined }, { signal: controller.signal }, undefined)
       const result = answerResult(answer)
       if (typeof result.protocolVersion !== 'string') throw new UpstreamMalformed('initialize answered without a protocolVersion')
       const sessionHeader = answer.headers['mcp-session-id']
       const session: Session = { protocolVersion: result.protocolVersion, sessionId: typeof sessionHeader === 'string' && sessionHeader !== '' ? sessionHeader : undefined }
-      await this.post({ jsonrpc: '2.0', method: 'notifications/initialized' }, undefined, session, { signal: controller.signal, ...(extra !== undefined && { headers: extra }) }, undefined)
+      await this.post({ jsonrpc: '2.0', method: 'notifications/initialized' }, undefined, session, { signal: controller.signal }, undefined)
       return session
     } finally {
       clearTimeout(timer)
