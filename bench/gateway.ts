@@ -21,7 +21,8 @@ import { PEERS_DIR, ROOT } from './servers.js'
 // runs both sides one after the other (the order alternates), and the medians over the rounds are
 // compared, so load from other processes weighs on both sides alike; the load average is printed
 // with the numbers. Through the gateway the upstream speaks whichever protocol line the gateway
-// negotiated with it (2026-07-28 for the bench upstream); the direct side speaks 2025-11-25.
+// negotiated with it (2026-07-28 for the bench upstream: one POST per call, answered with JSON);
+// the direct side speaks 2025-11-25 (stateless, answered with a one-event SSE stream).
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
 

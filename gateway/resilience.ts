@@ -192,6 +192,8 @@ function httpStatusOf (error: unknown): number | undefined {
 export function classifyFailure (error: unknown): FailureKind {
   if (error instanceof UpstreamClosed) return { kind: 'unreachable', transient: false, mayHaveReached: false, reason: 'shutting_down' }
   if (error instanceof UpstreamTimeout) return { kind: 'timeout', transient: false, mayHaveReached: true, reason: 'timeout' }
+  // The upstream answered, but with no JSON-RPC answer: it is broken, not down; repeating will not help.
+  if (error instanceof UpstreamMalformed) return { kind: 'upstream_error', transient: false, mayHaveReached: true, reason: 'malformed_answer' }
   const codes = causeCodes(error)
   const notSent = codes.find((code) => NOT_SENT_CODES.has(code))
   if (notSent !== undefined) return { kind: 'unreachable', transient: true, mayHaveReached: false, reason: notSent.toLowerCase() }
@@ -234,5 +236,13 @@ export class UpstreamClosed extends Error {
   constructor () {
     super('the server is shutting down')
     this.name = 'UpstreamClosed'
+  }
+}
+
+/** An upstream answer that is no JSON-RPC answer (JSON that does not parse, no result or error, a content type of neither kind). */
+export class UpstreamMalformed extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'UpstreamMalformed'
   }
 }

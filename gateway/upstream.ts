@@ -11,6 +11,7 @@ import {
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
 import { CircuitBreaker, ConcurrencyLimit, UpstreamClosed, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
+import { LeanUpstreamClient } from './upstream-call.js'
 import { createUpstreamFetch } from './upstream-fetch.js'
 
 /** What an upstream call can reach on the client's side while it runs: notifications and requests, passed on. */
@@ -60,6 +61,7 @@ interface Pooled {
 }
 
 const CLIENT_INFO = { name: 'shared-context-mcp-gateway', version: '1' }
+const CLIENT_CAPABILITIES = { elicitation: { form: {} }, sampling: {} }
 
 /** A client request handler's answer when no call of ours is running on that connection. */
 class NoCallInProgress extends Error {
@@ -71,9 +73,12 @@ class NoCallInProgress extends Error {
 /**
  * One upstream MCP server: SDK v2 clients on whichever protocol line it speaks (negotiated with
  * `server/discover`, falling back to initialize), its tool and prompt lists, its breaker and its
- * concurrency limit. Each call leases a connection of its own from a small pool (at most
- * `concurrency` of them), so requests the upstream sends during a call — elicitation, sampling,
- * logging — belong to exactly one call. A separate control connection lists and hears list_changed.
+ * concurrency limit. A control connection lists and hears list_changed. Tool calls go through the
+ * lean client (gateway/upstream-call.ts) on the line the control connection negotiated: what the
+ * upstream sends during a call — progress, logging, elicitation, sampling — comes in that call's
+ * own answer stream, so it belongs to exactly one call. Before the control connection negotiated,
+ * and for prompts/get and resources/read, a call leases an SDK connection of its own from a small
+ * pool (at most `concurrency` of them).
  */
 export class Upstream {
   readonly breaker: CircuitBreaker
@@ -97,10 +102,14 @@ export class Upstream {
   private readonly calls = new Set<AbortController>()
   private readonly callHeaders = new AsyncLocalStorage<Record<string, string>>()
   private readonly http = createUpstreamFetch()
+  /** tools/call without the SDK client (gateway/upstream-call.ts), once the control connection knows the protocol line. */
+  private readonly lean: LeanUpstreamClient
+  private leanCalls = 0
 
   constructor (readonly config: UpstreamConfig, private readonly events: UpstreamEvents) {
     this.breaker = new CircuitBreaker(config.breaker, (state) => events.breakerChanged(this, state))
     this.limit = new ConcurrencyLimit(config.concurrency)
+    this.lean = new LeanUpstreamClient({ url: config.url, headers: config.headers ?? {}, clientInfo: CLIENT_INFO, capabilities: CLIENT_CAPABILITIES, connectTimeoutMs: config.connectTimeoutMs })
   }
 
   get name (): string {
@@ -215,7 +224,7 @@ export class Upstream {
 
   private async newClient (control: boolean): Promise<Client> {
     const client = new Client(CLIENT_INFO, {
-      capabilities: { elicitation: { form: {} }, sampling: {} },
+      capabilities: CLIENT_CAPABILITIES,
       versionNegotiation: { mode: 'auto', probe: { timeoutMs: this.config.connectTimeoutMs } },
       ...(control && {
         listChanged: {
@@ -319,6 +328,8 @@ export class Upstream {
             }
           }
         }
+    const protocol = this.protocol
+    if (protocol !== undefined) return await this.callLean(protocol, name, args, options, controller, stop, binding, arm, () => timedOut, () => clearTimeout(timer))
     let pooled: Pooled
     try {
       pooled = await this.lease(binding)
@@ -360,6 +371,40 @@ export class Upstream {
     }
   }
 
+  /**
+   * The call on the lean client (the usual way once the control connection negotiated a
+   * protocol line): the same timeout, binding and cancellation as on a pooled SDK connection.
+   */
+  private async callLean (protocol: string, name: string, args: Record<string, unknown>, options: UpstreamCallOptions, controller: AbortController, stop: () => void, binding: CallBinding | undefined, arm: () => void, timedOut: () => boolean, disarm: () => void): Promise<CallToolResult> {
+    if (this.closed || this.draining) {
+      options.signal.removeEventListener('abort', stop)
+      throw new UpstreamClosed()
+    }
+    this.calls.add(controller)
+    this.leanCalls++
+    try {
+      arm()
+      return await this.lean.callTool(protocol, name, args, {
+        signal: controller.signal,
+        ...(options.headers !== undefined && { headers: options.headers }),
+        ...(binding !== undefined && { binding }),
+        onprogress: (progress) => {
+          arm()
+          options.onprogress?.(progress)
+        }
+      })
+    } catch (error) {
+      if (timedOut()) throw new UpstreamTimeout(this.config.timeoutMs)
+      if (controller.signal.reason instanceof UpstreamClosed) throw controller.signal.reason
+      throw error
+    } finally {
+      disarm()
+      this.leanCalls--
+      options.signal.removeEventListener('abort', stop)
+      this.calls.delete(controller)
+    }
+  }
+
   /** prompts/get on a pooled connection. */
   async getPrompt (name: string, args: Record<string, string> | undefined, signal: AbortSignal): Promise<Record<string, unknown>> {
     const pooled = await this.lease(undefined)
@@ -388,7 +433,7 @@ export class Upstream {
 
   /** Calls whose connections are leased right now. */
   get inFlight (): number {
-    return this.leased.size
+    return this.leased.size + this.leanCalls
   }
 
   /** Shutdown began: refuse new calls and connections from now on. */
@@ -411,6 +456,7 @@ export class Upstream {
     this.idle.length = 0
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
     this.http.close()
+    this.lean.close()
   }
 }
 

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 
 const root = new URL('..', import.meta.url).pathname
 const record = join(root, 'dist/tsconfig.build.tsbuildinfo')
-const SOURCE_FOLDERS = ['auth', 'oauth', 'live', 'plugins', 'routes', 'tools', 'db', 'schema'] // tsconfig.build.json's include
+const SOURCE_FOLDERS = ['auth', 'oauth', 'gateway', 'live', 'plugins', 'routes', 'tools', 'db', 'schema'] // tsconfig.build.json's include
 
 function mtimeOf (path) {
   try {
