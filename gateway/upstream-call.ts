@@ -43,6 +43,12 @@ export interface LeanCallOptions {
   headers?: Record<string, string>
   onprogress?: (progress: { progress: number, total?: number, message?: string }) => void
   binding?: LeanBinding
+  /**
+   * A relayed round (gateway/interactions.ts relay, 2026-07-28): the client's answers and the
+   * upstream's own state go with the call, and an input_required answer is returned as it is,
+   * for the client to fulfil, instead of being fulfilled here.
+   */
+  relay?: { inputResponses?: Record<string, unknown>, requestState?: string }
 }
 
 export interface LeanClientOptions {
@@ -123,10 +129,12 @@ export class LeanUpstreamClient {
   private async callEnvelope (name: string, args: JsonObject, options: LeanCallOptions): Promise<CallToolResult> {
     const session: Session = { protocolVersion: ENVELOPE_PROTOCOL, sessionId: undefined }
     const original: JsonObject = { name, arguments: args }
-    let params = original
+    const relay = options.relay
+    let params: JsonObject = { ...original, ...relayedParams(relay) }
     for (let round = 0; ; round++) {
       const result = await this.roundTrip(session, params, options)
       if (result.resultType !== 'input_required') return resultOf(result)
+      if (relay !== undefined) return result as unknown as CallToolResult
       if (round >= INPUT_REQUIRED_MAX_ROUNDS) throw new UpstreamMalformed(`the upstream still required input after ${INPUT_REQUIRED_MAX_ROUNDS} rounds`)
       const inputRequests = isObject(result.inputRequests) ? result.inputRequests : {}
       const requestState = typeof result.requestState === 'string' ? result.requestState : undefined
@@ -383,6 +391,15 @@ function answerResult (answer: Answer): JsonObject {
 }
 
 /** A tools/call result as the SDK client returns it: content defaults to [], the 2026-07-28 resultType dropped. */
+/** A relayed round's tools/call params: the client's answers and the upstream's own state (2026-07-28). */
+export function relayedParams (relay: LeanCallOptions['relay']): JsonObject {
+  if (relay === undefined) return {}
+  return {
+    ...(relay.inputResponses !== undefined && { inputResponses: relay.inputResponses }),
+    ...(relay.requestState !== undefined && { requestState: relay.requestState })
+  }
+}
+
 function resultOf (result: JsonObject): CallToolResult {
   const { resultType: _type, ...rest } = result
   if (rest.content === undefined) rest.content = []

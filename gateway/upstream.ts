@@ -11,7 +11,7 @@ import {
 } from '@modelcontextprotocol/client'
 import type { UpstreamConfig } from './config.js'
 import { CircuitBreaker, ConcurrencyLimit, UpstreamClosed, UpstreamTimeout, classifyFailure, type BreakerState } from './resilience.js'
-import { LeanUpstreamClient } from './upstream-call.js'
+import { LeanUpstreamClient, relayedParams } from './upstream-call.js'
 import { createUpstreamFetch } from './upstream-fetch.js'
 
 /** What an upstream call can reach on the client's side while it runs: notifications and requests, passed on. */
@@ -388,6 +388,7 @@ export class Upstream {
         signal: controller.signal,
         ...(options.headers !== undefined && { headers: options.headers }),
         ...(binding !== undefined && { binding }),
+        ...(options.input !== undefined && { relay: options.input }),
         onprogress: (progress) => {
           arm()
           options.onprogress?.(progress)
@@ -457,15 +458,6 @@ export class Upstream {
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
     this.http.close()
     this.lean.close()
-  }
-}
-
-/** A relayed round's tools/call params: the client's answers and the upstream's own state (2026-07-28). */
-function relayedParams (input: UpstreamCallOptions['input']): Record<string, unknown> {
-  if (input === undefined) return {}
-  return {
-    ...(input.inputResponses !== undefined && { inputResponses: input.inputResponses }),
-    ...(input.requestState !== undefined && { requestState: input.requestState })
   }
 }
 
