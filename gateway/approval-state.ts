@@ -11,6 +11,13 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 /** What verifying a signed state found. */
 export type Verified<T> = { ok: true, payload: T, exp: number } | { ok: false, reason: 'malformed' | 'signature' | 'expired' }
 
+/** Why a signed state was refused, as the refusal tells the client. */
+export const STATE_REFUSALS: Record<'malformed' | 'signature' | 'expired', string> = {
+  malformed: 'its requestState is not one this server issued',
+  signature: 'its requestState does not carry this server\'s signature',
+  expired: 'its requestState has expired'
+}
+
 /** Seals a JSON payload with an expiry into a wire string, and opens it again (no request context involved). */
 export interface SignedStateCodec<T> {
   mint: (payload: T, expiresAtSeconds: number) => string

@@ -7,7 +7,7 @@ import { APPROVAL_ID_PATTERN, type Approval, type GatewayStore, type NewApproval
 import type { ErrorCode } from '../schema/errors.js'
 import type { Principal } from '../schema/principal.js'
 import { TOOL_ERROR_META_KEY, toolError, type ToolCallResult } from '../tools/registry.js'
-import { createApprovalStateCodec, type ApprovalStateCodec, type StateBinding } from './approval-state.js'
+import { STATE_REFUSALS, createApprovalStateCodec, type ApprovalStateCodec, type StateBinding } from './approval-state.js'
 import { globToRegExp } from './access.js'
 import { federatedNameOf } from './federation.js'
 import type {
@@ -292,9 +292,7 @@ export function createApprovalGate (dependencies: ApprovalGateDependencies): Gat
     const verified = await codec.verify(channel.requestState, binding)
     if (!verified.ok) {
       const why = {
-        malformed: 'its requestState is not one this server issued',
-        signature: 'its requestState does not carry this server\'s signature',
-        expired: 'its requestState has expired',
+        ...STATE_REFUSALS,
         mismatch: 'its requestState was issued for another call (caller, tool or arguments differ)'
       }[verified.reason]
       log.warn({ upstream: call.upstream, tool: call.tool, principal: call.principal.id, reason: verified.reason }, 'approval answer refused')

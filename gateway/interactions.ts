@@ -3,7 +3,7 @@ import { inputRequired } from '@modelcontextprotocol/server'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
-import { createSignedStateCodec, type SignedStateCodec } from './approval-state.js'
+import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec } from './approval-state.js'
 import type { InputRequiredAnswer } from './policy.js'
 
 // 2026-07-28 clients cannot be sent requests mid-call. Two ways to ask them what an upstream asks
@@ -148,12 +148,6 @@ export interface Interactions {
   readonly size: number
 }
 
-const REFUSALS = {
-  malformed: 'its requestState is not one this server issued',
-  signature: 'its requestState does not carry this server\'s signature',
-  expired: 'its requestState has expired'
-}
-
 function bad (tool: string, why: string): ToolCallResult {
   return toolError('REQ_1101', `The answer for ${tool} was refused: ${why}. Nothing was delivered; call the tool again without requestState.`)
 }
@@ -278,14 +272,14 @@ export function createInteractions (options: InteractionsOptions): Interactions 
   async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput } | { refused: ToolCallResult }> {
     const tool = binding.tool
     const refuse = (why: string): { refused: ToolCallResult } => ({ refused: bad(tool, why) })
-    if (raw.length > MAX_RELAY_STATE_CHARS) return refuse(REFUSALS.malformed)
+    if (raw.length > MAX_RELAY_STATE_CHARS) return refuse(STATE_REFUSALS.malformed)
     const verified = (await codecsOf()).relayed.verify(raw.slice(RELAY_PREFIX.length))
     if (!verified.ok) {
       options.log.warn({ tool, principal: binding.principal.id, reason: verified.reason }, 'gateway: a relayed answer was refused')
-      return refuse(REFUSALS[verified.reason])
+      return refuse(STATE_REFUSALS[verified.reason])
     }
     const payload = verified.payload
-    if (typeof payload.sid !== 'string' || !Array.isArray(payload.k) || (payload.s !== undefined && typeof payload.s !== 'string')) return refuse(REFUSALS.malformed)
+    if (typeof payload.sid !== 'string' || !Array.isArray(payload.k) || (payload.s !== undefined && typeof payload.s !== 'string')) return refuse(STATE_REFUSALS.malformed)
     if (payload.p !== binding.principal.id || payload.ns !== binding.principal.namespace || payload.u !== binding.upstream || payload.t !== tool || payload.d !== binding.argumentsDigest) {
       options.log.warn({ tool, principal: binding.principal.id, reason: 'mismatch' }, 'gateway: a relayed answer was refused')
       return refuse('its requestState was issued for another call (caller, tool or arguments differ)')
@@ -378,10 +372,10 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       const verified = (await codecsOf()).held.verify(raw.slice(STATE_PREFIX.length))
       if (!verified.ok) {
         options.log.warn({ tool, principal: binding.principal.id, reason: verified.reason }, 'gateway: an interaction answer was refused')
-        return bad(tool, REFUSALS[verified.reason])
+        return bad(tool, STATE_REFUSALS[verified.reason])
       }
       const payload = verified.payload
-      if (typeof payload.c !== 'string' || typeof payload.r !== 'string') return bad(tool, REFUSALS.malformed)
+      if (typeof payload.c !== 'string' || typeof payload.r !== 'string') return bad(tool, STATE_REFUSALS.malformed)
       if (payload.p !== binding.principal.id || payload.ns !== binding.principal.namespace || payload.t !== tool || payload.d !== binding.argumentsDigest) {
         return bad(tool, 'its requestState was issued for another call (caller, tool or arguments differ)')
       }
