@@ -57,64 +57,20 @@ export const LOG_REDACT_PATHS = [
   'err.where'
 ]
 
-// Log lines are written in batches of up to this many characters: one write(2) per request line
-// was about 10% of the hot path's CPU. A line waits at most LOG_FLUSH_MS for the rest of its batch.
-const LOG_BATCH_CHARS = 8192
+export type LogDestination = ReturnType<typeof pino.destination>
+
+// Log lines are written in batches of up to this many bytes: one write(2) per request line was
+// about 10% of the hot path's CPU. A line waits at most LOG_FLUSH_MS for the rest of its batch.
+const LOG_BATCH_BYTES = 8192
 const LOG_FLUSH_MS = 200
 
 /**
- * Standard output for JSON log lines, written in batches through sonic-boom (synchronous writes,
- * so a batch is never half written at exit; EAGAIN on a pipe retried). The lines wait in an array:
- * sonic-boom's own batching (minLength) appends each line to one growing string and measures that
- * string's UTF-8 length at every write, which copied some 4 KiB per request. Whoever owns the
- * process must call flushSync() when it exits (server.ts does on 'exit', which every way out of
- * the process passes, crashes included).
+ * Standard output for JSON log lines, written in batches (synchronously, so a batch is never half
+ * written at exit). Whoever owns the process must call flushSync() when it exits (server.ts does
+ * on 'exit', which every way out of the process passes, crashes included).
  */
-export class LogDestination {
-  private lines: string[] = []
-  private characters = 0
-  private readonly out: ReturnType<typeof pino.destination>
-
-  constructor (fd: number) {
-    this.out = pino.destination({ dest: fd, sync: true })
-    setInterval(() => { this.writeLines() }, LOG_FLUSH_MS).unref()
-  }
-
-  write (line: string): boolean {
-    this.lines.push(line)
-    this.characters += line.length
-    if (this.characters >= LOG_BATCH_CHARS) this.writeLines()
-    return true
-  }
-
-  /** Everything written so far, out now. */
-  flushSync (): void {
-    this.writeLines()
-    this.out.flushSync()
-  }
-
-  /** pino's logger.flush(). */
-  flush (callback?: (error?: Error) => void): void {
-    try {
-      this.flushSync()
-    } catch (error) {
-      callback?.(error as Error)
-      return
-    }
-    callback?.()
-  }
-
-  private writeLines (): void {
-    if (this.lines.length === 0) return
-    const batch = this.lines.join('')
-    this.lines = []
-    this.characters = 0
-    this.out.write(batch)
-  }
-}
-
 export function logDestination (fd = 1): LogDestination {
-  return new LogDestination(fd)
+  return pino.destination({ dest: fd, sync: true, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_MS })
 }
 
 /**
@@ -128,33 +84,6 @@ export function loggerOptions (level: Config['LOG_LEVEL'], pretty: boolean, dest
     ...(pretty
       ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss', ignore: 'pid,hostname' } } }
       : destination !== undefined && { stream: destination })
-  }
-}
-
-type JsonParser = ReturnType<FastifyInstance['getDefaultJsonParser']>
-
-/**
- * Fastify's JSON parser (prototype-poisoning refused) for bodies that could hold a "__proto__" or
- * "constructor" key, plain JSON.parse for the rest: the poisoning check runs two regular
- * expressions over the whole body, a few per cent of a request's CPU. A key can only spell either
- * word literally or with a \u escape, so a body holding neither word nor a backslash-u cannot
- * poison anything. Malformed bodies go to Fastify's parser as well, for its errors.
- */
-function jsonBodyParser (secureParser: JsonParser): JsonParser {
-  return (request, body, done) => {
-    const text = body as string
-    if (text.length > 0 && !text.includes('__proto__') && !text.includes('constructor') && !text.includes('\\u')) {
-      let parsed: unknown
-      try {
-        parsed = JSON.parse(text)
-      } catch {
-        secureParser(request, body, done)
-        return
-      }
-      done(null, parsed)
-      return
-    }
-    secureParser(request, body, done)
   }
 }
 
@@ -279,7 +208,6 @@ export async function buildApp (config: Config, options: BuildOptions = {}): Pro
 
   // /mcp takes JSON only; without this, Fastify's built-in text/plain parser would let other bodies through.
   app.removeContentTypeParser('text/plain')
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, jsonBodyParser(app.getDefaultJsonParser('error', 'error')))
 
   const lifecycle = { closing: false }
   app.decorate('lifecycle', lifecycle)
