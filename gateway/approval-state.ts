@@ -58,7 +58,7 @@ export function createSignedStateCodec<T> (key: Uint8Array, label: string, now: 
 }
 
 /** What a signed approval state says: short field names, since it rides every retry. */
-interface StatePayload {
+export interface StatePayload {
   /** State id: recorded as used when the answer is accepted. */
   sid: string
   /** The principal's id and home namespace. */

@@ -3,7 +3,7 @@ import { inputRequired } from '@modelcontextprotocol/server'
 import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
-import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec } from './approval-state.js'
+import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec, type StatePayload as BoundStatePayload } from './approval-state.js'
 import type { InputRequiredAnswer } from './policy.js'
 
 // 2026-07-28 clients cannot be sent requests mid-call. Two ways to ask them what an upstream asks
@@ -50,15 +50,8 @@ interface StatePayload {
   d: string
 }
 
-interface RelayPayload {
-  /** State id: recorded as used (in the database) when the retry is accepted. */
-  sid: string
-  p: string
-  ns: string
-  /** The upstream, the federated tool the client called and the digest of its arguments. */
-  u: string
-  t: string
-  d: string
+/** A relayed round's state: an approval state's binding (principal, upstream, tool, arguments digest) and what the upstream needs back. */
+interface RelayPayload extends BoundStatePayload {
   /** The keys of the upstream's inputRequests: only their answers go back to it. */
   k: string[]
   /** The upstream's own requestState, returned to it byte for byte. */
