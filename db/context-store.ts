@@ -164,8 +164,11 @@ export interface SearchItem {
 }
 
 export type SearchPage =
-  /** partial: more than MAX_RANKED entries matched; the items are the best of the MAX_RANKED most recently written. */
-  | { status: 'ok', items: SearchItem[], next: SearchPosition | null, partial: boolean }
+  /**
+   * partial: more than MAX_RANKED entries matched; the items are the best of the MAX_RANKED most recently written.
+   * walked: those candidates came from walking the namespace newest first, not from the vector index (how, not what: the items are the same).
+   */
+  | { status: 'ok', items: SearchItem[], next: SearchPosition | null, partial: boolean, walked: boolean }
   /** The query holds nothing to search for: only operators, punctuation, stop words, or only excluded words. */
   | { status: 'no_words' }
 
@@ -246,6 +249,7 @@ export const MAX_RANKED = 300
  */
 const PROBE_ROWS = 128
 const WALK_ROW_COST = 1.5
+const MIN_PROBE_HITS = 8
 /** The walk stops after this many times the rows it should need; then all the matches are visited after all. */
 const WALK_SLACK = 2
 /** The snippet is cut from this many characters around the first match. */
@@ -294,7 +298,7 @@ interface AppendedRow {
   had_previous: boolean
 }
 interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
-interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string | null, as_of: string, partial: boolean }
+interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string | null, as_of: string, partial: boolean, walked: boolean }
 interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
 interface RestoredRow { version: number | null, source_found: boolean, had_previous: boolean, has_history: boolean }
@@ -569,6 +573,8 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     // Times leave the store with milliseconds (toISOString): an updated_at passed back excludes its own entry.
     const updatedFilter = options.updatedAfter === undefined ? sql`` : sql`and date_trunc('milliseconds', s.updated_at) > ${options.updatedAfter}`
     const asOfFilter = after === undefined ? sql`` : sql`and s.updated_at <= ${after.asOf}::timestamptz`
+    // What an entry must be, besides matching, wherever the candidates come from (probe, walk, vector index).
+    const entryFilters = sql`and (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}`
     const pageFilter = after === undefined ? sql`` : sql`where score < ${after.score} or (score = ${after.score} and key > ${after.key})`
     const rows = await sql<SearchRow[]>`
       with recursive input as materialized (
@@ -643,8 +649,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ), probe as materialized (
         -- How many of the namespace's PROBE_ROWS most recently written entries match: the density
         -- of the matches in the order the candidates are wanted in (see walked).
-        select count(*) as probed, count(*) filter (where s.search_vector @@ f.query ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
-                                                     and (s.expires_at is null or s.expires_at > now())) as hits
+        select count(*) as probed, count(*) filter (where s.search_vector @@ f.query ${entryFilters}) as hits
         from fuzzy f
         cross join lateral (
           select s.search_vector, s.key, s.tags, s.updated_at, s.expires_at from context_search s
@@ -655,14 +660,14 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ), route as materialized (
         -- Walk the entries newest first when that reads fewer rows than the index's matches: about
         -- (MAX_RANKED + 1) / density rows, each costing WALK_ROW_COST matches, against density × the
-        -- table's rows. The density is taken low (two standard deviations of the probe's count
-        -- below it), so that a query walks only when it clearly pays; the walk stops after
-        -- WALK_SLACK times the rows that density needs.
+        -- table's rows (the vector index's matches are of every namespace). A probe with fewer
+        -- than MIN_PROBE_HITS matches says too little to walk on; the walk stops after WALK_SLACK
+        -- times the rows the density needs.
         -- (A namespace whose probe saw fewer than PROBE_ROWS entries was read whole: nothing to walk.)
-        select case when h.low > 0 and c.reltuples > 0 and h.probed >= ${PROBE_ROWS}
-                     and ${WALK_ROW_COST}::float8 * ${MAX_RANKED + 1}::int * h.probed / nullif(h.low, 0) < h.low / nullif(h.probed, 0) * c.reltuples
-                    then ceil(${WALK_SLACK}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.low)::bigint else 0 end as walk_rows
-        from (select probed::float8 as probed, hits - 2 * sqrt(hits) as low from probe) h
+        select case when h.hits >= ${MIN_PROBE_HITS} and c.reltuples > 0 and h.probed >= ${PROBE_ROWS}
+                     and ${WALK_ROW_COST}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.hits < h.hits / h.probed * c.reltuples
+                    then ceil(${WALK_SLACK}::float8 * ${MAX_RANKED + 1}::int * h.probed / h.hits)::bigint else 0 end as walk_rows
+        from (select probed::float8 as probed, hits::float8 as hits from probe) h
         cross join (select reltuples::float8 as reltuples from pg_class where oid = 'context_search'::regclass) c
       ), walked as materialized (
         -- A broad query's MAX_RANKED + 1 most recent matches, from the entries newest first (the
@@ -676,7 +681,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
           order by s.updated_at desc, s.key
           limit (select walk_rows from route)
         ) s
-        where s.search_vector @@ f.query and (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
+        where s.search_vector @@ f.query ${entryFilters}
         -- No ORDER BY needed: the lateral subquery does not depend on f (one row), so the rows come
         -- in its order, newest first, and the first MAX_RANKED + 1 matches are the most recent ones.
         limit ${MAX_RANKED + 1}
@@ -688,8 +693,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         (select s.ctid as row_id, s.updated_at, s.key
          from fuzzy f
          join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.query
-         where (select count(*) from walked) <= ${MAX_RANKED}
-           and (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}
+         where (select count(*) from walked) <= ${MAX_RANKED} ${entryFilters}
          -- "+ interval '0'": sorted, never walked through the recency index (a generic plan that
          -- expects a small namespace would walk all of a large one's entries for a rare word).
          order by s.updated_at + interval '0' desc, s.key
@@ -716,6 +720,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       select p.key, p.version, p.tags, p.updated_at, e.updated_by, p.score,
              to_char(now() at time zone 'UTC', ${ISO_UTC}) as as_of,
              (select count(*) from candidates) > ${MAX_RANKED} as partial,
+             (select count(*) from walked) > ${MAX_RANKED} as walked,
              case when p.n <= ${limit} then regexp_replace(ts_headline(x.language, substr(e.content, greatest(1, coalesce((
                select min(nullif(strpos(l.lowered, v.term), 0)) from variants v
              ), 1) - ${SNIPPET_LEAD_CHARS}), ${SNIPPET_WINDOW_CHARS}), f.query, ${HEADLINE_OPTIONS}), '[[:space:]]+', ' ', 'g') end as snippet
@@ -737,7 +742,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     }))
     const last = rows[limit - 1]
     const next = rows.length > limit && last !== undefined ? { asOf: after?.asOf ?? last.as_of, score: last.score, key: last.key } : null
-    return { status: 'ok', items, next, partial: rows[0]?.partial ?? false }
+    return { status: 'ok', items, next, partial: rows[0]?.partial ?? false, walked: rows[0]?.walked ?? false }
   }
 
   /** Whether a query holds nothing to search for (only operators, punctuation or stop words, or only excluded words). */

@@ -20,6 +20,13 @@ const CHANGE_FEED_MIGRATION = 6
 /** The last of the search migrations: the first step under load ends here, the second applies the rest. */
 const SEARCH_STATEMENT_TRIGGERS_MIGRATION = 7
 const IMPORT_BATCH = 500
+/**
+ * The notes were written one after another, SEED_SPACING_MS apart, the last of them now (100k
+ * notes span about a year): recency orders them as a real namespace's would, and the heap holds
+ * them in the order they were written. (All written at one instant, the newest-first order was
+ * key order, scattered over the heap.)
+ */
+const SEED_SPACING_MS = 5 * 60_000
 const MIGRATIONS_DIR = fileURLToPath(new URL('../../db/migrations/', import.meta.url))
 
 export interface ProbeStats {
@@ -113,9 +120,10 @@ export async function prepareSearchDatabase (adminUrl: string, entries: number, 
     const seedStarted = performance.now()
     const notes = generateNotes(entries)
     const maintenance = createMaintenanceStore(sql)
-    const at = new Date().toISOString()
+    const now = Date.now()
+    const writtenAt = (index: number): string => new Date(now - (notes.length - 1 - index) * SEED_SPACING_MS).toISOString()
     for (let start = 0; start < notes.length; start += IMPORT_BATCH) {
-      await maintenance.importBatch(notes.slice(start, start + IMPORT_BATCH).map((note) => importedKey(note, at)))
+      await maintenance.importBatch(notes.slice(start, start + IMPORT_BATCH).map((note, offset) => importedKey(note, writtenAt(start + offset))))
       if (start === 0) await maintenance.refreshStatistics() // as importBackup does: plans made on an empty table walk the feed index
     }
     await sql`analyze`

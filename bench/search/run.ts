@@ -1,12 +1,13 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
-import { killAllChildrenNow, stopAllChildren, freePort, startChild } from '../children.js'
+import { killAllChildrenNow, stopAllChildren, stopChild, freePort, startChild } from '../children.js'
 import { cpuMicros } from '../cpu.js'
+import { summariseProfile, type CpuProfile } from '../profile-summary.js'
 import { prepareSearchDatabase, reusableSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
 import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
@@ -18,11 +19,14 @@ import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type
 // or BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
 // Exit code 0 whatever the verdict; 1 only when the benchmark broke.
 // BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
+// BENCH_SEARCH_PROFILE=1 runs the server under `node --cpu-prof` and prints where its CPU went
+// (bench/results/profile-search/; the profiler's own cost is in the CPU per call).
 
 const TARGET_P99_MS: Partial<Record<MixTool, number>> = { search_context: 20, list_context: 10 }
 const READY_TIMEOUT_MS = 60_000
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const RESULTS_DIR = join(ROOT, 'bench/results')
+const PROFILE_DIR = join(RESULTS_DIR, 'profile-search')
 
 function positiveInteger (name: string, fallback: number): number {
   const raw = process.env[name]
@@ -49,6 +53,7 @@ const settings = {
   rounds: positiveInteger('BENCH_SEARCH_ROUNDS', 2),
   dbPoolMax: positiveInteger('BENCH_DB_POOL_MAX', 10),
   reuse: process.env.BENCH_SEARCH_REUSE === '1',
+  profile: process.env.BENCH_SEARCH_PROFILE === '1',
   rate: process.env.BENCH_SEARCH_RATE === undefined ? undefined : positiveInteger('BENCH_SEARCH_RATE', 1),
   loadShare: shareOf('BENCH_SEARCH_LOAD_SHARE', 0.5)
 }
@@ -120,6 +125,10 @@ async function waitUntilServing (url: string, headers: Record<string, string>, e
 async function main (): Promise<void> {
   if (!existsSync(join(ROOT, 'dist/server.js'))) throw new Error('dist/server.js is missing: run `npm run bench:search` (it builds first)')
   await mkdir(RESULTS_DIR, { recursive: true })
+  if (settings.profile) {
+    await rm(PROFILE_DIR, { recursive: true, force: true })
+    await mkdir(PROFILE_DIR, { recursive: true })
+  }
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
   const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
@@ -135,7 +144,7 @@ async function main (): Promise<void> {
   const child = startChild({
     name: 'search mix server',
     cwd: ROOT,
-    args: [join(ROOT, 'dist/server.js')],
+    args: [...(settings.profile ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : []), join(ROOT, 'dist/server.js')],
     env: {
       DATABASE_URL: url,
       DB_POOL_MAX: String(settings.dbPoolMax),
@@ -180,6 +189,7 @@ async function main (): Promise<void> {
   }
 
   await admin.end({ timeout: 5 })
+  if (settings.profile) await printProfile(child)
   const mean = (values: number[]) => values.reduce((sum, v) => sum + v, 0) / Math.max(1, values.length)
   const cpuMeans = { serverMs: mean(cpu.map((c) => c.serverUs)) / 1000, databaseMs: mean(cpu.map((c) => c.databaseUs)) / 1000 }
   const summarise = (results: MixResult[]) => Object.fromEntries(MIX_TOOLS.map((tool) => [tool, {
@@ -217,6 +227,16 @@ async function main (): Promise<void> {
     checks
   }, null, 2) + '\n')
   console.log('Results written to bench/results/search.json; server log in bench/results/server-search.log')
+}
+
+/** Stops the profiled server (it writes its profile as it exits) and prints the profile's summary. */
+async function printProfile (child: Parameters<typeof stopChild>[0]): Promise<void> {
+  await stopChild(child)
+  const file = (await readdir(PROFILE_DIR)).find((name) => name.endsWith('.cpuprofile'))
+  if (file === undefined) throw new Error(`no .cpuprofile in ${PROFILE_DIR}: the server did not exit normally`)
+  const summary = summariseProfile(JSON.parse(await readFile(join(PROFILE_DIR, file), 'utf8')) as CpuProfile)
+  await writeFile(join(PROFILE_DIR, 'summary.txt'), summary)
+  console.log(`\n${summary}\nProfile: bench/results/profile-search/${file}; summary in bench/results/profile-search/summary.txt`)
 }
 
 let stopping = false

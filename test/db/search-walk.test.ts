@@ -11,40 +11,54 @@ import { testDatabase } from '../db-helper.js'
 const NS = 'walk'
 const ENTRIES = 2000
 
-/** Entry i, written i seconds after the start: a larger i is newer. */
+/** Entry i, written i seconds after the start: a larger i is newer. Three in four are tagged "most". */
 function entry (i: number, content: string): ImportedKey {
   const at = new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString()
+  const tags = tagsOf(i)
   return {
     namespace: NS,
-    key: `walk/${String(i).padStart(4, '0')}`,
-    current: { version: 1, content, tags: [], created_at: at, updated_at: at, updated_by: 'importer', client: null, expires_at: null },
-    history: [{ version: 1, action: 'create', content, tags: [], actor: 'importer', client: null, at }]
+    key: keyOf(i),
+    current: { version: 1, content, tags, created_at: at, updated_at: at, updated_by: 'importer', client: null, expires_at: null },
+    history: [{ version: 1, action: 'create', content, tags, actor: 'importer', client: null, at }]
   }
 }
 
+const keyOf = (i: number): string => `walk/${String(i).padStart(4, '0')}`
+const tagsOf = (i: number): string[] => i % 4 === 0 ? [] : ['most']
+
 function content (i: number): string {
   const words = ['filler text']
-  // wombat: the 600 newest, and the 5 oldest say it four times (they would rank first if ranked).
-  if (i >= ENTRIES - 600) words.push('a wombat')
+  // wombat: the 700 newest, and the 5 oldest say it four times (they would rank first if ranked).
+  if (i >= ENTRIES - 700) words.push('a wombat')
   if (i < 5) words.push('wombat wombat wombat wombat')
   // ocelot: the 128 newest and every 20th older one, 222 in all: dense at first, sparse after.
   if (i >= ENTRIES - 128 || i % 20 === 0) words.push('an ocelot')
   return words.join(' ')
 }
 
-async function allPages (store: ReturnType<typeof createContextStore>, query: string): Promise<{ keys: string[], partial: boolean }> {
+/** Every page of a search: the keys found, whether it was partial, and whether its first page walked. */
+async function allPages (store: ReturnType<typeof createContextStore>, query: string, filters: { prefix?: string, tag?: string } = {}): Promise<{ keys: string[], partial: boolean, walked: boolean }> {
   const keys: string[] = []
   let partial = false
+  let walked: boolean | undefined
   let after: SearchPosition | undefined
   for (let pages = 0; pages < 100; pages++) {
-    const page: SearchPage = await store.search(NS, { query, limit: 50, ...(after !== undefined && { after }) })
+    const page: SearchPage = await store.search(NS, { query, limit: 50, ...filters, ...(after !== undefined && { after }) })
     if (page.status !== 'ok') throw new Error(`search ${query}: ${page.status}`)
     keys.push(...page.items.map((item) => item.key))
     partial ||= page.partial
+    walked ??= page.walked
     if (page.next === null) break
     after = page.next
   }
-  return { keys, partial }
+  return { keys, partial, walked: walked ?? false }
+}
+
+/** The keys of the entries i satisfying `which`, newest first, at most `count` of them, sorted. */
+function newestWhere (which: (i: number) => boolean, count: number, except: Set<number> = new Set()): string[] {
+  const found: string[] = []
+  for (let i = ENTRIES - 1; i >= 0 && found.length < count; i--) if (which(i) && !except.has(i)) found.push(keyOf(i))
+  return found.sort()
 }
 
 test('broad and dense-then-sparse queries rank the most recent matches, walked or not', async (t) => {
@@ -55,7 +69,9 @@ test('broad and dense-then-sparse queries rank the most recent matches, walked o
   await sql`analyze context_search` // the walk is judged against the table's row count
   const store = createContextStore(sql as postgres.Sql, { maxContentBytes: 10_000 })
 
+  const hasWombat = (i: number): boolean => content(i).includes('wombat')
   const wombat = await allPages(store, 'wombat')
+  t.equal(wombat.walked, true, 'the newest entries all match: walked')
   t.equal(wombat.partial, true, 'more than MAX_RANKED match')
   t.equal(wombat.keys.length, MAX_RANKED, 'MAX_RANKED ranked')
   const newest = all.slice(ENTRIES - MAX_RANKED).map((e) => e.key)
@@ -65,9 +81,30 @@ test('broad and dense-then-sparse queries rank the most recent matches, walked o
   const ocelot = await allPages(store, 'ocelot')
   const expected = all.filter((_, i) => i >= ENTRIES - 128 || i % 20 === 0).map((e) => e.key)
   t.equal(expected.length, 222)
+  t.equal(ocelot.walked, false, 'dense among the newest, sparse after: the walk gave up')
   t.equal(ocelot.partial, false, 'all of them ranked')
   t.strictSame([...ocelot.keys].sort(), expected, 'the walk gave up and every match was found')
 
+  // Filters apply on the walk as on the vector index: a tag three in four carry (walked), a
+  // prefix only the 100 newest have (the walk runs out of them, the index finds them all).
+  const tagged = await allPages(store, 'wombat', { tag: 'most' })
+  t.equal(tagged.walked, true, 'a tag most of the newest carry: walked')
+  t.strictSame([...tagged.keys].sort(), newestWhere((i) => hasWombat(i) && tagsOf(i).includes('most'), MAX_RANKED), 'the most recent tagged matches, and only tagged ones')
+  const prefixed = await allPages(store, 'wombat', { prefix: 'walk/19' })
+  t.equal(prefixed.walked, false, 'fewer than MAX_RANKED under the prefix: not walked to the end')
+  t.equal(prefixed.partial, false)
+  t.strictSame([...prefixed.keys].sort(), newestWhere((i) => i >= 1900, 100), 'every match under the prefix, none outside it')
+
   const narrowed = await allPages(store, 'wombat ocelot')
   t.strictSame([...narrowed.keys].sort(), all.filter((_, i) => content(i).includes('wombat') && content(i).includes('ocelot')).map((e) => e.key), 'both words')
+
+  // An expired entry is no candidate on either path: the walk skips it and takes the next.
+  const expired = [ENTRIES - 1, ENTRIES - 2, ENTRIES - 50]
+  await sql`update context_entries set expires_at = now() - interval '1 minute' where namespace = ${NS} and key = any(${expired.map(keyOf)})`
+  const unexpired = await allPages(store, 'wombat')
+  t.equal(unexpired.walked, true)
+  t.strictSame([...unexpired.keys].sort(), newestWhere(hasWombat, MAX_RANKED, new Set(expired)), 'the most recent unexpired matches')
+  const unexpiredTagged = await allPages(store, 'wombat', { tag: 'most' })
+  t.equal(unexpiredTagged.walked, true)
+  t.strictSame([...unexpiredTagged.keys].sort(), newestWhere((i) => hasWombat(i) && tagsOf(i).includes('most'), MAX_RANKED, new Set(expired)), 'with a filter too')
 })
