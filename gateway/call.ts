@@ -32,6 +32,8 @@ export interface DownstreamChannel {
    * upstream's own state to it.
    */
   upstreamInput?: UpstreamInput
+  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. */
+  releaseState?: () => Promise<void>
 }
 
 export interface GatewayMetrics {
@@ -207,6 +209,8 @@ export function createCallPath (deps: CallPathDependencies) {
     if (approvalId !== undefined && !(ended.attempts === 0 && await gate.release(approvalId))) {
       await gate.complete(approvalId, { result: ended.result, ...(ended.code !== undefined && { code: ended.code }) })
     }
+    // Likewise a relayed round's state: the client may retry with it once the refusal clears.
+    if (ended.attempts === 0) await channel.releaseState?.()
     finish(tool, principal, client, digest, ended, started, approvalId)
     return ended.result
   }

@@ -85,6 +85,8 @@ export interface InteractionsOptions {
   maxPerPrincipal?: number
   /** Records a relayed state as used; false if it was used before (a replay). Shared by every instance (the database). */
   useState: (namespace: string, stateId: string, expiresAt: Date) => Promise<boolean>
+  /** Un-uses a relayed state whose retry never reached the upstream (refused before it: rate limit, breaker, concurrency wait). */
+  releaseState: (namespace: string, stateId: string) => Promise<void>
   log: { warn: (data: Record<string, unknown>, message: string) => void }
   now?: () => number
 }
@@ -133,8 +135,10 @@ export interface Interactions {
    * A call of a 2026-07-28 upstream's tool for a 2026-07-28 client: `run` calls the upstream (with
    * the client's answers and the upstream's state, on a retry carrying a relayed state); an
    * input-required answer of the upstream goes back to the client under a signed state of ours.
+   * `release`, on such a retry, un-uses its state: `run` calls it when the call never reached the
+   * upstream, so that the client can retry with the same state once the refusal clears.
    */
-  relay: (binding: RelayBinding, channel: DownstreamChannel, run: (input: UpstreamInput) => Promise<ToolCallResult | InputRequiredAnswer>) => Promise<ToolCallResult | InputRequiredAnswer>
+  relay: (binding: RelayBinding, channel: DownstreamChannel, run: (input: UpstreamInput, release: (() => Promise<void>) | undefined) => Promise<ToolCallResult | InputRequiredAnswer>) => Promise<ToolCallResult | InputRequiredAnswer>
   /** Cancels every held call waiting for a client (shutdown). */
   close: () => void
   /** Held calls right now. */
@@ -262,7 +266,7 @@ export function createInteractions (options: InteractionsOptions): Interactions 
   }
 
   /** The client's retry of a relayed round: what goes back to the upstream, or the refusal. */
-  async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput } | { refused: ToolCallResult }> {
+  async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput, release: () => Promise<void> } | { refused: ToolCallResult }> {
     const tool = binding.tool
     const refuse = (why: string): { refused: ToolCallResult } => ({ refused: bad(tool, why) })
     if (raw.length > MAX_RELAY_STATE_CHARS) return refuse(STATE_REFUSALS.malformed)
@@ -278,13 +282,21 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       return refuse('its requestState was issued for another call (caller, tool or arguments differ)')
     }
     // Accepted once, whichever instance it reaches: a replay is refused before the upstream sees it.
-    if (!await options.useState(binding.principal.namespace, `relay:${payload.sid}`, new Date(verified.exp * 1000))) {
+    const stateId = `relay:${payload.sid}`
+    if (!await options.useState(binding.principal.namespace, stateId, new Date(verified.exp * 1000))) {
       options.log.warn({ tool, principal: binding.principal.id, reason: 'replayed' }, 'gateway: a relayed answer was refused')
       return refuse('its requestState was answered before (each round is answered once)')
     }
     const inputResponses: Record<string, unknown> = {}
     for (const key of payload.k) if (typeof key === 'string' && responses !== undefined && Object.hasOwn(responses, key)) inputResponses[key] = responses[key]
-    return { input: { inputResponses, ...(payload.s !== undefined && { requestState: payload.s }) } }
+    const release = async (): Promise<void> => {
+      try {
+        await options.releaseState(binding.principal.namespace, stateId)
+      } catch (error) {
+        options.log.warn({ err: error, tool, principal: binding.principal.id }, 'gateway: a relayed state whose retry never reached the upstream could not be released; a new retry with it is refused as answered before')
+      }
+    }
+    return { input: { inputResponses, ...(payload.s !== undefined && { requestState: payload.s }) }, release }
   }
 
   /** The upstream's input-required, as ours: its requests as they are, its state inside our signed one. */
@@ -348,12 +360,14 @@ export function createInteractions (options: InteractionsOptions): Interactions 
 
     async relay (binding, channel, run) {
       let input: UpstreamInput = {}
+      let release: (() => Promise<void>) | undefined
       if (typeof channel.requestState === 'string' && channel.requestState.startsWith(RELAY_PREFIX)) {
         const accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
         if ('refused' in accepted) return accepted.refused
         input = accepted.input
+        release = accepted.release
       }
-      const result = await run(input)
+      const result = await run(input, release)
       if ((result as { resultType?: unknown }).resultType !== 'input_required') return result
       return await relayedQuestion(binding, channel, result as unknown as UpstreamInputRequired)
     },

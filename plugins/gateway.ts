@@ -275,7 +275,7 @@ export default fp(async (fastify) => {
   }
 
   // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
-  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, releaseState: store.releaseState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
 
   /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
   function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {
@@ -297,7 +297,7 @@ export default fp(async (fastify) => {
   function relayRound (tool: FederatedTool, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> {
     const binding = { principal, upstream: tool.upstream.name, tool: tool.federatedName, argumentsDigest: argumentsDigest(args) }
     const { inputResponses: _answers, requestState: _state, ...rest } = channel
-    return interactions.relay(binding, channel, (upstreamInput) => callFederated(tool, args, principal, client, { ...rest, upstreamInput }))
+    return interactions.relay(binding, channel, (upstreamInput, releaseState) => callFederated(tool, args, principal, client, { ...rest, upstreamInput, ...(releaseState !== undefined && { releaseState }) }))
   }
 
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
