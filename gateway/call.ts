@@ -4,7 +4,7 @@ import { toolError, toolErrorCode, type ToolCallResult } from '../tools/registry
 import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
 import type { ApprovalGate, CallAudit, CallOutcome, InputRequiredAnswer, InteractionChannel } from './policy.js'
-import { LimitWaitAborted, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
+import { LimitWaitAborted, UpstreamMalformed, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
 import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
 import type { CallBinding } from './upstream.js'
@@ -130,6 +130,8 @@ export function createCallPath (deps: CallPathDependencies) {
         }
         try {
           const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
+          // A relayed round's input-required must ask the client something: one that asks nothing is no answer to pass on.
+          if ((result as { resultType?: unknown }).resultType === 'input_required' && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
           upstream.breaker.succeeded()
           upstream.markUp()
           return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
@@ -146,7 +148,7 @@ export function createCallPath (deps: CallPathDependencies) {
           if (failure.kind === 'unreachable') upstream.markDown(error)
           const safe = tool.safeToRepeat || !failure.mayHaveReached
           if (!failure.transient || !safe || attempts > retry.attempts || upstream.breaker.state === 'open') {
-            return { attempts, ...failureAnswer(tool, failure, attempts, answered ? upstreamMessageOf(error) : undefined) }
+            return { attempts, ...failureAnswer(tool, failure, attempts, answered || error instanceof UpstreamMalformed ? upstreamMessageOf(error) : undefined) }
           }
           deps.metrics.retry(upstream.name, failure.reason)
           try {
@@ -247,6 +249,11 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
 function outcomeOf (result: ToolCallResult): CallOutcome {
   if (result.isError === true) return 'tool_error'
   return (result as { resultType?: unknown }).resultType === 'input_required' ? 'input_required' : 'ok'
+}
+
+function asksSomething (result: ToolCallResult): boolean {
+  const requests = (result as { inputRequests?: unknown }).inputRequests
+  return typeof requests === 'object' && requests !== null && !Array.isArray(requests) && Object.keys(requests).length > 0
 }
 
 function cancelled (tool: FederatedTool): Ended {

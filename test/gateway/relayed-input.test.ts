@@ -1,3 +1,5 @@
+import { createServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { test } from 'tap'
@@ -237,4 +239,78 @@ test('a relayed retry refused before the upstream (rate limit, breaker, concurre
     const rows = await eventually(async () => { const found = await auditOf('fragile'); return found.length === 7 ? found : undefined }, { what: 'the audit rows' })
     t.match(rows?.at(5), { outcome: 'cancelled', code: 'MCP_2002', attempts: 0 }, 'the cancelled retry is audited with attempts 0')
   })
+})
+
+// An upstream's input-required that asks the client nothing (no inputRequests, or none in it) is
+// no answer: MCP_2002 malformed_answer, neither passed on nor repeated.
+test('a relayed upstream input-required without inputRequests is MCP_2002 malformed_answer', async (t) => {
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'lookup',
+      title: 'Lookup',
+      description: 'Answers at once (the proxy in front answers for it when told to).',
+      inputSchema: Type.Object({ shape: Type.Optional(Type.String()) }),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async () => ({ found: true })
+    }]
+  })
+  t.teardown(() => upstream.close())
+  // In front of it: tools/call of lookup with a `shape` is answered by the proxy with that shape of input_required.
+  const shapes: Record<string, Record<string, unknown>> = {
+    missing: { resultType: 'input_required', requestState: 'upstream-state' },
+    empty: { resultType: 'input_required', inputRequests: {}, requestState: 'upstream-state' },
+    'not-an-object': { resultType: 'input_required', inputRequests: ['elicitation/create'], requestState: 'upstream-state' }
+  }
+  let answered = 0
+  const proxy = createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const body = Buffer.concat(chunks)
+      const message = body.length === 0 ? undefined : JSON.parse(body.toString('utf8')) as { id?: unknown, method?: string, params?: { arguments?: { shape?: string } } }
+      const shape = message?.method === 'tools/call' ? message.params?.arguments?.shape : undefined
+      if (shape !== undefined) {
+        answered++
+        response.writeHead(200, { 'content-type': 'application/json' })
+        response.end(JSON.stringify({ jsonrpc: '2.0', id: message?.id, result: shapes[shape] }))
+        return
+      }
+      const forwarded = httpRequest(upstream.url, { method: request.method, headers: request.headers }, (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers)
+        answer.pipe(response)
+      })
+      forwarded.on('error', () => response.destroy())
+      forwarded.end(body)
+    })
+  })
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { proxy.closeAllConnections(); proxy.close(() => resolve()) }))
+  const gateway = await startGateway(t, [{
+    name: 'ask',
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}${new URL(upstream.url).pathname}`,
+    allow: { 'everything:use': ['*'] },
+    confirm: [],
+    retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 5 }
+  }])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.protocol === '2026-07-28', { what: 'the upstream connected on 2026-07-28' })
+  const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user']), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  for (const shape of Object.keys(shapes)) {
+    const before = answered
+    const result = await client.callTool({ name: 'ask__lookup', arguments: { shape } }, { allowInputRequired: true }) as unknown as ToolCallResult & Partial<InputRequiredAnswer>
+    t.equal(result.resultType, undefined, `${shape}: not passed on as input_required`)
+    t.equal(errorCodeOf(result), 'MCP_2002', `${shape}: MCP_2002`)
+    t.match(toolErrorOf(result), { reason: 'malformed_answer', attempts: 1 }, `${shape}: malformed_answer`)
+    t.match(toolErrorOf(result)?.message, /without inputRequests/)
+    t.equal(answered, before + 1, `${shape}: asked once, not repeated`)
+  }
+  const fine = await client.callTool({ name: 'ask__lookup', arguments: {} }, { allowInputRequired: true }) as unknown as ToolCallResult
+  t.same(fine.structuredContent, { found: true }, 'the same tool, answered properly, comes through')
+  const { sql } = gateway.app.db
+  const outcomes = await eventually(async () => {
+    const rows = await sql<Array<{ outcome: string, code: string | null }>>`select outcome, code from gateway_calls where tool = 'lookup' order by id`
+    return rows.length === 4 ? rows.map((row) => [row.outcome, row.code]) : undefined
+  }, { what: 'the audit rows' })
+  t.same(outcomes, [['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['ok', null]])
 })
