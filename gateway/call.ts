@@ -3,7 +3,7 @@ import type { Principal } from '../schema/principal.js'
 import { toolError, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
 import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
-import type { ApprovalGate, CallAudit, CallOutcome, InputRequiredAnswer, InteractionChannel } from './policy.js'
+import { isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
 import { LimitWaitAborted, UpstreamMalformed, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
 import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
@@ -131,7 +131,7 @@ export function createCallPath (deps: CallPathDependencies) {
         try {
           const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
           // A relayed round's input-required must ask the client something: one that asks nothing is no answer to pass on.
-          if ((result as { resultType?: unknown }).resultType === 'input_required' && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
+          if (isInputRequired(result) && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
           upstream.breaker.succeeded()
           upstream.markUp()
           return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
@@ -248,7 +248,7 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
 /** An upstream's answer: a success, a tool error, or (a relayed round) its own input-required. */
 function outcomeOf (result: ToolCallResult): CallOutcome {
   if (result.isError === true) return 'tool_error'
-  return (result as { resultType?: unknown }).resultType === 'input_required' ? 'input_required' : 'ok'
+  return isInputRequired(result) ? 'input_required' : 'ok'
 }
 
 function asksSomething (result: ToolCallResult): boolean {

@@ -4,7 +4,7 @@ import type { Principal } from '../schema/principal.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
 import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec, type StatePayload as BoundStatePayload } from './approval-state.js'
-import type { InputRequiredAnswer } from './policy.js'
+import { isInputRequired, type InputRequiredAnswer } from './policy.js'
 
 // 2026-07-28 clients cannot be sent requests mid-call. Two ways to ask them what an upstream asks
 // during a federated call:
@@ -368,7 +368,7 @@ export function createInteractions (options: InteractionsOptions): Interactions 
         release = accepted.release
       }
       const result = await run(input, release)
-      if ((result as { resultType?: unknown }).resultType !== 'input_required') return result
+      if (!isInputRequired(result)) return result
       return await relayedQuestion(binding, channel, result as unknown as UpstreamInputRequired)
     },
 
