@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { inputRequired } from '@modelcontextprotocol/server'
 import type { Principal } from '../schema/principal.js'
+import { isDatabaseUnavailable } from '../db/errors.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
 import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec, type StatePayload as BoundStatePayload } from './approval-state.js'
@@ -362,7 +363,16 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       let input: UpstreamInput = {}
       let release: (() => Promise<void>) | undefined
       if (typeof channel.requestState === 'string' && channel.requestState.startsWith(RELAY_PREFIX)) {
-        const accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
+        let accepted: Awaited<ReturnType<typeof relayedInput>>
+        try {
+          accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
+        } catch (error) {
+          // Whether the state was answered before is the database's to say: without it, nothing goes upstream.
+          if (!isDatabaseUnavailable(error)) throw error
+          options.log.warn({ err: error, tool: binding.tool, principal: binding.principal.id }, 'gateway: a relayed answer could not be checked (database unavailable)')
+          return toolError('DEP_3001', `${binding.tool}: the database is unavailable right now, so this answer could not be checked; nothing reached the upstream. ` +
+            'Retry in a few seconds with the same requestState (if it is then refused as answered before, call the tool again without it).')
+        }
         if ('refused' in accepted) return accepted.refused
         input = accepted.input
         release = accepted.release

@@ -7,6 +7,7 @@ import { createSignedStateCodec } from '../../gateway/approval-state.js'
 import type { InputRequiredAnswer } from '../../gateway/policy.js'
 import type { ToolCallResult } from '../../tools/registry.js'
 import { eventually } from '../eventually.js'
+import { TcpProxy, viaProxy } from '../tcp-proxy.js'
 import { toolErrorOf } from '../helper.js'
 import { ROLE_MAP, connectV2, errorCodeOf, startAnotherInstance, startGateway } from './gateway-helper.js'
 import { startDomainServer } from './upstreams/domain-server.js'
@@ -313,4 +314,57 @@ test('a relayed upstream input-required without inputRequests is MCP_2002 malfor
     return rows.length === 4 ? rows.map((row) => [row.outcome, row.code]) : undefined
   }, { what: 'the audit rows' })
   t.same(outcomes, [['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['ok', null]])
+})
+
+// The database says whether a relayed state was answered before: while it is down, the retry is
+// refused as unavailable (DEP_3001), and nothing reaches the upstream; once it is back, the same
+// state is accepted.
+test('a relayed retry while the database is down is DEP_3001, and the upstream is not called', async (t) => {
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'confirm_name',
+      title: 'Confirm a name',
+      description: 'Asks the user for a name, then answers with it.',
+      inputSchema: Type.Object({}),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async (_args, ctx) => {
+        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
+        if (answer.kind !== 'elicit') return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } } } }) } }) as never
+        return { name: answer.content?.name ?? null }
+      }
+    }]
+  })
+  t.teardown(() => upstream.close())
+  const a = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'] }, confirm: [], healthCheckSeconds: 0, refreshSeconds: 0 }])
+  // A second instance whose database connections go through a proxy the test cuts.
+  const target = new URL(String(a.app.config.DATABASE_URL))
+  const proxy = new TcpProxy(target.hostname, Number(target.port))
+  await proxy.start()
+  t.teardown(() => proxy.stop())
+  const b = await startAnotherInstance(t, a, { DATABASE_URL: viaProxy(target.toString(), proxy), DB_CONNECT_TIMEOUT_MS: '2000' })
+  await eventually(() => b.app.gateway?.upstreams[0]?.protocol === '2026-07-28', { what: 'the upstream connected on 2026-07-28' })
+  // No jti: this token's revocation is not looked up (in the database), so the request reaches the gateway.
+  const client = await connectV2(t, b.baseUrl, await a.token(['everything-user'], { jti: undefined }), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  const call = async (extra: Record<string, unknown>): Promise<ToolCallResult & Partial<InputRequiredAnswer>> =>
+    await client.callTool({ name: 'ask__confirm_name', arguments: {}, ...extra } as never, { allowInputRequired: true }) as unknown as ToolCallResult & Partial<InputRequiredAnswer>
+  const first = await call({})
+  t.match(first.requestState, /^gwr1\./)
+  const runs = upstream.runs.get('confirm_name')
+  const retry = { inputResponses: { name: { action: 'accept', content: { name: 'Ada' } } }, requestState: first.requestState }
+
+  await proxy.cut()
+  const refused = await call(retry)
+  t.equal(errorCodeOf(refused), 'DEP_3001', 'a tool error with the catalogue\'s database-unavailable code')
+  t.match(toolErrorOf(refused)?.message, /database is unavailable/)
+  t.equal(upstream.runs.get('confirm_name'), runs, 'the upstream was not called')
+
+  await proxy.restore()
+  const done = await eventually(async () => {
+    const answer = await call(retry)
+    return errorCodeOf(answer) === 'DEP_3001' ? undefined : answer
+  }, { what: 'the database back' })
+  t.same(done?.structuredContent, { name: 'Ada' }, 'once the database is back, the same state is accepted')
+  t.equal(upstream.runs.get('confirm_name'), (runs ?? 0) + 1)
 })
