@@ -16,7 +16,9 @@ import { isInputRequired, type InputRequiredAnswer } from './policy.js'
 // the tool, the digest of its arguments, the keys the upstream asked, and an expiry. The client's
 // retry, on whichever instance it lands, verifies that state, records it as used in the database
 // (each state is accepted once), and calls the same upstream tool again with the client's answers
-// and the upstream's own requestState. Nothing is held between rounds.
+// and the upstream's own requestState. Nothing is held between rounds. A retry refused before it
+// reaches the upstream (rate limit, breaker, concurrency wait) un-uses its state, so the client
+// can retry with it; while the database is down the retry is DEP_3001 and goes nowhere.
 //
 // Held (this instance): a 2025-line upstream sends elicitation or sampling requests during the
 // call. The upstream call is held here, and the client gets an input-required result naming the
