@@ -331,6 +331,11 @@ export function createGatewayStore (sql: postgres.Sql) {
     return rows.length > 0
   }
 
+  /** Un-uses a request state: what it answered never reached the upstream, so it may be answered again. */
+  async function releaseState (namespace: string, stateId: string): Promise<void> {
+    await sql`delete from gateway_used_states where namespace = ${namespace} and state_id = ${stateId}`
+  }
+
   /**
    * Forgets used states whose expiry passed a while ago (a state past its expiry is refused
    * anyway). The while is for clocks: the instance judges expiry by its own clock, this purge by
@@ -473,6 +478,7 @@ export function createGatewayStore (sql: postgres.Sql) {
     expireApprovals,
     countPending,
     useState,
+    releaseState,
     purgeUsedStates,
     stateKey,
     exportRows

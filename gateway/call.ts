@@ -3,8 +3,8 @@ import type { Principal } from '../schema/principal.js'
 import { toolError, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
 import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
-import type { ApprovalGate, CallAudit, CallOutcome, InputRequiredAnswer, InteractionChannel } from './policy.js'
-import { LimitWaitAborted, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
+import { isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
+import { LimitWaitAborted, UpstreamMalformed, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
 import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
 import type { CallBinding } from './upstream.js'
@@ -32,6 +32,8 @@ export interface DownstreamChannel {
    * upstream's own state to it.
    */
   upstreamInput?: UpstreamInput
+  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. */
+  releaseState?: () => Promise<void>
 }
 
 export interface GatewayMetrics {
@@ -128,6 +130,8 @@ export function createCallPath (deps: CallPathDependencies) {
         }
         try {
           const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
+          // A relayed round's input-required must ask the client something: one that asks nothing is no answer to pass on.
+          if (isInputRequired(result) && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
           upstream.breaker.succeeded()
           upstream.markUp()
           return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
@@ -144,7 +148,7 @@ export function createCallPath (deps: CallPathDependencies) {
           if (failure.kind === 'unreachable') upstream.markDown(error)
           const safe = tool.safeToRepeat || !failure.mayHaveReached
           if (!failure.transient || !safe || attempts > retry.attempts || upstream.breaker.state === 'open') {
-            return { attempts, ...failureAnswer(tool, failure, attempts, answered ? upstreamMessageOf(error) : undefined) }
+            return { attempts, ...failureAnswer(tool, failure, attempts, answered || error instanceof UpstreamMalformed ? upstreamMessageOf(error) : undefined) }
           }
           deps.metrics.retry(upstream.name, failure.reason)
           try {
@@ -207,6 +211,8 @@ export function createCallPath (deps: CallPathDependencies) {
     if (approvalId !== undefined && !(ended.attempts === 0 && await gate.release(approvalId))) {
       await gate.complete(approvalId, { result: ended.result, ...(ended.code !== undefined && { code: ended.code }) })
     }
+    // Likewise a relayed round's state: the client may retry with it once the refusal clears.
+    if (ended.attempts === 0) await channel.releaseState?.()
     finish(tool, principal, client, digest, ended, started, approvalId)
     return ended.result
   }
@@ -242,7 +248,12 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
 /** An upstream's answer: a success, a tool error, or (a relayed round) its own input-required. */
 function outcomeOf (result: ToolCallResult): CallOutcome {
   if (result.isError === true) return 'tool_error'
-  return (result as { resultType?: unknown }).resultType === 'input_required' ? 'input_required' : 'ok'
+  return isInputRequired(result) ? 'input_required' : 'ok'
+}
+
+function asksSomething (result: ToolCallResult): boolean {
+  const requests = (result as { inputRequests?: unknown }).inputRequests
+  return typeof requests === 'object' && requests !== null && !Array.isArray(requests) && Object.keys(requests).length > 0
 }
 
 function cancelled (tool: FederatedTool): Ended {

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import { inputRequired } from '@modelcontextprotocol/server'
 import type { Principal } from '../schema/principal.js'
+import { isDatabaseUnavailable } from '../db/errors.js'
 import { toolError, type ToolCallResult } from '../tools/registry.js'
 import type { DownstreamChannel } from './call.js'
 import { STATE_REFUSALS, createSignedStateCodec, type SignedStateCodec, type StatePayload as BoundStatePayload } from './approval-state.js'
-import type { InputRequiredAnswer } from './policy.js'
+import { isInputRequired, type InputRequiredAnswer } from './policy.js'
 
 // 2026-07-28 clients cannot be sent requests mid-call. Two ways to ask them what an upstream asks
 // during a federated call:
@@ -15,7 +16,9 @@ import type { InputRequiredAnswer } from './policy.js'
 // the tool, the digest of its arguments, the keys the upstream asked, and an expiry. The client's
 // retry, on whichever instance it lands, verifies that state, records it as used in the database
 // (each state is accepted once), and calls the same upstream tool again with the client's answers
-// and the upstream's own requestState. Nothing is held between rounds.
+// and the upstream's own requestState. Nothing is held between rounds. A retry refused before it
+// reaches the upstream (rate limit, breaker, concurrency wait) un-uses its state, so the client
+// can retry with it; while the database is down the retry is DEP_3001 and goes nowhere.
 //
 // Held (this instance): a 2025-line upstream sends elicitation or sampling requests during the
 // call. The upstream call is held here, and the client gets an input-required result naming the
@@ -85,6 +88,8 @@ export interface InteractionsOptions {
   maxPerPrincipal?: number
   /** Records a relayed state as used; false if it was used before (a replay). Shared by every instance (the database). */
   useState: (namespace: string, stateId: string, expiresAt: Date) => Promise<boolean>
+  /** Un-uses a relayed state whose retry never reached the upstream (refused before it: rate limit, breaker, concurrency wait). */
+  releaseState: (namespace: string, stateId: string) => Promise<void>
   log: { warn: (data: Record<string, unknown>, message: string) => void }
   now?: () => number
 }
@@ -92,7 +97,8 @@ export interface InteractionsOptions {
 /** An upstream's own input-required answer (2026-07-28), as the SDK client hands it back when asked to. */
 interface UpstreamInputRequired {
   resultType: 'input_required'
-  inputRequests?: Record<string, unknown>
+  /** Never empty: the call path refuses an input-required that asks nothing (malformed_answer). */
+  inputRequests: Record<string, unknown>
   requestState?: string
 }
 
@@ -133,8 +139,10 @@ export interface Interactions {
    * A call of a 2026-07-28 upstream's tool for a 2026-07-28 client: `run` calls the upstream (with
    * the client's answers and the upstream's state, on a retry carrying a relayed state); an
    * input-required answer of the upstream goes back to the client under a signed state of ours.
+   * `release`, on such a retry, un-uses its state: `run` calls it when the call never reached the
+   * upstream, so that the client can retry with the same state once the refusal clears.
    */
-  relay: (binding: RelayBinding, channel: DownstreamChannel, run: (input: UpstreamInput) => Promise<ToolCallResult | InputRequiredAnswer>) => Promise<ToolCallResult | InputRequiredAnswer>
+  relay: (binding: RelayBinding, channel: DownstreamChannel, run: (input: UpstreamInput, release: (() => Promise<void>) | undefined) => Promise<ToolCallResult | InputRequiredAnswer>) => Promise<ToolCallResult | InputRequiredAnswer>
   /** Cancels every held call waiting for a client (shutdown). */
   close: () => void
   /** Held calls right now. */
@@ -262,7 +270,7 @@ export function createInteractions (options: InteractionsOptions): Interactions 
   }
 
   /** The client's retry of a relayed round: what goes back to the upstream, or the refusal. */
-  async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput } | { refused: ToolCallResult }> {
+  async function relayedInput (binding: RelayBinding, raw: string, responses: Record<string, unknown> | undefined): Promise<{ input: UpstreamInput, release: () => Promise<void> } | { refused: ToolCallResult }> {
     const tool = binding.tool
     const refuse = (why: string): { refused: ToolCallResult } => ({ refused: bad(tool, why) })
     if (raw.length > MAX_RELAY_STATE_CHARS) return refuse(STATE_REFUSALS.malformed)
@@ -278,20 +286,27 @@ export function createInteractions (options: InteractionsOptions): Interactions 
       return refuse('its requestState was issued for another call (caller, tool or arguments differ)')
     }
     // Accepted once, whichever instance it reaches: a replay is refused before the upstream sees it.
-    if (!await options.useState(binding.principal.namespace, `relay:${payload.sid}`, new Date(verified.exp * 1000))) {
+    const stateId = `relay:${payload.sid}`
+    if (!await options.useState(binding.principal.namespace, stateId, new Date(verified.exp * 1000))) {
       options.log.warn({ tool, principal: binding.principal.id, reason: 'replayed' }, 'gateway: a relayed answer was refused')
       return refuse('its requestState was answered before (each round is answered once)')
     }
     const inputResponses: Record<string, unknown> = {}
     for (const key of payload.k) if (typeof key === 'string' && responses !== undefined && Object.hasOwn(responses, key)) inputResponses[key] = responses[key]
-    return { input: { inputResponses, ...(payload.s !== undefined && { requestState: payload.s }) } }
+    const release = async (): Promise<void> => {
+      try {
+        await options.releaseState(binding.principal.namespace, stateId)
+      } catch (error) {
+        options.log.warn({ err: error, tool, principal: binding.principal.id }, 'gateway: a relayed state whose retry never reached the upstream could not be released; a new retry with it is refused as answered before')
+      }
+    }
+    return { input: { inputResponses, ...(payload.s !== undefined && { requestState: payload.s }) }, release }
   }
 
   /** The upstream's input-required, as ours: its requests as they are, its state inside our signed one. */
   async function relayedQuestion (binding: RelayBinding, channel: DownstreamChannel, asked: UpstreamInputRequired): Promise<ToolCallResult | InputRequiredAnswer> {
     const tool = binding.tool
-    const requests = asked.inputRequests ?? {}
-    if (typeof requests !== 'object' || requests === null || Array.isArray(requests)) return upstreamRefused(binding, 'an input-required answer without valid inputRequests')
+    const requests = asked.inputRequests
     const supports: Record<string, boolean | undefined> = { 'elicitation/create': channel.elicitationSupported, 'sampling/createMessage': channel.samplingSupported }
     for (const request of Object.values(requests)) {
       const method = (request as { method?: unknown } | null)?.method
@@ -348,13 +363,24 @@ export function createInteractions (options: InteractionsOptions): Interactions 
 
     async relay (binding, channel, run) {
       let input: UpstreamInput = {}
+      let release: (() => Promise<void>) | undefined
       if (typeof channel.requestState === 'string' && channel.requestState.startsWith(RELAY_PREFIX)) {
-        const accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
+        let accepted: Awaited<ReturnType<typeof relayedInput>>
+        try {
+          accepted = await relayedInput(binding, channel.requestState, channel.inputResponses)
+        } catch (error) {
+          // Whether the state was answered before is the database's to say: without it, nothing goes upstream.
+          if (!isDatabaseUnavailable(error)) throw error
+          options.log.warn({ err: error, tool: binding.tool, principal: binding.principal.id }, 'gateway: a relayed answer could not be checked (database unavailable)')
+          return toolError('DEP_3001', `${binding.tool}: the database is unavailable right now, so this answer could not be checked; nothing reached the upstream. ` +
+            'Retry in a few seconds with the same requestState (if it is then refused as answered before, call the tool again without it).')
+        }
         if ('refused' in accepted) return accepted.refused
         input = accepted.input
+        release = accepted.release
       }
-      const result = await run(input)
-      if ((result as { resultType?: unknown }).resultType !== 'input_required') return result
+      const result = await run(input, release)
+      if (!isInputRequired(result)) return result
       return await relayedQuestion(binding, channel, result as unknown as UpstreamInputRequired)
     },
 

@@ -70,6 +70,11 @@ export interface InputRequiredAnswer {
   requestState: string
 }
 
+/** Whether a tools/call result is a 2026-07-28 input-required answer (an upstream's relayed one, or ours). */
+export function isInputRequired (result: object): boolean {
+  return (result as { resultType?: unknown }).resultType === 'input_required'
+}
+
 export type ApprovalDecision =
   /** Run the upstream call now (no approval needed, or approved; approvalId set when an approval was claimed). */
   | { kind: 'run', approvalId?: string }

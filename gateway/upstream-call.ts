@@ -102,8 +102,28 @@ export class LeanUpstreamClient {
     this.agent = this.secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true })
   }
 
-  close (): void {
+  /** Ends the shared 2025 session, if the upstream gave it an id (a DELETE, as the spec asks), then closes the sockets. */
+  async close (): Promise<void> {
+    const opening = this.session
+    this.session = undefined
+    const session = opening === undefined ? undefined : await opening.catch(() => undefined)
+    if (session?.sessionId !== undefined) await this.endSession(session.protocolVersion, session.sessionId)
     this.agent.destroy()
+  }
+
+  /** DELETE of a session: whatever the upstream answers (405: it keeps sessions until they expire), or fails, it is over. */
+  private endSession (protocolVersion: string, sessionId: string): Promise<void> {
+    const headers = { ...this.options.headers, 'mcp-protocol-version': protocolVersion, 'mcp-session-id': sessionId }
+    return new Promise<void>((resolve) => {
+      const request = (this.secure ? https : http).request(this.url, { method: 'DELETE', headers, agent: this.agent, timeout: this.options.connectTimeoutMs })
+      request.once('response', (response) => {
+        response.once('close', () => resolve())
+        response.resume()
+      })
+      request.once('timeout', () => request.destroy())
+      request.once('error', () => resolve())
+      request.end()
+    })
   }
 
   /** Forgets the 2025 session (the upstream answered 404: it forgot it, or restarted). */

@@ -457,7 +457,7 @@ export class Upstream {
     this.idle.length = 0
     await Promise.all(clients.map((client) => client.close().catch(() => {})))
     this.http.close()
-    this.lean.close()
+    await this.lean.close()
   }
 }
 

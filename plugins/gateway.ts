@@ -275,7 +275,7 @@ export default fp(async (fastify) => {
   }
 
   // 2026-07-28 calls whose upstream asks the client something mid-call (gateway/interactions.ts).
-  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
+  const interactions = createInteractions({ stateKey: () => store.stateKey(), useState: store.useState, releaseState: store.releaseState, holdMs: config.GATEWAY_INPUT_WAIT_SECONDS * 1000, log })
 
   /** A 2026-07-28 call (it cannot be sent requests mid-call): through the interactions, which answer input-required when the upstream asks. */
   function multiRound (name: string, args: Record<string, unknown>, principal: Principal, channel: DownstreamChannel, work: (channel: DownstreamChannel) => Promise<ToolCallResult | InputRequiredAnswer>): Promise<ToolCallResult | InputRequiredAnswer> {
@@ -297,7 +297,7 @@ export default fp(async (fastify) => {
   function relayRound (tool: FederatedTool, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> {
     const binding = { principal, upstream: tool.upstream.name, tool: tool.federatedName, argumentsDigest: argumentsDigest(args) }
     const { inputResponses: _answers, requestState: _state, ...rest } = channel
-    return interactions.relay(binding, channel, (upstreamInput) => callFederated(tool, args, principal, client, { ...rest, upstreamInput }))
+    return interactions.relay(binding, channel, (upstreamInput, releaseState) => callFederated(tool, args, principal, client, { ...rest, upstreamInput, ...(releaseState !== undefined && { releaseState }) }))
   }
 
   function call (name: string, args: Record<string, unknown>, principal: Principal, client: string | null, channel: DownstreamChannel): Promise<ToolCallResult | InputRequiredAnswer> | undefined {
@@ -325,12 +325,13 @@ export default fp(async (fastify) => {
     if (typeof requestId !== 'string' && typeof requestId !== 'number') return
     legacyCalls.get(legacyCallKey(principal, sessionId, requestId))?.abort(new Error('cancelled by the client'))
   }
-  function watchLegacyRequest (request: FastifyRequest, reply: FastifyReply, requestId: unknown): { signal: AbortSignal, end: () => void } {
+  /** A 2025-era request's cancellation: aborts when its client disconnects, or cancels it (notifications/cancelled of its id). */
+  function watchLegacy (request: FastifyRequest, reply: FastifyReply, principal: Principal, requestId: unknown): { signal: AbortSignal, end: () => void } {
     const controller = new AbortController()
     const raw = reply.raw
     const onClose = (): void => { if (!raw.writableFinished) controller.abort(new Error('client disconnected')) }
     raw.once('close', onClose)
-    const key = legacyCallKey(request.principal!, request.headers['mcp-session-id'], requestId)
+    const key = legacyCallKey(principal, request.headers['mcp-session-id'], requestId)
     legacyCalls.set(key, controller)
     return {
       signal: controller.signal,
@@ -339,6 +340,9 @@ export default fp(async (fastify) => {
         if (legacyCalls.get(key) === controller) legacyCalls.delete(key)
       }
     }
+  }
+  function watchLegacyRequest (request: FastifyRequest, reply: FastifyReply, requestId: unknown): { signal: AbortSignal, end: () => void } {
+    return watchLegacy(request, reply, request.principal!, requestId)
   }
   // Session id -> whether its client declared form elicitation (bounded: sessions are bounded too, and idle ones forgotten).
   const sessionElicitation = new Map<string, boolean>()
@@ -376,12 +380,9 @@ export default fp(async (fastify) => {
 
   async function answerLegacy (request: FastifyRequest, reply: FastifyReply, body: JSONRPCRequest, caller: CallerInfo, name: string, args: Record<string, unknown>, progressToken: unknown): Promise<FastifyReply> {
     caller.record.tool = name
-    const controller = new AbortController()
+    const watched = watchLegacy(request, reply, caller.principal, body.id)
+    const { signal } = watched
     const raw = reply.raw
-    const onClose = (): void => { if (!raw.writableFinished) controller.abort(new Error('client disconnected')) }
-    raw.once('close', onClose)
-    const callKey = legacyCallKey(caller.principal, request.headers['mcp-session-id'], body.id)
-    legacyCalls.set(callKey, controller)
     const accept = request.headers.accept ?? ''
     const canStream = accept.includes('text/event-stream')
     let streaming = false
@@ -408,7 +409,7 @@ export default fp(async (fastify) => {
 
     const channel: DownstreamChannel = {
       protocol: LEGACY_PROTOCOL,
-      signal: controller.signal,
+      signal,
       ...(validToken && { progressToken: progressToken as string | number }),
       ...(canStream && {
         notify: (method: string, notificationParams: Record<string, unknown>) => send({ jsonrpc: '2.0', method, params: notificationParams }),
@@ -416,7 +417,7 @@ export default fp(async (fastify) => {
           const id = `gw-${randomUUID()}`
           openedRequests.add(id)
           pendingClientRequests.set(id, { principal: caller.principal.id, resolve, reject })
-          controller.signal.addEventListener('abort', () => {
+          signal.addEventListener('abort', () => {
             if (pendingClientRequests.delete(id)) reject(new Error('the call was cancelled'))
           }, { once: true })
           send({ jsonrpc: '2.0', id, method, ...(requestParams !== undefined && { params: requestParams }) })
@@ -436,8 +437,7 @@ export default fp(async (fastify) => {
       request.log.error({ err: error, tool: name }, 'gateway call failed')
       answer = { jsonrpc: '2.0', id: body.id, error: { code: -32603, message: 'SRV_9001: the gateway failed to run this call; try again.', data: { code: 'SRV_9001' } } }
     } finally {
-      raw.removeListener('close', onClose)
-      if (legacyCalls.get(callKey) === controller) legacyCalls.delete(callKey)
+      watched.end()
       clearInterval(heartbeat)
       for (const id of openedRequests) pendingClientRequests.delete(id)
     }

@@ -120,6 +120,10 @@ test('gateway store: approvals move pending → approved → running → done on
     t.ok(await store.useState('team', 'state-old', expiresAt), 'the purged one is forgotten (using it again is a first use)')
     t.notOk(await store.useState('team', 'state-just-expired', expiresAt), 'one just past its expiry is kept a while (instances whose clock is behind the database may still take it)')
     t.ok(await store.useState('team', 'state-1', expiresAt) === false, 'an unexpired used state is kept')
+    await store.useState('other', 'state-1', expiresAt)
+    await store.releaseState('team', 'state-1')
+    t.ok(await store.useState('team', 'state-1', expiresAt), 'a released state may be used again')
+    t.notOk(await store.useState('other', 'state-1', expiresAt), 'the same id in another namespace is not released')
 
     const [key, again] = await Promise.all([store.stateKey(), store.stateKey()])
     t.equal(key.length, 32)

@@ -90,9 +90,12 @@ export async function startDomainGateway (
   return { ...gateway, hr, finance }
 }
 
-/** Another instance of the same gateway: same configuration, same database, its own port; closed when the test ends. */
-export async function startAnotherInstance (t: Tap, gateway: Gateway): Promise<Gateway> {
-  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent', ...gateway.env, DATABASE_URL: String(gateway.app.config.DATABASE_URL) }))
+/**
+ * Another instance of the same gateway: same configuration, same database, its own port; closed
+ * when the test ends. `env` adds to its configuration (a DATABASE_URL through a TCP proxy, say).
+ */
+export async function startAnotherInstance (t: Tap, gateway: Gateway, env: Record<string, string> = {}): Promise<Gateway> {
+  const app = await buildApp(loadConfig({ AUTH_TOKEN: TEST_TOKEN, LOG_LEVEL: 'silent', ...gateway.env, DATABASE_URL: String(gateway.app.config.DATABASE_URL), ...env }))
   t.teardown(() => app.close())
   await app.ready()
   const baseUrl = await app.listen({ port: 0, host: '127.0.0.1' })

@@ -43,7 +43,7 @@ function usedStates (): (namespace: string, stateId: string) => Promise<boolean>
 }
 
 function interactions (extra: Partial<Parameters<typeof createInteractions>[0]> = {}): Interactions {
-  return createInteractions({ stateKey: async () => key, useState: usedStates(), log: quiet, ...extra })
+  return createInteractions({ stateKey: async () => key, useState: usedStates(), releaseState: async () => {}, log: quiet, ...extra })
 }
 
 test('an answer that reaches another instance is MCP_2005, and nothing is delivered', async (t) => {

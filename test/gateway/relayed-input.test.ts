@@ -1,3 +1,5 @@
+import { createServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { test } from 'tap'
@@ -5,6 +7,7 @@ import { createSignedStateCodec } from '../../gateway/approval-state.js'
 import type { InputRequiredAnswer } from '../../gateway/policy.js'
 import type { ToolCallResult } from '../../tools/registry.js'
 import { eventually } from '../eventually.js'
+import { TcpProxy, viaProxy } from '../tcp-proxy.js'
 import { toolErrorOf } from '../helper.js'
 import { ROLE_MAP, connectV2, errorCodeOf, startAnotherInstance, startGateway } from './gateway-helper.js'
 import { startDomainServer } from './upstreams/domain-server.js'
@@ -116,4 +119,252 @@ test('a 2026-07-28 upstream\'s input-required, relayed statelessly across two in
     t.equal(errorCodeOf(answer), 'MCP_2002')
     t.match(toolErrorOf(answer)?.message, /did not declare/)
   })
+})
+
+// A relayed retry refused before it reached the upstream (attempts 0) un-uses its state: once the
+// refusal clears, the client retries with the same state. Its audit row records the refusal.
+test('a relayed retry refused before the upstream (rate limit, breaker, concurrency wait) releases its state', async (t) => {
+  let gate: { open: () => void, opened: Promise<void> } | undefined
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'confirm_name',
+      title: 'Confirm a name',
+      description: 'Asks the user for a name, then answers with it.',
+      inputSchema: Type.Object({ n: Type.Optional(Type.Number()) }),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async (_args, ctx) => {
+        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
+        if (answer.kind !== 'elicit') {
+          return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } } } }) }, requestState: 'upstream-state' }) as never
+        }
+        return { name: answer.content?.name ?? null }
+      }
+    }, {
+      name: 'hold',
+      title: 'Hold',
+      description: 'Answers once the test lets it.',
+      inputSchema: Type.Object({}),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async () => {
+        await gate?.opened
+        return { held: true }
+      }
+    }]
+  })
+  t.teardown(() => upstream.close())
+  const allow = { 'everything:use': ['*'] }
+  const quiet = { healthCheckSeconds: 0, refreshSeconds: 0, retry: { attempts: 0, baseDelayMs: 1, maxDelayMs: 1 } }
+  const gateway = await startGateway(t, [
+    { name: 'limited', url: upstream.url, allow, confirm: [], callsPerMinute: 1, ...quiet },
+    { name: 'fragile', url: upstream.url, allow, confirm: [], concurrency: 1, breaker: { failures: 1, openMs: 3000 }, ...quiet }
+  ])
+  await eventually(() => gateway.app.gateway?.upstreams.every((entry) => entry.status === 'ok' && entry.protocol === '2026-07-28'), { what: 'both upstream entries connected on 2026-07-28' })
+  const { sql } = gateway.app.db
+  const capabilities = { elicitation: { form: {} } }
+  type Answer = ToolCallResult & Partial<InputRequiredAnswer>
+  const call = async (client: Awaited<ReturnType<typeof connectV2>>, name: string, extra: Record<string, unknown> = {}, args: Record<string, unknown> = {}, signal?: AbortSignal): Promise<Answer> =>
+    await client.callTool({ name, arguments: args, ...extra } as never, { allowInputRequired: true, ...(signal !== undefined && { signal }) }) as unknown as Answer
+  const accept = { name: { action: 'accept', content: { name: 'Ada' } } }
+  const usedRelayStates = async (): Promise<number> => (await sql<Array<{ count: number }>>`select count(*)::int as count from gateway_used_states where state_id like 'relay:%'`)[0]?.count ?? -1
+  const auditOf = async (upstreamName: string): Promise<Array<{ outcome: string, code: string | null, attempts: number }>> =>
+    await sql<Array<{ outcome: string, code: string | null, attempts: number }>>`select outcome, code, attempts from gateway_calls where upstream = ${upstreamName} and tool = 'confirm_name' order by id`
+
+  await t.test('rate limit (REQ_1103): the state is not used up; refused again by the limit, not as a replay', async (t) => {
+    // The per-minute window must not roll over between the first round and its retries.
+    if (Date.now() % 60_000 > 55_000) await new Promise((resolve) => setTimeout(resolve, 60_000 - (Date.now() % 60_000) + 50))
+    const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user'], { sub: 'limited-user' }), { negotiate: true, capabilities })
+    const first = await call(client, 'limited__confirm_name')
+    t.match(first.requestState, /^gwr1\./)
+    const runs = upstream.runs.get('confirm_name')
+    for (const round of [1, 2]) {
+      const refused = await call(client, 'limited__confirm_name', { inputResponses: accept, requestState: first.requestState })
+      t.equal(errorCodeOf(refused), 'REQ_1103', `retry ${round}: refused by the limit (not REQ_1101, answered before)`)
+      t.equal(await usedRelayStates(), 0, `retry ${round}: its state is not recorded as used`)
+    }
+    t.equal(upstream.runs.get('confirm_name'), runs, 'no refused retry reached the upstream')
+    const rows = await eventually(async () => { const found = await auditOf('limited'); return found.length === 3 ? found : undefined }, { what: 'the audit rows' })
+    t.same(rows, [
+      { outcome: 'input_required', code: null, attempts: 1 },
+      { outcome: 'rate_limited', code: 'REQ_1103', attempts: 0 },
+      { outcome: 'rate_limited', code: 'REQ_1103', attempts: 0 }
+    ], 'each refused retry is audited as refused, with attempts 0')
+  })
+
+  await t.test('breaker open: refused, then the same state accepted once the breaker lets a call through', async (t) => {
+    const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user'], { sub: 'breaker-user' }), { negotiate: true, capabilities })
+    const first = await call(client, 'fragile__confirm_name')
+    t.match(first.requestState, /^gwr1\./)
+    upstream.fail('http-503', 1)
+    t.equal(errorCodeOf(await call(client, 'fragile__confirm_name', {}, { n: 1 })), 'MCP_2002', 'a failing call opens the breaker')
+    const fragile = gateway.app.gateway!.upstreams.find((entry) => entry.name === 'fragile')!
+    t.equal(fragile.breaker.state, 'open')
+    const runs = upstream.runs.get('confirm_name')
+    const refused = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState })
+    t.equal(errorCodeOf(refused), 'MCP_2002')
+    t.match(toolErrorOf(refused), { reason: 'breaker_open', attempts: 0 })
+    t.equal(await usedRelayStates(), 0, 'its state is not recorded as used')
+    await eventually(() => fragile.breaker.retryAfterMs() === 0, { what: 'the breaker to let a probe through', timeoutMs: 10_000 })
+    const done = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState })
+    t.same(done.structuredContent, { name: 'Ada' }, 'the same state is accepted')
+    t.equal(upstream.runs.get('confirm_name'), (runs ?? 0) + 1)
+    const replay = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState })
+    t.equal(errorCodeOf(replay), 'REQ_1101', 'once it reached the upstream, the state is used up')
+    const rows = await eventually(async () => { const found = await auditOf('fragile'); return found.length === 4 ? found : undefined }, { what: 'the audit rows' })
+    t.match(rows?.at(2), { outcome: 'breaker_open', code: 'MCP_2002', attempts: 0 }, 'the refused retry is audited as refused, with attempts 0')
+    t.match(rows?.at(3), { outcome: 'ok', attempts: 1 })
+  })
+
+  await t.test('a retry cancelled while it waits for the concurrency limit: the state is released', async (t) => {
+    const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user'], { sub: 'queued-user' }), { negotiate: true, capabilities })
+    const first = await call(client, 'fragile__confirm_name', {}, { n: 2 })
+    t.match(first.requestState, /^gwr1\./)
+    let open = (): void => {}
+    gate = { opened: new Promise<void>((resolve) => { open = resolve }), open }
+    const holding = call(client, 'fragile__hold')
+    await eventually(() => upstream.runs.get('hold') === 1, { what: 'the slot taken' })
+    const fragile = gateway.app.gateway!.upstreams.find((entry) => entry.name === 'fragile')!
+    const used = await usedRelayStates()
+    const controller = new AbortController()
+    const waiting = call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState }, { n: 2 }, controller.signal).catch((error: unknown) => error)
+    await eventually(() => fragile.limit.queued === 1, { what: 'the retry to wait for the limit' })
+    t.equal(await usedRelayStates(), used + 1, 'while it waits, its state is used')
+    controller.abort(new Error('the client gave up'))
+    t.ok(await waiting instanceof Error, 'the client gave up')
+    await eventually(async () => await usedRelayStates() === used, { what: 'the state released' })
+    gate.open()
+    t.same((await holding).structuredContent, { held: true })
+    const done = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState }, { n: 2 })
+    t.same(done.structuredContent, { name: 'Ada' }, 'the same state is accepted')
+    const rows = await eventually(async () => { const found = await auditOf('fragile'); return found.length === 7 ? found : undefined }, { what: 'the audit rows' })
+    t.match(rows?.at(5), { outcome: 'cancelled', code: 'MCP_2002', attempts: 0 }, 'the cancelled retry is audited with attempts 0')
+  })
+})
+
+// An upstream's input-required that asks the client nothing (no inputRequests, or none in it) is
+// no answer: MCP_2002 malformed_answer, neither passed on nor repeated.
+test('a relayed upstream input-required without inputRequests is MCP_2002 malformed_answer', async (t) => {
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'lookup',
+      title: 'Lookup',
+      description: 'Answers at once (the proxy in front answers for it when told to).',
+      inputSchema: Type.Object({ shape: Type.Optional(Type.String()) }),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async () => ({ found: true })
+    }]
+  })
+  t.teardown(() => upstream.close())
+  // In front of it: tools/call of lookup with a `shape` is answered by the proxy with that shape of input_required.
+  const shapes: Record<string, Record<string, unknown>> = {
+    missing: { resultType: 'input_required', requestState: 'upstream-state' },
+    empty: { resultType: 'input_required', inputRequests: {}, requestState: 'upstream-state' },
+    'not-an-object': { resultType: 'input_required', inputRequests: ['elicitation/create'], requestState: 'upstream-state' }
+  }
+  let answered = 0
+  const proxy = createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const body = Buffer.concat(chunks)
+      const message = body.length === 0 ? undefined : JSON.parse(body.toString('utf8')) as { id?: unknown, method?: string, params?: { arguments?: { shape?: string } } }
+      const shape = message?.method === 'tools/call' ? message.params?.arguments?.shape : undefined
+      if (shape !== undefined) {
+        answered++
+        response.writeHead(200, { 'content-type': 'application/json' })
+        response.end(JSON.stringify({ jsonrpc: '2.0', id: message?.id, result: shapes[shape] }))
+        return
+      }
+      const forwarded = httpRequest(upstream.url, { method: request.method, headers: request.headers }, (answer) => {
+        response.writeHead(answer.statusCode ?? 502, answer.headers)
+        answer.pipe(response)
+      })
+      forwarded.on('error', () => response.destroy())
+      forwarded.end(body)
+    })
+  })
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { proxy.closeAllConnections(); proxy.close(() => resolve()) }))
+  const gateway = await startGateway(t, [{
+    name: 'ask',
+    url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}${new URL(upstream.url).pathname}`,
+    allow: { 'everything:use': ['*'] },
+    confirm: [],
+    retry: { attempts: 3, baseDelayMs: 1, maxDelayMs: 5 }
+  }])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.protocol === '2026-07-28', { what: 'the upstream connected on 2026-07-28' })
+  const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user']), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  for (const shape of Object.keys(shapes)) {
+    const before = answered
+    const result = await client.callTool({ name: 'ask__lookup', arguments: { shape } }, { allowInputRequired: true }) as unknown as ToolCallResult & Partial<InputRequiredAnswer>
+    t.equal(result.resultType, undefined, `${shape}: not passed on as input_required`)
+    t.equal(errorCodeOf(result), 'MCP_2002', `${shape}: MCP_2002`)
+    t.match(toolErrorOf(result), { reason: 'malformed_answer', attempts: 1 }, `${shape}: malformed_answer`)
+    t.match(toolErrorOf(result)?.message, /without inputRequests/)
+    t.equal(answered, before + 1, `${shape}: asked once, not repeated`)
+  }
+  const fine = await client.callTool({ name: 'ask__lookup', arguments: {} }, { allowInputRequired: true }) as unknown as ToolCallResult
+  t.same(fine.structuredContent, { found: true }, 'the same tool, answered properly, comes through')
+  const { sql } = gateway.app.db
+  const outcomes = await eventually(async () => {
+    const rows = await sql<Array<{ outcome: string, code: string | null }>>`select outcome, code from gateway_calls where tool = 'lookup' order by id`
+    return rows.length === 4 ? rows.map((row) => [row.outcome, row.code]) : undefined
+  }, { what: 'the audit rows' })
+  t.same(outcomes, [['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['ok', null]])
+})
+
+// The database says whether a relayed state was answered before: while it is down, the retry is
+// refused as unavailable (DEP_3001), and nothing reaches the upstream; once it is back, the same
+// state is accepted.
+test('a relayed retry while the database is down is DEP_3001, and the upstream is not called', async (t) => {
+  const upstream = await startDomainServer({
+    name: 'ask',
+    era: '2026-07-28',
+    tools: [{
+      name: 'confirm_name',
+      title: 'Confirm a name',
+      description: 'Asks the user for a name, then answers with it.',
+      inputSchema: Type.Object({}),
+      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+      handler: async (_args, ctx) => {
+        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
+        if (answer.kind !== 'elicit') return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } } } }) } }) as never
+        return { name: answer.content?.name ?? null }
+      }
+    }]
+  })
+  t.teardown(() => upstream.close())
+  const a = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'] }, confirm: [], healthCheckSeconds: 0, refreshSeconds: 0 }])
+  // A second instance whose database connections go through a proxy the test cuts.
+  const target = new URL(String(a.app.config.DATABASE_URL))
+  const proxy = new TcpProxy(target.hostname, Number(target.port))
+  await proxy.start()
+  t.teardown(() => proxy.stop())
+  const b = await startAnotherInstance(t, a, { DATABASE_URL: viaProxy(target.toString(), proxy), DB_CONNECT_TIMEOUT_MS: '2000' })
+  await eventually(() => b.app.gateway?.upstreams[0]?.protocol === '2026-07-28', { what: 'the upstream connected on 2026-07-28' })
+  // No jti: this token's revocation is not looked up (in the database), so the request reaches the gateway.
+  const client = await connectV2(t, b.baseUrl, await a.token(['everything-user'], { jti: undefined }), { negotiate: true, capabilities: { elicitation: { form: {} } } })
+  const call = async (extra: Record<string, unknown>): Promise<ToolCallResult & Partial<InputRequiredAnswer>> =>
+    await client.callTool({ name: 'ask__confirm_name', arguments: {}, ...extra } as never, { allowInputRequired: true }) as unknown as ToolCallResult & Partial<InputRequiredAnswer>
+  const first = await call({})
+  t.match(first.requestState, /^gwr1\./)
+  const runs = upstream.runs.get('confirm_name')
+  const retry = { inputResponses: { name: { action: 'accept', content: { name: 'Ada' } } }, requestState: first.requestState }
+
+  await proxy.cut()
+  const refused = await call(retry)
+  t.equal(errorCodeOf(refused), 'DEP_3001', 'a tool error with the catalogue\'s database-unavailable code')
+  t.match(toolErrorOf(refused)?.message, /database is unavailable/)
+  t.equal(upstream.runs.get('confirm_name'), runs, 'the upstream was not called')
+
+  await proxy.restore()
+  const done = await eventually(async () => {
+    const answer = await call(retry)
+    return errorCodeOf(answer) === 'DEP_3001' ? undefined : answer
+  }, { what: 'the database back' })
+  t.same(done?.structuredContent, { name: 'Ada' }, 'once the database is back, the same state is accepted')
+  t.equal(upstream.runs.get('confirm_name'), (runs ?? 0) + 1)
 })

@@ -13,7 +13,7 @@ import { startHr } from './upstreams/hr.js'
 // 2026-07-28 envelope and input_required rounds, cancellation, and answers that are no answers.
 
 type Message = Record<string, unknown> & { id?: unknown, method?: string, params?: Record<string, unknown> }
-interface Seen { headers: IncomingMessage['headers'], message: Message }
+interface Seen { httpMethod: string | undefined, headers: IncomingMessage['headers'], message: Message }
 type Script = (message: Message, response: ServerResponse, request: IncomingMessage) => void
 
 async function scripted (t: Test, script: Script): Promise<{ url: string, seen: Seen[] }> {
@@ -25,7 +25,7 @@ async function scripted (t: Test, script: Script): Promise<{ url: string, seen: 
     request.on('end', () => {
       // A GET (the SDK's stream) or a DELETE has no body.
       const message = (body === '' ? {} : JSON.parse(body)) as Message
-      seen.push({ headers: request.headers, message })
+      seen.push({ httpMethod: request.method, headers: request.headers, message })
       script(message, response, request)
     })
   })
@@ -270,4 +270,50 @@ test('through the gateway: an upstream (either line) answering with no JSON-RPC 
   // The same upstreams still answer their other tools.
   const fine = await postMcp(gateway.baseUrl, token, { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'hr__slow_report', arguments: { steps: 1, step_ms: 1 } } })
   t.match(await fine.text(), /\\"steps\\":1/)
+})
+
+test('at shutdown the shared 2025-line session is ended with a DELETE carrying its Mcp-Session-Id', async (t) => {
+  let sessions = 0
+  const upstream = await scripted(t, (message, response, request) => {
+    if (request.method === 'GET') {
+      response.writeHead(405).end()
+      return
+    }
+    if (request.method === 'DELETE') {
+      response.writeHead(200).end()
+      return
+    }
+    // A 2025 server: no server/discover, so the clients fall back to initialize.
+    if (message.method === 'server/discover' || request.headers['mcp-protocol-version'] === '2026-07-28') {
+      json(response, { jsonrpc: '2.0', id: null, error: { code: -32600, message: 'Bad Request: No valid session ID provided' } }, 400)
+      return
+    }
+    if (message.method === 'initialize') {
+      sessions++
+      response.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': `session-${sessions}` })
+      response.end(JSON.stringify({ jsonrpc: '2.0', id: message.id, result: { protocolVersion: message.params?.protocolVersion, capabilities: { tools: {} }, serverInfo: { name: 'sessions', version: '1' } } }))
+      return
+    }
+    if (message.id === undefined) {
+      response.writeHead(202).end()
+      return
+    }
+    const results: Record<string, unknown> = {
+      'tools/list': { tools: [{ name: 'echo', inputSchema: { type: 'object' }, annotations: { readOnlyHint: true } }] },
+      'tools/call': TEXT
+    }
+    json(response, { jsonrpc: '2.0', id: message.id, result: results[String(message.method)] ?? {} })
+  })
+  const gateway = await startGateway(t, [{ name: 'sessions', url: upstream.url, allow: { 'hr:read': ['*'] }, healthCheckSeconds: 0, refreshSeconds: 0 }])
+  await eventually(() => gateway.app.gateway?.upstreams[0]?.protocol?.startsWith('2025-') === true, { what: 'the upstream connected on the 2025 line' })
+  const answer = await postMcp(gateway.baseUrl, await gateway.token(['hr-read']), { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'sessions__echo', arguments: {} } })
+  t.match(await answer.text(), /"text":"ok"/)
+  const call = upstream.seen.find((seen) => seen.message.method === 'tools/call')
+  const leanSession = call?.headers['mcp-session-id']
+  t.match(leanSession, /^session-\d+$/, 'the call went in a session of its own')
+  t.equal(upstream.seen.filter((seen) => seen.httpMethod === 'DELETE').length, 0, 'no DELETE while the server runs')
+  await gateway.app.close()
+  const deleted = upstream.seen.filter((seen) => seen.httpMethod === 'DELETE' && seen.headers['mcp-session-id'] === leanSession)
+  t.equal(deleted.length, 1, 'one DELETE of that session once the server closed')
+  t.equal(deleted[0]?.headers['mcp-protocol-version'], call?.headers['mcp-protocol-version'], 'on the session\'s protocol line')
 })
