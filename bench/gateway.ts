@@ -7,6 +7,7 @@ import autocannon, { type Context, type RequestParams } from 'autocannon'
 import { freePort, killAllChildrenNow, startChild, stopAllChildren, type Child } from './children.js'
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
+import { percentile, runPacedCalls } from './paced.js'
 import { PEERS_DIR, ROOT } from './servers.js'
 
 // `npm run bench` (last part), or `node --import tsx bench/gateway.ts` after a build: the gateway
@@ -23,6 +24,11 @@ import { PEERS_DIR, ROOT } from './servers.js'
 // with the numbers. Through the gateway the upstream speaks whichever protocol line the gateway
 // negotiated with it (2026-07-28 for the bench upstream: one POST per call, answered with JSON);
 // the direct side speaks 2025-11-25 (stateless, answered with a one-event SSE stream).
+//
+// Two phases, each BENCH_GATEWAY_ROUNDS interleaved rounds of BENCH_GATEWAY_DURATION seconds:
+// closed loop at BENCH_GATEWAY_CONNECTIONS (the capacity), then both sides at one fixed rate,
+// evenly spaced (BENCH_GATEWAY_RATE, or BENCH_GATEWAY_LOAD_SHARE, 0.5, of the gateway's closed-loop
+// throughput), where the goals are judged.
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
 
@@ -30,6 +36,13 @@ function setting (name: string, fallback: number): number {
   const raw = process.env[name]
   const value = raw === undefined || raw === '' ? fallback : Number(raw)
   if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
+  return value
+}
+
+function share (name: string, fallback: number): number {
+  const raw = process.env[name]
+  const value = raw === undefined || raw === '' ? fallback : Number(raw)
+  if (!(value > 0 && value <= 1)) throw new Error(`${name} must be a number above 0 and at most 1 (got ${JSON.stringify(raw)})`)
   return value
 }
 
@@ -53,10 +66,6 @@ interface Run {
 }
 
 const HEADERS = { 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-11-25' }
-
-function percentile (sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
-}
 
 function bodyOf (tool: string, id: number): string {
   return JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: tool, arguments: { id: `e${id % 100}` } } })
@@ -111,6 +120,36 @@ async function run (side: Side, seconds: number, connections: number): Promise<R
   return { requestsPerSecond: result.requests.average, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), responses, failures: failures + result.errors + result.timeouts, sample, cpuUsPerCall }
 }
 
+/** One side at a fixed rate, evenly spaced (bench/paced.ts): latency from each call's due time. */
+async function runAtRate (side: Side, seconds: number, connections: number, rate: number): Promise<Run> {
+  const cpuBefore = side.processes.map(({ child }) => cpuMicros(child.process.pid ?? 0))
+  const result = await runPacedCalls({
+    url: side.url,
+    headers: { ...HEADERS, ...side.headers },
+    rate,
+    durationSeconds: seconds,
+    connections,
+    next: (index) => {
+      const id = index + 1
+      return { body: bodyOf(side.tool, id), check: (status, body) => answered(status, body, id) ? undefined : `HTTP ${status}` }
+    }
+  })
+  const responses = result.latenciesMs.length
+  const cpuUsPerCall: Record<string, number> = {}
+  side.processes.forEach(({ name, child }, index) => {
+    cpuUsPerCall[name] = responses === 0 ? 0 : (cpuMicros(child.process.pid ?? 0) - (cpuBefore[index] ?? 0)) / responses
+  })
+  return {
+    requestsPerSecond: result.requestsPerSecond,
+    p50Ms: percentile(result.latenciesMs, 0.5),
+    p99Ms: percentile(result.latenciesMs, 0.99),
+    responses,
+    failures: result.failures + result.transportErrors,
+    sample: result.samples[0],
+    cpuUsPerCall
+  }
+}
+
 interface Profile { nodes: Array<{ callFrame: { functionName: string, url: string, lineNumber: number }, hitCount?: number }> }
 
 /** The functions with the most self time in a .cpuprofile (bench/profile.ts has the full summary for the context tools' mix). */
@@ -154,6 +193,10 @@ async function main (): Promise<void> {
   const seconds = setting('BENCH_GATEWAY_DURATION', 5)
   const rounds = setting('BENCH_GATEWAY_ROUNDS', 2)
   const connections = setting('BENCH_GATEWAY_CONNECTIONS', 16)
+  const settings = {
+    rate: process.env.BENCH_GATEWAY_RATE === undefined ? undefined : setting('BENCH_GATEWAY_RATE', 1),
+    loadShare: share('BENCH_GATEWAY_LOAD_SHARE', 0.5)
+  }
   const upstreamScript = join(PEERS_DIR, 'mcp-upstream.js')
   for (const file of [join(ROOT, 'dist/server.js'), upstreamScript]) {
     if (!existsSync(file)) throw new Error(`${file} is missing: run \`npm run bench\` (it builds the server and the peers first)`)
@@ -206,47 +249,77 @@ async function main (): Promise<void> {
   const loadBefore = loadAverage()
   console.log(`Gateway mix: ${connections} connections, ${seconds} s per run, ${rounds} rounds, one read-only upstream tool; load average ${loadBefore}`)
   for (const side of sides) await run(side, 2, connections) // warm-up
-  const results = new Map<Side, Run[]>(sides.map((side) => [side, []]))
-  for (let round = 1; round <= rounds; round++) {
-    // Each round starts with the next side, so none always runs first (or last).
-    const shift = (round - 1) % sides.length
-    for (const side of [...sides.slice(shift), ...sides.slice(0, shift)]) {
-      const result = await run(side, seconds, connections)
-      results.get(side)?.push(result)
-      const cpu = Object.entries(result.cpuUsPerCall).map(([name, us]) => `${name} ${us.toFixed(0)} µs`).join(', ')
-      console.log(`  round ${round} ${side.label.padEnd(20)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  CPU/call: ${cpu}  failures ${result.failures}${result.sample === undefined ? '' : ` (${result.sample})`}`)
+
+  /** `rounds` rounds of every side; each round starts with the next side, so none always runs first (or last). */
+  const interleaved = async (phase: string, runOne: (side: Side) => Promise<Run>): Promise<Map<Side, Run[]>> => {
+    const results = new Map<Side, Run[]>(sides.map((side) => [side, []]))
+    for (let round = 1; round <= rounds; round++) {
+      const shift = (round - 1) % sides.length
+      for (const side of [...sides.slice(shift), ...sides.slice(0, shift)]) {
+        const result = await runOne(side)
+        results.get(side)?.push(result)
+        const cpu = Object.entries(result.cpuUsPerCall).map(([name, us]) => `${name} ${us.toFixed(0)} µs`).join(', ')
+        console.log(`  ${phase} round ${round} ${side.label.padEnd(20)} ${result.requestsPerSecond.toFixed(0).padStart(6)} req/s  p50 ${result.p50Ms.toFixed(2)} ms  p99 ${result.p99Ms.toFixed(2)} ms  CPU/call: ${cpu}  failures ${result.failures}${result.sample === undefined ? '' : ` (${result.sample})`}`)
+      }
     }
+    return results
   }
-  const summary = (side: Side) => {
+  const summary = (results: Map<Side, Run[]>, side: Side) => {
     const runs = results.get(side) ?? []
     const cpu: Record<string, number> = {}
     for (const { name } of side.processes) cpu[name] = median(runs.map((r) => r.cpuUsPerCall[name] ?? 0))
     return { requestsPerSecond: median(runs.map((r) => r.requestsPerSecond)), p50Ms: median(runs.map((r) => r.p50Ms)), p99Ms: median(runs.map((r) => r.p99Ms)), cpuUsPerCall: cpu, failures: runs.reduce((sum, r) => sum + r.failures, 0) }
   }
-  const d = summary(direct)
-  const f = summary(federated)
-  const directCpu = d.cpuUsPerCall.upstream ?? 0
-  const gatewayCpu = f.cpuUsPerCall.gateway ?? 0
-  const totalCpu = gatewayCpu + (f.cpuUsPerCall.upstream ?? 0)
+  type Summary = ReturnType<typeof summary>
+  const verdictOf = (d: Summary, f: Summary) => {
+    const directCpu = d.cpuUsPerCall.upstream ?? 0
+    const gatewayCpu = f.cpuUsPerCall.gateway ?? 0
+    const totalCpu = gatewayCpu + (f.cpuUsPerCall.upstream ?? 0)
+    return {
+      cpuRatioTotal: directCpu === 0 ? 0 : totalCpu / directCpu,
+      gatewayCpuOverDirect: directCpu === 0 ? 0 : gatewayCpu / directCpu,
+      p99DeltaMs: f.p99Ms - d.p99Ms
+    }
+  }
+  const table = (title: string, d: Summary, f: Summary, b: Summary | undefined): void => {
+    console.log(`\n| ${title} (medians) | req/s | p50 ms | p99 ms | gateway CPU µs/call | upstream CPU µs/call | failures |`)
+    console.log('|---|---|---|---|---|---|---|')
+    console.log(`| direct | ${d.requestsPerSecond.toFixed(0)} | ${d.p50Ms.toFixed(2)} | ${d.p99Ms.toFixed(2)} | — | ${(d.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${d.failures} |`)
+    for (const [label, s] of [['through the gateway', f], ['baseline gateway', b]] as const) {
+      if (s !== undefined) console.log(`| ${label} | ${s.requestsPerSecond.toFixed(0)} | ${s.p50Ms.toFixed(2)} | ${s.p99Ms.toFixed(2)} | ${(s.cpuUsPerCall.gateway ?? 0).toFixed(0)} | ${(s.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${s.failures} |`)
+    }
+    for (const [label, s] of [['through the gateway', f], ['baseline gateway', b]] as const) {
+      if (s === undefined) continue
+      const v = verdictOf(d, s)
+      console.log(`${label}: CPU per call, gateway + upstream vs direct ${v.cpuRatioTotal.toFixed(2)}× (the gateway's own ${v.gatewayCpuOverDirect.toFixed(2)}×), p99 ${v.p99DeltaMs >= 0 ? '+' : ''}${v.p99DeltaMs.toFixed(2)} ms vs direct`)
+    }
+  }
+
+  // Closed loop: each connection sends its next call when the last is answered (the capacity). Its
+  // latency is queueing (connections / throughput), so the side with less capacity has the longer
+  // queue whatever the hop itself costs: the goals are judged at a fixed rate both sides are
+  // offered alike, below saturation (BENCH_GATEWAY_RATE, or BENCH_GATEWAY_LOAD_SHARE of the
+  // gateway's closed-loop throughput).
+  const closedLoop = await interleaved('closed loop', (side) => run(side, seconds, connections))
+  const saturated = { direct: summary(closedLoop, direct), federated: summary(closedLoop, federated), ...(baseline !== undefined && { baseline: summary(closedLoop, baseline) }) }
+  const rate = settings.rate ?? Math.max(1, Math.round(saturated.federated.requestsPerSecond * settings.loadShare))
+  console.log(`then ${rounds} rounds of each side at ${rate} req/s, evenly spaced`)
+  const paced = await interleaved(`${rate} req/s`, (side) => runAtRate(side, seconds, connections, rate))
+  const d = summary(paced, direct)
+  const f = summary(paced, federated)
+  const b = baseline === undefined ? undefined : summary(paced, baseline)
   const verdict = {
-    cpuRatioTotal: directCpu === 0 ? 0 : totalCpu / directCpu,
-    gatewayCpuOverDirect: directCpu === 0 ? 0 : gatewayCpu / directCpu,
-    p99DeltaMs: f.p99Ms - d.p99Ms,
-    goals: 'CPU per call ≤ 1.3× direct; p99 within 2 ms of direct',
+    ...verdictOf(d, f),
+    goals: `at ${rate} req/s: CPU per call ≤ 1.3× direct; p99 within 2 ms of direct`,
     cpuRatio: '(gateway + upstream CPU per call through the gateway) / (upstream CPU per call called directly), medians of interleaved rounds'
   }
   const loadAfter = loadAverage()
-  console.log('\n| gateway mix (medians) | req/s | p50 ms | p99 ms | gateway CPU µs/call | upstream CPU µs/call | failures |')
-  console.log('|---|---|---|---|---|---|---|')
-  console.log(`| direct | ${d.requestsPerSecond.toFixed(0)} | ${d.p50Ms.toFixed(2)} | ${d.p99Ms.toFixed(2)} | — | ${directCpu.toFixed(0)} | ${d.failures} |`)
-  console.log(`| through the gateway | ${f.requestsPerSecond.toFixed(0)} | ${f.p50Ms.toFixed(2)} | ${f.p99Ms.toFixed(2)} | ${gatewayCpu.toFixed(0)} | ${(f.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${f.failures} |`)
-  const b = baseline === undefined ? undefined : summary(baseline)
-  if (b !== undefined) console.log(`| baseline gateway | ${b.requestsPerSecond.toFixed(0)} | ${b.p50Ms.toFixed(2)} | ${b.p99Ms.toFixed(2)} | ${(b.cpuUsPerCall.gateway ?? 0).toFixed(0)} | ${(b.cpuUsPerCall.upstream ?? 0).toFixed(0)} | ${b.failures} |`)
-  console.log(`\nCPU per call, gateway + upstream vs direct: ${verdict.cpuRatioTotal.toFixed(2)}× (goal ≤ 1.3×: ${verdict.cpuRatioTotal <= 1.3 ? 'met' : 'not met'}); the gateway's own CPU is ${verdict.gatewayCpuOverDirect.toFixed(2)}× the upstream's`)
-  if (b !== undefined && directCpu > 0) console.log(`Baseline gateway: CPU per call, gateway + upstream vs direct ${(((b.cpuUsPerCall.gateway ?? 0) + (b.cpuUsPerCall.upstream ?? 0)) / directCpu).toFixed(2)}×, p99 ${(b.p99Ms - d.p99Ms >= 0 ? '+' : '')}${(b.p99Ms - d.p99Ms).toFixed(2)} ms vs direct`)
+  table('closed loop', saturated.direct, saturated.federated, saturated.baseline)
+  table(`at ${rate} req/s, evenly spaced`, d, f, b)
+  console.log(`\nAt ${rate} req/s: CPU per call, gateway + upstream vs direct ${verdict.cpuRatioTotal.toFixed(2)}× (goal ≤ 1.3×: ${verdict.cpuRatioTotal <= 1.3 ? 'met' : 'not met'}); ` +
+    `p99 through the gateway ${verdict.p99DeltaMs >= 0 ? '+' : ''}${verdict.p99DeltaMs.toFixed(2)} ms vs direct (goal ≤ 2 ms: ${verdict.p99DeltaMs <= 2 ? 'met' : 'not met'})`)
   console.log(`Load average before ${loadBefore}, after ${loadAfter}`)
-  console.log(`p99 through the gateway ${verdict.p99DeltaMs >= 0 ? '+' : ''}${verdict.p99DeltaMs.toFixed(2)} ms vs direct (goal ≤ 2 ms: ${verdict.p99DeltaMs <= 2 ? 'met' : 'not met'})`)
-  await writeFile(join(RESULTS_DIR, 'gateway-latest.json'), JSON.stringify({ finishedAt: new Date().toISOString(), settings: { seconds, rounds, connections }, loadAverage: { before: loadBefore, after: loadAfter }, direct: d, federated: f, ...(b !== undefined && { baseline: b }), verdict }, null, 2) + '\n')
+  await writeFile(join(RESULTS_DIR, 'gateway-latest.json'), JSON.stringify({ finishedAt: new Date().toISOString(), settings: { seconds, rounds, connections, rate }, loadAverage: { before: loadBefore, after: loadAfter }, saturated, direct: d, federated: f, ...(b !== undefined && { baseline: b }), verdict }, null, 2) + '\n')
   if (profiling) {
     await stopAllChildren()
     const file = (await readdir(profileDir)).find((name) => name.endsWith('.cpuprofile'))

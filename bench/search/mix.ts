@@ -1,5 +1,5 @@
-import { Agent, request as httpRequest } from 'node:http'
 import autocannon, { type Context, type Instance, type RequestParams } from 'autocannon'
+import { percentile, runPacedCalls, stopPaced } from '../paced.js'
 import { generateNotes, generateQuery, seededRandom, withTypo, type Note } from '../../test/fixtures/notes.js'
 
 // The search mix: 70% search_context (generated queries, 15% with a typo, some with a prefix or
@@ -8,11 +8,8 @@ import { generateNotes, generateQuery, seededRandom, withTypo, type Note } from 
 // checked; latencies are timed by the checker, from building the request to its answer.
 //
 // Two ways of sending: runMix (autocannon, each connection sends its next call when the last is
-// answered: the capacity) and runPaced (a fixed rate, evenly spaced: where the targets are judged).
-// autocannon's own fixed rate (overallRate) is no fixed rate: each connection sends its quota for
-// the second back to back, then waits for the next second, so at half the capacity every
-// connection ran saturated for the first half of each second and idled for the second, and
-// latencies were those of saturation.
+// answered: the capacity) and runPaced (a fixed rate, evenly spaced, bench/paced.ts: where the
+// targets are judged).
 
 export type MixTool = 'search_context' | 'list_context' | 'write_context'
 export const MIX_TOOLS: MixTool[] = ['search_context', 'list_context', 'write_context']
@@ -62,10 +59,6 @@ export interface MixResult {
 export interface MixOptions { durationSeconds: number, connections: number, seed: number }
 /** `rate` calls a second, evenly spaced, over at most `connections` keep-alive connections. */
 export interface PacedOptions { durationSeconds: number, connections: number, seed: number, rate: number }
-
-function percentile (sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
-}
 
 /** Makes the calls of one run, deterministically from `seed`. */
 export function callMaker (notes: Note[], seed: number): () => Call {
@@ -121,7 +114,7 @@ let current: Instance | undefined
 
 export function stopMix (): void {
   current?.stop()
-  pacedStop.requested = true
+  stopPaced()
 }
 
 export async function runMix (target: Target, notes: Note[], options: MixOptions): Promise<MixResult> {
@@ -169,117 +162,46 @@ export async function runMix (target: Target, notes: Note[], options: MixOptions
   }
 }
 
-const pacedStop = { requested: false }
-
-/**
- * The mix at a fixed rate: call i is due at start + i / rate, sent then on a free connection of at
- * most `connections` (or, when all are busy, on the first to come free), and timed from when it
- * was due to its answer.
- */
+/** The mix at a fixed rate (bench/paced.ts): each call timed from when it was due to its answer. */
 export async function runPaced (target: Target, notes: Note[], options: PacedOptions): Promise<MixResult> {
-  pacedStop.requested = false
   const makeCall = callMaker(notes, options.seed)
-  const url = new URL(target.url)
-  const agent = new Agent({ keepAlive: true, maxSockets: options.connections, maxFreeSockets: options.connections })
+  const calls: Call[] = []
   const durations: Record<MixTool, number[]> = { search_context: [], list_context: [], write_context: [] }
   const errors: Record<MixTool, number> = { search_context: 0, list_context: 0, write_context: 0 }
-  const all: number[] = []
-  const waits: number[] = []
-  const samples: string[] = []
-  let transportErrors = 0
-  let inFlight = 0
-  const queue: Array<{ call: Call, dueAt: number }> = []
-  let settle: () => void = () => {}
-  const drained = new Promise<void>((resolve) => { settle = resolve })
-  let scheduling = true
-
-  const finish = (call: Call, dueAt: number, status: number, body: string): void => {
-    const ms = performance.now() - dueAt
-    durations[call.tool].push(ms)
-    all.push(ms)
-    const problem = problemOf(status, body, call)
-    if (problem !== undefined) {
-      errors[call.tool]++
-      if (samples.length < MAX_SAMPLES) samples.push(`${call.tool}: ${problem}: ${body.slice(0, 200)}`)
-    }
-  }
-  const send = (call: Call, dueAt: number): void => {
-    inFlight++
-    waits.push(performance.now() - dueAt)
-    let settled = false
-    const answered = (status: number, body: string): void => {
-      if (settled) return
-      settled = true
-      finish(call, dueAt, status, body)
-      done()
-    }
-    const failed = (): void => {
-      if (settled) return
-      settled = true
-      transportErrors++
-      done()
-    }
-    const req = httpRequest({
-      agent,
-      host: url.hostname,
-      port: url.port,
-      path: url.pathname,
-      method: 'POST',
-      headers: { ...MCP_HEADERS, ...target.headers, 'content-length': Buffer.byteLength(call.body) },
-      timeout: 10_000
-    }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (chunk: Buffer) => chunks.push(chunk))
-      res.on('end', () => answered(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8')))
-      res.on('error', failed)
-    })
-    req.on('timeout', () => req.destroy(new Error('timeout')))
-    req.on('error', failed)
-    req.end(call.body)
-  }
-  const done = (): void => {
-    inFlight--
-    const waiting = queue.shift()
-    if (waiting !== undefined) send(waiting.call, waiting.dueAt)
-    else if (!scheduling && inFlight === 0) settle()
-  }
-
-  const started = performance.now()
-  const total = Math.round(options.rate * options.durationSeconds)
-  const interval = 1000 / options.rate
-  let sent = 0
-  await new Promise<void>((resolve) => {
-    const tick = (): void => {
-      const now = performance.now()
-      while (sent < total && started + sent * interval <= now && !pacedStop.requested) {
-        const dueAt = started + sent * interval
-        const call = makeCall()
-        sent++
-        if (inFlight < options.connections) send(call, dueAt)
-        else queue.push({ call, dueAt })
+  const result = await runPacedCalls({
+    url: target.url,
+    headers: { ...MCP_HEADERS, ...target.headers },
+    rate: options.rate,
+    durationSeconds: options.durationSeconds,
+    connections: options.connections,
+    next: (index) => {
+      const call = makeCall()
+      calls[index] = call
+      return {
+        body: call.body,
+        check: (status, body) => {
+          const problem = problemOf(status, body, call)
+          return problem === undefined ? undefined : `${call.tool}: ${problem}`
+        }
       }
-      if (sent >= total || pacedStop.requested) { resolve(); return }
-      setTimeout(tick, Math.max(0, started + sent * interval - performance.now()))
+    },
+    onAnswer: (index, ms, problem) => {
+      const tool = (calls[index] as Call).tool
+      durations[tool].push(ms)
+      if (problem !== undefined) errors[tool]++
     }
-    tick()
   })
-  scheduling = false
-  if (inFlight > 0 || queue.length > 0) await drained
-  const elapsedSeconds = (performance.now() - started) / 1000
-  agent.destroy()
-
   const byTool = Object.fromEntries(MIX_TOOLS.map((tool) => {
     const sorted = durations[tool].sort((a, b) => a - b)
     return [tool, { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), errors: errors[tool] }]
   })) as Record<MixTool, ToolStats>
-  const sortedWaits = waits.sort((a, b) => a - b)
   return {
-    requestsPerSecond: all.length / elapsedSeconds,
-    responses: all.length,
+    requestsPerSecond: result.requestsPerSecond,
+    responses: result.latenciesMs.length,
     byTool,
-    transportErrors,
-    correctedP99Ms: percentile(all.sort((a, b) => a - b), 0.99),
-    sendWait: { p99Ms: percentile(sortedWaits, 0.99), maxMs: sortedWaits.at(-1) ?? 0 },
-    samples
+    transportErrors: result.transportErrors,
+    correctedP99Ms: percentile(result.latenciesMs, 0.99),
+    sendWait: { p99Ms: percentile(result.sendWaitsMs, 0.99), maxMs: result.sendWaitsMs.at(-1) ?? 0 },
+    samples: result.samples
   }
 }
