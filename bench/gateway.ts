@@ -8,6 +8,8 @@ import { freePort, killAllChildrenNow, startChild, stopAllChildren, type Child }
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { percentile, runPacedCalls } from './paced.js'
+import { summariseProfile, type CpuProfile } from './profile-summary.js'
+import { positiveInteger, shareOf } from './settings.js'
 import { PEERS_DIR, ROOT } from './servers.js'
 
 // `npm run bench` (last part), or `node --import tsx bench/gateway.ts` after a build: the gateway
@@ -31,20 +33,6 @@ import { PEERS_DIR, ROOT } from './servers.js'
 // throughput), where the goals are judged.
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
-
-function setting (name: string, fallback: number): number {
-  const raw = process.env[name]
-  const value = raw === undefined || raw === '' ? fallback : Number(raw)
-  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
-  return value
-}
-
-function share (name: string, fallback: number): number {
-  const raw = process.env[name]
-  const value = raw === undefined || raw === '' ? fallback : Number(raw)
-  if (!(value > 0 && value <= 1)) throw new Error(`${name} must be a number above 0 and at most 1 (got ${JSON.stringify(raw)})`)
-  return value
-}
 
 interface Side {
   label: string
@@ -131,7 +119,7 @@ async function runAtRate (side: Side, seconds: number, connections: number, rate
     connections,
     next: (index) => {
       const id = index + 1
-      return { body: bodyOf(side.tool, id), check: (status, body) => answered(status, body, id) ? undefined : `HTTP ${status}` }
+      return { body: bodyOf(side.tool, id), check: (status, body) => answered(status, body, id) ? undefined : `HTTP ${status}, not employee e${id % 100}` }
     }
   })
   const responses = result.latenciesMs.length
@@ -148,23 +136,6 @@ async function runAtRate (side: Side, seconds: number, connections: number, rate
     sample: result.samples[0],
     cpuUsPerCall
   }
-}
-
-interface Profile { nodes: Array<{ callFrame: { functionName: string, url: string, lineNumber: number }, hitCount?: number }> }
-
-/** The functions with the most self time in a .cpuprofile (bench/profile.ts has the full summary for the context tools' mix). */
-function selfTimes (profile: Profile, top = 25): string {
-  const totals = new Map<string, number>()
-  let all = 0
-  for (const node of profile.nodes) {
-    const hits = node.hitCount ?? 0
-    all += hits
-    const { functionName, url, lineNumber } = node.callFrame
-    const where = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/')
-    const key = `${functionName === '' ? '(anonymous)' : functionName} ${where}:${lineNumber + 1}`
-    totals.set(key, (totals.get(key) ?? 0) + hits)
-  }
-  return ['\nGateway CPU profile, self time:', ...[...totals].sort((a, b) => b[1] - a[1]).slice(0, top).map(([key, hits]) => `${(100 * hits / all).toFixed(1).padStart(5)}%  ${key}`)].join('\n')
 }
 
 function median (values: number[]): number {
@@ -190,12 +161,12 @@ async function waitForAnswer (side: Side): Promise<void> {
 }
 
 async function main (): Promise<void> {
-  const seconds = setting('BENCH_GATEWAY_DURATION', 5)
-  const rounds = setting('BENCH_GATEWAY_ROUNDS', 2)
-  const connections = setting('BENCH_GATEWAY_CONNECTIONS', 16)
+  const seconds = positiveInteger(process.env, 'BENCH_GATEWAY_DURATION', 5)
+  const rounds = positiveInteger(process.env, 'BENCH_GATEWAY_ROUNDS', 2)
+  const connections = positiveInteger(process.env, 'BENCH_GATEWAY_CONNECTIONS', 16)
   const settings = {
-    rate: process.env.BENCH_GATEWAY_RATE === undefined ? undefined : setting('BENCH_GATEWAY_RATE', 1),
-    loadShare: share('BENCH_GATEWAY_LOAD_SHARE', 0.5)
+    rate: process.env.BENCH_GATEWAY_RATE === undefined ? undefined : positiveInteger(process.env, 'BENCH_GATEWAY_RATE', 1),
+    loadShare: shareOf(process.env, 'BENCH_GATEWAY_LOAD_SHARE', 0.5)
   }
   const upstreamScript = join(PEERS_DIR, 'mcp-upstream.js')
   for (const file of [join(ROOT, 'dist/server.js'), upstreamScript]) {
@@ -323,7 +294,7 @@ async function main (): Promise<void> {
   if (profiling) {
     await stopAllChildren()
     const file = (await readdir(profileDir)).find((name) => name.endsWith('.cpuprofile'))
-    if (file !== undefined) console.log(selfTimes(JSON.parse(await readFile(join(profileDir, file), 'utf8')) as Profile))
+    if (file !== undefined) console.log(`\nGateway CPU profile:\n${summariseProfile(JSON.parse(await readFile(join(profileDir, file), 'utf8')) as CpuProfile)}`)
   }
 }
 

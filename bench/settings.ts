@@ -16,11 +16,20 @@ export interface Settings {
   baselineDir: string | undefined
 }
 
-function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+export function positiveInteger (env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name]
   if (raw === undefined || raw === '') return fallback
   const value = Number(raw)
   if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
+  return value
+}
+
+/** A share (above 0, at most 1) from the environment. */
+export function shareOf (env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!(value > 0 && value <= 1)) throw new Error(`${name} must be a number above 0 and at most 1 (got ${JSON.stringify(raw)})`)
   return value
 }
 

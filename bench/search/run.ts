@@ -7,8 +7,9 @@ import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { killAllChildrenNow, stopAllChildren, stopChild, freePort, startChild } from '../children.js'
 import { cpuMicros } from '../cpu.js'
+import { positiveInteger, shareOf } from '../settings.js'
 import { summariseProfile, type CpuProfile } from '../profile-summary.js'
-import { prepareSearchDatabase, reusableSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
+import { prepareSearchDatabase, reusableSearchDatabase, settleSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
 import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
@@ -17,6 +18,7 @@ import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type
 // of search_context, list_context and write_context (see mix.ts): one round as fast as it answers
 // (its capacity), then BENCH_SEARCH_ROUNDS at half that rate, evenly spaced (BENCH_SEARCH_LOAD_SHARE,
 // or BENCH_SEARCH_RATE req/s), where the targets are judged: search p99 < 20 ms, list_context p99 < 10 ms.
+// Before the rounds the database is vacuumed and checkpointed (settleSearchDatabase).
 // Exit code 0 whatever the verdict; 1 only when the benchmark broke.
 // BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
 // BENCH_SEARCH_PROFILE=1 runs the server under `node --cpu-prof` and prints where its CPU went
@@ -28,34 +30,18 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const RESULTS_DIR = join(ROOT, 'bench/results')
 const PROFILE_DIR = join(RESULTS_DIR, 'profile-search')
 
-function positiveInteger (name: string, fallback: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`)
-  return value
-}
-
-function shareOf (name: string, fallback: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!(value > 0 && value <= 1)) throw new Error(`${name} must be a number above 0 and at most 1 (got ${JSON.stringify(raw)})`)
-  return value
-}
-
 const settings = {
   adminDatabaseUrl: process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
-  entries: positiveInteger('BENCH_SEARCH_ENTRIES', 100_000),
-  connections: positiveInteger('BENCH_SEARCH_CONNECTIONS', 8),
-  durationSeconds: positiveInteger('BENCH_SEARCH_DURATION', 15),
-  warmupSeconds: positiveInteger('BENCH_SEARCH_WARMUP', 5),
-  rounds: positiveInteger('BENCH_SEARCH_ROUNDS', 2),
-  dbPoolMax: positiveInteger('BENCH_DB_POOL_MAX', 10),
+  entries: positiveInteger(process.env, 'BENCH_SEARCH_ENTRIES', 100_000),
+  connections: positiveInteger(process.env, 'BENCH_SEARCH_CONNECTIONS', 8),
+  durationSeconds: positiveInteger(process.env, 'BENCH_SEARCH_DURATION', 15),
+  warmupSeconds: positiveInteger(process.env, 'BENCH_SEARCH_WARMUP', 5),
+  rounds: positiveInteger(process.env, 'BENCH_SEARCH_ROUNDS', 2),
+  dbPoolMax: positiveInteger(process.env, 'BENCH_DB_POOL_MAX', 10),
   reuse: process.env.BENCH_SEARCH_REUSE === '1',
   profile: process.env.BENCH_SEARCH_PROFILE === '1',
-  rate: process.env.BENCH_SEARCH_RATE === undefined ? undefined : positiveInteger('BENCH_SEARCH_RATE', 1),
-  loadShare: shareOf('BENCH_SEARCH_LOAD_SHARE', 0.5)
+  rate: process.env.BENCH_SEARCH_RATE === undefined ? undefined : positiveInteger(process.env, 'BENCH_SEARCH_RATE', 1),
+  loadShare: shareOf(process.env, 'BENCH_SEARCH_LOAD_SHARE', 0.5)
 }
 
 function migrationLines (m: MigrationReport): string[] {
@@ -137,6 +123,9 @@ async function main (): Promise<void> {
     : { ...reused, migrations: null }
   if (migrations === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
   else for (const line of migrations.flatMap(migrationLines)) console.log(line)
+  const settleStarted = performance.now()
+  await settleSearchDatabase(url)
+  console.log(`  vacuumed and checkpointed before measuring (${((performance.now() - settleStarted) / 1000).toFixed(1)} s)`)
 
   const token = `bench_${randomBytes(24).toString('base64url')}`
   const port = await freePort()
