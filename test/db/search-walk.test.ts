@@ -37,7 +37,7 @@ function content (i: number): string {
 }
 
 /** Every page of a search: the keys found, whether it was partial, and whether its first page walked. */
-async function allPages (store: ReturnType<typeof createContextStore>, query: string, filters: { prefix?: string, tag?: string } = {}): Promise<{ keys: string[], partial: boolean, walked: boolean }> {
+async function allPages (store: ReturnType<typeof createContextStore>, query: string, filters: { prefix?: string, tag?: string, updatedAfter?: Date } = {}): Promise<{ keys: string[], partial: boolean, walked: boolean }> {
   const keys: string[] = []
   let partial = false
   let walked: boolean | undefined
@@ -94,6 +94,14 @@ test('broad and dense-then-sparse queries rank the most recent matches, walked o
   t.equal(prefixed.walked, false, 'fewer than MAX_RANKED under the prefix: not walked to the end')
   t.equal(prefixed.partial, false)
   t.strictSame([...prefixed.keys].sort(), newestWhere((i) => i >= 1900, 100), 'every match under the prefix, none outside it')
+
+  // updated_after on the walk: entries written after entry 1500 (their times are i seconds from the start).
+  const after1500 = new Date(Date.UTC(2026, 0, 1) + 1500 * 1000)
+  const recent = await allPages(store, 'wombat', { updatedAfter: after1500 })
+  t.equal(recent.walked, true, 'updated_after keeps the newest: walked')
+  t.strictSame([...recent.keys].sort(), newestWhere((i) => hasWombat(i) && i > 1500, MAX_RANKED), 'the most recent matches written after the time')
+  const older = await allPages(store, 'ocelot', { updatedAfter: after1500 })
+  t.strictSame([...older.keys].sort(), newestWhere((i) => (i >= ENTRIES - 128 || i % 20 === 0) && i > 1500, ENTRIES), 'and every one of a sparse word')
 
   const narrowed = await allPages(store, 'wombat ocelot')
   t.strictSame([...narrowed.keys].sort(), all.filter((_, i) => content(i).includes('wombat') && content(i).includes('ocelot')).map((e) => e.key), 'both words')
