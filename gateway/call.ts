@@ -3,7 +3,7 @@ import type { Principal } from '../schema/principal.js'
 import { toolError, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
 import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
-import { isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
+import { inputRequiredFault, isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
 import { LimitWaitAborted, UpstreamMalformed, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
 import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
@@ -130,8 +130,9 @@ export function createCallPath (deps: CallPathDependencies) {
         }
         try {
           const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
-          // A relayed round's input-required must ask the client something: one that asks nothing is no answer to pass on.
-          if (isInputRequired(result) && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
+          // A relayed round's input-required goes to the client as it is: a malformed one is no answer to pass on.
+          const fault = isInputRequired(result) ? inputRequiredFault(result) : undefined
+          if (fault !== undefined) throw new UpstreamMalformed(fault)
           upstream.breaker.succeeded()
           upstream.markUp()
           return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
@@ -249,11 +250,6 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
 function outcomeOf (result: ToolCallResult): CallOutcome {
   if (result.isError === true) return 'tool_error'
   return isInputRequired(result) ? 'input_required' : 'ok'
-}
-
-function asksSomething (result: ToolCallResult): boolean {
-  const requests = (result as { inputRequests?: unknown }).inputRequests
-  return typeof requests === 'object' && requests !== null && !Array.isArray(requests) && Object.keys(requests).length > 0
 }
 
 function cancelled (tool: FederatedTool): Ended {
