@@ -32,7 +32,7 @@ export interface DownstreamChannel {
    * upstream's own state to it.
    */
   upstreamInput?: UpstreamInput
-  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. */
+  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. Never rejects (logs its failure). */
   releaseState?: () => Promise<void>
 }
 
@@ -212,8 +212,9 @@ export function createCallPath (deps: CallPathDependencies) {
     if (approvalId !== undefined && !(ended.attempts === 0 && await gate.release(approvalId))) {
       await gate.complete(approvalId, { result: ended.result, ...(ended.code !== undefined && { code: ended.code }) })
     }
-    // Likewise a relayed round's state: the client may retry with it once the refusal clears.
-    if (ended.attempts === 0) await channel.releaseState?.()
+    // Likewise a relayed round's state: the client may retry with it once the refusal clears. Not
+    // awaited (a stalled database must not hold the refusal back); its failure is logged by it.
+    if (ended.attempts === 0 && channel.releaseState !== undefined) deps.track(channel.releaseState())
     finish(tool, principal, client, digest, ended, started, approvalId)
     return ended.result
   }
