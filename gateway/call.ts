@@ -108,7 +108,10 @@ export function createCallPath (deps: CallPathDependencies) {
     } catch (error) {
       upstream.breaker.released()
       if (error instanceof LimitWaitAborted) return { attempts: 0, ...cancelled(tool) }
-      throw error
+      // Nothing was sent (the signed identity or the concurrency limit failed): attempts 0, so the
+      // approval and a relayed round's state are not used up.
+      deps.log.warn({ err: error, upstream: upstream.name, tool: tool.tool }, 'gateway call failed before reaching the upstream')
+      return { attempts: 0, ...failureAnswer(tool, classifyFailure(error), 0) }
     }
     const binding: CallBinding = {
       notify: (method, params) => channel.notify?.(method, params ?? {}),

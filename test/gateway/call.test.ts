@@ -56,6 +56,20 @@ function channel (extra: Partial<DownstreamChannel> = {}): DownstreamChannel {
   return { protocol: '2026-07-28', signal: new AbortController().signal, ...extra }
 }
 
+test('a signed identity that cannot be made: nothing reaches the upstream, attempts 0, the approval and the relayed state are released', async (t) => {
+  const { callFederated, tool, reached, audited, approvals, warnings, breaker } = harness({ sign: async () => { throw new Error('no identity key') } })
+  let releasedState = 0
+  const answer = await callFederated(tool, {}, principal, 'test-client', channel({ releaseState: async () => { releasedState++ } }))
+  t.equal(errorCodeOf(answer as never), 'MCP_2002')
+  t.match(toolErrorOf(answer as never), { attempts: 0 })
+  t.same(reached, [], 'the upstream was not called')
+  t.equal(releasedState, 1, 'the relayed state is released')
+  t.same(approvals, { released: ['approval-1'], completed: [] }, 'the approval is released, not used up')
+  t.match(audited, [{ outcome: 'upstream_error', attempts: 0, approvalId: 'approval-1' }])
+  t.match(warnings, [/before reaching the upstream/])
+  t.equal(breaker.state, 'closed', 'no failure of the upstream')
+})
+
 test('a stalled state release does not hold the refusal back; it is tracked for shutdown', async (t) => {
   const { callFederated, tool, reached, tracked } = harness({ breakerOpen: true })
   let started = 0
