@@ -76,7 +76,7 @@ function failureAnswer (tool: FederatedTool, failure: FailureKind, attempts: num
   return { outcome, code: 'MCP_2002', result: toolError('MCP_2002', `${tool.federatedName}: ${what}${tried}. Try again later.`, { upstream, attempts, reason: failure.reason }) }
 }
 
-/** The upstream's own JSON-RPC error message, cut short (it is the upstream's text, not ours: no internals of this server). */
+/** An error's message, cut short, for the tool error: the upstream's own JSON-RPC error text, or UpstreamMalformed's description of what was wrong with its answer (no internals of this server either way). */
 function upstreamMessageOf (error: unknown): string | undefined {
   const message = (error as { message?: unknown } | null)?.message
   return typeof message === 'string' ? message.replace(/\s+/g, ' ').slice(0, 300) : undefined
