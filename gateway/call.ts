@@ -3,7 +3,7 @@ import type { Principal } from '../schema/principal.js'
 import { toolError, toolErrorCode, type ToolCallResult } from '../tools/registry.js'
 import { argumentsDigest } from './approvals.js'
 import type { FederatedTool } from './federation.js'
-import { isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
+import { inputRequiredFault, isInputRequired, type ApprovalGate, type CallAudit, type CallOutcome, type InputRequiredAnswer, type InteractionChannel } from './policy.js'
 import { LimitWaitAborted, UpstreamMalformed, backoffDelayMs, classifyFailure, sleep, type FailureKind } from './resilience.js'
 import type { UpstreamInput } from './interactions.js'
 import type { IdentitySigner } from './signed-identity.js'
@@ -32,7 +32,7 @@ export interface DownstreamChannel {
    * upstream's own state to it.
    */
   upstreamInput?: UpstreamInput
-  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. */
+  /** A relayed round's retry: un-uses its state when the call ends before any attempt reached the upstream. Never rejects (logs its failure). */
   releaseState?: () => Promise<void>
 }
 
@@ -76,7 +76,7 @@ function failureAnswer (tool: FederatedTool, failure: FailureKind, attempts: num
   return { outcome, code: 'MCP_2002', result: toolError('MCP_2002', `${tool.federatedName}: ${what}${tried}. Try again later.`, { upstream, attempts, reason: failure.reason }) }
 }
 
-/** The upstream's own JSON-RPC error message, cut short (it is the upstream's text, not ours: no internals of this server). */
+/** An error's message, cut short, for the tool error: the upstream's own JSON-RPC error text, or UpstreamMalformed's description of what was wrong with its answer (no internals of this server either way). */
 function upstreamMessageOf (error: unknown): string | undefined {
   const message = (error as { message?: unknown } | null)?.message
   return typeof message === 'string' ? message.replace(/\s+/g, ' ').slice(0, 300) : undefined
@@ -108,7 +108,10 @@ export function createCallPath (deps: CallPathDependencies) {
     } catch (error) {
       upstream.breaker.released()
       if (error instanceof LimitWaitAborted) return { attempts: 0, ...cancelled(tool) }
-      throw error
+      // Nothing was sent (the signed identity or the concurrency limit failed): attempts 0, so the
+      // approval and a relayed round's state are not used up.
+      deps.log.warn({ err: error, upstream: upstream.name, tool: tool.tool }, 'gateway call failed before reaching the upstream')
+      return { attempts: 0, ...failureAnswer(tool, classifyFailure(error), 0) }
     }
     const binding: CallBinding = {
       notify: (method, params) => channel.notify?.(method, params ?? {}),
@@ -130,8 +133,9 @@ export function createCallPath (deps: CallPathDependencies) {
         }
         try {
           const result = withoutReservedMeta(await upstream.callTool(tool.tool, args, { signal: channel.signal, binding, ...(onprogress !== undefined && { onprogress }), ...(headers !== undefined && { headers }), ...(channel.upstreamInput !== undefined && { input: channel.upstreamInput }) }) as ToolCallResult)
-          // A relayed round's input-required must ask the client something: one that asks nothing is no answer to pass on.
-          if (isInputRequired(result) && !asksSomething(result)) throw new UpstreamMalformed('the upstream answered input_required without inputRequests')
+          // A relayed round's input-required goes to the client as it is: a malformed one is no answer to pass on.
+          const fault = isInputRequired(result) ? inputRequiredFault(result) : undefined
+          if (fault !== undefined) throw new UpstreamMalformed(fault)
           upstream.breaker.succeeded()
           upstream.markUp()
           return { attempts, result, outcome: outcomeOf(result), ...(result.isError === true && { code: toolErrorCode(result) }) }
@@ -211,8 +215,9 @@ export function createCallPath (deps: CallPathDependencies) {
     if (approvalId !== undefined && !(ended.attempts === 0 && await gate.release(approvalId))) {
       await gate.complete(approvalId, { result: ended.result, ...(ended.code !== undefined && { code: ended.code }) })
     }
-    // Likewise a relayed round's state: the client may retry with it once the refusal clears.
-    if (ended.attempts === 0) await channel.releaseState?.()
+    // Likewise a relayed round's state: the client may retry with it once the refusal clears. Not
+    // awaited (a stalled database must not hold the refusal back); its failure is logged by it.
+    if (ended.attempts === 0 && channel.releaseState !== undefined) deps.track(channel.releaseState())
     finish(tool, principal, client, digest, ended, started, approvalId)
     return ended.result
   }
@@ -249,11 +254,6 @@ function withoutReservedMeta (result: ToolCallResult): ToolCallResult {
 function outcomeOf (result: ToolCallResult): CallOutcome {
   if (result.isError === true) return 'tool_error'
   return isInputRequired(result) ? 'input_required' : 'ok'
-}
-
-function asksSomething (result: ToolCallResult): boolean {
-  const requests = (result as { inputRequests?: unknown }).inputRequests
-  return typeof requests === 'object' && requests !== null && !Array.isArray(requests) && Object.keys(requests).length > 0
 }
 
 function cancelled (tool: FederatedTool): Ended {

@@ -97,8 +97,8 @@ export interface InteractionsOptions {
 /** An upstream's own input-required answer (2026-07-28), as the SDK client hands it back when asked to. */
 interface UpstreamInputRequired {
   resultType: 'input_required'
-  /** Never empty: the call path refuses an input-required that asks nothing (malformed_answer). */
-  inputRequests: Record<string, unknown>
+  /** Absent or empty when the upstream sends a requestState alone (the call path checked it: inputRequiredFault). */
+  inputRequests?: Record<string, unknown>
   requestState?: string
 }
 
@@ -306,7 +306,7 @@ export function createInteractions (options: InteractionsOptions): Interactions 
   /** The upstream's input-required, as ours: its requests as they are, its state inside our signed one. */
   async function relayedQuestion (binding: RelayBinding, channel: DownstreamChannel, asked: UpstreamInputRequired): Promise<ToolCallResult | InputRequiredAnswer> {
     const tool = binding.tool
-    const requests = asked.inputRequests
+    const requests = asked.inputRequests ?? {}
     const supports: Record<string, boolean | undefined> = { 'elicitation/create': channel.elicitationSupported, 'sampling/createMessage': channel.samplingSupported }
     for (const request of Object.values(requests)) {
       const method = (request as { method?: unknown } | null)?.method

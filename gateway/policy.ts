@@ -75,6 +75,24 @@ export function isInputRequired (result: object): boolean {
   return (result as { resultType?: unknown }).resultType === 'input_required'
 }
 
+/**
+ * What makes an upstream's input-required answer malformed, or undefined when it is well formed.
+ * 2026-07-28: it carries at least one of non-empty inputRequests and a requestState; one with a
+ * requestState alone asks nothing (the client pauses, then retries with the state).
+ */
+export function inputRequiredFault (result: object): string | undefined {
+  const { inputRequests, requestState } = result as { inputRequests?: unknown, requestState?: unknown }
+  if (inputRequests !== undefined && (typeof inputRequests !== 'object' || inputRequests === null || Array.isArray(inputRequests))) {
+    return 'an input_required answer whose inputRequests is not an object'
+  }
+  const entries = Object.entries(inputRequests ?? {})
+  for (const [key, entry] of entries) {
+    if (typeof (entry as { method?: unknown } | null)?.method !== 'string') return `an input_required answer whose input request "${key.slice(0, 64)}" names no method`
+  }
+  if (entries.length === 0 && typeof requestState !== 'string') return 'an input_required answer with neither inputRequests nor requestState'
+  return undefined
+}
+
 export type ApprovalDecision =
   /** Run the upstream call now (no approval needed, or approved; approvalId set when an approval was claimed). */
   | { kind: 'run', approvalId?: string }

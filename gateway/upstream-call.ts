@@ -3,6 +3,7 @@ import https from 'node:https'
 import { ProtocolError, type CallToolResult } from '@modelcontextprotocol/client'
 import { createParser } from 'eventsource-parser'
 import { UpstreamMalformed } from './resilience.js'
+import { inputRequiredFault } from './policy.js'
 
 /**
  * The lean tools/call of the gateway: one JSON-RPC message POSTed over node:http (a keep-alive
@@ -156,19 +157,18 @@ export class LeanUpstreamClient {
       if (result.resultType !== 'input_required') return resultOf(result)
       if (relay !== undefined) return result as unknown as CallToolResult
       if (round >= INPUT_REQUIRED_MAX_ROUNDS) throw new UpstreamMalformed(`the upstream still required input after ${INPUT_REQUIRED_MAX_ROUNDS} rounds`)
-      const inputRequests = isObject(result.inputRequests) ? result.inputRequests : {}
+      const fault = inputRequiredFault(result)
+      if (fault !== undefined) throw new UpstreamMalformed(fault)
+      const inputRequests = (result.inputRequests ?? {}) as Record<string, { method: string, params?: unknown }>
       const requestState = typeof result.requestState === 'string' ? result.requestState : undefined
-      if (Object.keys(inputRequests).length === 0 && requestState === undefined) throw new UpstreamMalformed('input_required carries neither inputRequests nor requestState')
       options.onprogress?.({ progress: round + 1, message: `Fulfilling input required by 'tools/call' (round ${round + 1})` })
       const entries = Object.entries(inputRequests)
       let responses: JsonObject | undefined
       if (entries.length > 0) {
         const binding = options.binding
         if (binding === undefined) throw new UpstreamMalformed('the upstream asked the client for input outside a call')
-        responses = Object.fromEntries(await Promise.all(entries.map(async ([key, entry]) => {
-          if (!isObject(entry) || typeof entry.method !== 'string') throw new UpstreamMalformed(`input request "${key}" is no request`)
-          return [key, await binding.request(entry.method, isObject(entry.params) ? entry.params : undefined)] as const
-        })))
+        responses = Object.fromEntries(await Promise.all(entries.map(async ([key, entry]) =>
+          [key, await binding.request(entry.method, isObject(entry.params) ? entry.params : undefined)] as const)))
       } else {
         await pause(REQUEST_STATE_ONLY_PACING_MS, options.signal)
       }

@@ -189,3 +189,26 @@ test('a relayed state is refused once expired, on any instance; only the asked k
   t.notOk(done.isError)
   t.same(inputs, [{ inputResponses: { name: { action: 'decline' } }, requestState: 'theirs' }], 'the answer to the asked key and the upstream\'s state')
 })
+
+test('a relayed state that cannot be released: the refusal reaches the client unchanged, and a warning is logged', async (t) => {
+  const relayBinding = { ...binding, upstream: 'up' }
+  const asking = async (): Promise<InputRequiredAnswer> => inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Name?', requestedSchema: { type: 'object', properties: {} } }) }, requestState: 'theirs' }) as InputRequiredAnswer
+  const warnings: Array<{ data: Record<string, unknown>, message: string }> = []
+  const relaying = interactions({
+    releaseState: async () => { throw new Error('the database went away') },
+    log: { warn: (data, message) => { warnings.push({ data, message }) } }
+  })
+  const first = await relaying.relay(relayBinding, channel(), asking) as InputRequiredAnswer
+  const refusal: ToolCallResult = { isError: true, content: [{ type: 'text', text: 'refused before the upstream' }] }
+  let released: Promise<void> | undefined
+  // As the call path does when nothing reached the upstream: the release is fired, not awaited.
+  const answer = await relaying.relay(relayBinding, channel({ requestState: first.requestState, inputResponses: {} }), async (_input, release) => {
+    released = release?.()
+    return refusal
+  })
+  t.equal(answer, refusal, 'the refusal, unchanged')
+  t.ok(released, 'the retry was given a release')
+  await t.resolves(released!, 'a failed release does not reject')
+  t.equal(warnings.length, 1)
+  t.match(warnings[0], { data: { tool: 'up__ask', principal: 'user-1', err: { message: 'the database went away' } }, message: /could not be released/ })
+})

@@ -181,7 +181,8 @@ test('a relayed retry refused before the upstream (rate limit, breaker, concurre
     for (const round of [1, 2]) {
       const refused = await call(client, 'limited__confirm_name', { inputResponses: accept, requestState: first.requestState })
       t.equal(errorCodeOf(refused), 'REQ_1103', `retry ${round}: refused by the limit (not REQ_1101, answered before)`)
-      t.equal(await usedRelayStates(), 0, `retry ${round}: its state is not recorded as used`)
+      // The release is not awaited by the refusal: it lands right after it.
+      t.ok(await eventually(async () => await usedRelayStates() === 0, { what: 'the state released' }), `retry ${round}: its state is not recorded as used`)
     }
     t.equal(upstream.runs.get('confirm_name'), runs, 'no refused retry reached the upstream')
     const rows = await eventually(async () => { const found = await auditOf('limited'); return found.length === 3 ? found : undefined }, { what: 'the audit rows' })
@@ -204,7 +205,7 @@ test('a relayed retry refused before the upstream (rate limit, breaker, concurre
     const refused = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState })
     t.equal(errorCodeOf(refused), 'MCP_2002')
     t.match(toolErrorOf(refused), { reason: 'breaker_open', attempts: 0 })
-    t.equal(await usedRelayStates(), 0, 'its state is not recorded as used')
+    t.ok(await eventually(async () => await usedRelayStates() === 0, { what: 'the state released' }), 'its state is not recorded as used')
     await eventually(() => fragile.breaker.retryAfterMs() === 0, { what: 'the breaker to let a probe through', timeoutMs: 10_000 })
     const done = await call(client, 'fragile__confirm_name', { inputResponses: accept, requestState: first.requestState })
     t.same(done.structuredContent, { name: 'Ada' }, 'the same state is accepted')
@@ -242,9 +243,11 @@ test('a relayed retry refused before the upstream (rate limit, breaker, concurre
   })
 })
 
-// An upstream's input-required that asks the client nothing (no inputRequests, or none in it) is
-// no answer: MCP_2002 malformed_answer, neither passed on nor repeated.
-test('a relayed upstream input-required without inputRequests is MCP_2002 malformed_answer', async (t) => {
+// 2026-07-28 lets an input-required carry a requestState alone (no inputRequests, or none in it):
+// the client pauses, then retries with the state. Such an answer is relayed, and the retry reaches
+// the upstream with its state. Malformed ones (inputRequests no object, a request without a method,
+// neither inputRequests nor requestState) are MCP_2002 malformed_answer, neither passed on nor repeated.
+test('a relayed upstream input-required: a requestState alone is relayed; a malformed one is MCP_2002 malformed_answer', async (t) => {
   const upstream = await startDomainServer({
     name: 'ask',
     era: '2026-07-28',
@@ -258,24 +261,36 @@ test('a relayed upstream input-required without inputRequests is MCP_2002 malfor
     }]
   })
   t.teardown(() => upstream.close())
-  // In front of it: tools/call of lookup with a `shape` is answered by the proxy with that shape of input_required.
-  const shapes: Record<string, Record<string, unknown>> = {
-    missing: { resultType: 'input_required', requestState: 'upstream-state' },
-    empty: { resultType: 'input_required', inputRequests: {}, requestState: 'upstream-state' },
-    'not-an-object': { resultType: 'input_required', inputRequests: ['elicitation/create'], requestState: 'upstream-state' }
+  // In front of it: tools/call of lookup with a `shape` is answered by the proxy with that shape of
+  // input_required, and a retry carrying the shape's requestState with a result naming what it got.
+  const relayed: Record<string, Record<string, unknown>> = {
+    missing: { resultType: 'input_required', requestState: 'upstream-state-missing' },
+    empty: { resultType: 'input_required', inputRequests: {}, requestState: 'upstream-state-empty' }
+  }
+  const malformed: Record<string, { answer: Record<string, unknown>, why: RegExp }> = {
+    'not-an-object': { answer: { resultType: 'input_required', inputRequests: ['elicitation/create'], requestState: 'upstream-state' }, why: /inputRequests is not an object/ },
+    'no-method': { answer: { resultType: 'input_required', inputRequests: { name: { params: {} } }, requestState: 'upstream-state' }, why: /input request "name" names no method/ },
+    neither: { answer: { resultType: 'input_required' }, why: /neither inputRequests nor requestState/ },
+    'neither-empty': { answer: { resultType: 'input_required', inputRequests: {} }, why: /neither inputRequests nor requestState/ }
   }
   let answered = 0
+  const retries: Array<{ shape: string | undefined, requestState: unknown, inputResponses: unknown }> = []
   const proxy = createServer((request, response) => {
     const chunks: Buffer[] = []
     request.on('data', (chunk: Buffer) => chunks.push(chunk))
     request.on('end', () => {
       const body = Buffer.concat(chunks)
-      const message = body.length === 0 ? undefined : JSON.parse(body.toString('utf8')) as { id?: unknown, method?: string, params?: { arguments?: { shape?: string } } }
+      const message = body.length === 0 ? undefined : JSON.parse(body.toString('utf8')) as { id?: unknown, method?: string, params?: { arguments?: { shape?: string }, requestState?: unknown, inputResponses?: unknown } }
       const shape = message?.method === 'tools/call' ? message.params?.arguments?.shape : undefined
       if (shape !== undefined) {
         answered++
+        let result = relayed[shape] ?? malformed[shape]?.answer
+        if (message?.params?.requestState !== undefined) {
+          retries.push({ shape, requestState: message.params.requestState, inputResponses: message.params.inputResponses })
+          result = { content: [{ type: 'text', text: 'done' }], structuredContent: { state: message.params.requestState } }
+        }
         response.writeHead(200, { 'content-type': 'application/json' })
-        response.end(JSON.stringify({ jsonrpc: '2.0', id: message?.id, result: shapes[shape] }))
+        response.end(JSON.stringify({ jsonrpc: '2.0', id: message?.id, result }))
         return
       }
       const forwarded = httpRequest(upstream.url, { method: request.method, headers: request.headers }, (answer) => {
@@ -297,23 +312,41 @@ test('a relayed upstream input-required without inputRequests is MCP_2002 malfor
   }])
   await eventually(() => gateway.app.gateway?.upstreams[0]?.protocol === '2026-07-28', { what: 'the upstream connected on 2026-07-28' })
   const client = await connectV2(t, gateway.baseUrl, await gateway.token(['everything-user']), { negotiate: true, capabilities: { elicitation: { form: {} } } })
-  for (const shape of Object.keys(shapes)) {
+  type Answer = ToolCallResult & Partial<InputRequiredAnswer>
+  const call = async (extra: Record<string, unknown>, shape?: string): Promise<Answer> =>
+    await client.callTool({ name: 'ask__lookup', arguments: shape === undefined ? {} : { shape }, ...extra } as never, { allowInputRequired: true }) as unknown as Answer
+  const upstreamEntry = gateway.app.gateway!.upstreams[0]!
+
+  for (const shape of Object.keys(relayed)) {
+    const first = await call({}, shape)
+    t.equal(first.resultType, 'input_required', `${shape}: relayed as input_required`)
+    t.same(Object.keys(first.inputRequests ?? {}), [], `${shape}: asking the client nothing`)
+    t.match(first.requestState, /^gwr1\./, `${shape}: under our signed state`)
+    const done = await call({ requestState: first.requestState }, shape)
+    t.notOk(done.isError, `${shape}: the retry succeeds`)
+    t.same(done.structuredContent, { state: `upstream-state-${shape}` }, `${shape}: the retry reached the upstream with its own requestState`)
+    t.same(retries.at(-1), { shape, requestState: `upstream-state-${shape}`, inputResponses: {} }, `${shape}: no answers go back (nothing was asked)`)
+    t.equal(errorCodeOf(await call({ requestState: first.requestState }, shape)), 'REQ_1101', `${shape}: a replay is refused`)
+  }
+  t.equal(upstreamEntry.breaker.state, 'closed', 'a requestState-only answer is no failure of the upstream')
+  for (const [shape, { why }] of Object.entries(malformed)) {
     const before = answered
-    const result = await client.callTool({ name: 'ask__lookup', arguments: { shape } }, { allowInputRequired: true }) as unknown as ToolCallResult & Partial<InputRequiredAnswer>
+    const result = await call({}, shape)
     t.equal(result.resultType, undefined, `${shape}: not passed on as input_required`)
     t.equal(errorCodeOf(result), 'MCP_2002', `${shape}: MCP_2002`)
     t.match(toolErrorOf(result), { reason: 'malformed_answer', attempts: 1 }, `${shape}: malformed_answer`)
-    t.match(toolErrorOf(result)?.message, /without inputRequests/)
+    t.match(toolErrorOf(result)?.message, why, `${shape}: the message says what is wrong`)
     t.equal(answered, before + 1, `${shape}: asked once, not repeated`)
   }
-  const fine = await client.callTool({ name: 'ask__lookup', arguments: {} }, { allowInputRequired: true }) as unknown as ToolCallResult
+  const fine = await call({})
   t.same(fine.structuredContent, { found: true }, 'the same tool, answered properly, comes through')
   const { sql } = gateway.app.db
   const outcomes = await eventually(async () => {
     const rows = await sql<Array<{ outcome: string, code: string | null }>>`select outcome, code from gateway_calls where tool = 'lookup' order by id`
-    return rows.length === 4 ? rows.map((row) => [row.outcome, row.code]) : undefined
+    return rows.length === 9 ? rows.map((row) => [row.outcome, row.code]) : undefined
   }, { what: 'the audit rows' })
-  t.same(outcomes, [['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['upstream_error', 'MCP_2002'], ['ok', null]])
+  const malformedRow = ['upstream_error', 'MCP_2002']
+  t.same(outcomes, [['input_required', null], ['ok', null], ['input_required', null], ['ok', null], malformedRow, malformedRow, malformedRow, malformedRow, ['ok', null]])
 })
 
 // The database says whether a relayed state was answered before: while it is down, the retry is
