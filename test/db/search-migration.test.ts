@@ -68,6 +68,9 @@ test('the search migration indexes what the store held, and instances starting t
   t.ok(pending.includes('005_search.sql') && pending.includes('007_search_statement_triggers.sql'))
   t.strictSame(results.flatMap((result) => result.applied).sort(), pending, 'applied by one instance only')
   t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
+  const gin = await sql<Array<{ name: string, options: string[] | null }>>`
+    select relname as name, reloptions as options from pg_class where relname in ('context_search_vector_index', 'search_terms_trigrams') order by relname`
+  t.strictSame(gin.map((index) => [index.name, index.options?.includes('fastupdate=off') ?? false]), [['context_search_vector_index', true], ['search_terms_trigrams', true]], '011: no pending lists')
 
   const found = await store.search('team', { query: 'kubernets', limit: 10 })
   t.match(found, { status: 'ok', items: [{ key: 'notes/kubernetes', tags: ['ops'], snippet: 'We upgrade **kubernetes** every quarter.' }] }, 'an entry written before the migration is found, misspelt')
