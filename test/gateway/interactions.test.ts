@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
-import { Type } from '@sinclair/typebox'
+import { inputRequired } from '@modelcontextprotocol/server'
 import { test } from 'tap'
 import type { DownstreamChannel } from '../../gateway/call.js'
 import { createInteractions, type Interactions } from '../../gateway/interactions.js'
@@ -9,6 +8,7 @@ import type { Principal } from '../../schema/principal.js'
 import type { ToolCallResult } from '../../tools/registry.js'
 import { eventually } from '../eventually.js'
 import { connectV2, errorCodeOf, startGateway } from './gateway-helper.js'
+import { askNameTool } from './upstreams/ask-name.js'
 import { startDomainServer } from './upstreams/domain-server.js'
 import { startEverything } from './upstreams/everything.js'
 
@@ -122,20 +122,7 @@ test('a 2026-07-28 upstream asking a 2026-07-28 client, through the gateway', as
   const upstream = await startDomainServer({
     name: 'ask',
     era: '2026-07-28',
-    tools: [{
-      name: 'confirm_name',
-      title: 'Confirm a name',
-      description: 'Asks the user for a name, then answers with it.',
-      inputSchema: Type.Object({}),
-      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
-      handler: async (_args, ctx) => {
-        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
-        if (answer.kind !== 'elicit') {
-          return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] } }) } }) as never
-        }
-        return { action: answer.action, name: answer.content?.name ?? null }
-      }
-    }]
+    tools: [askNameTool({ result: ({ action, name }) => ({ action, name }) })]
   })
   t.teardown(() => upstream.close())
   const gateway = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'] }, confirm: [] }])

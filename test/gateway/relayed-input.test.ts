@@ -1,6 +1,5 @@
 import { createServer, request as httpRequest } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { test } from 'tap'
 import { createSignedStateCodec } from '../../gateway/approval-state.js'
@@ -10,6 +9,7 @@ import { eventually } from '../eventually.js'
 import { TcpProxy, viaProxy } from '../tcp-proxy.js'
 import { toolErrorOf } from '../helper.js'
 import { ROLE_MAP, connectV2, errorCodeOf, startAnotherInstance, startGateway } from './gateway-helper.js'
+import { askNameTool } from './upstreams/ask-name.js'
 import { startDomainServer } from './upstreams/domain-server.js'
 
 // A 2026-07-28 upstream answering a federated tools/call with its own input-required: the gateway
@@ -21,25 +21,15 @@ test('a 2026-07-28 upstream\'s input-required, relayed statelessly across two in
   const upstream = await startDomainServer({
     name: 'ask',
     era: '2026-07-28',
-    tools: [{
-      name: 'confirm_name',
-      title: 'Confirm a name',
-      description: 'Asks the user for a name, then answers with it and the state it got back.',
+    tools: [askNameTool({
       inputSchema: Type.Object({ greeting: Type.Optional(Type.String()) }),
-      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
-      handler: async (args, ctx) => {
-        const mcpReq = ctx.server.mcpReq
-        const answer = inputResponse(mcpReq.inputResponses, 'name')
-        if (answer.kind !== 'elicit') {
-          return inputRequired({
-            inputRequests: { name: inputRequired.elicit({ message: `${String(args.greeting ?? 'Hello')}, your name?`, requestedSchema: { type: 'object', properties: { name: { type: 'string' } }, required: ['name'] } }) },
-            requestState: `upstream-state-${++asked}`
-          }) as never
-        }
-        seen.push({ state: mcpReq.requestState<unknown>() ?? null, responses: Object.keys(mcpReq.inputResponses ?? {}) })
-        return { action: answer.action, name: answer.content?.name ?? null, state: mcpReq.requestState<unknown>() ?? null }
+      question: (args) => `${String(args.greeting ?? 'Hello')}, your name?`,
+      requestState: () => `upstream-state-${++asked}`,
+      result: (answer, ctx) => {
+        seen.push({ state: answer.state, responses: Object.keys(ctx.server.mcpReq.inputResponses ?? {}) })
+        return { ...answer }
       }
-    }]
+    })]
   })
   t.teardown(() => upstream.close())
   const a = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'], 'finance:read': ['*'] }, confirm: [] }],
@@ -128,20 +118,7 @@ test('a relayed retry refused before the upstream (rate limit, breaker, concurre
   const upstream = await startDomainServer({
     name: 'ask',
     era: '2026-07-28',
-    tools: [{
-      name: 'confirm_name',
-      title: 'Confirm a name',
-      description: 'Asks the user for a name, then answers with it.',
-      inputSchema: Type.Object({ n: Type.Optional(Type.Number()) }),
-      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
-      handler: async (_args, ctx) => {
-        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
-        if (answer.kind !== 'elicit') {
-          return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } } } }) }, requestState: 'upstream-state' }) as never
-        }
-        return { name: answer.content?.name ?? null }
-      }
-    }, {
+    tools: [askNameTool({ inputSchema: Type.Object({ n: Type.Optional(Type.Number()) }), requestState: () => 'upstream-state' }), {
       name: 'hold',
       title: 'Hold',
       description: 'Answers once the test lets it.',
@@ -356,18 +333,7 @@ test('a relayed retry while the database is down is DEP_3001, and the upstream i
   const upstream = await startDomainServer({
     name: 'ask',
     era: '2026-07-28',
-    tools: [{
-      name: 'confirm_name',
-      title: 'Confirm a name',
-      description: 'Asks the user for a name, then answers with it.',
-      inputSchema: Type.Object({}),
-      annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
-      handler: async (_args, ctx) => {
-        const answer = inputResponse(ctx.server.mcpReq.inputResponses, 'name')
-        if (answer.kind !== 'elicit') return inputRequired({ inputRequests: { name: inputRequired.elicit({ message: 'Your name?', requestedSchema: { type: 'object', properties: { name: { type: 'string' } } } }) } }) as never
-        return { name: answer.content?.name ?? null }
-      }
-    }]
+    tools: [askNameTool()]
   })
   t.teardown(() => upstream.close())
   const a = await startGateway(t, [{ name: 'ask', url: upstream.url, allow: { 'everything:use': ['*'] }, confirm: [], healthCheckSeconds: 0, refreshSeconds: 0 }])
