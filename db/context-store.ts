@@ -249,6 +249,7 @@ export const MAX_RANKED = 300
  */
 const PROBE_ROWS = 128
 const WALK_ROW_COST = 1.5
+/** Fewer matches than this among the PROBE_ROWS newest say too little about the density to walk on. */
 const MIN_PROBE_HITS = 8
 /** The walk stops after this many times the rows it should need; then all the matches are visited after all. */
 const WALK_SLACK = 2
