@@ -66,6 +66,14 @@ function importedKey (note: Note, at: string): ImportedKey {
   }
 }
 
+/**
+ * The notes' keys, copied out of them: the mix needs only the keys, and a bench process holding
+ * 100k notes' text (150 MB) paused for up to 15 ms a scavenge, which timed every call in flight.
+ */
+function keysOf (notes: Note[]): string[] {
+  return notes.map((note) => note.key)
+}
+
 /** The bench database's URL on the server of `adminUrl`. */
 export function searchBenchUrl (adminUrl: string): string {
   const url = new URL(adminUrl)
@@ -77,7 +85,7 @@ export function searchBenchUrl (adminUrl: string): string {
  * The bench database as a previous run left it, if it holds `entries` notes under every migration
  * of this build (BENCH_SEARCH_REUSE=1: the mix alone, without seeding and migrating again); else null.
  */
-export async function reusableSearchDatabase (adminUrl: string, entries: number): Promise<{ url: string, notes: Note[] } | null> {
+export async function reusableSearchDatabase (adminUrl: string, entries: number): Promise<{ url: string, keys: string[] } | null> {
   const url = searchBenchUrl(adminUrl)
   const sql = createSql(url, { max: 1, connectTimeoutMs: 10_000 })
   try {
@@ -86,7 +94,7 @@ export async function reusableSearchDatabase (adminUrl: string, entries: number)
     const [row] = await sql<[{ migrations: number, entries: number, times: number }]>`
       select (select count(*)::int from schema_migrations) as migrations, (select count(*)::int from context_entries) as entries,
              (select count(distinct updated_at)::int from context_entries) as times`
-    return row !== undefined && row.migrations === shipped && row.entries === entries && row.times > entries / 2 ? { url, notes: generateNotes(entries) } : null
+    return row !== undefined && row.migrations === shipped && row.entries === entries && row.times > entries / 2 ? { url, keys: keysOf(generateNotes(entries)) } : null
   } catch {
     return null // no such database yet, or not this schema
   } finally {
@@ -114,7 +122,7 @@ export async function settleSearchDatabase (url: string): Promise<void> {
  * Drops and recreates the bench database with `entries` notes, then applies the search migration
  * (and any later one) under a reader and a writer, and reports what they saw.
  */
-export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, notes: Note[], migrations: MigrationReport[] }> {
+export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, keys: string[], migrations: MigrationReport[] }> {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   try {
     await admin.unsafe(`drop database if exists ${SEARCH_BENCH_DATABASE} with (force)`)
@@ -150,7 +158,7 @@ export async function prepareSearchDatabase (adminUrl: string, entries: number, 
 
     const migrations: MigrationReport[] = []
     for (const dir of [search, MIGRATIONS_DIR]) migrations.push({ ...await migrateUnderLoad(url, notes, dir), entries, seedSeconds })
-    return { url, notes, migrations }
+    return { url, keys: keysOf(notes), migrations }
   } finally {
     await rm(before, { recursive: true, force: true })
     await rm(search, { recursive: true, force: true })

@@ -1,6 +1,6 @@
 import autocannon, { type Context, type Instance, type RequestParams } from 'autocannon'
 import { percentile, runPacedCalls, stopPaced } from '../paced.js'
-import { generateNotes, generateQuery, seededRandom, withTypo, type Note } from '../../test/fixtures/notes.js'
+import { generateNotes, generateQuery, seededRandom, withTypo } from '../../test/fixtures/notes.js'
 
 // The search mix: 70% search_context (generated queries, 15% with a typo, some with a prefix or
 // tag filter), 20% list_context (a project/kind prefix or a tag), 10% write_context (a new note's
@@ -60,8 +60,8 @@ export interface MixOptions { durationSeconds: number, connections: number, seed
 /** `rate` calls a second, evenly spaced, over at most `connections` keep-alive connections. */
 export interface PacedOptions { durationSeconds: number, connections: number, seed: number, rate: number }
 
-/** Makes the calls of one run, deterministically from `seed`. */
-export function callMaker (notes: Note[], seed: number): () => Call {
+/** Makes the calls of one run, deterministically from `seed`; writes go to the seeded `keys`. */
+export function callMaker (keys: readonly string[], seed: number): () => Call {
   const random = seededRandom(seed)
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T
   let nextId = 1
@@ -85,7 +85,7 @@ export function callMaker (notes: Note[], seed: number): () => Call {
       args = random() < 0.7 ? { prefix: `${pick(PROJECTS)}/${pick(KINDS)}/`, limit: 20 } : { tag: pick(TAGS), limit: 20 }
     } else {
       const [note] = generateNotes(1, seed * 1_000_003 + written++)
-      args = { key: pick(notes).key, content: note?.content ?? 'note', tags: note?.tags ?? [] }
+      args = { key: pick(keys), content: note?.content ?? 'note', tags: note?.tags ?? [] }
     }
     const id = nextId++
     return { id, tool, args, body: JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: tool, arguments: args } }) }
@@ -117,8 +117,8 @@ export function stopMix (): void {
   stopPaced()
 }
 
-export async function runMix (target: Target, notes: Note[], options: MixOptions): Promise<MixResult> {
-  const makeCall = callMaker(notes, options.seed)
+export async function runMix (target: Target, keys: readonly string[], options: MixOptions): Promise<MixResult> {
+  const makeCall = callMaker(keys, options.seed)
   const durations: Record<MixTool, number[]> = { search_context: [], list_context: [], write_context: [] }
   const errors: Record<MixTool, number> = { search_context: 0, list_context: 0, write_context: 0 }
   const samples: string[] = []
@@ -163,9 +163,11 @@ export async function runMix (target: Target, notes: Note[], options: MixOptions
 }
 
 /** The mix at a fixed rate (bench/paced.ts): each call timed from when it was due to its answer. */
-export async function runPaced (target: Target, notes: Note[], options: PacedOptions): Promise<MixResult> {
-  const makeCall = callMaker(notes, options.seed)
-  const calls: Call[] = []
+export async function runPaced (target: Target, keys: readonly string[], options: PacedOptions): Promise<MixResult> {
+  const makeCall = callMaker(keys, options.seed)
+  // Only each call's tool is kept past its answer: a round's calls and their bodies, kept, were
+  // the bench process's own garbage to scan.
+  const tools: MixTool[] = []
   const durations: Record<MixTool, number[]> = { search_context: [], list_context: [], write_context: [] }
   const errors: Record<MixTool, number> = { search_context: 0, list_context: 0, write_context: 0 }
   const result = await runPacedCalls({
@@ -176,7 +178,7 @@ export async function runPaced (target: Target, notes: Note[], options: PacedOpt
     connections: options.connections,
     next: (index) => {
       const call = makeCall()
-      calls[index] = call
+      tools[index] = call.tool
       return {
         body: call.body,
         check: (status, body) => {
@@ -186,7 +188,7 @@ export async function runPaced (target: Target, notes: Note[], options: PacedOpt
       }
     },
     onAnswer: (index, ms, problem) => {
-      const tool = (calls[index] as Call).tool
+      const tool = tools[index] as MixTool
       durations[tool].push(ms)
       if (problem !== undefined) errors[tool]++
     }

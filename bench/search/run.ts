@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { killAllChildrenNow, stopAllChildren, stopChild, freePort, startChild } from '../children.js'
 import { cpuMicros } from '../cpu.js'
+import { watchOwnPauses, watchServerPauses, type Pauses, type ServerPauses } from '../pauses.js'
 import { positiveInteger, shareOf } from '../settings.js'
 import { summariseProfile, type CpuProfile } from '../profile-summary.js'
 import { prepareSearchDatabase, reusableSearchDatabase, settleSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
@@ -23,6 +24,8 @@ import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type
 // BENCH_SEARCH_REUSE=1 runs the mix on the database an earlier run left (no seeding, no migration).
 // BENCH_SEARCH_PROFILE=1 runs the server under `node --cpu-prof` and prints where its CPU went
 // (bench/results/profile-search/; the profiler's own cost is in the CPU per call).
+// BENCH_SEARCH_NODE_FLAGS passes flags to the server's node (e.g. "--trace-gc": into its log).
+// Each round also reports pauses (bench/pauses.ts): the server's and this process's own.
 
 const TARGET_P99_MS: Partial<Record<MixTool, number>> = { search_context: 20, list_context: 10 }
 const READY_TIMEOUT_MS = 60_000
@@ -37,7 +40,10 @@ const settings = {
   durationSeconds: positiveInteger(process.env, 'BENCH_SEARCH_DURATION', 15),
   warmupSeconds: positiveInteger(process.env, 'BENCH_SEARCH_WARMUP', 5),
   rounds: positiveInteger(process.env, 'BENCH_SEARCH_ROUNDS', 2),
-  dbPoolMax: positiveInteger(process.env, 'BENCH_DB_POOL_MAX', 10),
+  // As many connections as PostgreSQL has cores (it runs on this machine): search and list are
+  // CPU-bound in PostgreSQL, and more connections than cores only time-slice its backends, which
+  // is what the tail was made of (README "Search": the pool sizes measured).
+  dbPoolMax: positiveInteger(process.env, 'BENCH_SEARCH_DB_POOL_MAX', cpus().length),
   reuse: process.env.BENCH_SEARCH_REUSE === '1',
   profile: process.env.BENCH_SEARCH_PROFILE === '1',
   rate: process.env.BENCH_SEARCH_RATE === undefined ? undefined : positiveInteger(process.env, 'BENCH_SEARCH_RATE', 1),
@@ -118,7 +124,7 @@ async function main (): Promise<void> {
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
   const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
-  const { url, notes, migrations } = reused === null
+  const { url, keys, migrations } = reused === null
     ? await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
     : { ...reused, migrations: null }
   if (migrations === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
@@ -133,7 +139,7 @@ async function main (): Promise<void> {
   const child = startChild({
     name: 'search mix server',
     cwd: ROOT,
-    args: [...(settings.profile ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : []), join(ROOT, 'dist/server.js')],
+    args: [...(process.env.BENCH_SEARCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), ...(settings.profile ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : []), join(ROOT, 'dist/server.js')],
     env: {
       DATABASE_URL: url,
       DB_POOL_MAX: String(settings.dbPoolMax),
@@ -149,24 +155,28 @@ async function main (): Promise<void> {
   await waitUntilServing(target.url, target.headers, () => child.exit)
 
   const { connections, durationSeconds } = settings
-  console.log(`${connections} connections, ${durationSeconds} s per round (70% search, 20% list, 10% write)`)
-  const warmup = await runMix(target, notes, { durationSeconds: settings.warmupSeconds, connections, seed: 1 })
+  console.log(`${connections} connections, ${durationSeconds} s per round (70% search, 20% list, 10% write), DB_POOL_MAX ${settings.dbPoolMax}`)
+  const warmup = await runMix(target, keys, { durationSeconds: settings.warmupSeconds, connections, seed: 1 })
   console.log(roundLine('warm-up', warmup))
   // Capacity: every connection sends its next call as soon as the last is answered. Latency at
   // saturation is queueing (8 callers on 2 cores wait for each other), so the targets are judged
   // at a fixed rate below it: BENCH_SEARCH_RATE, or BENCH_SEARCH_LOAD_SHARE of the capacity,
   // evenly spaced (runPaced; autocannon's overallRate sends in bursts, see mix.ts).
-  const saturated = await runMix(target, notes, { durationSeconds, connections, seed: 2 })
+  const saturated = await runMix(target, keys, { durationSeconds, connections, seed: 2 })
   console.log(roundLine('saturated', saturated))
   const rate = settings.rate ?? Math.max(1, Math.round(saturated.requestsPerSecond * settings.loadShare))
   console.log(`then ${settings.rounds} rounds at ${rate} req/s (${(rate / saturated.requestsPerSecond * 100).toFixed(0)}% of capacity)`)
   const rounds: MixResult[] = []
   const cpu: Array<{ serverUs: number, databaseUs: number }> = []
+  const pauses: Array<{ server: ServerPauses, bench: Pauses }> = []
   const admin = postgres(url, { max: 1, onnotice: () => {} })
   const serverPid = child.process.pid ?? 0
   for (let round = 1; round <= settings.rounds; round++) {
+    const serverPauses = await watchServerPauses(`http://127.0.0.1:${port}/metrics`)
     const cpuBefore = await cpuSplit(admin, serverPid)
-    const result = await runPaced(target, notes, { durationSeconds, connections, seed: round + 2, rate })
+    const ownPauses = watchOwnPauses()
+    const result = await runPaced(target, keys, { durationSeconds, connections, seed: round + 2, rate })
+    const own = ownPauses()
     if (child.exit !== undefined) throw new Error(`the server exited (${child.exit}) during the run:\n${(await readFile(logFile, 'utf8')).slice(-2000)}`)
     const perCall = cpuPerCall(cpuBefore, await cpuSplit(admin, serverPid), result.responses)
     cpu.push(perCall)
@@ -174,6 +184,10 @@ async function main (): Promise<void> {
     rounds.push(result)
     console.log(`${roundLine(`round ${round}`, result)}; all p99 ${result.correctedP99Ms.toFixed(2)} ms; ` +
       `waits for a free connection p99 ${result.sendWait?.p99Ms.toFixed(2) ?? '-'} ms, longest ${result.sendWait?.maxMs.toFixed(0) ?? '-'} ms`)
+    const server = await serverPauses()
+    pauses.push({ server, bench: own })
+    console.log(`    pauses: the server's collections over 10 ms ${server.longCollections}, its longest event-loop delay ${server.longestDelayMs.toFixed(0)} ms; ` +
+      `this process's collections over 10 ms ${own.longCollections} (longest ${own.longestCollectionMs.toFixed(1)} ms), longest event-loop delay ${own.longestDelayMs.toFixed(0)} ms`)
     for (const sample of result.samples) console.log(`      ${sample}`)
   }
 
@@ -213,6 +227,7 @@ async function main (): Promise<void> {
     cpuPerCall: cpuMeans,
     summary,
     rounds,
+    pauses,
     checks
   }, null, 2) + '\n')
   console.log('Results written to bench/results/search.json; server log in bench/results/server-search.log')

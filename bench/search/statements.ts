@@ -82,7 +82,7 @@ async function explain (statement: { text: string, params: unknown[] }): Promise
 }
 
 const notes = single !== undefined ? [] : generateNotes(100_000)
-const next = callMaker(notes, 7)
+const next = callMaker(notes.map((note) => note.key), 7)
 const mix: Call[] = single !== undefined ? [{ id: 1, tool: single.query === undefined ? 'list_context' : 'search_context', args: single, body: '' }] : []
 while (mix.length < calls) {
   const call = next()
