@@ -10,7 +10,7 @@ export interface Pauses {
   /** Collections that paused the process longer than LONG_GC_MS. */
   longCollections: number
   longestCollectionMs: number
-  /** The longest delay of the event loop, ms. */
+  /** The longest the event loop was held (past its sampling interval), ms. */
   longestDelayMs: number
 }
 
@@ -18,6 +18,11 @@ export interface Pauses {
 export type ServerPauses = Omit<Pauses, 'longestCollectionMs'>
 
 const LONG_GC_MS = 10
+// The event-loop delay histograms record the time between samples, so the sampling interval is
+// taken off: what is left is how long the loop was held. prom-client samples every 10 ms
+// (its eventLoopMonitoringPrecision, which the server leaves at its default); this process every 1 ms.
+const SERVER_SAMPLE_MS = 10
+const OWN_SAMPLE_MS = 1
 
 /** Watches this process until the returned function is called; that returns what it saw. */
 export function watchOwnPauses (): () => Pauses {
@@ -30,12 +35,12 @@ export function watchOwnPauses (): () => Pauses {
     }
   })
   observer.observe({ entryTypes: ['gc'] })
-  const delay = monitorEventLoopDelay({ resolution: 1 })
+  const delay = monitorEventLoopDelay({ resolution: OWN_SAMPLE_MS })
   delay.enable()
   return () => {
     observer.disconnect()
     delay.disable()
-    return { longCollections, longestCollectionMs, longestDelayMs: delay.max / 1e6 }
+    return { longCollections, longestCollectionMs, longestDelayMs: Math.max(0, delay.max / 1e6 - OWN_SAMPLE_MS) }
   }
 }
 
@@ -52,15 +57,15 @@ async function scrape (metricsUrl: string): Promise<ServerCounters> {
     if (name === undefined || value === undefined) continue
     if (name.startsWith('nodejs_gc_duration_seconds_count')) collections += Number(value)
     else if (name.startsWith('nodejs_gc_duration_seconds_bucket') && name.includes(`le="${LONG_GC_MS / 1000}"`)) shortCollections += Number(value)
-    else if (name === 'nodejs_eventloop_lag_max_seconds') longestDelayMs = Number(value) * 1000
+    else if (name === 'nodejs_eventloop_lag_max_seconds') longestDelayMs = Math.max(0, Number(value) * 1000 - SERVER_SAMPLE_MS)
   }
   return { collections, shortCollections, longestDelayMs }
 }
 
 /**
  * Watches the server behind `metricsUrl` until the returned function is called; that returns how
- * many of its collections took longer than LONG_GC_MS (prom-client's buckets say no more) and its
- * longest event-loop delay (prom-client samples it every 10 ms).
+ * many of its collections took longer than LONG_GC_MS (prom-client's buckets say no more) and the
+ * longest its event loop was held.
  */
 export async function watchServerPauses (metricsUrl: string): Promise<() => Promise<ServerPauses>> {
   const before = await scrape(metricsUrl)

@@ -186,8 +186,8 @@ async function main (): Promise<void> {
       `waits for a free connection p99 ${result.sendWait?.p99Ms.toFixed(2) ?? '-'} ms, longest ${result.sendWait?.maxMs.toFixed(0) ?? '-'} ms`)
     const server = await serverPauses()
     pauses.push({ server, bench: own })
-    console.log(`    pauses: the server's collections over 10 ms ${server.longCollections}, its longest event-loop delay ${server.longestDelayMs.toFixed(0)} ms; ` +
-      `this process's collections over 10 ms ${own.longCollections} (longest ${own.longestCollectionMs.toFixed(1)} ms), longest event-loop delay ${own.longestDelayMs.toFixed(0)} ms`)
+    console.log(`    pauses: the server's collections over 10 ms ${server.longCollections}, its event loop held up to ${server.longestDelayMs.toFixed(0)} ms; ` +
+      `this process's collections over 10 ms ${own.longCollections} (longest ${own.longestCollectionMs.toFixed(1)} ms), its event loop held up to ${own.longestDelayMs.toFixed(0)} ms`)
     for (const sample of result.samples) console.log(`      ${sample}`)
   }
 
