@@ -42,7 +42,7 @@ const settings = {
   rounds: positiveInteger(process.env, 'BENCH_SEARCH_ROUNDS', 2),
   // As many connections as PostgreSQL has cores (it runs on this machine): search and list are
   // CPU-bound in PostgreSQL, and more connections than cores only time-slice its backends, which
-  // is what the tail was made of (README "Search": the pool sizes measured).
+  // is what the tail was made of (README "Search mix": the pool sizes measured).
   dbPoolMax: positiveInteger(process.env, 'BENCH_SEARCH_DB_POOL_MAX', cpus().length),
   reuse: process.env.BENCH_SEARCH_REUSE === '1',
   profile: process.env.BENCH_SEARCH_PROFILE === '1',
