@@ -46,9 +46,16 @@ export function watchOwnPauses (): () => Pauses {
 
 interface ServerCounters { collections: number, shortCollections: number, longestDelayMs: number }
 
-/** The server's collection counts and its event-loop delay since the last scrape (prom-client resets it at each). */
+/**
+ * The server's collection counts and its event-loop delay since the last scrape (prom-client resets
+ * it at each). Read line by line: parse-prometheus-text-format, which the tests use, folds
+ * prom-client's GC histogram (labels after `le`) into one series of the last `kind` and drops the
+ * counts.
+ */
 async function scrape (metricsUrl: string): Promise<ServerCounters> {
-  const text = await (await fetch(metricsUrl)).text()
+  const response = await fetch(metricsUrl)
+  if (!response.ok) throw new Error(`GET ${metricsUrl} answered HTTP ${response.status}`)
+  const text = await response.text()
   let collections = 0
   let shortCollections = 0
   let longestDelayMs = 0

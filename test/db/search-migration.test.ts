@@ -70,9 +70,9 @@ test('the search migration indexes what the store held, and instances starting t
   t.strictSame(await searchRowProblems(sql), [], 'every live entry has its search row, the deleted one none')
   const gin = await sql<Array<{ name: string, options: string[] | null }>>`
     select relname as name, reloptions as options from pg_class where relname in ('context_search_vector_index', 'search_terms_trigrams') order by relname`
-  t.strictSame(gin.map((index) => [index.name, index.options?.includes('fastupdate=off') ?? false]), [['context_search_vector_index', true], ['search_terms_trigrams', false]],
+  t.strictSame(gin.map((index) => [index.name, index.options?.find((option) => option.startsWith('fastupdate='))]),
+    [['context_search_vector_index', 'fastupdate=off'], ['search_terms_trigrams', 'fastupdate=on']],
     '011: no pending list in the vector index; 012: the vocabulary\'s trigram index has one again')
-  t.ok(gin.find((index) => index.name === 'search_terms_trigrams')?.options?.includes('fastupdate=on'), '012: fastupdate on, explicitly')
 
   const found = await store.search('team', { query: 'kubernets', limit: 10 })
   t.match(found, { status: 'ok', items: [{ key: 'notes/kubernetes', tags: ['ops'], snippet: 'We upgrade **kubernetes** every quarter.' }] }, 'an entry written before the migration is found, misspelt')
