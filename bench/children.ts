@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { openSync, closeSync } from 'node:fs'
 import { freePort } from '../scripts/free-port.js'
 export { freePort }
@@ -21,6 +21,19 @@ export interface Child {
   exit: string | undefined
 }
 
+/**
+ * The node binary the servers run on: BENCH_NODE, or the one running the bench. The image ships a
+ * newer Node than a development machine may have (the Dockerfile's NODE_IMAGE), and what the
+ * servers cost depends on it; `BENCH_NODE=$(npx -p node@26 which node)` measures that one.
+ */
+const SERVER_NODE = process.env.BENCH_NODE ?? process.execPath
+
+/** Which Node the servers run on, for the run's header. */
+export function serverRuntime (): string {
+  const version = SERVER_NODE === process.execPath ? process.version : execFileSync(SERVER_NODE, ['--version'], { encoding: 'utf8' }).trim()
+  return `servers on Node ${version}${process.env.BENCH_NODE === undefined ? '' : ' (BENCH_NODE)'}`
+}
+
 const children = new Set<Child>()
 const KILL_GRACE_MS = 3000
 
@@ -32,7 +45,7 @@ export function startChild (spec: ChildSpec): Child {
   const env = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...spec.env }
   const child: Child = {
     name: spec.name,
-    process: spawn(process.execPath, spec.args, { cwd: spec.cwd, env, stdio: ['ignore', log, log] }),
+    process: spawn(SERVER_NODE, spec.args, { cwd: spec.cwd, env, stdio: ['ignore', log, log] }),
     exit: undefined
   }
   closeSync(log)

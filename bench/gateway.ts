@@ -4,7 +4,7 @@ import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import autocannon, { type Context, type RequestParams } from 'autocannon'
-import { freePort, killAllChildrenNow, startChild, stopAllChildren, type Child } from './children.js'
+import { freePort, killAllChildrenNow, serverRuntime, startChild, stopAllChildren, type Child } from './children.js'
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { percentile, runPacedCalls } from './paced.js'
@@ -218,7 +218,7 @@ async function main (): Promise<void> {
 
   const loadAverage = (): string => loadavg().map((value) => value.toFixed(2)).join(' ')
   const loadBefore = loadAverage()
-  console.log(`Gateway mix: ${connections} connections, ${seconds} s per run, ${rounds} rounds, one read-only upstream tool; load average ${loadBefore}`)
+  console.log(`Gateway mix: ${connections} connections, ${seconds} s per run, ${rounds} rounds, one read-only upstream tool; load average ${loadBefore}; ${serverRuntime()}`)
   for (const side of sides) await run(side, 2, connections) // warm-up
 
   /** `rounds` rounds of every side; each round starts with the next side, so none always runs first (or last). */

@@ -1,6 +1,6 @@
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
-import { killAllChildrenNow, stopAllChildren } from './children.js'
+import { killAllChildrenNow, serverRuntime, stopAllChildren } from './children.js'
 import { cpuMicros, syscallCounts } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { runLoad, stopLoad, type LoadResult } from './load.js'
@@ -52,7 +52,7 @@ async function main (): Promise<void> {
   const connections = Math.max(1, Math.floor(settings.connections / 2))
   const run = async (seconds: number) => await Promise.all(servers.map(async (server) => await measured(server, seconds, connections, settings.keys, settings.writeRatio)))
   console.log(`${first.id} (${first.label}) and ${second.id} (${second.label}) side by side, ${connections} connections each, ` +
-    `${settings.rounds} rounds of ${settings.durationSeconds} s after a ${settings.warmupSeconds} s warm-up; load average ${loadavg()[0]?.toFixed(1)} on ${cpus().length} CPUs`)
+    `${settings.rounds} rounds of ${settings.durationSeconds} s after a ${settings.warmupSeconds} s warm-up; load average ${loadavg()[0]?.toFixed(1)} on ${cpus().length} CPUs; ${serverRuntime()}`)
   await run(settings.warmupSeconds)
   const ratios = { cpu: [] as number[], rps: [] as number[], p99: [] as number[] }
   for (let round = 1; round <= settings.rounds; round++) {

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
-import { killAllChildrenNow, stopAllChildren } from './children.js'
+import { killAllChildrenNow, serverRuntime, stopAllChildren } from './children.js'
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { runLoad, stopLoad, type LoadOptions } from './load.js'
@@ -41,7 +41,7 @@ async function main (): Promise<void> {
 
   const load: LoadOptions = { durationSeconds: settings.durationSeconds, connections: settings.connections, keys: settings.keys, writeRatio: settings.writeRatio }
   console.log(`${settings.connections} connections, ${settings.durationSeconds} s per run, ${settings.rounds} rounds, ` +
-    `${settings.writeRatio * 100}% writes over ${settings.keys} keys`)
+    `${settings.writeRatio * 100}% writes over ${settings.keys} keys; ${serverRuntime()}`)
 
   const warmups = new Map<ServerId, Round>()
   for (const server of servers) {

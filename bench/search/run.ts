@@ -5,7 +5,7 @@ import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
-import { killAllChildrenNow, stopAllChildren, stopChild, freePort, startChild } from '../children.js'
+import { killAllChildrenNow, serverRuntime, stopAllChildren, stopChild, freePort, startChild } from '../children.js'
 import { cpuMicros } from '../cpu.js'
 import { watchOwnPauses, watchServerPauses, type Pauses, type ServerPauses } from '../pauses.js'
 import { positiveInteger, shareOf } from '../settings.js'
@@ -155,7 +155,7 @@ async function main (): Promise<void> {
   await waitUntilServing(target.url, target.headers, () => child.exit)
 
   const { connections, durationSeconds } = settings
-  console.log(`${connections} connections, ${durationSeconds} s per round (70% search, 20% list, 10% write), DB_POOL_MAX ${settings.dbPoolMax}`)
+  console.log(`${connections} connections, ${durationSeconds} s per round (70% search, 20% list, 10% write), DB_POOL_MAX ${settings.dbPoolMax}; ${serverRuntime()}`)
   const warmup = await runMix(target, keys, { durationSeconds: settings.warmupSeconds, connections, seed: 1 })
   console.log(roundLine('warm-up', warmup))
   // Capacity: every connection sends its next call as soon as the last is answered. Latency at
