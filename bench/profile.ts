@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { killAllChildrenNow, startChild, stopChild, freePort } from './children.js'
+import { killAllChildrenNow, serverRuntime, startChild, stopChild, freePort } from './children.js'
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { runLoad } from './load.js'
@@ -43,7 +43,7 @@ async function main (): Promise<void> {
   try {
     await waitUntilServing(server, settings.keys)
     const load = { connections: settings.connections, keys: settings.keys, writeRatio: settings.writeRatio }
-    console.log(`warm-up ${settings.warmupSeconds} s, then ${settings.durationSeconds} s profiled at ${settings.connections} connections`)
+    console.log(`warm-up ${settings.warmupSeconds} s, then ${settings.durationSeconds} s profiled at ${settings.connections} connections; ${serverRuntime()}`)
     await runLoad(server, { ...load, durationSeconds: settings.warmupSeconds })
     const pid = child.process.pid as number
     const before = cpuMicros(pid)

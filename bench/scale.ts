@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
-import { freePort, killAllChildrenNow, startChild, stopAllChildren } from './children.js'
+import { freePort, killAllChildrenNow, serverRuntime, startChild, stopAllChildren } from './children.js'
 import { cpuMicros } from './cpu.js'
 import { prepareDatabase } from './database.js'
 import { runLoad, type LoadResult } from './load.js'
@@ -49,7 +49,7 @@ function mean (list: Outcome[]): Outcome {
 async function main (): Promise<void> {
   const settings = readSettings(process.env)
   await mkdir(RESULTS_DIR, { recursive: true })
-  console.log(`load average ${loadavg()[0]?.toFixed(1)} on ${cpus().length} CPUs`)
+  console.log(`load average ${loadavg()[0]?.toFixed(1)} on ${cpus().length} CPUs; ${serverRuntime()}`)
   console.log(`Preparing database scm_bench with ${settings.keys} keys...`)
   const databaseUrl = await prepareDatabase(settings.adminDatabaseUrl, settings.keys)
   const token = `bench_${randomBytes(24).toString('base64url')}`
