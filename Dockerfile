@@ -21,6 +21,8 @@ FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 ENV npm_config_fund=false npm_config_audit=false npm_config_update_notifier=false
 COPY package.json package-lock.json ./
+# npm ci's postinstall applies these to the installed dependencies (patch-package; see patches/).
+COPY patches ./patches
 RUN npm ci
 COPY . .
 # `npm run build` = tsc + migrations + dist/db/pglite-template.tar (a new DATA_DIR starts from it).
