@@ -66,14 +66,6 @@ function importedKey (note: Note, at: string): ImportedKey {
   }
 }
 
-/**
- * The notes' keys alone: the mix needs nothing else of them, and a bench process holding 100k
- * notes' text (150 MB) paused for up to 15 ms a scavenge, which timed every call in flight.
- */
-export function keysOf (notes: Note[]): string[] {
-  return notes.map((note) => note.key)
-}
-
 /** The bench database's URL on the server of `adminUrl`. */
 export function searchBenchUrl (adminUrl: string): string {
   const url = new URL(adminUrl)
@@ -94,7 +86,12 @@ export async function reusableSearchDatabase (adminUrl: string, entries: number)
     const [row] = await sql<[{ migrations: number, entries: number, times: number }]>`
       select (select count(*)::int from schema_migrations) as migrations, (select count(*)::int from context_entries) as entries,
              (select count(distinct updated_at)::int from context_entries) as times`
-    return row !== undefined && row.migrations === shipped && row.entries === entries && row.times > entries / 2 ? { url, keys: keysOf(generateNotes(entries)) } : null
+    if (row === undefined || row.migrations !== shipped || row.entries !== entries || row.times <= entries / 2) return null
+    // In the order they were generated (seeded SEED_SPACING_MS apart), without generating 100k
+    // notes' text again in the measuring process.
+    const keys = await sql<Array<{ key: string }>>`
+      select key from context_entries where namespace = ${NAMESPACE} order by created_at, key`
+    return { url, keys: keys.map((row) => row.key) }
   } catch {
     return null // no such database yet, or not this schema
   } finally {
@@ -120,9 +117,10 @@ export async function settleSearchDatabase (url: string): Promise<void> {
 
 /**
  * Drops and recreates the bench database with `entries` notes, then applies the search migration
- * (and any later one) under a reader and a writer, and reports what they saw.
+ * (and any later one) under a reader and a writer, and reports what they saw. Run in a process of
+ * its own (prepare.ts), which exits with the heap it leaves.
  */
-export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<{ url: string, keys: string[], migrations: MigrationReport[] }> {
+export async function prepareSearchDatabase (adminUrl: string, entries: number, log: (line: string) => void): Promise<MigrationReport[]> {
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} })
   try {
     await admin.unsafe(`drop database if exists ${SEARCH_BENCH_DATABASE} with (force)`)
@@ -158,7 +156,7 @@ export async function prepareSearchDatabase (adminUrl: string, entries: number, 
 
     const migrations: MigrationReport[] = []
     for (const dir of [search, MIGRATIONS_DIR]) migrations.push({ ...await migrateUnderLoad(url, notes, dir), entries, seedSeconds })
-    return { url, keys: keysOf(notes), migrations }
+    return migrations
   } finally {
     await rm(before, { recursive: true, force: true })
     await rm(search, { recursive: true, force: true })

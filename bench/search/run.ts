@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
@@ -10,7 +12,7 @@ import { cpuMicros } from '../cpu.js'
 import { watchOwnPauses, watchServerPauses, type Pauses, type ServerPauses } from '../pauses.js'
 import { positiveInteger, shareOf } from '../settings.js'
 import { summariseProfile, type CpuProfile } from '../profile-summary.js'
-import { prepareSearchDatabase, reusableSearchDatabase, settleSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
+import { reusableSearchDatabase, settleSearchDatabase, SEARCH_BENCH_DATABASE, type MigrationReport } from './database.js'
 import { MCP_HEADERS, MIX_TOOLS, runMix, runPaced, stopMix, type MixResult, type MixTool } from './mix.js'
 
 // The search mix of `npm run bench` (also alone: `npm run bench:search`): BENCH_SEARCH_ENTRIES
@@ -114,6 +116,17 @@ async function waitUntilServing (url: string, headers: Record<string, string>, e
   throw new Error(`the server did not answer search_context within ${READY_TIMEOUT_MS} ms: ${problem}`)
 }
 
+/** Seeds and migrates the bench database in a child process (prepare.ts says why) and returns its report. */
+async function prepareInOwnProcess (): Promise<MigrationReport[]> {
+  const reportFile = join(RESULTS_DIR, 'search-prepare.json')
+  await rm(reportFile, { force: true })
+  const preparing = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/search/prepare.ts'), settings.adminDatabaseUrl, String(settings.entries), reportFile],
+    { cwd: ROOT, stdio: 'inherit' })
+  const [code, signal] = await once(preparing, 'exit') as [number | null, NodeJS.Signals | null]
+  if (code !== 0) throw new Error(`preparing the search database failed (${signal ?? `exit code ${code}`})`)
+  return JSON.parse(await readFile(reportFile, 'utf8')) as MigrationReport[]
+}
+
 async function main (): Promise<void> {
   if (!existsSync(join(ROOT, 'dist/server.js'))) throw new Error('dist/server.js is missing: run `npm run bench:search` (it builds first)')
   await mkdir(RESULTS_DIR, { recursive: true })
@@ -123,10 +136,14 @@ async function main (): Promise<void> {
   }
   const loadBefore = loadavg()[0] ?? 0
   console.log(`Search mix: preparing ${settings.entries} entries (load average ${loadBefore.toFixed(1)} on ${cpus().length} CPUs)...`)
-  const reused = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
-  const { url, keys, migrations } = reused === null
-    ? await prepareSearchDatabase(settings.adminDatabaseUrl, settings.entries, console.log)
-    : { ...reused, migrations: null }
+  let migrations: MigrationReport[] | null = null
+  let prepared = settings.reuse ? await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries) : null
+  if (prepared === null) {
+    migrations = await prepareInOwnProcess()
+    prepared = await reusableSearchDatabase(settings.adminDatabaseUrl, settings.entries)
+    if (prepared === null) throw new Error('the prepared search database does not hold the entries and migrations it should')
+  }
+  const { url, keys } = prepared
   if (migrations === null) console.log('  reusing the bench database of an earlier run (BENCH_SEARCH_REUSE): no seeding, no migration figures')
   else for (const line of migrations.flatMap(migrationLines)) console.log(line)
   const settleStarted = performance.now()

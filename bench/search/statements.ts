@@ -2,7 +2,7 @@ import { loadavg } from 'node:os'
 import postgres from 'postgres'
 import { createContextStore } from '../../db/context-store.js'
 import { generateNotes } from '../../test/fixtures/notes.js'
-import { keysOf, NAMESPACE, searchBenchUrl } from './database.js'
+import { NAMESPACE, searchBenchUrl } from './database.js'
 import { callMaker, type Call } from './mix.js'
 
 // The database's side of the search mix, without the server: the mix's search_context and
@@ -82,7 +82,7 @@ async function explain (statement: { text: string, params: unknown[] }): Promise
 }
 
 const notes = single !== undefined ? [] : generateNotes(100_000)
-const next = callMaker(keysOf(notes), 7)
+const next = callMaker(notes.map((note) => note.key), 7)
 const mix: Call[] = single !== undefined ? [{ id: 1, tool: single.query === undefined ? 'list_context' : 'search_context', args: single, body: '' }] : []
 while (mix.length < calls) {
   const call = next()
