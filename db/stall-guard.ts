@@ -39,18 +39,27 @@ class MessageReader {
       }
       // Typed: type and length (5 bytes). Untyped: length and request code (8 bytes).
       const headerLength = this.untyped > 0 ? 8 : 5
-      const copied = chunk.copy(this.header, this.headerBytes, offset, offset + headerLength - this.headerBytes)
-      this.headerBytes += copied
-      offset += copied
-      if (this.headerBytes < headerLength) return
-      this.headerBytes = 0
+      let source = chunk
+      let at = offset
+      if (this.headerBytes === 0 && offset + headerLength <= chunk.length) {
+        // The whole header is in this chunk (nearly always): read it where it is.
+        offset += headerLength
+      } else {
+        const copied = chunk.copy(this.header, this.headerBytes, offset, offset + headerLength - this.headerBytes)
+        this.headerBytes += copied
+        offset += copied
+        if (this.headerBytes < headerLength) return
+        this.headerBytes = 0
+        source = this.header
+        at = 0
+      }
       if (this.untyped > 0) {
         this.untyped--
-        this.bodyBytesLeft = Math.max(0, this.header.readInt32BE(0) - 8)
-        this.onMessage(-1, this.header.readInt32BE(4))
+        this.bodyBytesLeft = Math.max(0, source.readInt32BE(at) - 8)
+        this.onMessage(-1, source.readInt32BE(at + 4))
       } else {
-        this.bodyBytesLeft = Math.max(0, this.header.readInt32BE(1) - 4)
-        this.onMessage(this.header[0] as number, 0)
+        this.bodyBytesLeft = Math.max(0, source.readInt32BE(at + 1) - 4)
+        this.onMessage(source[at] as number, 0)
       }
     }
   }

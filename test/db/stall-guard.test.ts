@@ -75,3 +75,19 @@ test('a row whose ReadyForQuery never comes: the connection is cut once the serv
   t.equal(errors.length, 1)
   t.ok(errors[0] instanceof DatabaseStalledError, 'with a DatabaseStalledError')
 })
+
+test('small answers whose headers fall whole inside a chunk or across two, piece after piece: every ReadyForQuery is counted', async (t) => {
+  const { client, peer, errors } = await standInServer(t)
+  client.write(startupMessage())
+  await writeInPieces(peer, Buffer.concat([message('R', Buffer.alloc(4)), readyForQuery]), 64)
+  const answer = Buffer.concat([message('2', Buffer.alloc(0)), message('D', Buffer.from('row')), message('C', Buffer.from('SELECT 1\0')), readyForQuery])
+  for (const size of [1, 2, 4, 5, 6, 7, 9, 13, answer.length - 1, answer.length, answer.length * 3]) {
+    // Several queries' answers in one stream, so that a piece holds the end of one and the start of the next.
+    client.write(Buffer.concat([message('Q', Buffer.from('select 1\0')), message('Q', Buffer.from('select 1\0')), message('Q', Buffer.from('select 1\0'))]))
+    await writeInPieces(peer, Buffer.concat([answer, answer, answer]), size)
+  }
+  // A header misread would leave a ReadyForQuery owed, and the guard would cut the connection.
+  await new Promise((resolve) => setTimeout(resolve, DEADLINE_MS * 2))
+  t.equal(client.destroyed, false, 'the connection is kept')
+  t.same(errors, [])
+})
