@@ -1,4 +1,7 @@
+import { spawn, execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { promisify } from 'node:util'
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { killAllChildrenNow, serverRuntime, startChild, stopChild, freePort } from './children.js'
@@ -8,6 +11,7 @@ import { runLoad } from './load.js'
 import { ROOT, logTail, waitUntilServing, type Server } from './servers.js'
 import { readSettings } from './settings.js'
 import { summariseProfile, type CpuProfile } from './profile-summary.js'
+import { summarisePerf } from './perf-summary.js'
 
 // `npm run bench:profile`: the production configuration (server a of `npm run bench`: token, rate
 // limits on but never reached, metrics, info logging to a file) under the benchmark's load with
@@ -15,9 +19,15 @@ import { summariseProfile, type CpuProfile } from './profile-summary.js'
 // bench/results/profile/ (open it in Chrome DevTools or speedscope for a flame graph) and prints
 // the functions and packages with the most self time, and the functions with the most total time.
 // BENCH_PROFILE_SERVER=m profiles the server with auth, limits and metrics off instead; BENCH_PROFILE_SERVER=b the floor.
+// BENCH_PROFILE_PERF=1 samples the CPU instead (Linux `perf record` on the server started with
+// --perf-basic-prof, bench/perf-summary.ts): CPU µs a request by package or file and by function,
+// with no time spent waiting in it (what --cpu-prof's samples include); perf.data and the
+// summary land in bench/results/profile/.
 
 const RESULTS_DIR = join(ROOT, 'bench/results')
 const PROFILE_DIR = join(RESULTS_DIR, 'profile')
+const PERF_FREQUENCY = 1999
+const PERF_DATA = join(PROFILE_DIR, 'perf.data')
 async function main (): Promise<void> {
   const settings = readSettings(process.env)
   const which = process.env.BENCH_PROFILE_SERVER ?? 'a'
@@ -38,7 +48,9 @@ async function main (): Promise<void> {
   }
   const spec = specs[which]
   const logFile = join(RESULTS_DIR, 'server-profile.log')
-  const child = startChild({ name: `profiled ${which}`, cwd: ROOT, args: ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR, spec.script], env: spec.env, logFile })
+  const perf = process.env.BENCH_PROFILE_PERF === '1'
+  const profilerArgs = perf ? ['--perf-basic-prof'] : ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR]
+  const child = startChild({ name: `profiled ${which}`, cwd: ROOT, args: [...profilerArgs, spec.script], env: spec.env, logFile })
   const server: Server = { id: which, label: `profiled ${which}`, child, logFile, url: `http://127.0.0.1:${port}/mcp`, headers: spec.headers }
   try {
     await waitUntilServing(server, settings.keys)
@@ -46,12 +58,27 @@ async function main (): Promise<void> {
     console.log(`warm-up ${settings.warmupSeconds} s, then ${settings.durationSeconds} s profiled at ${settings.connections} connections; ${serverRuntime()}`)
     await runLoad(server, { ...load, durationSeconds: settings.warmupSeconds })
     const pid = child.process.pid as number
+    const recorder = perf ? spawn('perf', ['record', '-q', '-F', String(PERF_FREQUENCY), '-g', '-p', String(pid), '-o', PERF_DATA], { stdio: 'inherit' }) : undefined
     const before = cpuMicros(pid)
     const result = await runLoad(server, { ...load, durationSeconds: settings.durationSeconds })
     const cpu = (cpuMicros(pid) - before) / Math.max(1, result.responses)
+    if (recorder !== undefined) {
+      recorder.kill('SIGINT')
+      const [code] = await once(recorder, 'exit') as [number | null]
+      if (code !== 0 && code !== null) throw new Error(`perf record exited with code ${code} (is Linux perf installed, and may it attach to a process?)`)
+    }
     console.log(`${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, ` +
       `${cpu.toFixed(0)} µs CPU/request (profiler included), errors ${result.totalErrors}`)
     if (child.exit !== undefined) throw new Error(`the server exited during the run:\n${await logTail(server)}`)
+    if (perf) {
+      // perf script names JavaScript frames from the /tmp/perf-<pid>.map the server wrote (removed after).
+      const { stdout } = await promisify(execFile)('perf', ['script', '-i', PERF_DATA], { maxBuffer: 1 << 30 })
+      const summary = summarisePerf(stdout, { responses: result.responses, frequency: PERF_FREQUENCY })
+      await writeFile(join(PROFILE_DIR, 'summary.txt'), summary)
+      console.log(`\n${summary}\nperf data: bench/results/profile/perf.data (perf report -i ...); summary in bench/results/profile/summary.txt`)
+      await rm(`/tmp/perf-${pid}.map`, { force: true })
+      return
+    }
   } finally {
     await stopChild(child)
   }
