@@ -8,10 +8,13 @@
 // else the innermost JavaScript frame's package (node_modules/<name>), project file (dist/...) or
 // Node's own JavaScript (node:*); the V8 builtins, C++ and kernel code below that frame (property
 // lookups, a system call) are its owner's. Samples with no JavaScript frame at all are native
-// (libuv's loop, a compile) or kernel (an interrupt).
+// (libuv's loop; perf -p samples every thread, so V8's optimising compiler and collector threads
+// too) or kernel (an interrupt).
 
-const GC_FRAME = /Scavenger|Heap::|MarkCompact|GCTracer|Sweeper|ConcurrentMarking|MinorGC/
-const JS_FRAME = /JS:[*~^]?(\S*) (\S+?):\d+:\d+/
+// Collection itself, not the heap's allocation paths (Heap::AllocateExternalBackingStore and the like).
+const GC_FRAME = /Heap::(CollectGarbage|PerformGarbageCollection|Scavenge)|Scavenger|MarkCompact|GCTracer|Sweeper|ConcurrentMarking|MinorGC/
+// `JS:*name file:line:column+0xoffset`; getters ("get length"), and code made by `new Function`, with no file.
+const JS_FRAME = /JS:[*~^+]?(.*) (\S*):\d+:\d+(?:\+0x[0-9a-f]+)?$/
 /** Frames this close to the leaf decide whether a sample is the collector's. */
 const GC_DEPTH = 12
 
@@ -24,6 +27,7 @@ export interface PerfSummaryOptions {
 }
 
 function ownerOf (file: string): string {
+  if (file === '') return '(code made at run time, no file)'
   if (file.includes('node_modules/')) {
     const parts = (file.split('node_modules/').at(-1) ?? '').split('/')
     return parts[0]?.startsWith('@') === true ? `${parts[0]}/${parts[1] ?? ''}` : parts[0] ?? file

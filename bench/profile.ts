@@ -58,29 +58,34 @@ async function main (): Promise<void> {
     console.log(`warm-up ${settings.warmupSeconds} s, then ${settings.durationSeconds} s profiled at ${settings.connections} connections; ${serverRuntime()}`)
     await runLoad(server, { ...load, durationSeconds: settings.warmupSeconds })
     const pid = child.process.pid as number
-    const recorder = perf ? spawn('perf', ['record', '-q', '-F', String(PERF_FREQUENCY), '-g', '-p', String(pid), '-o', PERF_DATA], { stdio: 'inherit' }) : undefined
+    // cpu-clock, named: on a machine with hardware counters perf would sample cycles instead, and samples / Hz would not be CPU time.
+    const recorder = perf ? spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', String(PERF_FREQUENCY), '-g', '-p', String(pid), '-o', PERF_DATA], { stdio: 'inherit' }) : undefined
+    // Listened to from the start: perf may fail to start (not installed) or stop early (not allowed to attach).
+    const recorded = recorder === undefined ? undefined : once(recorder, 'exit').catch((error: Error) => { throw new Error(`perf record did not start: ${error.message} (is Linux perf installed?)`) })
+    recorded?.catch(() => {}) // awaited below; an early failure must not be unhandled meanwhile
     const before = cpuMicros(pid)
     const result = await runLoad(server, { ...load, durationSeconds: settings.durationSeconds })
     const cpu = (cpuMicros(pid) - before) / Math.max(1, result.responses)
-    if (recorder !== undefined) {
+    if (recorder !== undefined && recorded !== undefined) {
+      const stoppedEarly = recorder.exitCode !== null
       recorder.kill('SIGINT')
-      const [code] = await once(recorder, 'exit') as [number | null]
-      if (code !== 0 && code !== null) throw new Error(`perf record exited with code ${code} (is Linux perf installed, and may it attach to a process?)`)
+      const [code] = await recorded as [number | null]
+      if (stoppedEarly || (code !== 0 && code !== null)) throw new Error(`perf record stopped${stoppedEarly ? ' before the load ended' : ''} with code ${code} (may it attach to a process? see /proc/sys/kernel/perf_event_paranoid)`)
     }
     console.log(`${result.requestsPerSecond.toFixed(0)} req/s, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, ` +
       `${cpu.toFixed(0)} µs CPU/request (profiler included), errors ${result.totalErrors}`)
     if (child.exit !== undefined) throw new Error(`the server exited during the run:\n${await logTail(server)}`)
     if (perf) {
-      // perf script names JavaScript frames from the /tmp/perf-<pid>.map the server wrote (removed after).
+      // perf script names JavaScript frames from the /tmp/perf-<pid>.map the server wrote (removed in finally).
       const { stdout } = await promisify(execFile)('perf', ['script', '-i', PERF_DATA], { maxBuffer: 1 << 30 })
       const summary = summarisePerf(stdout, { responses: result.responses, frequency: PERF_FREQUENCY })
       await writeFile(join(PROFILE_DIR, 'summary.txt'), summary)
       console.log(`\n${summary}\nperf data: bench/results/profile/perf.data (perf report -i ...); summary in bench/results/profile/summary.txt`)
-      await rm(`/tmp/perf-${pid}.map`, { force: true })
       return
     }
   } finally {
     await stopChild(child)
+    if (perf) await rm(`/tmp/perf-${child.process.pid ?? 0}.map`, { force: true })
   }
   const file = (await readdir(PROFILE_DIR)).find((name) => name.endsWith('.cpuprofile'))
   if (file === undefined) throw new Error(`no .cpuprofile in ${PROFILE_DIR}: the server did not exit normally (see ${logFile})`)

@@ -122,7 +122,10 @@ async function prepareInOwnProcess (): Promise<MigrationReport[]> {
   await rm(reportFile, { force: true })
   const preparing = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/search/prepare.ts'), settings.adminDatabaseUrl, String(settings.entries), reportFile],
     { cwd: ROOT, stdio: 'inherit' })
-  const [code, signal] = await once(preparing, 'exit') as [number | null, NodeJS.Signals | null]
+  // However this process ends meanwhile (SIGTERM exits through shutdown), the seeding ends with it.
+  const stop = (): void => { preparing.kill('SIGKILL') }
+  process.once('exit', stop)
+  const [code, signal] = await once(preparing, 'exit').finally(() => process.off('exit', stop)) as [number | null, NodeJS.Signals | null]
   if (code !== 0) throw new Error(`preparing the search database failed (${signal ?? `exit code ${code}`})`)
   return JSON.parse(await readFile(reportFile, 'utf8')) as MigrationReport[]
 }
