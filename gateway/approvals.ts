@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { inputRequired, inputResponse } from '@modelcontextprotocol/server'
 import { Type } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
@@ -52,7 +52,7 @@ export function canonicalJson (value: unknown): string {
 
 /** SHA-256 hex of the canonical JSON of a call's arguments: what the audit and approvals keep instead of them. */
 export function argumentsDigest (args: Record<string, unknown>): string {
-  return createHash('sha256').update(canonicalJson(args)).digest('hex')
+  return hash('sha256', canonicalJson(args), 'hex')
 }
 
 export interface UpstreamApprovalRule {
@@ -463,7 +463,7 @@ export function storedOutcome (result: ToolCallResult): ToolCallResult {
   const text = JSON.stringify(result)
   const bytes = Buffer.byteLength(text)
   if (bytes <= MAX_STORED_OUTCOME_BYTES) return result
-  const sha256 = createHash('sha256').update(text).digest('hex')
+  const sha256 = hash('sha256', text, 'hex')
   const failed = result.isError === true
   return {
     ...(failed && { isError: true }),

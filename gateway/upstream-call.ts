@@ -1,5 +1,6 @@
 import http from 'node:http'
 import https from 'node:https'
+import { urlToHttpOptions } from 'node:url'
 import { ProtocolError, type CallToolResult } from '@modelcontextprotocol/client'
 import { createParser } from 'eventsource-parser'
 import { UpstreamMalformed } from './resilience.js'
@@ -92,6 +93,8 @@ function isObject (value: unknown): value is JsonObject {
 
 export class LeanUpstreamClient {
   private readonly url: URL
+  /** The URL as http.request options, made once: given the URL itself, http.request converts it on every call. */
+  private readonly target: http.RequestOptions
   private readonly secure: boolean
   private readonly agent: http.Agent
   private nextId = 0
@@ -99,6 +102,7 @@ export class LeanUpstreamClient {
 
   constructor (private readonly options: LeanClientOptions) {
     this.url = new URL(options.url)
+    this.target = urlToHttpOptions(this.url)
     this.secure = this.url.protocol === 'https:'
     this.agent = this.secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true })
   }
@@ -215,16 +219,12 @@ export class LeanUpstreamClient {
     const meta: JsonObject = { ...(envelope && this.envelopeMeta()), progressToken: id }
     const message = { jsonrpc: '2.0', id, method: 'tools/call', params: { ...params, _meta: meta } }
     const onAbort = (): void => {
-      // Tell the upstream (its handler's signal aborts); the request itself is closed by the signal.
+      // Tell the upstream (its handler's signal aborts); post closes the request itself.
       this.post({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: id, reason: String((options.signal.reason as Error | undefined)?.message ?? 'cancelled'), ...(envelope && { _meta: this.envelopeMeta() }) } }, undefined, session, { signal: AbortSignal.timeout(this.options.connectTimeoutMs), ...(options.headers !== undefined && { headers: options.headers }) }, undefined).catch(() => {})
     }
     if (options.signal.aborted) throw options.signal.reason
-    options.signal.addEventListener('abort', onAbort, { once: true })
-    try {
-      return answerResult(await this.post(message, id, session, options, typeof params.name === 'string' ? params.name : undefined))
-    } finally {
-      options.signal.removeEventListener('abort', onAbort)
-    }
+    // One listener on the signal for both (an EventTarget listener added and removed costs a few µs).
+    return answerResult(await this.post(message, id, session, options, typeof params.name === 'string' ? params.name : undefined, onAbort))
   }
 
   private envelopeMeta (): JsonObject {
@@ -254,9 +254,10 @@ export class LeanUpstreamClient {
   /**
    * POSTs one message. For a request (`id` given) resolves with its answer, read from a JSON body
    * or from the SSE stream (whose notifications and requests are handled on the way); for a
-   * notification or a response, once the upstream accepted it.
+   * notification or a response, once the upstream accepted it. `onAbort` runs first when the
+   * signal aborts the request.
    */
-  private post (message: JsonObject, id: string | number | undefined, session: Session, options: LeanCallOptions, name: string | undefined): Promise<Answer> {
+  private post (message: JsonObject, id: string | number | undefined, session: Session, options: LeanCallOptions, name: string | undefined, onAbort?: () => void): Promise<Answer> {
     const body = JSON.stringify(message)
     const method = typeof message.method === 'string' ? message.method : undefined
     const headers = this.headersFor(session, method, name, options.headers)
@@ -269,7 +270,10 @@ export class LeanUpstreamClient {
       }
       let settled = false
       // The signal closes the request (http.request's own signal option costs more per request).
-      const abort = (): void => fail(signal.reason)
+      const abort = (): void => {
+        onAbort?.()
+        fail(signal.reason)
+      }
       const fail = (error: unknown, destroy = true): void => {
         if (settled) return
         settled = true
@@ -283,7 +287,7 @@ export class LeanUpstreamClient {
         signal.removeEventListener('abort', abort)
         resolve(answer)
       }
-      const request = (this.secure ? https : http).request(this.url, { method: 'POST', headers, agent: this.agent })
+      const request = (this.secure ? https : http).request({ ...this.target, method: 'POST', headers, agent: this.agent })
       signal.addEventListener('abort', abort, { once: true })
       request.on('error', (error) => {
         fail(options.signal.aborted ? options.signal.reason : error.name === 'AbortError' ? error : new TypeError('fetch failed', { cause: error }))
