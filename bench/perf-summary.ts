@@ -1,3 +1,5 @@
+import { moduleOfUrl, TOP } from './profile-summary.js'
+
 // Summarises `perf script` output of a server run with `node --perf-basic-prof` (bench/profile.ts,
 // BENCH_PROFILE_PERF=1). perf's cpu-clock samples only while the thread runs, so unlike
 // --cpu-prof's wall-clock samples nothing here is time spent waiting: on this 2-core machine a
@@ -26,17 +28,6 @@ export interface PerfSummaryOptions {
   top?: number
 }
 
-function ownerOf (file: string): string {
-  if (file === '') return '(code made at run time, no file)'
-  if (file.includes('node_modules/')) {
-    const parts = (file.split('node_modules/').at(-1) ?? '').split('/')
-    return parts[0]?.startsWith('@') === true ? `${parts[0]}/${parts[1] ?? ''}` : parts[0] ?? file
-  }
-  if (file.startsWith('node:')) return 'node core (node:*)'
-  const dist = file.split('/dist/')
-  return dist.length > 1 ? `dist/${dist.at(-1) ?? ''}` : file.replace(/^file:\/\//, '')
-}
-
 /** The frames of one sample, innermost first: [symbol, dso]. */
 function framesOf (block: string): Array<{ symbol: string, dso: string }> {
   return block.split('\n').slice(1).map((line) => {
@@ -61,7 +52,7 @@ export function summarisePerf (script: string, options: PerfSummaryOptions): str
     for (const frame of frames) {
       if (owner !== undefined) break
       const js = JS_FRAME.exec(frame.symbol)
-      if (js !== null) owner = ownerOf(js[2] ?? '')
+      if (js !== null) owner = moduleOfUrl(js[2] ?? '') ?? '(code made at run time, no file)'
     }
     owner ??= inKernel ? '(kernel, no JavaScript on the stack)' : '(native, no JavaScript on the stack)'
     const entry = byOwner.get(owner) ?? { samples: 0, kernel: 0 }
@@ -71,7 +62,7 @@ export function summarisePerf (script: string, options: PerfSummaryOptions): str
     const leaf = frames.find((frame) => !frame.dso.includes('kernel'))?.symbol.replace(/\+0x[0-9a-f]+$/, '') ?? '(kernel)'
     byLeaf.set(leaf, (byLeaf.get(leaf) ?? 0) + 1)
   }
-  const top = options.top ?? 30
+  const top = options.top ?? TOP
   const perRequest = (count: number) => count * 1e6 / options.frequency / Math.max(1, options.responses)
   const lines = [
     `${samples} samples at ${options.frequency} Hz over ${options.responses} responses: ${perRequest(samples).toFixed(1)} µs of CPU a request, ` +

@@ -3,7 +3,7 @@ import { ROOT } from './servers.js'
 // A .cpuprofile (node --cpu-prof) summed up: self time by function and by package, total time by
 // function. bench/profile.ts (the context tools' mix) and bench/search/run.ts (BENCH_SEARCH_PROFILE) print it.
 
-const TOP = Number(process.env.BENCH_PROFILE_TOP ?? 30)
+export const TOP = Number(process.env.BENCH_PROFILE_TOP ?? 30)
 
 interface CallFrame { functionName: string, url: string, lineNumber: number, columnNumber: number }
 interface ProfileNode { id: number, callFrame: CallFrame, hitCount?: number, children?: number[] }
@@ -17,16 +17,23 @@ function shortUrl (url: string): string {
   return path.startsWith(ROOT) ? path.slice(ROOT.length) : path
 }
 
-/** The package (or project file) a frame belongs to: `fastify`, `@modelcontextprotocol/server`, `dist/plugins/mcp.js`, `(node)`. */
-function moduleOf (frame: CallFrame): string {
-  const short = shortUrl(frame.url)
-  if (short === '') return `(${frame.functionName === '' ? 'native' : frame.functionName})`
+/**
+ * The package (or project file) code at `url` belongs to: `fastify`, `@modelcontextprotocol/server`,
+ * `dist/plugins/mcp.js`, `(node core)`; undefined for code with no file. Also bench/perf-summary.ts's.
+ */
+export function moduleOfUrl (url: string): string | undefined {
+  const short = shortUrl(url)
+  if (short === '') return undefined
   if (short.startsWith('node:')) return '(node core)'
-  if (frame.url.includes('/node_modules/')) {
+  if (url.includes('/node_modules/')) {
     const parts = short.split('/')
     return parts[0]?.startsWith('@') === true ? `${parts[0]}/${parts[1] ?? ''}` : parts[0] ?? short
   }
   return short
+}
+
+function moduleOf (frame: CallFrame): string {
+  return moduleOfUrl(frame.url) ?? `(${frame.functionName === '' ? 'native' : frame.functionName})`
 }
 
 function frameName (frame: CallFrame): string {

@@ -92,8 +92,7 @@ function isObject (value: unknown): value is JsonObject {
 }
 
 export class LeanUpstreamClient {
-  private readonly url: URL
-  /** The URL as http.request options, made once: given the URL itself, http.request converts it on every call. */
+  /** The upstream's URL as http.request options, made once: given a URL, http.request converts it on every call. */
   private readonly target: http.RequestOptions
   private readonly secure: boolean
   private readonly agent: http.Agent
@@ -101,9 +100,8 @@ export class LeanUpstreamClient {
   private session: Promise<Session> | undefined
 
   constructor (private readonly options: LeanClientOptions) {
-    this.url = new URL(options.url)
-    this.target = urlToHttpOptions(this.url)
-    this.secure = this.url.protocol === 'https:'
+    this.target = urlToHttpOptions(new URL(options.url))
+    this.secure = this.target.protocol === 'https:'
     this.agent = this.secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true })
   }
 
@@ -120,7 +118,7 @@ export class LeanUpstreamClient {
   private endSession (protocolVersion: string, sessionId: string): Promise<void> {
     const headers = { ...this.options.headers, 'mcp-protocol-version': protocolVersion, 'mcp-session-id': sessionId }
     return new Promise<void>((resolve) => {
-      const request = (this.secure ? https : http).request(this.url, { method: 'DELETE', headers, agent: this.agent, timeout: this.options.connectTimeoutMs })
+      const request = (this.secure ? https : http).request({ ...this.target, method: 'DELETE', headers, agent: this.agent, timeout: this.options.connectTimeoutMs })
       request.once('response', (response) => {
         response.once('close', () => resolve())
         response.resume()

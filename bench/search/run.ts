@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
@@ -116,18 +115,26 @@ async function waitUntilServing (url: string, headers: Record<string, string>, e
   throw new Error(`the server did not answer search_context within ${READY_TIMEOUT_MS} ms: ${problem}`)
 }
 
-/** Seeds and migrates the bench database in a child process (prepare.ts says why) and returns its report. */
+/**
+ * Seeds and migrates the bench database in a child process (prepare.ts says why), one of the
+ * bench's children (children.ts: stopped however the bench ends), and returns its report.
+ */
 async function prepareInOwnProcess (): Promise<MigrationReport[]> {
   const reportFile = join(RESULTS_DIR, 'search-prepare.json')
+  const logFile = join(RESULTS_DIR, 'search-prepare.log')
   await rm(reportFile, { force: true })
-  const preparing = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bench/search/prepare.ts'), settings.adminDatabaseUrl, String(settings.entries), reportFile],
-    { cwd: ROOT, stdio: 'inherit' })
-  // However this process ends meanwhile (SIGTERM exits through shutdown), the seeding ends with it.
-  const stop = (): void => { preparing.kill('SIGKILL') }
-  process.once('exit', stop)
-  const [code, signal] = await once(preparing, 'exit').finally(() => process.off('exit', stop)) as [number | null, NodeJS.Signals | null]
-  if (code !== 0) throw new Error(`preparing the search database failed (${signal ?? `exit code ${code}`})`)
-  return JSON.parse(await readFile(reportFile, 'utf8')) as MigrationReport[]
+  const child = startChild({
+    name: 'search database preparation',
+    cwd: ROOT,
+    args: ['--import', 'tsx', join(ROOT, 'bench/search/prepare.ts'), settings.adminDatabaseUrl, String(settings.entries), reportFile],
+    env: {},
+    logFile
+  })
+  await once(child.process, 'exit')
+  if (child.exit !== 'exit code 0') throw new Error(`preparing the search database failed (${child.exit ?? 'no exit'}):\n${(await readFile(logFile, 'utf8')).slice(-2000)}`)
+  const migrations = JSON.parse(await readFile(reportFile, 'utf8')) as MigrationReport[]
+  console.log(`  seeded ${settings.entries} entries in ${(migrations[0]?.seedSeconds ?? 0).toFixed(1)} s (bench/results/search-prepare.log); then the search migrations and the later ones, under load`)
+  return migrations
 }
 
 async function main (): Promise<void> {

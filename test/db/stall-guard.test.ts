@@ -86,8 +86,14 @@ test('small answers whose headers fall whole inside a chunk or across two, piece
     client.write(Buffer.concat([message('Q', Buffer.from('select 1\0')), message('Q', Buffer.from('select 1\0')), message('Q', Buffer.from('select 1\0'))]))
     await writeInPieces(peer, Buffer.concat([answer, answer, answer]), size)
   }
-  // A header misread would leave a ReadyForQuery owed, and the guard would cut the connection.
+  // A header misread would leave a ReadyForQuery owed, and the guard would cut the connection
+  // once the deadline passed: twice the deadline of silence, nothing owed, nothing cut.
   await new Promise((resolve) => setTimeout(resolve, DEADLINE_MS * 2))
   t.equal(client.destroyed, false, 'the connection is kept')
   t.same(errors, [])
+  // And the guard is still watching (a reader that lost its place would also cut nothing): a query
+  // left unanswered now is cut.
+  client.write(message('Q', Buffer.from('select 1\0')))
+  await eventually(() => client.destroyed, { what: 'the unanswered query\'s connection to be cut' })
+  t.ok(errors[0] instanceof DatabaseStalledError, 'with a DatabaseStalledError')
 })
