@@ -144,17 +144,25 @@ test('the gateway, through the listening server, with SDK v1 and v2 clients', as
     await eventually(() => app.gateway?.upstreams.every((upstream) => upstream.limit.inFlight === 0), { what: 'the concurrency slot to be free again' })
   })
 
-  await t.test('a client that cancels its call (SDK v2, AbortSignal) cancels the upstream call', async (t) => {
-    const client = await connectV2(t, baseUrl, hrReader)
-    const cancelledBefore = hr.cancelled.length
-    const runsBefore = hr.runs.get('slow_report') ?? 0
-    const controller = new AbortController()
-    const call = client.callTool({ name: 'hr__slow_report', arguments: { steps: 1000, step_ms: 50 } }, { signal: controller.signal }).then(() => 'answered', () => 'cancelled')
-    await eventually(() => (hr.runs.get('slow_report') ?? 0) > runsBefore, { what: 'the call to reach hr' })
-    controller.abort()
-    t.equal(await call, 'cancelled')
-    await eventually(() => hr.cancelled.length > cancelledBefore, { what: 'the upstream handler to see its call cancelled' })
-  })
+  // The SDK v1 client (what most desktop clients bundle) takes the request options third, after a result schema.
+  type Tap = Parameters<typeof connectV1>[0]
+  const SLOW_REPORT = { name: 'hr__slow_report', arguments: { steps: 1000, step_ms: 50 } }
+  const cancellingCallers = {
+    'SDK v1': async (t: Tap, signal: AbortSignal) => await (await connectV1(t, baseUrl, hrReader)).callTool(SLOW_REPORT, undefined, { signal }),
+    'SDK v2': async (t: Tap, signal: AbortSignal) => await (await connectV2(t, baseUrl, hrReader)).callTool(SLOW_REPORT, { signal })
+  }
+  for (const [line, callCancellable] of Object.entries(cancellingCallers)) {
+    await t.test(`a client that cancels its call (${line}, AbortSignal) cancels the upstream call`, async (t) => {
+      const cancelledBefore = hr.cancelled.length
+      const runsBefore = hr.runs.get('slow_report') ?? 0
+      const controller = new AbortController()
+      const call = callCancellable(t, controller.signal).then(() => 'answered', () => 'cancelled')
+      await eventually(() => (hr.runs.get('slow_report') ?? 0) > runsBefore, { what: 'the call to reach hr' })
+      controller.abort()
+      t.equal(await call, 'cancelled')
+      await eventually(() => hr.cancelled.length > cancelledBefore, { what: 'the upstream handler to see its call cancelled' })
+    })
+  }
 
   await t.test('expired token 401 AUTH_1002; revoked 401 AUTH_1003', async (t) => {
     const now = Math.floor(Date.now() / 1000)
