@@ -580,8 +580,12 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
     const asOfFilter = after === undefined ? sql`` : sql`and s.updated_at <= ${after.asOf}::timestamptz`
     // What an entry must be, besides matching, wherever the candidates come from (probe, walk, vector index).
     const entryFilters = sql`and (s.expires_at is null or s.expires_at > now()) ${prefixFilter} ${tagFilter} ${updatedFilter} ${asOfFilter}`
+    // What the vector index is asked (see filterWordsOf), made once in the fuzzy CTE: in a join
+    // condition it was parsed again for every row a recheck (a phrase) or a scan read.
     const filterWords = filterWordsOf(options.prefix, options.tag)
-    const indexQuery = filterWords === '' ? sql`f.query` : sql`(f.query && plainto_tsquery((select language from input), ${filterWords}))`
+    const indexQuery = filterWords === ''
+      ? sql`query`
+      : sql`case when (select narrows from filter_language) then query && plainto_tsquery((select language from input), ${filterWords}) else query end`
     const pageFilter = after === undefined ? sql`` : sql`where score < ${after.score} or (score = ${after.score} and key > ${after.key})`
     const rows = await sql<SearchRow[]>`
       with recursive input as materialized (
@@ -639,8 +643,20 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         select 0::bigint, query from exact where numnode(query) > 0 and querytree(query) <> 'T'
         union all
         select f.step + 1, ts_rewrite(f.query, r.target, r.substitute) from fold f join rewrites r on r.step = f.step + 1
+      ), filter_language as materialized (
+        -- Whether a word of a key or tag is its own lexemes wherever it stands: with the default
+        -- parser and no thesaurus dictionary (which rewrites runs of words), it is.
+        select p.prsname = 'default' and p.prsnamespace = 'pg_catalog'::regnamespace
+               and not exists (
+                 select from pg_ts_config_map m
+                 join pg_ts_dict d on d.oid = m.mapdict
+                 join pg_ts_template t on t.oid = d.dicttemplate
+                 where m.mapcfg = c.oid and t.tmplname = 'thesaurus') as narrows
+        from input x
+        join pg_ts_config c on c.oid = x.language
+        join pg_ts_parser p on p.oid = c.cfgparser
       ), fuzzy as materialized (
-        select query, step > 0 as rewritten from fold order by step desc limit 1
+        select query, step > 0 as rewritten, ${indexQuery} as index_query from fold order by step desc limit 1
       ), slots as materialized (
         -- The variants of each rewritten word in VARIANT_SLOTS columns, best first (see ENTRY_SIMILARITY_SQL).
         select (select count(*) from rewrites) as words, ${sql.unsafe(SLOT_COLUMNS_SQL)}
@@ -699,7 +715,7 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
         union all
         (select s.ctid as row_id, s.updated_at, s.key
          from fuzzy f
-         join context_search s on s.namespace = ${namespace} and s.search_vector @@ ${indexQuery}
+         join context_search s on s.namespace = ${namespace} and s.search_vector @@ f.index_query
          where (select count(*) from walked) <= ${MAX_RANKED} ${entryFilters}
          -- "+ interval '0'": sorted, never walked through the recency index (a generic plan that
          -- expects a small namespace would walk all of a large one's entries for a rare word).
@@ -897,7 +913,8 @@ function boundSnippet (snippet: string): string {
  * Words that every entry a prefix or tag filter admits has in its search vector: the key and the
  * tags go into it also split at / : _ . - (context_search_vector, migration 005), so each whole
  * alphanumeric piece of the prefix (the pieces the prefix ends after; its last may be cut short)
- * and of the tag is a word of those entries. ANDed into the query the vector index is asked, they
+ * and of the tag is a word of those entries (under a configuration with the default parser and
+ * no thesaurus: the filter_language CTE of search). ANDed into the query the vector index is asked, they
  * let the index intersect its lists instead of the heap filtering every match of a broad word:
  * "index" under prefix "delta/" read 6,947 rows (5,483 pages) to keep 573, now 574 (532). Space-separated, for
  * plainto_tsquery; '' when there are none.
