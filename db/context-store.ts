@@ -200,13 +200,15 @@ export type RestoreResult =
 export interface ContextStoreOptions { maxContentBytes: number }
 
 const PREVIEW_CHARS = 160
-// Whitespace is collapsed only in this many leading characters, so a preview of a 100 KiB entry
-// does not run a regex over all of it.
+// A preview is the content's first PREVIEW_CHARS characters with its runs of whitespace made one
+// space (previewOf), from at most this many leading characters, so that a 100 KiB entry is not
+// read whole.
 const PREVIEW_SOURCE_CHARS = 4096
-// And first in this many: when they collapse to 2 characters more than a preview (a collapsed
-// text has no two spaces in a row, so the preview cannot end in its trailing space) the preview
-// is theirs, the same as from PREVIEW_SOURCE_CHARS. The regex costs ~75 ns a character: on a list
-// page of long entries 6 ms, 36 µs an entry this way.
+// The list statement sends this many; when they collapse to PREVIEW_CHARS + 2 characters or more
+// (a collapsed text has no two spaces in a row, so the preview cannot end in its trailing space)
+// the preview is theirs, the same as from PREVIEW_SOURCE_CHARS, and only entries whose first
+// characters are mostly whitespace are read again for more. Collapsing in the database cost a
+// regex at ~27 µs an entry, 1.4 ms of a 50-entry page; here it costs about 1 µs.
 const PREVIEW_HEAD_CHARS = 3 * PREVIEW_CHARS
 // Search (see search()). Weights of the key (A), tags (B) and content (C), and D (unused), in
 // ts_rank_cd's order {D, C, B, A}.
@@ -302,7 +304,7 @@ interface AppendedRow {
   previous_expired: boolean | null
   had_previous: boolean
 }
-interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, preview: string }
+interface ListRow { key: string, version: number, bytes: number, tags: string[], updated_at: Date, updated_by: string, head: string }
 interface SearchRow { key: string, version: number, tags: string[], updated_at: Date, updated_by: string, score: number, snippet: string | null, as_of: string, partial: boolean, walked: boolean }
 interface DeletedRow { deleted_version: number | null }
 interface HistoryRow { version: number, action: HistoryAction, actor: string, client: string | null, at: Date, bytes: number | null }
@@ -526,25 +528,30 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       ? sql`context_entries e where e.namespace = ${namespace}`
       : sql`context_tags t join context_entries e on e.namespace = t.namespace and e.key = t.key where t.namespace = ${namespace} and t.tag = ${tag}`
     const rows = await sql<ListRow[]>`
-      select key, version, bytes, tags, updated_at, updated_by,
-             case when char_length(head) >= ${PREVIEW_CHARS + 2} then left(head, ${PREVIEW_CHARS})
-                  else left(btrim(regexp_replace(left(content, ${PREVIEW_SOURCE_CHARS}), '[[:space:]]+', ' ', 'g')), ${PREVIEW_CHARS}) end as preview
-      from (
-        select e.key, e.version, octet_length(e.content) as bytes, e.tags, e.updated_at, e.updated_by, e.content,
-               ltrim(regexp_replace(left(e.content, ${PREVIEW_HEAD_CHARS}), '[[:space:]]+', ' ', 'g')) as head
-        from ${source} and (e.expires_at is null or e.expires_at > now()) ${prefixFilter} ${afterFilter}
-        order by ${keyOf}
-        limit ${limit + 1}
-      ) page
-      order by key`
-    const items = rows.slice(0, limit).map(row => ({
+      select e.key, e.version, octet_length(e.content) as bytes, e.tags, e.updated_at, e.updated_by, left(e.content, ${PREVIEW_HEAD_CHARS}) as head
+      from ${source} and (e.expires_at is null or e.expires_at > now()) ${prefixFilter} ${afterFilter}
+      order by ${keyOf}
+      limit ${limit + 1}`
+    const page = rows.slice(0, limit)
+    const previews = page.map((row) => previewOfHead(row.head, row.bytes))
+    const short = page.filter((_, i) => previews[i] === undefined)
+    if (short.length > 0) {
+      // The same versions (an entry written since keeps the preview of its first characters).
+      const sources = await sql<Array<{ key: string, source: string }>>`
+        select e.key, left(e.content, ${PREVIEW_SOURCE_CHARS}) as source
+        from unnest(${short.map((row) => row.key)}::text[], ${short.map((row) => row.version)}::int8[]) as v(key, version)
+        join context_entries e on e.namespace = ${namespace} and e.key = v.key and e.version = v.version`
+      const sourceOf = new Map(sources.map((row) => [row.key, row.source]))
+      page.forEach((row, i) => { previews[i] ??= previewOf(sourceOf.get(row.key) ?? row.head) })
+    }
+    const items = page.map((row, i) => ({
       key: row.key,
       version: row.version,
       bytes: row.bytes,
       tags: row.tags,
       updatedAt: row.updated_at.toISOString(),
       updatedBy: row.updated_by,
-      preview: row.preview
+      preview: previews[i] ?? ''
     }))
     const last = items.at(-1)
     return { items, nextAfterKey: rows.length > limit && last !== undefined ? last.key : null }
@@ -923,6 +930,30 @@ export function filterWordsOf (prefix: string | undefined, tag: string | undefin
   const prefixPieces = prefix === undefined ? [] : prefix.split(KEY_WORD_SEPARATORS).slice(0, -1)
   const tagPieces = tag === undefined ? [] : tag.split(KEY_WORD_SEPARATORS)
   return [...new Set([...prefixPieces, ...tagPieces].filter((piece) => WHOLE_KEY_WORD.test(piece)))].join(' ')
+}
+
+/**
+ * The preview from an entry's first PREVIEW_HEAD_CHARS characters when they are enough: they
+ * collapse to more than a preview, or they are the whole content (`bytes` long). Else undefined.
+ */
+function previewOfHead (head: string, bytes: number): string | undefined {
+  const collapsed = head.replace(/\s+/g, ' ').trimStart()
+  // A code point is at most two UTF-16 code units: twice the characters needed is enough for sure.
+  const enough = collapsed.length >= 2 * (PREVIEW_CHARS + 2) || (collapsed.length >= PREVIEW_CHARS + 2 && [...collapsed].length >= PREVIEW_CHARS + 2)
+  return enough || Buffer.byteLength(head, 'utf8') >= bytes ? previewOf(head) : undefined
+}
+
+/** A list item's preview: `source`'s runs of whitespace made one space, trimmed, its first PREVIEW_CHARS characters (code points). */
+export function previewOf (source: string): string {
+  const collapsed = source.replace(/\s+/g, ' ').trim()
+  if (collapsed.length <= PREVIEW_CHARS) return collapsed
+  let preview = ''
+  let characters = 0
+  for (const codePoint of collapsed) {
+    if (characters++ === PREVIEW_CHARS) break
+    preview += codePoint
+  }
+  return preview
 }
 
 /** LIKE pattern that matches `text` literally. */

@@ -113,13 +113,20 @@ test('list_context', async (t) => {
       'ws/ends-in-space': 'x '.repeat(80),
       'ws/ends-in-spaces': 'xy\n\n'.repeat(53) + 'z' + ' '.repeat(500) + 'tail',
       'ws/just-over': 'a'.repeat(161) + '   b',
-      'ws/sparse': 'w' + '\n'.repeat(1000) + 'x' + ' '.repeat(1000) + 'y ' + 'long text '.repeat(50)
+      'ws/sparse': 'w' + '\n'.repeat(1000) + 'x' + ' '.repeat(1000) + 'y ' + 'long text '.repeat(50),
+      // Whitespace beyond ASCII (JavaScript's \s: the preview is the same whatever the database's locale).
+      'ws/nbsp': '\u00a0'.repeat(400) + 'a '.repeat(100),
+      'ws/unicode-spaces': '\u3000\u1680\u202f\ufeff'.repeat(100) + 'word '.repeat(60),
+      // Characters, not UTF-16 code units: an astral character is never cut in half.
+      'ws/astral': '😀'.repeat(300),
+      'ws/astral-at-the-cut': 'a'.repeat(159) + '😀😀 tail'
     }
     for (const [key, content] of Object.entries(contents)) await ok(t, app, 'write_context', { key, content })
     const page = await ok<ListOutput>(t, app, 'list_context', { prefix: 'ws/' })
     for (const item of page.items) {
       const content = contents[item.key] ?? ''
-      t.equal(item.preview, content.slice(0, 4096).replace(/\s+/g, ' ').trim().slice(0, 160), item.key)
+      const characters = [...[...content].slice(0, 4096).join('').replace(/\s+/g, ' ').trim()]
+      t.equal(item.preview, characters.slice(0, 160).join(''), item.key)
     }
     t.equal(page.items.length, Object.keys(contents).length)
   })
