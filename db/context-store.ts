@@ -533,14 +533,15 @@ export function createContextStore (sql: postgres.Sql, options: ContextStoreOpti
       order by ${keyOf}
       limit ${limit + 1}`
     const page = rows.slice(0, limit)
-    const previews = page.map((row) => previewOfHead(row.head, row.bytes))
+    const previews = page.map((row) => previewOfHead(row.head))
     const short = page.filter((_, i) => previews[i] === undefined)
     if (short.length > 0) {
-      // The same versions (an entry written since keeps the preview of its first characters).
-      const sources = await sql<Array<{ key: string, source: string }>>`
-        select e.key, left(e.content, ${PREVIEW_SOURCE_CHARS}) as source
+      // From the history, which keeps every version: the listed version's text even if the entry
+      // was written or deleted since the statement above.
+      const sources = await sql<Array<{ key: string, source: string | null }>>`
+        select h.key, left(h.content, ${PREVIEW_SOURCE_CHARS}) as source
         from unnest(${short.map((row) => row.key)}::text[], ${short.map((row) => row.version)}::int8[]) as v(key, version)
-        join context_entries e on e.namespace = ${namespace} and e.key = v.key and e.version = v.version`
+        join context_history h on h.namespace = ${namespace} and h.key = v.key and h.version = v.version`
       const sourceOf = new Map(sources.map((row) => [row.key, row.source]))
       page.forEach((row, i) => { previews[i] ??= previewOf(sourceOf.get(row.key) ?? row.head) })
     }
@@ -934,13 +935,15 @@ export function filterWordsOf (prefix: string | undefined, tag: string | undefin
 
 /**
  * The preview from an entry's first PREVIEW_HEAD_CHARS characters when they are enough: they
- * collapse to more than a preview, or they are the whole content (`bytes` long). Else undefined.
+ * collapse to more than a preview, or they are the whole content (fewer than PREVIEW_HEAD_CHARS
+ * came). Else undefined.
  */
-function previewOfHead (head: string, bytes: number): string | undefined {
+export function previewOfHead (head: string): string | undefined {
   const collapsed = head.replace(/\s+/g, ' ').trimStart()
-  // A code point is at most two UTF-16 code units: twice the characters needed is enough for sure.
+  // A code point is one or two UTF-16 code units: the lengths decide most cases without counting.
   const enough = collapsed.length >= 2 * (PREVIEW_CHARS + 2) || (collapsed.length >= PREVIEW_CHARS + 2 && [...collapsed].length >= PREVIEW_CHARS + 2)
-  return enough || Buffer.byteLength(head, 'utf8') >= bytes ? previewOf(head) : undefined
+  const whole = head.length < PREVIEW_HEAD_CHARS || [...head].length < PREVIEW_HEAD_CHARS
+  return enough || whole ? previewOf(head) : undefined
 }
 
 /** A list item's preview: `source`'s runs of whitespace made one space, trimmed, its first PREVIEW_CHARS characters (code points). */

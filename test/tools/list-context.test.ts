@@ -1,6 +1,7 @@
 import { test, type Test } from 'tap'
 import { build, callTool, rpc, toolErrorOf } from '../helper.js'
 import { encodeCursor } from '../../schema/cursor.js'
+import { previewOf, previewOfHead } from '../../db/context-store.js'
 import { fails, isIsoTimestamp, namesField, ok, okResult } from './helpers.js'
 
 interface ListItem { key: string, version: number, bytes: number, tags: string[], updated_at: string, updated_by: string, preview: string }
@@ -119,16 +120,22 @@ test('list_context', async (t) => {
       'ws/unicode-spaces': '\u3000\u1680\u202f\ufeff'.repeat(100) + 'word '.repeat(60),
       // Characters, not UTF-16 code units: an astral character is never cut in half.
       'ws/astral': '😀'.repeat(300),
-      'ws/astral-at-the-cut': 'a'.repeat(159) + '😀😀 tail'
+      'ws/astral-at-the-cut': 'a'.repeat(159) + '😀😀 tail',
+      // Around the 480 characters the database sends first: whole, one more, multi-byte and astral heads.
+      'ws/exactly-480': ' '.repeat(400) + 'b'.repeat(80),
+      'ws/481': ' '.repeat(400) + 'b'.repeat(80) + 'c',
+      'ws/multibyte-head': 'é'.repeat(100) + ' '.repeat(380) + 'tail',
+      'ws/astral-head': '😀'.repeat(100) + ' '.repeat(380) + 'b',
+      'ws/multibyte-whole': 'é '.repeat(100),
+      // The first 480 collapse to 159 letters and the space of a run that goes on past them: not enough.
+      'ws/space-at-the-cut': ' '.repeat(320) + 'b'.repeat(159) + ' '.repeat(10) + 'tail'
     }
-    for (const [key, content] of Object.entries(contents)) await ok(t, app, 'write_context', { key, content })
-    const page = await ok<ListOutput>(t, app, 'list_context', { prefix: 'ws/' })
-    for (const item of page.items) {
-      const content = contents[item.key] ?? ''
-      const characters = [...[...content].slice(0, 4096).join('').replace(/\s+/g, ' ').trim()]
-      t.equal(item.preview, characters.slice(0, 160).join(''), item.key)
+    for (const [key, content] of Object.entries(contents)) await ok(t, app, 'write_context', { key, content, tags: ['ws'] })
+    for (const filter of [{ prefix: 'ws/' }, { tag: 'ws' }]) {
+      const page = await ok<ListOutput>(t, app, 'list_context', filter)
+      for (const item of page.items) t.equal(item.preview, referencePreview(contents[item.key] ?? ''), `${JSON.stringify(filter)}: ${item.key}`)
+      t.equal(page.items.length, Object.keys(contents).length)
     }
-    t.equal(page.items.length, Object.keys(contents).length)
   })
 
   t.test('items carry version, bytes, tags, author and a short preview', async (t) => {
@@ -178,4 +185,27 @@ test('list_context', async (t) => {
       t.match(error.message, /cursor/, `cursor ${JSON.stringify(cursor)} is named`)
     }
   })
+})
+
+/** The preview as defined: the first 4,096 characters, runs of whitespace one space, trimmed, the first 160 characters. */
+function referencePreview (content: string): string {
+  return [...[...content].slice(0, 4096).join('').replace(/\s+/g, ' ').trim()].slice(0, 160).join('')
+}
+
+test('previews from the first 480 characters, or from 4,096 when those are not enough, are the defined preview', async (t) => {
+  const pieces = ['a', 'word ', ' ', '   ', '\n', '\t', 'é', '😀', '\u00a0', '\u3000', '\ufeff']
+  let seed = 7
+  const random = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n }
+  const wrong: string[] = []
+  for (let i = 0; i < 3000; i++) {
+    const length = [0, 1, 150, 161, 162, 163, 320, 479, 480, 481, 600, 4095, 4096, 4100][random(14)]! + random(3)
+    let content = ''
+    const leadingRun = random(3) === 0 ? ' '.repeat(random(600)) : ''
+    while ([...content].length < length) content += pieces[random(pieces.length)]
+    content = leadingRun + content
+    const head = [...content].slice(0, 480).join('')
+    const preview = previewOfHead(head) ?? previewOf([...content].slice(0, 4096).join(''))
+    if (preview !== referencePreview(content)) wrong.push(JSON.stringify(content.slice(0, 60)))
+  }
+  t.strictSame(wrong.slice(0, 5), [], 'every random content')
 })
