@@ -921,11 +921,11 @@ function boundSnippet (snippet: string): string {
  * Words that every entry a prefix or tag filter admits has in its search vector: the key and the
  * tags go into it also split at / : _ . - (context_search_vector, migration 005), so each whole
  * alphanumeric piece of the prefix (the pieces the prefix ends after; its last may be cut short)
- * and of the tag is a word of those entries (under a configuration with the default parser and
- * no thesaurus: the filter_language CTE of search). ANDed into the query the vector index is asked, they
- * let the index intersect its lists instead of the heap filtering every match of a broad word:
- * "index" under prefix "delta/" read 6,947 rows (5,483 pages) to keep 573, now 574 (532). Space-separated, for
- * plainto_tsquery; '' when there are none.
+ * and of the tag is a word of those entries, under a configuration with the default parser and no
+ * thesaurus (the filter_language CTE of search). ANDed into the query the vector index is asked,
+ * they let the index intersect its lists instead of the heap filtering every match of a broad
+ * word: "index" under prefix "delta/" read 6,947 rows (5,483 pages) to keep 573, now 574 (532).
+ * Space-separated, for plainto_tsquery; '' when there are none.
  */
 export function filterWordsOf (prefix: string | undefined, tag: string | undefined): string {
   const prefixPieces = prefix === undefined ? [] : prefix.split(KEY_WORD_SEPARATORS).slice(0, -1)
@@ -943,16 +943,20 @@ export function previewOfHead (head: string): string | undefined {
   // A code point is one or two UTF-16 code units: the lengths decide most cases without counting.
   const enough = collapsed.length >= 2 * (PREVIEW_CHARS + 2) || (collapsed.length >= PREVIEW_CHARS + 2 && [...collapsed].length >= PREVIEW_CHARS + 2)
   const whole = head.length < PREVIEW_HEAD_CHARS || [...head].length < PREVIEW_HEAD_CHARS
-  return enough || whole ? previewOf(head) : undefined
+  return enough || whole ? firstCharacters(collapsed.trimEnd()) : undefined
 }
 
 /** A list item's preview: `source`'s runs of whitespace made one space, trimmed, its first PREVIEW_CHARS characters (code points). */
 export function previewOf (source: string): string {
-  const collapsed = source.replace(/\s+/g, ' ').trim()
-  if (collapsed.length <= PREVIEW_CHARS) return collapsed
+  return firstCharacters(source.replace(/\s+/g, ' ').trim())
+}
+
+/** The first PREVIEW_CHARS code points of `text`. */
+function firstCharacters (text: string): string {
+  if (text.length <= PREVIEW_CHARS) return text
   let preview = ''
   let characters = 0
-  for (const codePoint of collapsed) {
+  for (const codePoint of text) {
     if (characters++ === PREVIEW_CHARS) break
     preview += codePoint
   }
